@@ -1,0 +1,1 @@
+//! End-to-end and parity tests across crates live in tests/tests/.
