@@ -70,9 +70,22 @@ pub fn qemu_runner(cpu: &str) -> String {
     format!("qemu-aarch64 -L {QEMU_SYSROOT} -cpu {cpu}")
 }
 
+/// Cargo's target directory (`CARGO_TARGET_DIR` or `<root>/target`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+/// Where cargo puts a profile's artifacts (`dev` builds land in `debug/`).
+pub fn profile_dir(target: Option<&str>, profile: &str) -> PathBuf {
+    let dir = if profile == "dev" { "debug" } else { profile };
+    match target {
+        Some(t) => target_dir().join(t).join(dir),
+        None => target_dir().join(dir),
+    }
+}
+
 /// Cross-builds `device` for aarch64 and returns the binary's path.
 pub fn cross_build_device(profile: &str) -> Result<PathBuf> {
     run(cargo().args(["build", "-p", "device", "--target", AARCH64, "--profile", profile]))?;
-    let dir = if profile == "dev" { "debug" } else { profile };
-    Ok(root().join("target").join(AARCH64).join(dir).join("device"))
+    Ok(profile_dir(Some(AARCH64), profile).join("device"))
 }

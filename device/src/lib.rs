@@ -1,0 +1,31 @@
+//! `device`: runs what `host export` wrote on aarch64 Linux boards (Raspberry Pi 4/5, Jetson),
+//! with tract.
+//!
+//! - [`engine`]: model file -> optimized tract plan + state, built once, run per frame.
+//! - [`import`]: the compact weights format -> tract-core ops, by walking the `shared` graph
+//!   (int8 layers become integer convs).
+//! - [`pipeline`]: frame -> preprocess -> inference -> softmax/top-k, timed per stage.
+//! - [`source`], [`v4l2`], [`live`]: frame sources (stdin, files, folders, V4L2 cameras) and the
+//!   latest-frame-wins loop.
+//! - [`bench`] measures, [`report`] reports.
+//! - [`parity`]: the parity file format (docs/parity-file.md); [`convert`]: torchvision
+//!   state_dict -> compact weights.
+//! - [`gpio`]: LED and button through embedded-hal.
+
+// tract-onnx without its default `transformers` feature (see the workspace Cargo.toml).
+extern crate tract_onnx_cnn as tract_onnx;
+
+pub mod bench;
+pub mod convert;
+pub mod engine;
+pub mod gpio;
+pub mod import;
+pub mod live;
+pub mod parity;
+pub mod pipeline;
+pub mod report;
+pub mod source;
+pub mod v4l2;
+
+pub use engine::{ComputePrecision, Engine, EngineOptions};
+pub use pipeline::Pipeline;

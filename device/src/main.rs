@@ -1,0 +1,416 @@
+//! The `device` command line: classify, live, bench, parity, inspect, convert.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use device::bench::{self, BenchOptions};
+use device::engine::{ComputePrecision, Engine, EngineOptions};
+use device::parity::{compare, Parity};
+use device::pipeline::{Image, Pipeline};
+use device::source::{open_source, StreamFormat};
+use device::{live, report};
+use shared::graph::Form;
+use shared::preprocess::{Frame, PixelFormat, Preprocess};
+use shared::weights::Precision;
+use shared::ResNetConfig;
+
+#[derive(Parser)]
+#[command(name = "device", version, about = "Run exported ResNets with tract on Linux boards")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Model: a compact weights file from `host export`, or an ONNX file.
+    #[arg(long, short)]
+    model: PathBuf,
+    /// Worker threads for tract's matrix products.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Float precision: auto (f16 for fp16 files on CPUs with fp16 arithmetic), f32 or f16.
+    #[arg(long, default_value = "auto")]
+    precision: ComputePrecision,
+    /// Input size HxW (default: the model's own).
+    #[arg(long, value_parser = parse_size)]
+    input_size: Option<(u32, u32)>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<Engine> {
+        let engine = Engine::load(
+            &self.model,
+            &EngineOptions { threads: self.threads, precision: self.precision, input_size: self.input_size },
+        )?;
+        for note in &engine.info().notes {
+            eprintln!("note: {note}");
+        }
+        Ok(engine)
+    }
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (h, w) = s.split_once('x').ok_or("expected HxW, e.g. 224x224")?;
+    Ok((h.parse().map_err(|_| "bad height")?, w.parse().map_err(|_| "bad width")?))
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Classify image files: top-k labels and scores, and the latency per image.
+    Classify {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// One JSON object per image.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Classify a live stream: a V4L2 camera, raw frames on stdin (`-`), a folder or a file.
+    Live(LiveArgs),
+    /// Measure latency, throughput, load time, peak RSS and per-stage time.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        /// Frame to classify (default: a synthetic 640x480 RGB frame).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare the model's logits with a parity file from `host export`.
+    Parity {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The parity file (default: <model without extension>.parity.safetensors).
+        #[arg(long)]
+        parity: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the optimized plan's matrix-product nodes and their kernels (integer or float).
+    Inspect {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Also time every node of the plan on one input (slowest first).
+        #[arg(long)]
+        profile: bool,
+    },
+    /// Convert a torchvision state_dict (safetensors) into a compact weights file.
+    Convert(ConvertArgs),
+}
+
+#[derive(Args)]
+struct LiveArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// /dev/videoN, `-` (raw or MJPEG frames on stdin), a folder of images, or a file.
+    #[arg(long)]
+    source: String,
+    #[arg(long, default_value_t = 0)]
+    width: u32,
+    #[arg(long, default_value_t = 0)]
+    height: u32,
+    /// yuyv, rgb24, gray or mjpeg.
+    #[arg(long, default_value = "yuyv")]
+    format: StreamFormat,
+    #[arg(long, default_value_t = 1)]
+    top_k: usize,
+    /// JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many frames.
+    #[arg(long)]
+    max_frames: Option<u64>,
+    /// GPIO chip for --led-line / --button-line (feature `gpio`).
+    #[arg(long, default_value = "/dev/gpiochip0")]
+    gpio_chip: String,
+    /// Light this GPIO line while --led-class is the top-1 class.
+    #[arg(long)]
+    led_line: Option<u32>,
+    /// Class index or label that lights the LED.
+    #[arg(long)]
+    led_class: Option<String>,
+    #[arg(long, default_value_t = 0.5)]
+    led_min_score: f32,
+    /// Classify only when the button on this GPIO line (active low) is pressed.
+    #[arg(long)]
+    button_line: Option<u32>,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    #[arg(long)]
+    state_dict: PathBuf,
+    /// Architecture preset: resnet8, resnet18, resnet20, resnet34, resnet50, ...
+    #[arg(long)]
+    arch: String,
+    #[arg(long)]
+    in_channels: Option<u8>,
+    #[arg(long)]
+    classes: Option<u32>,
+    /// training (conv + BatchNorm) or folded.
+    #[arg(long, default_value = "folded")]
+    form: String,
+    /// f32, f16 or int8 (int8 needs --int8-params).
+    #[arg(long, default_value = "f32")]
+    precision: String,
+    /// safetensors with the int8 tensors of each quantized layer (docs/weights-format.md names).
+    #[arg(long)]
+    int8_params: Option<PathBuf>,
+    /// imagenet or fashion-mnist.
+    #[arg(long, default_value = "imagenet")]
+    preprocess: String,
+    /// Labels file, one per line.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    #[arg(long, short)]
+    output: PathBuf,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Classify { model, top_k, json, images } => classify(&model, top_k, json, &images),
+        Command::Live(args) => live_cmd(args),
+        Command::Bench { model, warmup, iters, image, json } => bench_cmd(&model, warmup, iters, image, json),
+        Command::Parity { model, parity, json } => parity_cmd(&model, parity, json),
+        Command::Inspect { model, profile } => {
+            let mut engine = model.load()?;
+            println!("{}", serde_json::to_string_pretty(&report::model_json(&engine))?);
+            for k in engine.matmul_kernels() {
+                println!("{k}");
+            }
+            if profile {
+                let input = vec![0.5f32; engine.info().input_len()];
+                engine.run(&input)?;
+                let times = engine.profile(&input)?;
+                let total: f64 = times.iter().map(|t| t.2.as_secs_f64()).sum();
+                println!("profile: {:.2} ms in {} nodes", total * 1e3, times.len());
+                for (name, op, t) in times.iter().take(25) {
+                    println!("{:9.3} ms  {op:<20} {name}", t.as_secs_f64() * 1e3);
+                }
+            }
+            Ok(())
+        }
+        Command::Convert(args) => convert_cmd(args),
+    }
+}
+
+fn classify(model: &ModelArgs, top_k: usize, json: bool, images: &[PathBuf]) -> Result<()> {
+    let mut pipeline = Pipeline::new(model.load()?, top_k);
+    let mut out = std::io::stdout().lock();
+    for path in images {
+        let img = Image::open(path)?;
+        let c = pipeline.classify(&img.frame()?).with_context(|| format!("image {}", path.display()))?;
+        let ms = c.times.total().as_secs_f64() * 1e3;
+        if json {
+            let top: Vec<_> = c
+                .top
+                .iter()
+                .map(|&(k, s)| serde_json::json!({"class": k, "label": pipeline.label(k), "score": s}))
+                .collect();
+            let line = serde_json::json!({"image": path.display().to_string(), "top": top, "latency_ms": ms,
+                "inference_ms": c.times.inference.as_secs_f64() * 1e3});
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(out, "{}  ({ms:.1} ms)", path.display())?;
+            for &(k, s) in &c.top {
+                writeln!(out, "  {:5.1}% {}", s * 100.0, pipeline.label(k))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn live_cmd(a: LiveArgs) -> Result<()> {
+    let mut pipeline = Pipeline::new(a.model.load()?, a.top_k);
+    let source = open_source(&a.source, a.width, a.height, a.format)?;
+    let led_class = match &a.led_class {
+        None => None,
+        Some(c) => Some(match c.parse::<u32>() {
+            Ok(k) => k,
+            Err(_) => pipeline
+                .engine()
+                .info()
+                .labels
+                .iter()
+                .position(|l| l == c)
+                .with_context(|| format!("--led-class `{c}` is neither a class index nor a label of this model"))?
+                as u32,
+        }),
+    };
+    let (mut gate, mut on_result) = gpio_hooks(&a, led_class)?;
+    let mut out = std::io::stdout().lock();
+    let opts = live::LiveOptions { json: a.json, max_frames: a.max_frames };
+    let s = live::run(&mut pipeline, source, &opts, &mut out, &mut *gate, &mut *on_result)?;
+    eprintln!(
+        "{} frames, {} dropped (inference slower than the source), {} corrupt skipped, {:.1} fps",
+        s.frames, s.dropped, s.skipped, s.mean_fps
+    );
+    Ok(())
+}
+
+type Gate = Box<dyn FnMut() -> Result<bool>>;
+type OnResult = Box<dyn FnMut(&device::pipeline::Classification) -> Result<()>>;
+
+#[cfg(feature = "gpio")]
+fn gpio_hooks(a: &LiveArgs, led_class: Option<u32>) -> Result<(Gate, OnResult)> {
+    use device::gpio::{cdev, Button, ClassLed};
+    let gate: Gate = match a.button_line {
+        Some(line) => {
+            let mut b = Button::new(cdev::input(&a.gpio_chip, line)?, true);
+            Box::new(move || b.pressed().context("reading the button"))
+        }
+        None => Box::new(|| Ok(true)),
+    };
+    let on: OnResult = match (a.led_line, led_class) {
+        (Some(line), Some(class)) => {
+            let mut led = ClassLed::new(cdev::output(&a.gpio_chip, line)?, class, a.led_min_score)?;
+            Box::new(move |c| led.update(&c.top).map(|_| ()).context("driving the LED"))
+        }
+        (Some(_), None) => bail!("--led-line needs --led-class"),
+        _ => Box::new(|_| Ok(())),
+    };
+    Ok((gate, on))
+}
+
+#[cfg(not(feature = "gpio"))]
+fn gpio_hooks(a: &LiveArgs, _led_class: Option<u32>) -> Result<(Gate, OnResult)> {
+    if a.led_line.is_some() || a.button_line.is_some() {
+        bail!("GPIO options need a build with `--features gpio`");
+    }
+    Ok((Box::new(|| Ok(true)), Box::new(|_| Ok(()))))
+}
+
+fn bench_cmd(model: &ModelArgs, warmup: usize, iters: usize, image: Option<PathBuf>, json: bool) -> Result<()> {
+    anyhow::ensure!(iters >= 1, "--iters must be at least 1");
+    let start = Instant::now();
+    let mut pipeline = Pipeline::new(model.load()?, 5);
+    let _ = start;
+    let img = match image {
+        Some(p) => Image::open(&p)?,
+        None => {
+            // A deterministic synthetic camera frame.
+            let (w, h) = (640u32, 480u32);
+            let data = (0..w * h * 3).map(|i| ((i * 2654435761u32) >> 24) as u8).collect();
+            Image { data, width: w, height: h }
+        }
+    };
+    let frame = Frame::new(&img.data, img.width, img.height, PixelFormat::Rgb8).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let m = bench::measure(&mut pipeline, &frame, &BenchOptions { warmup, iters })?;
+    let rss = bench::peak_rss_kib();
+    if json {
+        println!("{}", report::bench_json(pipeline.engine(), &m, rss, (img.width, img.height)));
+    } else {
+        print!("{}", report::bench_text(pipeline.engine(), &m, rss, (img.width, img.height)));
+    }
+    Ok(())
+}
+
+fn parity_cmd(model: &ModelArgs, parity: Option<PathBuf>, json: bool) -> Result<()> {
+    let path = parity.unwrap_or_else(|| {
+        let stem = model.model.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+        let stem = stem.split('.').next().unwrap_or(stem);
+        model.model.with_file_name(format!("{stem}.parity.safetensors"))
+    });
+    let p = Parity::read(&path)?;
+    let mut engine = model.load()?;
+    let info = engine.info().clone();
+    anyhow::ensure!(
+        [p.input_shape[1], p.input_shape[2], p.input_shape[3]] == [info.channels as usize, info.height as usize, info.width as usize],
+        "parity inputs are {:?}, the model takes 1x{}x{}x{}",
+        p.input_shape,
+        info.channels,
+        info.height,
+        info.width
+    );
+    let (mut worst, mut agree, mut agree_int8, mut worst_int8) = (0f32, 0usize, 0usize, 0f32);
+    for i in 0..p.len() {
+        let logits = engine.run(p.input(i))?.to_vec();
+        worst = worst.max(compare::rel_err(&logits, p.logits(i)));
+        agree += usize::from(compare::argmax(&logits) == compare::argmax(p.logits(i)));
+        if let Some(q) = p.logits_int8(i) {
+            worst_int8 = worst_int8.max(compare::max_abs_diff(&logits, q));
+            agree_int8 += usize::from(compare::argmax(&logits) == compare::argmax(q));
+        }
+    }
+    let n = p.len().max(1) as f64;
+    let doc = serde_json::json!({
+        "model": info.path.display().to_string(), "compute": info.compute.name(), "samples": p.len(),
+        "max_rel_err_vs_host_fp32": worst, "top1_agreement_vs_host_fp32": agree as f64 / n,
+        "max_abs_diff_vs_ort_int8": p.logits_int8.as_ref().map(|_| worst_int8),
+        "top1_agreement_vs_ort_int8": p.logits_int8.as_ref().map(|_| agree_int8 as f64 / n),
+    });
+    if json {
+        println!("{doc}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
+    Ok(())
+}
+
+fn convert_cmd(a: ConvertArgs) -> Result<()> {
+    let mut config = ResNetConfig::from_name(&a.arch)
+        .with_context(|| format!("unknown --arch `{}` (known: {})", a.arch, ResNetConfig::NAMES.join(", ")))?;
+    if let Some(c) = a.in_channels {
+        config = config.with_in_channels(c);
+    }
+    if let Some(k) = a.classes {
+        config = config.with_classes(k);
+    }
+    let form = match a.form.as_str() {
+        "training" => Form::Training,
+        "folded" => Form::Folded,
+        f => bail!("unknown --form `{f}` (training or folded)"),
+    };
+    let precision = match a.precision.as_str() {
+        "f32" => Precision::F32,
+        "f16" => Precision::F16,
+        "int8" => Precision::Int8,
+        p => bail!("unknown --precision `{p}` (f32, f16 or int8)"),
+    };
+    let preprocess = match a.preprocess.as_str() {
+        "imagenet" => Preprocess::IMAGENET_EVAL,
+        "fashion-mnist" => Preprocess::FASHION_MNIST,
+        p => bail!("unknown --preprocess `{p}` (imagenet or fashion-mnist)"),
+    };
+    let labels = match &a.labels {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read labels {}", p.display()))?
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        None => vec![],
+    };
+    let sd = std::fs::read(&a.state_dict).with_context(|| format!("cannot read {}", a.state_dict.display()))?;
+    let q = a.int8_params.as_ref().map(std::fs::read).transpose().context("cannot read --int8-params")?;
+    let opts = device::convert::ConvertOptions {
+        config,
+        form,
+        precision,
+        preprocess,
+        labels,
+        producer: format!("device convert {}", std::env::args().skip(1).collect::<Vec<_>>().join(" ")),
+    };
+    let bytes = device::convert::convert(&sd, q.as_deref(), &opts).with_context(|| format!("converting {}", a.state_dict.display()))?;
+    std::fs::write(&a.output, bytes).with_context(|| format!("cannot write {}", a.output.display()))?;
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! Reporting: turns measurements and model facts into human text or JSON. Nothing here measures.
+
+use serde_json::{json, Value};
+
+use crate::bench::{Metrics, Stats};
+use crate::engine::{Engine, ModelFormat};
+
+fn stats_json(s: &Stats) -> Value {
+    json!({"mean": s.mean, "p50": s.p50, "p90": s.p90, "p99": s.p99, "min": s.min, "max": s.max})
+}
+
+pub fn model_json(engine: &Engine) -> Value {
+    let i = engine.info();
+    let format = match &i.format {
+        ModelFormat::Compact { precision, form, producer } => {
+            json!({"kind": "compact", "precision": format!("{precision:?}"), "form": format!("{form:?}"), "producer": producer})
+        }
+        ModelFormat::Onnx => json!({"kind": "onnx"}),
+    };
+    json!({
+        "path": i.path.display().to_string(),
+        "format": format,
+        "compute": i.compute.name(),
+        "input": [1, i.channels, i.height, i.width],
+        "classes": i.num_classes,
+        "int8_layers": i.int8_layers.len(),
+        "float_layers": i.float_layers.len(),
+        "threads": i.threads,
+    })
+}
+
+/// The `device bench --json` document.
+pub fn bench_json(engine: &Engine, m: &Metrics, peak_rss_kib: Option<u64>, frame: (u32, u32)) -> Value {
+    json!({
+        "model": model_json(engine),
+        "load_ms": engine.info().load_time.as_secs_f64() * 1e3,
+        "warmup": m.warmup,
+        "iters": m.iters,
+        "frame": [frame.0, frame.1],
+        "latency_ms": stats_json(&m.total),
+        "throughput_fps": m.throughput,
+        "stages_ms": {
+            "preprocess": stats_json(&m.preprocess),
+            "inference": stats_json(&m.inference),
+            "postprocess": stats_json(&m.postprocess),
+        },
+        "peak_rss_kib": peak_rss_kib,
+        "cpu": crate::engine::cpu_report(),
+        "notes": engine.info().notes,
+    })
+}
+
+pub fn bench_text(engine: &Engine, m: &Metrics, peak_rss_kib: Option<u64>, frame: (u32, u32)) -> String {
+    let i = engine.info();
+    let cpu = crate::engine::cpu_report();
+    let line = |name: &str, s: &Stats| {
+        format!("{name:<12} mean {:8.3}  p50 {:8.3}  p90 {:8.3}  p99 {:8.3} ms\n", s.mean, s.p50, s.p90, s.p99)
+    };
+    let mut out = format!(
+        "model        {} ({}, {} threads, input 1x{}x{}x{})\nload         {:.1} ms\ncpu          {} {} [{}]\n",
+        i.path.display(),
+        i.compute.name(),
+        i.threads,
+        i.channels,
+        i.height,
+        i.width,
+        i.load_time.as_secs_f64() * 1e3,
+        cpu["arch"].as_str().unwrap_or(""),
+        cpu["isa_level"].as_str().unwrap_or(""),
+        cpu["features"].as_array().map(|f| f.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+    );
+    out += &format!("frame        {}x{} RGB8, {} warm-up + {} timed runs\n", frame.0, frame.1, m.warmup, m.iters);
+    out += &line("total", &m.total);
+    out += &line("preprocess", &m.preprocess);
+    out += &line("inference", &m.inference);
+    out += &line("postprocess", &m.postprocess);
+    out += &format!("throughput   {:.2} frames/s\n", m.throughput);
+    if let Some(k) = peak_rss_kib {
+        out += &format!("peak RSS     {:.1} MiB\n", k as f64 / 1024.0);
+    }
+    out
+}

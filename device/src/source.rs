@@ -1,0 +1,411 @@
+//! Where `device live` gets frames: raw frames on stdin or in a file, an MJPEG stream or AVI,
+//! a folder of images, or a V4L2 camera (with reconnection).
+
+use std::io::{BufRead, BufReader, ErrorKind, Read};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use shared::preprocess::PixelFormat;
+
+/// How the bytes of a stream encode frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamFormat {
+    Raw(PixelFormat),
+    /// Concatenated JPEGs (an `.mjpeg` stream, ffmpeg `-f mjpeg`, or the frames inside an MJPEG AVI).
+    Mjpeg,
+}
+
+impl std::str::FromStr for StreamFormat {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "yuyv" | "yuyv422" => StreamFormat::Raw(PixelFormat::Yuyv),
+            "rgb24" | "rgb" => StreamFormat::Raw(PixelFormat::Rgb8),
+            "gray" | "gray8" => StreamFormat::Raw(PixelFormat::Gray8),
+            "mjpeg" | "mjpg" | "jpeg" => StreamFormat::Mjpeg,
+            _ => bail!("unknown --format `{s}` (expected yuyv, rgb24, gray or mjpeg)"),
+        })
+    }
+}
+
+/// A frame owned by the pipeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwnedFrame {
+    pub data: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    pub format: PixelFormat,
+    /// Position in the source (0-based), counting skipped frames.
+    pub index: u64,
+}
+
+impl OwnedFrame {
+    pub fn frame(&self) -> Result<shared::preprocess::Frame<'_>> {
+        shared::preprocess::Frame::new(&self.data, self.width, self.height, self.format).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+}
+
+/// What a source produced.
+#[derive(Debug)]
+pub enum Next {
+    Frame(OwnedFrame),
+    /// A corrupt frame (undecodable JPEG, unreadable image): skipped and counted.
+    Skipped(String),
+    End,
+}
+
+pub trait FrameSource: Send {
+    fn next(&mut self) -> Result<Next>;
+    /// A live source (camera, pipe) drops stale frames; a replay (file, folder) processes all.
+    fn is_live(&self) -> bool;
+}
+
+fn decode_jpeg(bytes: &[u8], index: u64) -> Result<OwnedFrame, String> {
+    let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg).map_err(|e| format!("frame {index}: {e}"))?;
+    let rgb = img.to_rgb8();
+    let (width, height) = rgb.dimensions();
+    Ok(OwnedFrame { data: rgb.into_raw(), width, height, format: PixelFormat::Rgb8, index })
+}
+
+/// Raw frames of `width * height * bytes_per_pixel` bytes, back to back (ffmpeg `-f rawvideo`).
+pub struct RawStream<R> {
+    reader: R,
+    width: u32,
+    height: u32,
+    format: PixelFormat,
+    index: u64,
+    live: bool,
+}
+
+impl<R: Read + Send> RawStream<R> {
+    pub fn new(reader: R, width: u32, height: u32, format: PixelFormat, live: bool) -> Result<Self> {
+        ensure!(width > 0 && height > 0, "raw frames need --width and --height");
+        ensure!(format != PixelFormat::Yuyv || width % 2 == 0, "YUYV frames need an even --width, got {width}");
+        Ok(RawStream { reader, width, height, format, index: 0, live })
+    }
+}
+
+impl<R: Read + Send> FrameSource for RawStream<R> {
+    fn next(&mut self) -> Result<Next> {
+        let len = self.format.frame_len(self.width, self.height) as usize;
+        let mut data = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match self.reader.read(&mut data[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("reading raw frames"),
+            }
+        }
+        if got == 0 {
+            return Ok(Next::End);
+        }
+        if got < len {
+            bail!(
+                "the stream ended in the middle of frame {}: got {got} of {len} bytes. Frames must be exactly \
+                 {}x{} {:?} ({len} bytes): check --width, --height and --format against the producer",
+                self.index,
+                self.width,
+                self.height,
+                self.format
+            );
+        }
+        let index = self.index;
+        self.index += 1;
+        Ok(Next::Frame(OwnedFrame { data, width: self.width, height: self.height, format: self.format, index }))
+    }
+    fn is_live(&self) -> bool {
+        self.live
+    }
+}
+
+/// Concatenated JPEGs split on the SOI (`FF D8`) and EOI (`FF D9`) markers. Bytes between
+/// frames (AVI chunk headers, garbage) are ignored; a frame that does not decode is skipped.
+pub struct MjpegStream<R> {
+    reader: BufReader<R>,
+    buf: Vec<u8>,
+    index: u64,
+    live: bool,
+    /// The size every frame must have (from --width/--height), if given.
+    expect: Option<(u32, u32)>,
+}
+
+impl<R: Read + Send> MjpegStream<R> {
+    pub fn new(reader: R, expect: Option<(u32, u32)>, live: bool) -> Self {
+        MjpegStream { reader: BufReader::with_capacity(1 << 16, reader), buf: Vec::new(), index: 0, live, expect }
+    }
+
+    /// Next JPEG's bytes, or None at the end of the stream.
+    fn next_jpeg(&mut self) -> Result<Option<Vec<u8>>> {
+        // Find SOI.
+        let mut prev = 0u8;
+        loop {
+            let chunk = self.reader.fill_buf().context("reading the MJPEG stream")?;
+            if chunk.is_empty() {
+                return Ok(None);
+            }
+            let mut start = None;
+            for (i, &b) in chunk.iter().enumerate() {
+                if prev == 0xFF && b == 0xD8 {
+                    start = Some(i + 1);
+                    break;
+                }
+                prev = b;
+            }
+            match start {
+                Some(n) => {
+                    self.reader.consume(n);
+                    break;
+                }
+                None => {
+                    let n = chunk.len();
+                    self.reader.consume(n);
+                }
+            }
+        }
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0xFF, 0xD8]);
+        // Copy until EOI.
+        loop {
+            let chunk = self.reader.fill_buf().context("reading the MJPEG stream")?;
+            if chunk.is_empty() {
+                // Truncated last frame: hand it over, the decoder will call it corrupt.
+                return Ok(Some(std::mem::take(&mut self.buf)));
+            }
+            let mut end = None;
+            let mut last = *self.buf.last().unwrap_or(&0);
+            for (i, &b) in chunk.iter().enumerate() {
+                if last == 0xFF && b == 0xD9 {
+                    end = Some(i + 1);
+                    break;
+                }
+                last = b;
+            }
+            match end {
+                Some(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.reader.consume(n);
+                    return Ok(Some(std::mem::take(&mut self.buf)));
+                }
+                None => {
+                    let n = chunk.len();
+                    self.buf.extend_from_slice(chunk);
+                    self.reader.consume(n);
+                    ensure!(self.buf.len() < 64 << 20, "MJPEG frame {} is over 64 MiB without an end marker", self.index);
+                }
+            }
+        }
+    }
+}
+
+impl<R: Read + Send> FrameSource for MjpegStream<R> {
+    fn next(&mut self) -> Result<Next> {
+        let Some(jpeg) = self.next_jpeg()? else { return Ok(Next::End) };
+        let index = self.index;
+        self.index += 1;
+        match decode_jpeg(&jpeg, index) {
+            Ok(mut f) => {
+                if let Some((w, h)) = self.expect {
+                    ensure!(
+                        (f.width, f.height) == (w, h),
+                        "MJPEG frame {index} is {}x{}, but --width/--height say {w}x{h}",
+                        f.width,
+                        f.height
+                    );
+                }
+                f.index = index;
+                Ok(Next::Frame(f))
+            }
+            Err(why) => Ok(Next::Skipped(why)),
+        }
+    }
+    fn is_live(&self) -> bool {
+        self.live
+    }
+}
+
+/// The images of a folder (png, jpg, jpeg, bmp, ppm), in name order.
+pub struct DirSource {
+    files: Vec<PathBuf>,
+    pos: usize,
+}
+
+impl DirSource {
+    pub fn new(dir: &Path) -> Result<Self> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot list folder {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg" | "bmp" | "ppm" | "pgm")
+                })
+            })
+            .collect();
+        files.sort();
+        ensure!(!files.is_empty(), "folder {} holds no images (png, jpg, jpeg, bmp, ppm)", dir.display());
+        Ok(DirSource { files, pos: 0 })
+    }
+}
+
+impl FrameSource for DirSource {
+    fn next(&mut self) -> Result<Next> {
+        let Some(path) = self.files.get(self.pos) else { return Ok(Next::End) };
+        let index = self.pos as u64;
+        self.pos += 1;
+        match crate::pipeline::Image::open(path) {
+            Ok(img) => Ok(Next::Frame(OwnedFrame {
+                data: img.data,
+                width: img.width,
+                height: img.height,
+                format: PixelFormat::Rgb8,
+                index,
+            })),
+            Err(e) => Ok(Next::Skipped(format!("{e:#}"))),
+        }
+    }
+    fn is_live(&self) -> bool {
+        false
+    }
+}
+
+/// A V4L2 camera. Errors while streaming close it; [`Reconnecting`] reopens it.
+pub struct CameraSource {
+    camera: crate::v4l2::Camera,
+    format: StreamFormat,
+    index: u64,
+    buf: Vec<u8>,
+}
+
+impl CameraSource {
+    pub fn open(path: &Path, width: u32, height: u32, format: StreamFormat) -> Result<Self> {
+        let fourcc = match format {
+            StreamFormat::Raw(PixelFormat::Yuyv) => crate::v4l2::PIX_FMT_YUYV,
+            StreamFormat::Raw(PixelFormat::Rgb8) => crate::v4l2::PIX_FMT_RGB24,
+            StreamFormat::Raw(PixelFormat::Gray8) => crate::v4l2::fourcc(b"GREY"),
+            StreamFormat::Mjpeg => crate::v4l2::PIX_FMT_MJPEG,
+        };
+        let camera = crate::v4l2::Camera::open(path, width, height, fourcc)?;
+        if (camera.width, camera.height) != (width, height) {
+            eprintln!("note: {} delivers {}x{} instead of {width}x{height}", path.display(), camera.width, camera.height);
+        }
+        Ok(CameraSource { camera, format, index: 0, buf: Vec::new() })
+    }
+}
+
+impl FrameSource for CameraSource {
+    fn next(&mut self) -> Result<Next> {
+        self.camera.read_frame(&mut self.buf)?;
+        let index = self.index;
+        self.index += 1;
+        match self.format {
+            StreamFormat::Mjpeg => Ok(match decode_jpeg(&self.buf, index) {
+                Ok(f) => Next::Frame(f),
+                Err(why) => Next::Skipped(why),
+            }),
+            StreamFormat::Raw(format) => {
+                let (w, h) = (self.camera.width, self.camera.height);
+                let len = format.frame_len(w, h) as usize;
+                if self.buf.len() < len {
+                    return Ok(Next::Skipped(format!("frame {index}: {} bytes, expected {len}", self.buf.len())));
+                }
+                Ok(Next::Frame(OwnedFrame { data: self.buf[..len].to_vec(), width: w, height: h, format, index }))
+            }
+        }
+    }
+    fn is_live(&self) -> bool {
+        true
+    }
+}
+
+/// Reopens a source that fails (a camera unplugged for a moment): up to `retries` attempts with
+/// doubling delays, then gives up with an error that says so.
+pub struct Reconnecting<F> {
+    open: F,
+    current: Option<Box<dyn FrameSource>>,
+    pub retries: u32,
+    pub first_delay: Duration,
+    what: String,
+    /// Reconnections so far.
+    pub reconnects: u32,
+}
+
+impl<F: FnMut() -> Result<Box<dyn FrameSource>> + Send> Reconnecting<F> {
+    pub fn new(what: impl Into<String>, mut open: F, retries: u32, first_delay: Duration) -> Result<Self> {
+        let current = Some(open()?);
+        Ok(Reconnecting { open, current, retries, first_delay, what: what.into(), reconnects: 0 })
+    }
+}
+
+impl<F: FnMut() -> Result<Box<dyn FrameSource>> + Send> FrameSource for Reconnecting<F> {
+    fn next(&mut self) -> Result<Next> {
+        let err = match self.current.as_mut().map(|s| s.next()) {
+            Some(Ok(n)) => return Ok(n),
+            Some(Err(e)) => e,
+            None => anyhow::anyhow!("not open"),
+        };
+        self.current = None;
+        let mut delay = self.first_delay;
+        let mut last = err;
+        for attempt in 1..=self.retries {
+            eprintln!("warning: {}: {last:#}; reconnecting ({attempt}/{}) in {delay:?}", self.what, self.retries);
+            std::thread::sleep(delay);
+            delay *= 2;
+            match (self.open)() {
+                Ok(mut s) => match s.next() {
+                    Ok(n) => {
+                        self.current = Some(s);
+                        self.reconnects += 1;
+                        return Ok(n);
+                    }
+                    Err(e) => last = e,
+                },
+                Err(e) => last = e,
+            }
+        }
+        Err(last).with_context(|| format!("{} is gone: gave up after {} reconnection attempts", self.what, self.retries))
+    }
+    fn is_live(&self) -> bool {
+        true
+    }
+}
+
+/// Opens `--source`: `-` (stdin), a folder, a `/dev/video*` camera, or a file (MJPEG/AVI by
+/// extension or `--format mjpeg`, raw frames otherwise).
+pub fn open_source(source: &str, width: u32, height: u32, format: StreamFormat) -> Result<Box<dyn FrameSource>> {
+    let size = (width > 0 && height > 0).then_some((width, height));
+    if source == "-" {
+        let stdin = std::io::stdin();
+        return Ok(match format {
+            StreamFormat::Mjpeg => Box::new(MjpegStream::new(stdin, size, true)),
+            StreamFormat::Raw(f) => Box::new(RawStream::new(stdin, width, height, f, true)?),
+        });
+    }
+    let path = Path::new(source);
+    if source.starts_with("/dev/video") {
+        ensure!(size.is_some(), "a camera needs --width and --height");
+        let p = path.to_path_buf();
+        let open = move || -> Result<Box<dyn FrameSource>> { Ok(Box::new(CameraSource::open(&p, width, height, format)?)) };
+        return Ok(Box::new(Reconnecting::new(source, open, 5, Duration::from_millis(200))?));
+    }
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot open source {source}"))?;
+    if meta.is_dir() {
+        return Ok(Box::new(DirSource::new(path)?));
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open source {source}"))?;
+    if format == StreamFormat::Mjpeg || matches!(ext.as_str(), "mjpeg" | "mjpg" | "avi" | "jpg" | "jpeg") {
+        return Ok(Box::new(MjpegStream::new(file, size, false)));
+    }
+    let StreamFormat::Raw(pf) = format else { unreachable!() };
+    ensure!(size.is_some(), "raw frames in {source} need --width and --height");
+    let frame = pf.frame_len(width, height);
+    ensure!(
+        meta.len() % frame == 0,
+        "{source} holds {} bytes, not a whole number of {width}x{height} {pf:?} frames ({frame} bytes each): \
+         check --width, --height and --format",
+        meta.len()
+    );
+    Ok(Box::new(RawStream::new(file, width, height, pf, false)?))
+}

@@ -1,0 +1,90 @@
+//! int8 runs tract's integer kernels, not float in disguise: every matrix product of the
+//! optimized int8 plan is an `OptMatMul` whose kernel accumulates in i32 on i8 operands, and no
+//! float matrix product or float convolution is left. For contrast, tract-onnx on the QDQ ONNX
+//! of the same network keeps float matrix products (the upstream issue this crate works around).
+
+mod common;
+
+use device::engine::{Engine, EngineOptions};
+use shared::graph::Form;
+use shared::weights::Precision;
+use tract_core::internal::*;
+use tract_core::ops::matmul::optimized::OptMatMul;
+
+/// (node name, kernel name, accumulator type, operand types) of every OptMatMul.
+fn matmuls(model: &TypedModel) -> Vec<(String, String, DatumType, Vec<DatumType>)> {
+    model
+        .nodes()
+        .iter()
+        .filter_map(|n| {
+            let op = n.op_as::<OptMatMul>()?;
+            let mmm = &op.mmm[0];
+            let inputs = n.inputs.iter().map(|i| model.outlet_fact(*i).unwrap().datum_type).collect();
+            Some((n.name.clone(), mmm.name().to_string(), mmm.internal_type(), inputs))
+        })
+        .collect()
+}
+
+fn float_convs(model: &TypedModel) -> Vec<String> {
+    model
+        .nodes()
+        .iter()
+        .filter(|n| {
+            let name = n.op.name();
+            (name.contains("Conv") || name.contains("EinSum") || name.contains("MatMul"))
+                && n.outputs[0].fact.datum_type.is_float()
+                && n.op_as::<OptMatMul>().is_none_or(|m| m.mmm[0].internal_type().is_float())
+        })
+        .map(|n| format!("{} ({})", n.name, n.op.name()))
+        .collect()
+}
+
+fn check(arch: &str) {
+    let Some(dir) = common::fixtures(arch) else { return };
+    let model = common::compact(&dir, arch, Form::Folded, Precision::Int8);
+    let e = Engine::load(&model, &EngineOptions::default()).unwrap();
+    let plan = e.optimized_model();
+    let mms = matmuls(plan);
+    let layers = &e.info().int8_layers;
+    assert!(!layers.is_empty());
+    for (name, kernel, acc, _) in &mms {
+        eprintln!("{name}: {kernel} acc {acc:?}");
+    }
+    // Every quantized layer owns an integer matrix product.
+    for layer in layers {
+        let mine: Vec<_> = mms.iter().filter(|m| m.0.starts_with(&format!("{layer}."))).collect();
+        assert!(!mine.is_empty(), "layer {layer}: no OptMatMul in the optimized plan");
+        for (name, kernel, acc, _) in mine {
+            assert_eq!(*acc, i32::datum_type(), "{name}: kernel {kernel} accumulates in {acc:?}, not i32");
+        }
+    }
+    // And nothing computes a conv or matmul in float.
+    assert!(mms.iter().all(|m| m.2 == i32::datum_type()), "float matmuls left: {mms:?}");
+    let float = float_convs(plan);
+    assert!(float.is_empty(), "float convolutions or matmuls left in the int8 plan: {float:?}");
+    assert!(!plan.nodes().iter().any(|n| n.op.name() == "Conv"), "unlowered Conv op left");
+}
+
+#[test]
+fn resnet8_int8_plan_holds_only_integer_matmuls() {
+    check("resnet8");
+}
+
+#[test]
+fn resnet18_int8_plan_holds_only_integer_matmuls() {
+    check("resnet18");
+}
+
+#[test]
+fn fp32_plan_uses_float_kernels_and_tract_onnx_runs_qdq_in_float() {
+    let Some(dir) = common::fixtures("resnet8") else { return };
+    let f32_model = common::compact(&dir, "resnet8", Form::Folded, Precision::F32);
+    let e = Engine::load(&f32_model, &EngineOptions::default()).unwrap();
+    let mms = matmuls(e.optimized_model());
+    assert!(!mms.is_empty() && mms.iter().all(|m| m.2 == f32::datum_type()), "{mms:?}");
+    // The QDQ ONNX through tract-onnx: dequantized weights, float matrix products.
+    let e = Engine::load(dir.join("resnet8.int8.onnx"), &EngineOptions::default()).unwrap();
+    let mms = matmuls(e.optimized_model());
+    eprintln!("tract-onnx on QDQ: {:?}", mms.iter().map(|m| (&m.1, m.2)).collect::<Vec<_>>());
+    assert!(mms.iter().any(|m| m.2.is_float()), "tract-onnx now runs QDQ convs in integers: {mms:?}");
+}

@@ -1,0 +1,57 @@
+//! Link libtorch so that CUDA really is used when present, and so the binary runs without
+//! `LD_LIBRARY_PATH`.
+//!
+//! `torch-sys` asks for `-ltorch_cuda`, but rustc links with `-Wl,--as-needed` and nothing in
+//! the binary references a symbol of `libtorch_cuda.so` directly (its CUDA kernels register
+//! themselves from static constructors), so the linker drops it and `tch::Cuda::is_available()`
+//! says false on a GPU machine. We add it again between `--no-as-needed` / `--as-needed`, but
+//! only when the library exists (a CPU-only libtorch has none), and add an rpath to the libtorch
+//! library directory found the same way `torch-sys` finds it:
+//! `LIBTORCH_LIB` or `LIBTORCH` (+ `/lib`), else with `LIBTORCH_USE_PYTORCH` the active python's
+//! `torch.utils.cpp_extension.library_paths()`, else `/usr/lib` when `/usr/lib/libtorch.so` exists.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+const PYTHON_PRINT_LIB_DIR: &str =
+    "from torch.utils import cpp_extension\nfor p in cpp_extension.library_paths(): print(p)";
+
+fn env_rerun(name: &str) -> Option<String> {
+    println!("cargo:rerun-if-env-changed={name}");
+    env::var(name).ok()
+}
+
+fn libtorch_lib_dir() -> Option<PathBuf> {
+    if env_rerun("LIBTORCH_USE_PYTORCH").is_some() {
+        // Same interpreter choice as torch-sys.
+        let python = if env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
+        let out = Command::new(python).arg("-c").arg(PYTHON_PRINT_LIB_DIR).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        return text.lines().next().map(|l| PathBuf::from(l.trim()));
+    }
+    if let Some(lib) = env_rerun("LIBTORCH_LIB") {
+        return Some(PathBuf::from(lib).join("lib"));
+    }
+    if let Some(root) = env_rerun("LIBTORCH") {
+        return Some(PathBuf::from(root).join("lib"));
+    }
+    let system = PathBuf::from("/usr/lib");
+    system.join("libtorch.so").exists().then_some(system)
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    let Some(dir) = libtorch_lib_dir() else {
+        println!("cargo:warning=host: libtorch library directory not found; no rpath added");
+        return;
+    };
+    let dir_s = dir.display();
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{dir_s}");
+    if dir.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-L{dir_s}");
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}

@@ -1,0 +1,159 @@
+//! `host eval`: top-1 / top-5 of a checkpoint on a dataset's test split, through the `shared`
+//! eval preprocessing.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use clap::builder::PossibleValuesParser;
+use serde::Serialize;
+use shared::preprocess::Preprocess;
+use shared::ResNetConfig;
+use tch::nn;
+
+use crate::checkpoint::{config_from_metadata, read_safetensors, write_atomic, RunDir};
+use crate::data::{DataOptions, Dataset, DatasetSpec};
+use crate::device::{self, DeviceArg};
+use crate::model::{ModelOptions, ResNet};
+use crate::train::{evaluate, model_config, Criterion, StemArg, TrainArgs};
+
+/// Result file written next to the checkpoint (or to `--out`).
+pub const EVAL_FILE: &str = "eval.json";
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct EvalArgs {
+    /// A run directory (from `host train --out`) or a safetensors state_dict file.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Dataset (as for `host train`); default: the run's dataset.
+    #[arg(long)]
+    pub dataset: Option<DatasetSpec>,
+    /// Architecture, for a bare weights file without host metadata (e.g. torchvision's).
+    #[arg(long, value_parser = PossibleValuesParser::new(ResNetConfig::NAMES))]
+    pub arch: Option<String>,
+    /// Stem, for a bare weights file (default as for `host train`).
+    #[arg(long, value_enum)]
+    pub stem: Option<StemArg>,
+    /// Images per batch.
+    #[arg(short = 'b', long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Evaluate on the first N test images only.
+    #[arg(long)]
+    pub limit_test: Option<usize>,
+    /// Network input side (default: the run's, else the dataset's).
+    #[arg(long)]
+    pub image_size: Option<u32>,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceArg,
+    /// libtorch threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Where to write the JSON result (default: eval.json in the run directory, or next to the file).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct EvalReport<'a> {
+    checkpoint: String,
+    dataset: String,
+    arch: &'a str,
+    test_top1: f64,
+    test_top5: f64,
+    test_loss: f64,
+    images: usize,
+    skipped_images: usize,
+    seconds: f64,
+}
+
+pub fn main(args: EvalArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let device = args.device.resolve()?;
+    device::configure(device);
+    device::set_threads(args.threads);
+
+    // What to evaluate: a run directory brings its dataset, config and preprocessing.
+    let (weights, run_args, run_config, run_preprocess, out_dir): (PathBuf, Option<TrainArgs>, _, Option<Preprocess>, PathBuf) =
+        if args.checkpoint.is_dir() {
+            let run = RunDir::new(&args.checkpoint);
+            if !run.checkpoint().exists() {
+                bail!("{}: no {} in this directory", args.checkpoint.display(), crate::checkpoint::CHECKPOINT_FILE);
+            }
+            let state = run.load_state()?;
+            let train_args: TrainArgs = serde_json::from_value(state.args.clone())
+                .map_err(|e| anyhow!("{}: cannot read the run's flags: {e}", run.args().display()))?;
+            (run.checkpoint(), Some(train_args), Some(state.config), Some(state.preprocess), run.dir.clone())
+        } else if args.checkpoint.is_file() {
+            let dir = args.checkpoint.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            (args.checkpoint.clone(), None, None, None, dir)
+        } else {
+            bail!("--checkpoint {}: no such file or directory", args.checkpoint.display());
+        };
+    let (tensors, meta) = read_safetensors(&weights)?;
+
+    let spec = match (&args.dataset, &run_args) {
+        (Some(d), _) => d.clone(),
+        (None, Some(a)) => a.dataset.clone(),
+        (None, None) => DatasetSpec::default(),
+    };
+    let image_size = args.image_size.or(run_args.as_ref().and_then(|a| a.image_size));
+    let data = Dataset::open_test(&spec, &DataOptions { limit_test: args.limit_test, image_size, ..Default::default() })?;
+
+    let config = match (run_config.or_else(|| config_from_metadata(&meta)), &args.arch) {
+        (Some(c), None) => c,
+        (found, Some(arch)) => {
+            let c = model_config(arch, args.stem, &spec, data.classes.len(), data.in_channels)?;
+            // A bare torchvision file: take classes, channels and stem from the tensors.
+            infer_from_tensors(c, &tensors).or(found).unwrap_or(c)
+        }
+        (None, None) => bail!("{}: no host metadata in this file; pass --arch", weights.display()),
+    };
+    if config.num_classes as usize != data.classes.len() {
+        bail!(
+            "{}: the network has {} classes, the dataset {spec} has {}",
+            weights.display(),
+            config.num_classes,
+            data.classes.len()
+        );
+    }
+    let preprocess = match run_preprocess {
+        Some(p) if args.image_size.is_none() && args.dataset.is_none() => p,
+        _ => data.presets.eval,
+    };
+
+    let vs = nn::VarStore::new(device);
+    let model = ResNet::new(&vs, &config, ModelOptions::default())?;
+    model.load_state_dict(&tensors, &weights, &[])?;
+    let criterion = Criterion { label_smoothing: 0.0 };
+    let ev = evaluate(&model, &criterion, data.test.as_ref(), &preprocess, args.batch_size, device)?;
+    let report = EvalReport {
+        checkpoint: weights.display().to_string(),
+        dataset: spec.to_string(),
+        arch: args.arch.as_deref().unwrap_or("from checkpoint"),
+        test_top1: ev.top1,
+        test_top5: ev.top5,
+        test_loss: ev.loss,
+        images: ev.images,
+        skipped_images: ev.skipped,
+        seconds: ev.seconds,
+    };
+    let json = serde_json::to_string(&report)?;
+    let out = args.out.unwrap_or_else(|| out_dir.join(EVAL_FILE));
+    write_atomic(&out, format!("{json}\n").as_bytes())?;
+    println!(
+        "top1 {:.2}%  top5 {:.2}%  loss {:.4}  ({} images, {} unreadable, {:.1}s)",
+        ev.top1, ev.top5, ev.loss, ev.images, ev.skipped, ev.seconds
+    );
+    println!("{json}");
+    Ok(())
+}
+
+/// Classes, input channels and stem as a torchvision state_dict's shapes say.
+fn infer_from_tensors(c: ResNetConfig, tensors: &std::collections::HashMap<String, tch::Tensor>) -> Option<ResNetConfig> {
+    let fc = tensors.get("fc.bias")?.size();
+    let conv1 = tensors.get("conv1.weight")?.size();
+    let stem = if conv1.get(2) == Some(&7) { shared::Stem::ImageNet } else { shared::Stem::Small };
+    Some(c.with_classes(*fc.first()? as u32).with_in_channels(*conv1.get(1)? as u8).with_stem(stem))
+}

@@ -1,0 +1,401 @@
+//! The Folded-form network on libtorch, with optional int8 fake quantization: what `host export`
+//! calibrates and evaluates.
+//!
+//! A quantized conv or linear layer computes exactly the ONNX QDQ semantics of
+//! `docs/weights-format.md`:
+//!
+//! ```text
+//! x_q  = clamp(round_half_even(x / s_in) + zp, -128, 127)      QuantizeLinear
+//! x'   = (x_q - zp) * s_in                                      DequantizeLinear
+//! W'   = q * s_w[o],  b' = float(bias_q) * (s_in * s_w[o])      DequantizeLinear (per channel)
+//! y    = conv(x', W') + b'                                      in f32
+//! ```
+//!
+//! so "int8 top-1" is the number of the file's int8 tensors, not of a float approximation.
+//! [`Net::from_weights`] builds the network from a parsed compact weights file; every tensor is
+//! decoded from the file's bytes.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, bail, Context, Result};
+use shared::weights::TensorView;
+use shared::{DType, Form, Node, ResNetConfig, ValueId, WeightsFile};
+use tch::{Device, Kind, Tensor};
+
+use super::fold::Folded;
+
+/// Per-tensor int8 quantization of an activation: `x_q = clamp(round(x / scale) + zero_point)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ActQuant {
+    pub scale: f32,
+    pub zero_point: i8,
+}
+
+impl ActQuant {
+    /// QuantizeLinear then DequantizeLinear. The division is a true f32 division by a full
+    /// tensor: libtorch turns a division by a scalar into a multiplication by its reciprocal,
+    /// which rounds differently near half-way points.
+    pub fn fake_quant(&self, x: &Tensor) -> Tensor {
+        let s = x.full_like(f64::from(self.scale));
+        let zp = f64::from(self.zero_point);
+        let q = (x / &s).round().g_add_scalar(zp).clamp(-128.0, 127.0);
+        q.g_sub_scalar(zp) * s
+    }
+}
+
+/// A conv or linear layer's parameters as the network uses them (dequantized when int8).
+#[derive(Debug)]
+pub struct Layer {
+    pub name: String,
+    pub weight: Tensor,
+    /// `None` for a conv without bias (the end of a pre-activation block).
+    pub bias: Option<Tensor>,
+    /// Input quantization (int8 layers); `None`: the layer runs in float.
+    pub input_quant: Option<ActQuant>,
+}
+
+#[derive(Debug)]
+enum Op {
+    Conv { layer: Layer, stride: i64, padding: i64, input: usize, output: usize },
+    Affine { scale: Tensor, shift: Tensor, input: usize, output: usize },
+    Relu { input: usize, output: usize },
+    MaxPool { kernel: i64, stride: i64, padding: i64, input: usize, output: usize },
+    Add { lhs: usize, rhs: usize, output: usize },
+    GlobalAvgPool { input: usize, output: usize },
+    Linear { layer: Layer, input: usize, output: usize },
+}
+
+impl Op {
+    fn inputs(&self) -> Vec<usize> {
+        match *self {
+            Op::Conv { input, .. }
+            | Op::Affine { input, .. }
+            | Op::Relu { input, .. }
+            | Op::MaxPool { input, .. }
+            | Op::GlobalAvgPool { input, .. }
+            | Op::Linear { input, .. } => vec![input],
+            Op::Add { lhs, rhs, .. } => vec![lhs, rhs],
+        }
+    }
+    fn output(&self) -> usize {
+        match *self {
+            Op::Conv { output, .. }
+            | Op::Affine { output, .. }
+            | Op::Relu { output, .. }
+            | Op::MaxPool { output, .. }
+            | Op::Add { output, .. }
+            | Op::GlobalAvgPool { output, .. }
+            | Op::Linear { output, .. } => output,
+        }
+    }
+    fn layer(&self) -> Option<&Layer> {
+        match self {
+            Op::Conv { layer, .. } | Op::Linear { layer, .. } => Some(layer),
+            _ => None,
+        }
+    }
+}
+
+/// The input value of a conv or linear layer, for calibration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerInput {
+    pub layer: String,
+    pub value: ValueId,
+}
+
+/// Parameters of one conv/linear node when building a [`Net`].
+pub type LayerSource<'s> = dyn FnMut(&str) -> Result<Layer> + 's;
+
+/// The Folded-form network.
+#[derive(Debug)]
+pub struct Net {
+    pub config: ResNetConfig,
+    ops: Vec<Op>,
+    num_values: usize,
+    last_use: Vec<usize>,
+    logits: usize,
+}
+
+impl Net {
+    /// Walks `config` in [`Form::Folded`], asking `layer` for every conv/linear and `affine` for
+    /// every Affine node (`(scale, shift)` of `[C]`).
+    pub fn build(
+        config: &ResNetConfig,
+        layer: &mut LayerSource<'_>,
+        affine: &mut dyn FnMut(&str) -> Result<(Tensor, Tensor)>,
+    ) -> Result<Self> {
+        let mut ops = Vec::new();
+        config.walk::<anyhow::Error>(Form::Folded, |node| {
+            let v = |id: ValueId| id.index();
+            let op = match *node {
+                Node::Input { .. } => return Ok(()),
+                Node::Conv { name, input, output, stride, padding, .. } => Op::Conv {
+                    layer: layer(name)?,
+                    stride: i64::from(stride),
+                    padding: i64::from(padding),
+                    input: v(input),
+                    output: v(output),
+                },
+                Node::Affine { name, input, output, .. } => {
+                    let (scale, shift) = affine(name)?;
+                    Op::Affine {
+                        scale: scale.view([1, -1, 1, 1]),
+                        shift: shift.view([1, -1, 1, 1]),
+                        input: v(input),
+                        output: v(output),
+                    }
+                }
+                Node::BatchNorm { name, .. } => bail!("`{name}`: the folded graph has no BatchNorm"),
+                Node::Relu { input, output } => Op::Relu { input: v(input), output: v(output) },
+                Node::MaxPool { input, output, kernel, stride, padding } => Op::MaxPool {
+                    kernel: i64::from(kernel),
+                    stride: i64::from(stride),
+                    padding: i64::from(padding),
+                    input: v(input),
+                    output: v(output),
+                },
+                Node::Add { lhs, rhs, output } => Op::Add { lhs: v(lhs), rhs: v(rhs), output: v(output) },
+                Node::GlobalAvgPool { input, output } => Op::GlobalAvgPool { input: v(input), output: v(output) },
+                Node::Linear { name, input, output, .. } => {
+                    Op::Linear { layer: layer(name)?, input: v(input), output: v(output) }
+                }
+            };
+            ops.push(op);
+            Ok(())
+        })?;
+        let num_values = config.num_values(Form::Folded);
+        let mut last_use = vec![0; num_values];
+        for (i, op) in ops.iter().enumerate() {
+            for v in op.inputs() {
+                last_use[v] = i;
+            }
+        }
+        let logits = ops.last().map(Op::output).ok_or_else(|| anyhow!("empty graph"))?;
+        Ok(Self { config: *config, ops, num_values, last_use, logits })
+    }
+
+    /// The float network of folded parameters (no quantization), on `device`.
+    pub fn from_folded(folded: &Folded, device: Device) -> Result<Self> {
+        let get = |n: &str| folded.get(n).map(|t| t.to_device(device));
+        Self::build(
+            &folded.config,
+            &mut |name| {
+                Ok(Layer {
+                    name: name.to_string(),
+                    weight: get(&format!("{name}.weight"))?,
+                    bias: folded.tensors.get(&format!("{name}.bias")).map(|t| t.to_device(device)),
+                    input_quant: None,
+                })
+            },
+            &mut |name| Ok((get(&format!("{name}.weight"))?, get(&format!("{name}.bias"))?)),
+        )
+    }
+
+    /// The network a Folded-form compact weights file describes (f32, f16 or int8 tensors),
+    /// decoded from the file's bytes.
+    pub fn from_weights(file: &WeightsFile<'_>, device: Device) -> Result<Self> {
+        if file.header().form != Form::Folded {
+            bail!("expected a Folded-form weights file, got {:?}", file.header().form);
+        }
+        let tensor = |n: &str| file.tensor(n).map_err(|e| anyhow!("{e}"));
+        Self::build(
+            file.config(),
+            &mut |name| {
+                let w = tensor(&format!("{name}.weight"))?;
+                let bias_name = format!("{name}.bias");
+                let b = if file.contains(&bias_name) { Some(tensor(&bias_name)?) } else { None };
+                let layer = match w.dtype {
+                    DType::I8 => {
+                        let in_scale = scalar_f32(&tensor(&format!("{name}.input_scale"))?)?;
+                        let in_zp = decode_i8(&tensor(&format!("{name}.input_zero_point"))?)?;
+                        let in_zp = *in_zp.first().ok_or_else(|| anyhow!("`{name}.input_zero_point` is empty"))?;
+                        let w_scale = decode_f32(&tensor(&format!("{name}.weight_scale"))?)?;
+                        let w_zp = decode_i8(&tensor(&format!("{name}.weight_zero_point"))?)?;
+                        let q = decode_i8(&w)?;
+                        let b = b.ok_or_else(|| anyhow!("int8 layer `{name}` has no `{bias_name}`"))?;
+                        let bias_q = decode_i32(&b)?;
+                        dequantize_layer(
+                            name,
+                            &w,
+                            &q,
+                            &w_scale,
+                            &w_zp,
+                            &bias_q,
+                            ActQuant { scale: in_scale, zero_point: in_zp },
+                            device,
+                        )?
+                    }
+                    DType::F32 | DType::F16 => Layer {
+                        name: name.to_string(),
+                        weight: to_tensor(&w, device)?,
+                        bias: b.map(|b| to_tensor(&b, device)).transpose()?,
+                        input_quant: None,
+                    },
+                    other => bail!("`{name}.weight` has dtype {other:?}"),
+                };
+                Ok(layer)
+            },
+            &mut |name| {
+                Ok((
+                    to_tensor(&tensor(&format!("{name}.weight"))?, device)?,
+                    to_tensor(&tensor(&format!("{name}.bias"))?, device)?,
+                ))
+            },
+        )
+    }
+
+    /// Every conv/linear layer's input value, in execution order.
+    pub fn layer_inputs(&self) -> Vec<LayerInput> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Conv { layer, input, .. } | Op::Linear { layer, input, .. } => {
+                    Some(LayerInput { layer: layer.name.clone(), value: ValueId(*input as u32) })
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Names of the layers that run in int8.
+    pub fn quantized_layers(&self) -> Vec<String> {
+        self.ops.iter().filter_map(Op::layer).filter(|l| l.input_quant.is_some()).map(|l| l.name.clone()).collect()
+    }
+
+    /// Logits `[N, classes]` for a batch `[N, C, H, W]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.forward_observed(x, &mut |_, _, _| Ok(())).expect("the observer never fails")
+    }
+
+    /// Forward pass calling `observe(layer, value, tensor)` with the (float) input of every
+    /// conv/linear layer before it is quantized.
+    pub fn forward_observed(
+        &self,
+        x: &Tensor,
+        observe: &mut dyn FnMut(&str, ValueId, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let mut values: Vec<Option<Tensor>> = (0..self.num_values).map(|_| None).collect();
+        values[0] = Some(x.shallow_clone());
+        for (i, op) in self.ops.iter().enumerate() {
+            let get = |v: usize| values[v].as_ref().ok_or_else(|| anyhow!("value {v} used before it is defined"));
+            let run_layer = |layer: &Layer,
+                             x: &Tensor,
+                             observe: &mut dyn FnMut(&str, ValueId, &Tensor) -> Result<()>,
+                             input: usize| {
+                observe(&layer.name, ValueId(input as u32), x)?;
+                Ok::<_, anyhow::Error>(match layer.input_quant {
+                    Some(q) => q.fake_quant(x),
+                    None => x.shallow_clone(),
+                })
+            };
+            let y = match op {
+                Op::Conv { layer, stride, padding, input, .. } => {
+                    let x = run_layer(layer, get(*input)?, observe, *input)?;
+                    x.conv2d(&layer.weight, layer.bias.as_ref(), [*stride; 2], [*padding; 2], [1, 1], 1)
+                }
+                Op::Affine { scale, shift, input, .. } => get(*input)? * scale + shift,
+                Op::Relu { input, .. } => get(*input)?.relu(),
+                Op::MaxPool { kernel, stride, padding, input, .. } => {
+                    get(*input)?.max_pool2d([*kernel; 2], [*stride; 2], [*padding; 2], [1, 1], false)
+                }
+                Op::Add { lhs, rhs, .. } => get(*lhs)? + get(*rhs)?,
+                Op::GlobalAvgPool { input, .. } => get(*input)?.mean_dim([2i64, 3].as_slice(), false, None),
+                Op::Linear { layer, input, .. } => {
+                    let x = run_layer(layer, get(*input)?, observe, *input)?;
+                    x.linear(&layer.weight, layer.bias.as_ref())
+                }
+            };
+            for v in op.inputs() {
+                if self.last_use[v] == i {
+                    values[v] = None;
+                }
+            }
+            values[op.output()] = Some(y);
+        }
+        values[self.logits].take().context("the walk ends with the classifier")
+    }
+}
+
+/// A float layer from int8 tensors: `W = q * s_w[o]`, `b = float(bias_q) * (s_in * s_w[o])`,
+/// each product in f32 as ONNX DequantizeLinear computes it.
+#[allow(clippy::too_many_arguments)]
+pub fn dequantize_layer(
+    name: &str,
+    w: &TensorView<'_>,
+    q: &[i8],
+    w_scale: &[f32],
+    w_zp: &[i8],
+    bias_q: &[i32],
+    input: ActQuant,
+    device: Device,
+) -> Result<Layer> {
+    let out = w.shape().first().copied().unwrap_or(0) as usize;
+    if out == 0 || w_scale.len() != out || w_zp.len() != out || bias_q.len() != out || q.len() % out != 0 {
+        bail!("`{name}`: int8 tensors have inconsistent sizes");
+    }
+    if !(input.scale.is_finite() && input.scale > 0.0) || w_scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        bail!("`{name}`: quantization scales must be finite and positive");
+    }
+    let per = q.len() / out;
+    let weight: Vec<f32> = q
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i32::from(v) - i32::from(w_zp[i / per])) as f32 * w_scale[i / per])
+        .collect();
+    let bias: Vec<f32> = bias_q.iter().zip(w_scale).map(|(&b, &s)| b as f32 * (input.scale * s)).collect();
+    let shape: Vec<i64> = w.shape().iter().map(|&d| i64::from(d)).collect();
+    Ok(Layer {
+        name: name.to_string(),
+        weight: Tensor::from_slice(&weight).view(shape.as_slice()).to_device(device),
+        bias: Some(Tensor::from_slice(&bias).to_device(device)),
+        input_quant: Some(input),
+    })
+}
+
+pub fn decode_f32(t: &TensorView<'_>) -> Result<Vec<f32>> {
+    match t.dtype {
+        DType::F32 | DType::F16 => Ok(t.to_f32_vec()),
+        other => bail!("`{}` is {other:?}, expected a float tensor", t.name),
+    }
+}
+
+pub fn decode_i8(t: &TensorView<'_>) -> Result<Vec<i8>> {
+    match t.dtype {
+        DType::I8 => Ok(t.data.iter().map(|&b| b as i8).collect()),
+        other => bail!("`{}` is {other:?}, expected I8", t.name),
+    }
+}
+
+pub fn decode_i32(t: &TensorView<'_>) -> Result<Vec<i32>> {
+    match t.dtype {
+        DType::I32 => Ok(t.data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        other => bail!("`{}` is {other:?}, expected I32", t.name),
+    }
+}
+
+fn scalar_f32(t: &TensorView<'_>) -> Result<f32> {
+    decode_f32(t)?.first().copied().ok_or_else(|| anyhow!("`{}` is empty", t.name))
+}
+
+/// A float file tensor (F32 or F16, widened exactly to f32) as a tch tensor of its shape.
+pub fn to_tensor(t: &TensorView<'_>, device: Device) -> Result<Tensor> {
+    let v = decode_f32(t)?;
+    let shape: Vec<i64> = t.shape().iter().map(|&d| i64::from(d)).collect();
+    Ok(Tensor::from_slice(&v).view(shape.as_slice()).to_kind(Kind::Float).to_device(device))
+}
+
+/// Named folded tensors as plain `Vec<f32>` (for quantization and file writing).
+pub fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
+    let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view(-1);
+    Vec::<f32>::try_from(&t).map_err(|e| anyhow!("{e}"))
+}
+
+/// `tensor -> name` lookups for error messages.
+pub fn layer_names(net: &Net) -> HashMap<ValueId, Vec<String>> {
+    let mut m: HashMap<ValueId, Vec<String>> = HashMap::new();
+    for li in net.layer_inputs() {
+        m.entry(li.value).or_default().push(li.layer);
+    }
+    m
+}

@@ -1,0 +1,34 @@
+//! `host`: train, evaluate and benchmark the `shared` ResNet graph on libtorch (`tch`).
+//!
+//! The binary (`src/main.rs`) is only the command line; everything it runs lives here so the
+//! integration tests (and later `host export`) can call it directly.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`model`] | the network, built by walking `shared::ResNetConfig::walk`, torchvision names |
+//! | [`data`] | Fashion-MNIST idx, ImageFolder, synthetic sources and the prefetching batch loader |
+//! | [`presets`] | train and eval transforms, in one place (eval is always `shared` `Preprocess`) |
+//! | [`optim`] | SGD with momentum on tch tensors, weight-decay groups from `ParamKind` |
+//! | [`schedule`] | linear warm-up then cosine learning rate, per step |
+//! | [`loss_scale`] | dynamic loss scaling for fp16 |
+//! | [`checkpoint`] | atomic safetensors checkpoints, optimizer state, `args.json` |
+//! | [`train`] | `load_data`, `train_one_epoch`, `evaluate`, `main` |
+//! | [`eval`] | `host eval` |
+//! | [`export`] | `host export`: BN folding, int8 calibration, compact weights, ONNX, parity file |
+//! | [`bench`] | `host bench-train` |
+//! | [`info`] | `host info` |
+
+pub mod bench;
+pub mod checkpoint;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod export;
+pub mod info;
+pub mod loss_scale;
+pub mod model;
+pub mod optim;
+pub mod presets;
+pub mod rng;
+pub mod schedule;
+pub mod train;

@@ -1,0 +1,369 @@
+//! The network, built once by walking `shared`'s graph ([`ResNetConfig::walk`] in
+//! [`Form::Training`]); nothing here writes the architecture down a second time.
+//!
+//! Every parameter and buffer is registered in a [`nn::VarStore`] under the path
+//! `root / "layer1" / "0" / "conv1"` + `"weight"`, so the store's names are exactly torchvision's
+//! `state_dict` names, BatchNorm running statistics and `num_batches_tracked` included: a saved
+//! checkpoint *is* a torchvision state_dict, and torchvision weights load unchanged.
+//!
+//! The forward pass runs the materialized ops over a value table indexed by [`ValueId`], dropping
+//! each value after its last use.
+//!
+//! Mixed precision (`--amp`) is done here rather than with libtorch autocast, which `tch` only
+//! drives through deprecated CUDA-only entry points that print a warning at every step and cannot
+//! select bf16. The policy is autocast's for the ops a ResNet uses: the input, convolutions and
+//! the classifier compute in the reduced dtype (weights cast per step from fp32 masters);
+//! BatchNorm takes the reduced-precision activation with fp32 parameters and statistics (as
+//! cuDNN does under autocast); ReLU, pooling and additions run in the activation's dtype; the
+//! logits are returned in fp32 so the loss is computed in fp32.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use shared::{Form, Node, ParamKind, ParamSpec, ResNetConfig, ValueId};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::device::{to_channels_last, Amp};
+
+/// BatchNorm running-statistics momentum (torchvision default).
+pub const BN_MOMENTUM: f64 = 0.1;
+
+/// How to build and run the network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// Zero-initialise the last BatchNorm weight of every residual block, so each block starts
+    /// as the identity (Goyal et al. 2017; NVIDIA's recipe; torchvision `zero_init_residual`).
+    pub zero_init_residual: bool,
+    /// Keep 4-D weights and activations in NHWC memory order (`torch.channels_last`).
+    pub channels_last: bool,
+    /// Compute dtype of convolutions and the classifier.
+    pub amp: Amp,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        Self { zero_init_residual: true, channels_last: false, amp: Amp::Off }
+    }
+}
+
+/// One named tensor of the model, in `state_dict` order.
+#[derive(Debug)]
+pub struct NamedTensor {
+    pub name: String,
+    pub kind: ParamKind,
+    pub tensor: Tensor,
+}
+
+/// One materialized node of the walk. Indices are value-table slots ([`ValueId::index`]).
+#[derive(Debug)]
+enum Op {
+    Conv { weight: Tensor, bias: Option<Tensor>, stride: i64, padding: i64, input: usize, output: usize },
+    BatchNorm {
+        weight: Tensor,
+        bias: Tensor,
+        running_mean: Tensor,
+        running_var: Tensor,
+        num_batches_tracked: Tensor,
+        input: usize,
+        output: usize,
+    },
+    Relu { input: usize, output: usize },
+    MaxPool { kernel: i64, stride: i64, padding: i64, input: usize, output: usize },
+    Add { lhs: usize, rhs: usize, output: usize },
+    GlobalAvgPool { input: usize, output: usize },
+    Linear { weight: Tensor, bias: Tensor, input: usize, output: usize },
+}
+
+impl Op {
+    fn inputs(&self) -> Vec<usize> {
+        match *self {
+            Op::Conv { input, .. }
+            | Op::BatchNorm { input, .. }
+            | Op::Relu { input, .. }
+            | Op::MaxPool { input, .. }
+            | Op::GlobalAvgPool { input, .. }
+            | Op::Linear { input, .. } => vec![input],
+            Op::Add { lhs, rhs, .. } => vec![lhs, rhs],
+        }
+    }
+    fn output(&self) -> usize {
+        match *self {
+            Op::Conv { output, .. }
+            | Op::BatchNorm { output, .. }
+            | Op::Relu { output, .. }
+            | Op::MaxPool { output, .. }
+            | Op::GlobalAvgPool { output, .. }
+            | Op::Linear { output, .. }
+            | Op::Add { output, .. } => output,
+        }
+    }
+}
+
+/// A ResNet on libtorch.
+#[derive(Debug)]
+pub struct ResNet {
+    pub config: ResNetConfig,
+    pub options: ModelOptions,
+    ops: Vec<Op>,
+    /// Every parameter and buffer, in `state_dict` order.
+    tensors: Vec<NamedTensor>,
+    num_values: usize,
+    /// `last_use[v]`: index of the last op that reads value `v` (values are dropped after it).
+    last_use: Vec<usize>,
+    logits: usize,
+}
+
+/// `root / "layer1" / "0" / "conv1"` for the layer name `layer1.0.conv1`.
+fn layer_path<'a>(root: &nn::Path<'a>, layer: &str) -> nn::Path<'a> {
+    layer.split('.').fold(root.clone(), |p, c| p / c)
+}
+
+/// A fresh tensor for `spec`, initialised as torchvision does. `linear_fan_in` is the
+/// classifier's input width (`nn.Linear` bounds its weight and bias by it).
+fn init_tensor(spec: &ParamSpec, linear_fan_in: f64, device: Device) -> Result<Tensor> {
+    let shape: Vec<i64> = spec.shape().iter().map(|&d| i64::from(d)).collect();
+    let opts = (Kind::Float, device);
+    Ok(match spec.kind {
+        // kaiming_normal_(mode="fan_out", nonlinearity="relu"): std = sqrt(2 / fan_out).
+        ParamKind::ConvWeight => {
+            let fan_out = (shape[0] * shape[2] * shape[3]) as f64;
+            Tensor::randn(&shape, opts) * (2.0 / fan_out).sqrt()
+        }
+        ParamKind::ConvBias | ParamKind::BnBias | ParamKind::BnRunningMean => Tensor::zeros(&shape, opts),
+        ParamKind::BnWeight | ParamKind::BnRunningVar => Tensor::ones(&shape, opts),
+        ParamKind::BnNumBatchesTracked => Tensor::zeros(&shape, (Kind::Int64, device)),
+        // nn.Linear's reset_parameters: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+        ParamKind::LinearWeight | ParamKind::LinearBias => {
+            let bound = 1.0 / linear_fan_in.sqrt();
+            Tensor::zeros(&shape, opts).uniform_(-bound, bound)
+        }
+        ParamKind::AffineScale | ParamKind::AffineShift => {
+            bail!("`{}`: the training graph has no Affine nodes", spec.name)
+        }
+    })
+}
+
+impl ResNet {
+    /// Builds the network under `root` (normally `vs.root()`), initialised like torchvision
+    /// (kaiming-normal fan-out convs, BN weight 1 / bias 0, `nn.Linear` default) with libtorch's
+    /// global RNG: call `tch::manual_seed` first for a reproducible init.
+    pub fn new(vs: &nn::VarStore, config: &ResNetConfig, options: ModelOptions) -> Result<Self> {
+        config.validate().map_err(|e| anyhow!("{e}"))?;
+        let root = &vs.root();
+        let device = vs.device();
+        let mut ops = Vec::new();
+        let mut tensors: Vec<NamedTensor> = Vec::new();
+        let mut logits = 0;
+        let _guard = tch::no_grad_guard();
+        config.walk::<anyhow::Error>(Form::Training, |node| {
+            let layer = node.name().map(|n| layer_path(root, n));
+            let mut own = Vec::new();
+            let mut specs = Vec::new();
+            node.for_each_param(|spec| specs.push(spec));
+            let linear_fan_in = match *node {
+                Node::Linear { in_features, .. } => f64::from(in_features),
+                _ => 1.0,
+            };
+            for spec in &specs {
+                let mut t = init_tensor(spec, linear_fan_in, device)?;
+                if options.channels_last && spec.kind == ParamKind::ConvWeight {
+                    t = to_channels_last(&t);
+                }
+                let leaf = spec.name.rsplit('.').next().unwrap_or_default();
+                let path = layer.as_ref().ok_or_else(|| anyhow!("parameter `{}` has no layer", spec.name))?;
+                let registered = path.add(leaf, t, spec.kind.is_trainable());
+                own.push(registered.shallow_clone());
+                tensors.push(NamedTensor { name: spec.name.to_string(), kind: spec.kind, tensor: registered });
+            }
+            let mut own = own.into_iter();
+            let mut take = || own.next().ok_or_else(|| anyhow!("node {node:?} yielded too few parameters"));
+            let v = |id: ValueId| id.index();
+            let op = match *node {
+                Node::Input { .. } => return Ok(()),
+                Node::Conv { input, output, stride, padding, bias, .. } => Op::Conv {
+                    weight: take()?,
+                    bias: if bias { Some(take()?) } else { None },
+                    stride: i64::from(stride),
+                    padding: i64::from(padding),
+                    input: v(input),
+                    output: v(output),
+                },
+                Node::BatchNorm { input, output, .. } => Op::BatchNorm {
+                    weight: take()?,
+                    bias: take()?,
+                    running_mean: take()?,
+                    running_var: take()?,
+                    num_batches_tracked: take()?,
+                    input: v(input),
+                    output: v(output),
+                },
+                Node::Affine { name, .. } => bail!("`{name}`: the training graph has no Affine nodes"),
+                Node::Relu { input, output } => Op::Relu { input: v(input), output: v(output) },
+                Node::MaxPool { input, output, kernel, stride, padding } => Op::MaxPool {
+                    kernel: i64::from(kernel),
+                    stride: i64::from(stride),
+                    padding: i64::from(padding),
+                    input: v(input),
+                    output: v(output),
+                },
+                Node::Add { lhs, rhs, output } => Op::Add { lhs: v(lhs), rhs: v(rhs), output: v(output) },
+                Node::GlobalAvgPool { input, output } => Op::GlobalAvgPool { input: v(input), output: v(output) },
+                Node::Linear { input, output, .. } => {
+                    Op::Linear { weight: take()?, bias: take()?, input: v(input), output: v(output) }
+                }
+            };
+            logits = op.output();
+            ops.push(op);
+            Ok(())
+        })?;
+
+        // Names must be unique: a repeated name would have been renamed `name__N` by the store.
+        let stored = vs.len();
+        if stored != tensors.len() {
+            bail!("the var store holds {stored} tensors for {} graph parameters (name clash?)", tensors.len());
+        }
+
+        let num_values = config.num_values(Form::Training);
+        let mut last_use = vec![0; num_values];
+        for (i, op) in ops.iter().enumerate() {
+            for v in op.inputs() {
+                last_use[v] = i;
+            }
+        }
+        let model = Self { config: *config, options, ops, tensors, num_values, last_use, logits };
+        if options.zero_init_residual {
+            model.zero_init_residual();
+        }
+        Ok(model)
+    }
+
+    /// Zeroes the weight of the BatchNorm that ends each residual block's main branch: the
+    /// BatchNorm whose output is the left operand of an `Add` (the walk adds `main + shortcut`).
+    /// Pre-activation (v2) blocks end in a convolution and are left alone.
+    fn zero_init_residual(&self) {
+        let _guard = tch::no_grad_guard();
+        for op in &self.ops {
+            if let Op::Add { lhs, .. } = *op {
+                if let Some(Op::BatchNorm { weight, .. }) = self.ops.iter().find(|o| o.output() == lhs) {
+                    let _ = weight.shallow_clone().zero_();
+                }
+            }
+        }
+    }
+
+    /// Every parameter and buffer, in `state_dict` order.
+    pub fn named_tensors(&self) -> &[NamedTensor] {
+        &self.tensors
+    }
+
+    /// The tensor named `name` (torchvision name), if any.
+    pub fn tensor(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.iter().find(|t| t.name == name).map(|t| &t.tensor)
+    }
+
+    /// The parameters gradient descent updates, in `state_dict` order.
+    pub fn trainable(&self) -> impl Iterator<Item = &NamedTensor> {
+        self.tensors.iter().filter(|t| t.kind.is_trainable())
+    }
+
+    pub fn device(&self) -> Device {
+        self.tensors.first().map_or(Device::Cpu, |t| t.tensor.device())
+    }
+
+    /// Logits `[N, num_classes]` in fp32 for a batch `[N, in_channels, H, W]` (fp32, any memory
+    /// format). `train` selects batch statistics (and updates the running ones) vs running stats.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let compute = self.options.amp.compute_kind();
+        let cast = |t: &Tensor| match compute {
+            Some(k) => t.to_kind(k),
+            None => t.shallow_clone(),
+        };
+        let mut values: Vec<Option<Tensor>> = (0..self.num_values).map(|_| None).collect();
+        let x = if self.options.channels_last { to_channels_last(x) } else { x.shallow_clone() };
+        values[0] = Some(cast(&x));
+        for (i, op) in self.ops.iter().enumerate() {
+            let get = |v: usize| values[v].as_ref().expect("the graph walk defines every value before its use");
+            let y = match op {
+                Op::Conv { weight, bias, stride, padding, input, .. } => {
+                    let b = bias.as_ref().map(cast);
+                    get(*input).conv2d(&cast(weight), b.as_ref(), [*stride; 2], [*padding; 2], [1, 1], 1)
+                }
+                Op::BatchNorm { weight, bias, running_mean, running_var, num_batches_tracked, input, .. } => {
+                    if train {
+                        let _guard = tch::no_grad_guard();
+                        let _ = num_batches_tracked.shallow_clone().g_add_scalar_(1);
+                    }
+                    Tensor::batch_norm(
+                        get(*input),
+                        Some(weight),
+                        Some(bias),
+                        Some(running_mean),
+                        Some(running_var),
+                        train,
+                        BN_MOMENTUM,
+                        f64::from(shared::graph::BN_EPS),
+                        true,
+                    )
+                }
+                Op::Relu { input, .. } => get(*input).relu(),
+                Op::MaxPool { kernel, stride, padding, input, .. } => {
+                    get(*input).max_pool2d([*kernel; 2], [*stride; 2], [*padding; 2], [1, 1], false)
+                }
+                Op::Add { lhs, rhs, .. } => get(*lhs) + get(*rhs),
+                Op::GlobalAvgPool { input, .. } => get(*input).mean_dim([2i64, 3].as_slice(), false, None),
+                Op::Linear { weight, bias, input, .. } => get(*input).linear(&cast(weight), Some(&cast(bias))),
+            };
+            for v in op.inputs() {
+                if self.last_use[v] == i {
+                    values[v] = None;
+                }
+            }
+            values[op.output()] = Some(y);
+        }
+        values[self.logits].take().expect("the walk ends with the classifier").to_kind(Kind::Float)
+    }
+
+    /// Copies tensors from a `state_dict`-named map into the model (e.g. torchvision or timm
+    /// weights, or a host checkpoint). Every model tensor must be present with the model's shape,
+    /// except names starting with one of `exclude` (kept as initialised) and
+    /// `num_batches_tracked` (optional, as in the weights format). Floating tensors are converted
+    /// to fp32; extra tensors in the map are ignored. `source` names the file in errors.
+    pub fn load_state_dict(&self, map: &HashMap<String, Tensor>, source: &Path, exclude: &[String]) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let excluded = |name: &str| {
+            exclude.iter().any(|p| name == p || name.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('.')))
+        };
+        for t in &self.tensors {
+            if excluded(&t.name) {
+                continue;
+            }
+            let Some(src) = map.get(&t.name) else {
+                if t.kind == ParamKind::BnNumBatchesTracked {
+                    continue;
+                }
+                bail!("{}: tensor `{}` is missing", source.display(), t.name);
+            };
+            if src.size() != t.tensor.size() {
+                bail!(
+                    "{}: tensor `{}` has shape {:?}, the model expects {:?}",
+                    source.display(),
+                    t.name,
+                    src.size(),
+                    t.tensor.size()
+                );
+            }
+            let src = src.to_device(t.tensor.device()).to_kind(t.tensor.kind());
+            t.tensor
+                .shallow_clone()
+                .f_copy_(&src)
+                .with_context(|| format!("{}: copying tensor `{}`", source.display(), t.name))?;
+        }
+        Ok(())
+    }
+
+    /// The `state_dict` as contiguous CPU tensors, in order (for saving).
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        self.tensors.iter().map(|t| (t.name.clone(), t.tensor.to_device(Device::Cpu).contiguous())).collect()
+    }
+}

@@ -1,0 +1,640 @@
+//! `host train`, laid out like torchvision's `references/classification/train.py`:
+//! [`load_data`], [`train_one_epoch`], [`evaluate`], [`main`]. `main` goes data -> model ->
+//! criterion -> optimizer -> schedule -> resume -> epoch loop (train, evaluate, checkpoint,
+//! metrics line).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::builder::PossibleValuesParser;
+use clap::ArgAction;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use shared::preprocess::Preprocess;
+use shared::{ResNetConfig, Stem};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::checkpoint::{RunDir, RunState, RUN_FORMAT};
+use crate::data::{DataOptions, Dataset, DatasetSpec, LoaderSpec, Source};
+use crate::device::{self, Amp, DeviceArg};
+use crate::loss_scale::{LossScaleConfig, LossScaler};
+use crate::model::{ModelOptions, ResNet};
+use crate::optim::{Sgd, SgdConfig};
+use crate::presets::Transform;
+use crate::rng::{epoch_order, Purpose, Rng};
+use crate::schedule::WarmupCosine;
+
+/// The default demo: ResNet-8 (small stem) on Fashion-MNIST reaches >= 90% top-1 in a few
+/// minutes on a 2-core CPU (see the host README section in ARCHITECTURE.md for the measurement).
+pub const DEFAULT_ARCH: &str = "resnet8";
+pub const DEFAULT_EPOCHS: u32 = 5;
+pub const DEFAULT_BATCH_SIZE: usize = 128;
+/// NVIDIA recipe: lr 0.256 for a batch of 256, scaled linearly with the batch size.
+pub const LR_PER_256: f64 = 0.256;
+pub const REFERENCE_BATCH: f64 = 256.0;
+/// Progress-bar refresh interval in steps (each refresh reads the loss back from the device).
+const PROGRESS_EVERY: u64 = 10;
+
+/// `--stem`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StemArg {
+    /// 3x3 stride-1 conv, no max pool (28-32 px images).
+    Small,
+    /// 7x7 stride-2 conv + 3x3 stride-2 max pool (224 px images).
+    Imagenet,
+}
+
+/// `host train` flags. Recipe defaults are NVIDIA's ResNet-50 v1.5 recipe.
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+pub struct TrainArgs {
+    /// Dataset: `fashion-mnist[:DIR]` (idx files, raw or .gz; default DIR
+    /// /usr/share/datasets/fashion-mnist), `imagefolder:PATH` (PATH/train and PATH/val, one
+    /// folder per class, JPEG/PNG) or `synthetic` (generated, 10 classes).
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: DatasetSpec,
+    /// Network architecture.
+    #[arg(long, default_value = DEFAULT_ARCH, value_parser = PossibleValuesParser::new(ResNetConfig::NAMES))]
+    pub arch: String,
+    /// Stem; default: small for fashion-mnist, imagenet otherwise.
+    #[arg(long, value_enum)]
+    pub stem: Option<StemArg>,
+    /// Total training epochs (sets the length of the cosine schedule).
+    #[arg(long, default_value_t = DEFAULT_EPOCHS)]
+    pub epochs: u32,
+    /// Stop after this many epochs in this invocation (continue later with --resume).
+    #[arg(long)]
+    pub run_epochs: Option<u32>,
+    /// Images per optimizer step.
+    #[arg(short = 'b', long, default_value_t = DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+    /// Peak learning rate; default 0.256 x batch-size / 256.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.875)]
+    pub momentum: f64,
+    /// Weight decay (conv and linear weights only; not BatchNorm, not biases).
+    #[arg(long, default_value_t = 1.0 / 32768.0)]
+    pub weight_decay: f64,
+    /// Label smoothing of the cross-entropy loss.
+    #[arg(long, default_value_t = 0.1)]
+    pub label_smoothing: f64,
+    /// Mixup alpha (0: off; NVIDIA uses 0.2 for long runs).
+    #[arg(long, default_value_t = 0.0)]
+    pub mixup: f64,
+    /// Epochs of linear learning-rate warm-up before the cosine decay (fractions allowed;
+    /// NVIDIA uses 8 for 90+ epoch ImageNet runs).
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup_epochs: f64,
+    /// Zero-initialise the last BatchNorm weight of each residual block (true/false).
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub zero_init_residual: bool,
+    /// Seed of weight init, data order, augmentation and mixup.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceArg,
+    /// Mixed precision: off, fp16 (with dynamic loss scaling) or bf16.
+    #[arg(long, value_enum, default_value_t = Amp::Off)]
+    pub amp: Amp,
+    /// Use NHWC (channels-last) memory format for activations and conv weights.
+    #[arg(long)]
+    pub channels_last: bool,
+    /// Initial fp16 loss scale.
+    #[arg(long, default_value_t = 65536.0)]
+    pub loss_scale: f64,
+    /// Finite fp16 steps before the loss scale doubles.
+    #[arg(long, default_value_t = 2000)]
+    pub loss_scale_growth_interval: u64,
+    /// Continue the run in --out from its last checkpoint (flags come from its args.json;
+    /// only --epochs, --run-epochs, --device, --threads, --workers and --eval-batch-size may change).
+    #[arg(long)]
+    pub resume: bool,
+    /// Initialise from a state_dict-named safetensors file (torchvision/timm names).
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    /// With --init-from: keep the fresh init for tensors under this name prefix (e.g. `fc` to
+    /// fine-tune on a different number of classes). Repeatable.
+    #[arg(long)]
+    pub init_exclude: Vec<String>,
+    /// Run directory: checkpoint, optimizer state, args.json, metrics.jsonl, labels.txt.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    pub limit_train: Option<usize>,
+    /// Evaluate on the first N test images only.
+    #[arg(long)]
+    pub limit_test: Option<usize>,
+    /// Network input side (default: 28 for fashion-mnist, 224 for imagefolder, 32 for synthetic).
+    #[arg(long)]
+    pub image_size: Option<u32>,
+    /// libtorch threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Image decode / augmentation threads (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Evaluation batch size (default: the training batch size).
+    #[arg(long)]
+    pub eval_batch_size: Option<usize>,
+}
+
+/// Flags that may differ when resuming (they do not change the computation).
+const RESUME_OVERRIDABLE: [&str; 8] =
+    ["epochs", "run_epochs", "device", "threads", "workers", "eval_batch_size", "resume", "out"];
+
+impl TrainArgs {
+    pub fn base_lr(&self) -> f64 {
+        self.lr.unwrap_or(LR_PER_256 * self.batch_size as f64 / REFERENCE_BATCH)
+    }
+
+    fn data_options(&self) -> DataOptions {
+        DataOptions { limit_train: self.limit_train, limit_test: self.limit_test, image_size: self.image_size }
+    }
+
+    /// For `--resume`: the saved flags, with the explicitly given overridable ones applied. An
+    /// explicit flag that would change the computation is an error.
+    pub fn merge_for_resume(&self, saved: &serde_json::Value, explicit: &[String]) -> Result<TrainArgs> {
+        let mut merged = saved.clone();
+        let current = serde_json::to_value(self)?;
+        let (Some(m), Some(c)) = (merged.as_object_mut(), current.as_object()) else {
+            bail!("args.json: `args` is not an object");
+        };
+        for id in explicit {
+            let Some(new) = c.get(id) else { continue };
+            if RESUME_OVERRIDABLE.contains(&id.as_str()) {
+                m.insert(id.clone(), new.clone());
+            } else if m.get(id) != Some(new) {
+                bail!(
+                    "--{}: {} differs from the resumed run's {}; a resumed run keeps its flags",
+                    id.replace('_', "-"),
+                    new,
+                    m.get(id).map_or("(unset)".to_string(), |v| v.to_string())
+                );
+            }
+        }
+        serde_json::from_value(merged).context("args.json: cannot read the saved flags")
+    }
+}
+
+/// The network config for a dataset: preset `arch`, classes and channels from the data, stem
+/// from `--stem` or the dataset.
+pub fn model_config(arch: &str, stem: Option<StemArg>, spec: &DatasetSpec, classes: usize, in_channels: u8) -> Result<ResNetConfig> {
+    let base = ResNetConfig::from_name(arch).ok_or_else(|| anyhow!("unknown architecture `{arch}`"))?;
+    let stem = match stem {
+        Some(StemArg::Small) => Stem::Small,
+        Some(StemArg::Imagenet) => Stem::ImageNet,
+        None if matches!(spec, DatasetSpec::FashionMnist(_)) => Stem::Small,
+        None => Stem::ImageNet,
+    };
+    Ok(base.with_classes(classes as u32).with_in_channels(in_channels).with_stem(stem))
+}
+
+/// Opens both splits of the dataset.
+pub fn load_data(args: &TrainArgs) -> Result<Dataset> {
+    Dataset::open(&args.dataset, &args.data_options())
+}
+
+/// Cross-entropy with label smoothing, mean over the batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Criterion {
+    pub label_smoothing: f64,
+}
+
+impl Criterion {
+    pub fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
+        logits.cross_entropy_loss::<Tensor>(target, None, tch::Reduction::Mean, -100, self.label_smoothing)
+    }
+}
+
+/// One mixed batch: `lam * x + (1 - lam) * x.flip(0)`, targets mixed the same way in the loss.
+pub struct Mixup {
+    pub lam: f64,
+}
+
+/// The state one optimizer step needs.
+pub struct Trainer<'a> {
+    pub model: &'a ResNet,
+    pub opt: Sgd,
+    pub scaler: LossScaler,
+    pub criterion: Criterion,
+}
+
+/// What one step did.
+pub struct StepOutcome {
+    /// The (unscaled) loss, still on the device.
+    pub loss: Tensor,
+    /// `false` when fp16 gradients overflowed and the update was skipped.
+    pub applied: bool,
+}
+
+impl Trainer<'_> {
+    /// Forward, loss, backward, unscale + overflow check, SGD update: one training step, the
+    /// same code `host train` and `host bench-train` run.
+    pub fn step(&mut self, x: &Tensor, y: &Tensor, lr: f64, mixup: Option<&Mixup>) -> StepOutcome {
+        let (x, loss_of): (Tensor, Box<dyn Fn(&Tensor) -> Tensor>) = match mixup {
+            Some(&Mixup { lam }) => {
+                let x = x * lam + x.flip([0]) * (1.0 - lam);
+                let (y, y2, c) = (y.shallow_clone(), y.flip([0]), self.criterion);
+                (x, Box::new(move |logits| c.loss(logits, &y) * lam + c.loss(logits, &y2) * (1.0 - lam)))
+            }
+            None => {
+                let (y, c) = (y.shallow_clone(), self.criterion);
+                (x.shallow_clone(), Box::new(move |logits| c.loss(logits, &y)))
+            }
+        };
+        let logits = self.model.forward_t(&x, true);
+        let loss = loss_of(&logits);
+        self.opt.zero_grad();
+        self.scaler.scale_loss(&loss).backward();
+        let applied = self.scaler.unscale(self.opt.params());
+        if applied {
+            self.opt.step(lr);
+        }
+        self.scaler.update(applied);
+        StepOutcome { loss: loss.detach(), applied }
+    }
+}
+
+/// Statistics of one training epoch.
+#[derive(Clone, Debug, Default)]
+pub struct EpochStats {
+    pub loss: f64,
+    pub images: usize,
+    pub seconds: f64,
+    pub skipped: usize,
+    pub first_skip: Option<String>,
+    pub skipped_steps: u64,
+    pub last_lr: f64,
+}
+
+/// A batch as device tensors `[N, C, H, W]` and `[N]`.
+pub fn batch_tensors(images: &[f32], labels: &[i64], shape: [i64; 3], device: Device) -> (Tensor, Tensor) {
+    let n = labels.len() as i64;
+    let x = Tensor::from_slice(images).view([n, shape[0], shape[1], shape[2]]).to_device(device);
+    let y = Tensor::from_slice(labels).to_device(device);
+    (x, y)
+}
+
+fn progress_bar(len: u64, prefix: String) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb.set_prefix(prefix);
+    pb
+}
+
+/// One pass over the training data; `step` is the global step counter (advanced here).
+#[allow(clippy::too_many_arguments)]
+pub fn train_one_epoch(
+    trainer: &mut Trainer,
+    train: &dyn Source,
+    transform: &Transform,
+    schedule: &WarmupCosine,
+    step: &mut u64,
+    epoch: u32,
+    epochs: u32,
+    args: &TrainArgs,
+    device: Device,
+) -> Result<EpochStats> {
+    let loader = LoaderSpec {
+        source: train,
+        transform,
+        order: epoch_order(train.len(), args.seed, u64::from(epoch)),
+        batch_size: args.batch_size,
+        drop_last: true,
+        seed: args.seed,
+        epoch: u64::from(epoch),
+    };
+    let shape = transform.sample_shape();
+    let pb = progress_bar(loader.num_batches() as u64, format!("epoch {}/{epochs}", epoch + 1));
+    let mut stats = EpochStats::default();
+    let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
+    let mut steps_in_epoch = 0u64;
+    let start = Instant::now();
+    loader.for_each(|batch| {
+        stats.skipped += batch.skipped;
+        if stats.first_skip.is_none() {
+            stats.first_skip = batch.first_skip.clone();
+        }
+        if batch.len() < 2 {
+            return Ok(()); // BatchNorm needs two samples; only corrupt files shrink a batch this far
+        }
+        let (x, y) = batch_tensors(&batch.images, &batch.labels, shape, device);
+        let lr = schedule.lr(*step);
+        let mixup = (args.mixup > 0.0).then(|| Mixup {
+            lam: Rng::stream(args.seed, Purpose::Mixup, u64::from(epoch), *step).beta(args.mixup, args.mixup),
+        });
+        let out = trainer.step(&x, &y, lr, mixup.as_ref());
+        loss_sum += out.loss.to_kind(Kind::Double) * batch.len() as f64;
+        if !out.applied {
+            stats.skipped_steps += 1;
+        }
+        *step += 1;
+        steps_in_epoch += 1;
+        stats.images += batch.len();
+        stats.last_lr = lr;
+        if steps_in_epoch % PROGRESS_EVERY == 0 {
+            let mean = loss_sum.double_value(&[]) / stats.images as f64;
+            let ips = stats.images as f64 / start.elapsed().as_secs_f64();
+            pb.set_message(format!("loss {mean:.4} | {ips:.0} img/s | lr {lr:.4}"));
+        }
+        pb.inc(1);
+        Ok(())
+    })?;
+    device::synchronize(device);
+    pb.finish_and_clear();
+    stats.seconds = start.elapsed().as_secs_f64();
+    stats.loss = if stats.images > 0 { loss_sum.double_value(&[]) / stats.images as f64 } else { f64::NAN };
+    if !stats.loss.is_finite() {
+        bail!(
+            "training diverged in epoch {} (mean loss {}); lower --lr or use --amp off",
+            epoch + 1,
+            stats.loss
+        );
+    }
+    Ok(stats)
+}
+
+/// Top-1 / top-5 accuracy (percent) and mean loss over a split.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EvalStats {
+    pub loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+    pub images: usize,
+    pub skipped: usize,
+    pub seconds: f64,
+}
+
+/// Evaluates `model` on `source` with the `shared` eval preprocessing.
+pub fn evaluate(
+    model: &ResNet,
+    criterion: &Criterion,
+    source: &dyn Source,
+    preprocess: &Preprocess,
+    batch_size: usize,
+    device: Device,
+) -> Result<EvalStats> {
+    let _guard = tch::no_grad_guard();
+    let transform = Transform::Eval(*preprocess);
+    let loader = LoaderSpec {
+        source,
+        transform: &transform,
+        order: (0..source.len()).collect(),
+        batch_size,
+        drop_last: false,
+        seed: 0,
+        epoch: 0,
+    };
+    let shape = transform.sample_shape();
+    let k = (model.config.num_classes as i64).min(5);
+    let zeros = || Tensor::zeros([], (Kind::Double, device));
+    let (mut loss_sum, mut top1, mut top5) = (zeros(), zeros(), zeros());
+    let mut stats = EvalStats::default();
+    let start = Instant::now();
+    loader.for_each(|batch| {
+        stats.skipped += batch.skipped;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (x, y) = batch_tensors(&batch.images, &batch.labels, shape, device);
+        let logits = model.forward_t(&x, false);
+        loss_sum += criterion.loss(&logits, &y).to_kind(Kind::Double) * batch.len() as f64;
+        let (_, pred) = logits.topk(k, 1, true, true);
+        let hit = pred.eq_tensor(&y.view([-1, 1])).to_kind(Kind::Double);
+        top1 += hit.select(1, 0).sum(Kind::Double);
+        top5 += hit.sum(Kind::Double);
+        stats.images += batch.len();
+        Ok(())
+    })?;
+    if stats.images == 0 {
+        bail!("no readable test image");
+    }
+    let n = stats.images as f64;
+    stats.loss = loss_sum.double_value(&[]) / n;
+    stats.top1 = 100.0 * top1.double_value(&[]) / n;
+    stats.top5 = 100.0 * top5.double_value(&[]) / n;
+    stats.seconds = start.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// One `metrics.jsonl` line.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: u32,
+    pub train_loss: f64,
+    pub test_loss: f64,
+    pub test_top1: f64,
+    pub test_top5: f64,
+    /// Training images per second (data loading included, evaluation excluded).
+    pub images_per_sec: f64,
+    pub lr: f64,
+    pub train_seconds: f64,
+    pub eval_seconds: f64,
+    /// Training seconds since the start of the run (resumed runs included).
+    pub elapsed_train_seconds: f64,
+    pub skipped_images: usize,
+    pub skipped_steps: u64,
+    pub loss_scale: f64,
+    pub step: u64,
+}
+
+/// Drops `metrics.jsonl` lines of epochs after `epoch` (left by a run interrupted between its
+/// metrics line and its checkpoint).
+fn truncate_metrics(run: &RunDir, epoch: u32) -> Result<()> {
+    let path = run.metrics();
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<EpochMetrics>(l).is_ok_and(|m| m.epoch <= epoch))
+        .collect();
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    crate::checkpoint::write_atomic(&path, out.as_bytes())
+}
+
+fn append_metrics(run: &RunDir, m: &EpochMetrics) -> Result<()> {
+    let path = run.metrics();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(m)?).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `host train`. `explicit` lists the flags given on the command line (clap ids), which
+/// `--resume` needs to tell overrides from defaults.
+pub fn main(args: TrainArgs, explicit: &[String]) -> Result<()> {
+    let run = RunDir::new(&args.out);
+    let resumed = if args.resume {
+        if !run.has_checkpoint() {
+            bail!("--resume: no checkpoint in {} ({} not found)", run.dir.display(), run.checkpoint().display());
+        }
+        Some(run.load_state()?)
+    } else {
+        if run.has_checkpoint() {
+            bail!(
+                "{} already holds a checkpoint; pass --resume to continue it or choose another --out",
+                run.dir.display()
+            );
+        }
+        None
+    };
+    let args = match &resumed {
+        Some(state) => args.merge_for_resume(&state.args, explicit)?,
+        None => args,
+    };
+    if args.batch_size == 0 || args.eval_batch_size == Some(0) {
+        bail!("--batch-size must be at least 1");
+    }
+
+    let device = args.device.resolve()?;
+    device::configure(device);
+    let threads = device::set_threads(args.threads);
+    crate::data::init_workers(args.workers);
+
+    // Data.
+    let data = load_data(&args)?;
+    let steps_per_epoch = (data.train.len() / args.batch_size) as u64;
+    if steps_per_epoch == 0 {
+        bail!("--batch-size {} is larger than the {} training images", args.batch_size, data.train.len());
+    }
+
+    // Model.
+    let config = model_config(&args.arch, args.stem, &args.dataset, data.classes.len(), data.in_channels)?;
+    tch::manual_seed(args.seed as i64);
+    let vs = nn::VarStore::new(device);
+    let options =
+        ModelOptions { zero_init_residual: args.zero_init_residual, channels_last: args.channels_last, amp: args.amp };
+    let model = ResNet::new(&vs, &config, options)?;
+    if let (Some(path), None) = (&args.init_from, &resumed) {
+        crate::checkpoint::load_weights(path, &model, &args.init_exclude)?;
+    }
+
+    // Criterion, optimizer, schedule, loss scaler.
+    let criterion = Criterion { label_smoothing: args.label_smoothing };
+    let opt = Sgd::new(&model, SgdConfig { momentum: args.momentum, weight_decay: args.weight_decay });
+    let warmup_steps = (args.warmup_epochs * steps_per_epoch as f64).round() as u64;
+    let schedule = WarmupCosine::new(args.base_lr(), warmup_steps, steps_per_epoch * u64::from(args.epochs));
+    let scale_config = LossScaleConfig {
+        init_scale: args.loss_scale,
+        growth_interval: args.loss_scale_growth_interval,
+        ..LossScaleConfig::default()
+    };
+    let scaler = LossScaler::new(scale_config, args.amp.needs_loss_scaling());
+    let mut trainer = Trainer { model: &model, opt, scaler, criterion };
+
+    // Resume.
+    let (mut epoch, mut step, mut train_seconds) = (0u32, 0u64, 0.0f64);
+    if let Some(state) = &resumed {
+        if state.config != config {
+            bail!("{}: the saved network config differs from the one these flags build", run.args().display());
+        }
+        run.restore(state, &model, &mut trainer.opt, &mut trainer.scaler)?;
+        (epoch, step, train_seconds) = (state.epoch, state.step, state.train_seconds);
+        truncate_metrics(&run, epoch)?;
+    } else {
+        std::fs::create_dir_all(&run.dir).with_context(|| format!("cannot create {}", run.dir.display()))?;
+    }
+    crate::checkpoint::write_atomic(&run.labels(), (data.classes.join("\n") + "\n").as_bytes())?;
+
+    let end = match args.run_epochs {
+        Some(n) => args.epochs.min(epoch + n),
+        None => args.epochs,
+    };
+    let eval_batch = args.eval_batch_size.unwrap_or(args.batch_size);
+    println!(
+        "train {} ({} params) on {} ({} train / {} test images, {} classes), {} on {}, {threads} threads, amp {}{}, epochs {}..{} of {}",
+        args.arch,
+        config.num_params(),
+        args.dataset,
+        data.train.len(),
+        data.test.len(),
+        data.classes.len(),
+        if args.batch_size == 1 { "1 image/step".to_string() } else { format!("batch {}", args.batch_size) },
+        device::device_name(device),
+        args.amp.name(),
+        if args.channels_last { ", channels-last" } else { "" },
+        epoch + 1,
+        end,
+        args.epochs
+    );
+    let train_transform = Transform::Train(data.presets.train.clone());
+    let command: Vec<String> = std::env::args().collect();
+    while epoch < end {
+        let stats = train_one_epoch(
+            &mut trainer,
+            data.train.as_ref(),
+            &train_transform,
+            &schedule,
+            &mut step,
+            epoch,
+            args.epochs,
+            &args,
+            device,
+        )?;
+        let ev = evaluate(&model, &criterion, data.test.as_ref(), &data.presets.eval, eval_batch, device)?;
+        epoch += 1;
+        train_seconds += stats.seconds;
+        let state = RunState {
+            format: RUN_FORMAT.into(),
+            epoch,
+            step,
+            train_seconds,
+            seed: args.seed,
+            config,
+            preprocess: data.presets.eval,
+            classes: data.classes.clone(),
+            args: serde_json::to_value(&args)?,
+            command: command.clone(),
+            host_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        run.save(&model, &trainer.opt, &trainer.scaler, &state)?;
+        let m = EpochMetrics {
+            epoch,
+            train_loss: stats.loss,
+            test_loss: ev.loss,
+            test_top1: ev.top1,
+            test_top5: ev.top5,
+            images_per_sec: stats.images as f64 / stats.seconds,
+            lr: stats.last_lr,
+            train_seconds: stats.seconds,
+            eval_seconds: ev.seconds,
+            elapsed_train_seconds: train_seconds,
+            skipped_images: stats.skipped + ev.skipped,
+            skipped_steps: stats.skipped_steps,
+            loss_scale: trainer.scaler.scale,
+            step,
+        };
+        append_metrics(&run, &m)?;
+        let mut line = format!(
+            "epoch {epoch}/{}  train_loss {:.4}  test_top1 {:.2}%  test_top5 {:.2}%  {:.0} img/s  train {:.1}s  eval {:.1}s  total {:.1}s",
+            args.epochs, m.train_loss, m.test_top1, m.test_top5, m.images_per_sec, m.train_seconds, m.eval_seconds,
+            m.elapsed_train_seconds
+        );
+        if m.skipped_images > 0 {
+            line += &format!("  skipped {} unreadable image(s)", m.skipped_images);
+            if let Some(why) = &stats.first_skip {
+                line += &format!(" (first: {why})");
+            }
+        }
+        if m.skipped_steps > 0 {
+            line += &format!("  {} overflow step(s) skipped, loss scale {}", m.skipped_steps, m.loss_scale);
+        }
+        println!("{line}");
+    }
+    println!("checkpoint: {}", run.checkpoint().display());
+    Ok(())
+}
