@@ -310,7 +310,7 @@ fn bench_cmd(model: &ModelArgs, warmup: usize, iters: usize, image: Option<PathB
         None => {
             // A deterministic synthetic camera frame.
             let (w, h) = (640u32, 480u32);
-            let data = (0..w * h * 3).map(|i| ((i * 2654435761u32) >> 24) as u8).collect();
+            let data = (0..w * h * 3).map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
             Image { data, width: w, height: h }
         }
     };

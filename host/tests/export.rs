@@ -39,7 +39,7 @@ fn trained_run() -> &'static Path {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("export-test-run");
         let _ = fs::remove_dir_all(&dir);
         let data = format!("fashion-mnist:{}", fashion_mnist_dir().display());
-        let flags = "--arch resnet8 --epochs 1 --warmup-epochs 0.2 --limit-train 2500 --limit-test 200 --batch-size 100 \
+        let flags = "--arch resnet8 --epochs 1 --warmup-epochs 0.2 --limit-train 2500 --limit-test 200 --batch-size 50 \
                      --device cpu";
         let mut args = vec!["train", "--dataset", &data, "--out", dir.to_str().unwrap()];
         args.extend(flags.split_whitespace());
