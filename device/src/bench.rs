@@ -33,7 +33,8 @@ impl Stats {
         }
         let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
         ms.sort_by(f64::total_cmp);
-        let pct = |p: f64| ms[((p / 100.0 * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
+        let pct =
+            |p: f64| ms[((p / 100.0 * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
         Stats {
             mean: ms.iter().sum::<f64>() / ms.len() as f64,
             p50: pct(50.0),
@@ -69,7 +70,8 @@ pub fn measure(pipeline: &mut Pipeline, frame: &Frame<'_>, opts: &BenchOptions) 
         times.push(pipeline.classify(frame)?.times);
     }
     let wall = start.elapsed();
-    let stage = |f: fn(&StageTimes) -> Duration| Stats::of(&times.iter().map(f).collect::<Vec<_>>());
+    let stage =
+        |f: fn(&StageTimes) -> Duration| Stats::of(&times.iter().map(f).collect::<Vec<_>>());
     Ok(Metrics {
         iters: opts.iters,
         warmup: opts.warmup,
@@ -77,14 +79,21 @@ pub fn measure(pipeline: &mut Pipeline, frame: &Frame<'_>, opts: &BenchOptions) 
         preprocess: stage(|t| t.preprocess),
         inference: stage(|t| t.inference),
         postprocess: stage(|t| t.postprocess),
-        throughput: if wall.is_zero() { 0.0 } else { opts.iters as f64 / wall.as_secs_f64() },
+        throughput: if wall.is_zero() {
+            0.0
+        } else {
+            opts.iters as f64 / wall.as_secs_f64()
+        },
     })
 }
 
 /// Peak resident set size of this process in KiB (`VmHWM`), when /proc tells it.
 pub fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -95,7 +104,10 @@ mod tests {
     fn percentiles_by_nearest_rank() {
         let d: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         let s = Stats::of(&d);
-        assert_eq!((s.p50, s.p90, s.p99, s.min, s.max), (50.0, 90.0, 99.0, 1.0, 100.0));
+        assert_eq!(
+            (s.p50, s.p90, s.p99, s.min, s.max),
+            (50.0, 90.0, 99.0, 1.0, 100.0)
+        );
         assert!((s.mean - 50.5).abs() < 1e-9);
         assert_eq!(Stats::of(&[Duration::from_millis(7)]).p99, 7.0);
         assert_eq!(Stats::of(&[]), Stats::default());

@@ -30,16 +30,28 @@ pub struct ConvertOptions {
 }
 
 fn f32s(st: &SafeTensors<'_>, name: &str) -> Result<Vec<f32>> {
-    let t = st.tensor(name).map_err(|_| anyhow::anyhow!("tensor `{name}` is missing from the state_dict"))?;
+    let t = st
+        .tensor(name)
+        .map_err(|_| anyhow::anyhow!("tensor `{name}` is missing from the state_dict"))?;
     match t.dtype() {
-        Dtype::F32 => Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-        Dtype::F16 => Ok(t.data().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+        Dtype::F32 => Ok(t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()),
+        Dtype::F16 => Ok(t
+            .data()
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect()),
         other => bail!("tensor `{name}` is {other:?}, expected F32 or F16"),
     }
 }
 
 fn shape_of(st: &SafeTensors<'_>, name: &str) -> Result<Vec<u32>> {
-    let t = st.tensor(name).map_err(|_| anyhow::anyhow!("tensor `{name}` is missing"))?;
+    let t = st
+        .tensor(name)
+        .map_err(|_| anyhow::anyhow!("tensor `{name}` is missing"))?;
     Ok(t.shape().iter().map(|&d| d as u32).collect())
 }
 
@@ -49,9 +61,21 @@ fn bn_affine(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<f32>, Vec<f32>)> {
     let b = f32s(st, &format!("{name}.bias"))?;
     let mean = f32s(st, &format!("{name}.running_mean"))?;
     let var = f32s(st, &format!("{name}.running_var"))?;
-    ensure!(w.len() == b.len() && b.len() == mean.len() && mean.len() == var.len(), "BatchNorm `{name}`: inconsistent lengths");
-    let scale: Vec<f32> = w.iter().zip(&var).map(|(w, v)| w / (v + BN_EPS).sqrt()).collect();
-    let shift = b.iter().zip(&mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+    ensure!(
+        w.len() == b.len() && b.len() == mean.len() && mean.len() == var.len(),
+        "BatchNorm `{name}`: inconsistent lengths"
+    );
+    let scale: Vec<f32> = w
+        .iter()
+        .zip(&var)
+        .map(|(w, v)| w / (v + BN_EPS).sqrt())
+        .collect();
+    let shift = b
+        .iter()
+        .zip(&mean)
+        .zip(&scale)
+        .map(|((b, m), s)| b - m * s)
+        .collect();
     Ok((scale, shift))
 }
 
@@ -71,80 +95,155 @@ impl Out {
         r.map_err(|e| anyhow::anyhow!("{e}"))
     }
     fn f32(&mut self, name: &str, shape: &[u32], v: &[f32]) -> Result<()> {
-        self.w.add_f32(name, shape, v).map_err(|e| anyhow::anyhow!("{e}"))
+        self.w
+            .add_f32(name, shape, v)
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 }
 
 /// Copies the int8 tensors of layer `layer` from `q`; false when `q` has none for it.
-fn copy_int8(out: &mut Out, q: &SafeTensors<'_>, layer: &str, weight_shape: &[u32]) -> Result<bool> {
+fn copy_int8(
+    out: &mut Out,
+    q: &SafeTensors<'_>,
+    layer: &str,
+    weight_shape: &[u32],
+) -> Result<bool> {
     let wname = format!("{layer}.weight");
-    let Ok(w) = q.tensor(&wname) else { return Ok(false) };
-    ensure!(w.dtype() == Dtype::I8, "int8 file: `{wname}` is {:?}, expected I8", w.dtype());
+    let Ok(w) = q.tensor(&wname) else {
+        return Ok(false);
+    };
+    ensure!(
+        w.dtype() == Dtype::I8,
+        "int8 file: `{wname}` is {:?}, expected I8",
+        w.dtype()
+    );
     let shape = shape_of(q, &wname)?;
     let numel: u32 = weight_shape.iter().product();
-    ensure!(shape.iter().product::<u32>() == numel, "int8 file: `{wname}` has shape {shape:?}, the graph needs {weight_shape:?}");
+    ensure!(
+        shape.iter().product::<u32>() == numel,
+        "int8 file: `{wname}` has shape {shape:?}, the graph needs {weight_shape:?}"
+    );
     let raw = |name: &str, want: Dtype| -> Result<(Vec<u32>, Vec<u8>)> {
-        let t = q.tensor(name).map_err(|_| anyhow::anyhow!("int8 file: `{name}` is missing"))?;
-        ensure!(t.dtype() == want, "int8 file: `{name}` is {:?}, expected {want:?}", t.dtype());
-        Ok((t.shape().iter().map(|&d| d as u32).collect(), t.data().to_vec()))
+        let t = q
+            .tensor(name)
+            .map_err(|_| anyhow::anyhow!("int8 file: `{name}` is missing"))?;
+        ensure!(
+            t.dtype() == want,
+            "int8 file: `{name}` is {:?}, expected {want:?}",
+            t.dtype()
+        );
+        Ok((
+            t.shape().iter().map(|&d| d as u32).collect(),
+            t.data().to_vec(),
+        ))
     };
     use shared::weights::DType;
     let add = |out: &mut Out, name: String, dt: DType, shape: &[u32], data: Vec<u8>| {
-        out.w.add_raw(&name, dt, shape, data).map_err(|e| anyhow::anyhow!("{e}"))
+        out.w
+            .add_raw(&name, dt, shape, data)
+            .map_err(|e| anyhow::anyhow!("{e}"))
     };
     let o = weight_shape[0];
-    add(out, wname.clone(), DType::I8, weight_shape, w.data().to_vec())?;
+    add(
+        out,
+        wname.clone(),
+        DType::I8,
+        weight_shape,
+        w.data().to_vec(),
+    )?;
     let (s, d) = raw(&format!("{layer}.weight_scale"), Dtype::F32)?;
-    ensure!(s.iter().product::<u32>() == o, "int8 file: `{layer}.weight_scale` must have {o} values");
+    ensure!(
+        s.iter().product::<u32>() == o,
+        "int8 file: `{layer}.weight_scale` must have {o} values"
+    );
     add(out, format!("{layer}.weight_scale"), DType::F32, &[o], d)?;
     let (s, d) = raw(&format!("{layer}.weight_zero_point"), Dtype::I8)?;
-    ensure!(s.iter().product::<u32>() == o, "int8 file: `{layer}.weight_zero_point` must have {o} values");
-    add(out, format!("{layer}.weight_zero_point"), DType::I8, &[o], d)?;
+    ensure!(
+        s.iter().product::<u32>() == o,
+        "int8 file: `{layer}.weight_zero_point` must have {o} values"
+    );
+    add(
+        out,
+        format!("{layer}.weight_zero_point"),
+        DType::I8,
+        &[o],
+        d,
+    )?;
     let (_, d) = raw(&format!("{layer}.input_scale"), Dtype::F32)?;
-    ensure!(d.len() == 4, "int8 file: `{layer}.input_scale` must be a scalar");
+    ensure!(
+        d.len() == 4,
+        "int8 file: `{layer}.input_scale` must be a scalar"
+    );
     add(out, format!("{layer}.input_scale"), DType::F32, &[], d)?;
     let (_, d) = raw(&format!("{layer}.input_zero_point"), Dtype::I8)?;
-    ensure!(d.len() == 1, "int8 file: `{layer}.input_zero_point` must be a scalar");
+    ensure!(
+        d.len() == 1,
+        "int8 file: `{layer}.input_zero_point` must be a scalar"
+    );
     add(out, format!("{layer}.input_zero_point"), DType::I8, &[], d)?;
     let (s, d) = raw(&format!("{layer}.bias"), Dtype::I32)?;
-    ensure!(s.iter().product::<u32>() == o, "int8 file: `{layer}.bias` must have {o} values");
+    ensure!(
+        s.iter().product::<u32>() == o,
+        "int8 file: `{layer}.bias` must have {o} values"
+    );
     add(out, format!("{layer}.bias"), DType::I32, &[o], d)?;
     Ok(true)
 }
 
 /// Converts a torchvision `state_dict` (safetensors bytes) into a compact weights file.
 pub fn convert(state_dict: &[u8], int8: Option<&[u8]>, opts: &ConvertOptions) -> Result<Vec<u8>> {
-    let st = SafeTensors::deserialize(state_dict).context("state_dict is not a safetensors file")?;
-    let q = int8.map(SafeTensors::deserialize).transpose().context("int8 parameters are not a safetensors file")?;
-    ensure!(opts.precision != Precision::Int8 || q.is_some(), "int8 precision needs the int8 parameters file");
-    ensure!(opts.precision != Precision::Int8 || opts.form == Form::Folded, "int8 weights need the Folded form");
+    let st =
+        SafeTensors::deserialize(state_dict).context("state_dict is not a safetensors file")?;
+    let q = int8
+        .map(SafeTensors::deserialize)
+        .transpose()
+        .context("int8 parameters are not a safetensors file")?;
+    ensure!(
+        opts.precision != Precision::Int8 || q.is_some(),
+        "int8 precision needs the int8 parameters file"
+    );
+    ensure!(
+        opts.precision != Precision::Int8 || opts.form == Form::Folded,
+        "int8 weights need the Folded form"
+    );
     opts.config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let writer = WeightsWriter::new(opts.config, opts.form, opts.precision, opts.preprocess)
         .labels(&opts.labels)
         .producer(&opts.producer);
-    let mut out = Out { w: writer, f16: opts.precision == Precision::F16 };
+    let mut out = Out {
+        w: writer,
+        f16: opts.precision == Precision::F16,
+    };
 
     // Which BatchNorm follows which conv (from the Training walk).
     let mut bn_of_conv: HashMap<String, String> = HashMap::new();
     let mut conv_of_value: HashMap<u32, String> = HashMap::new();
-    opts.config.walk::<core::convert::Infallible>(Form::Training, |n| {
-        match *n {
-            Node::Conv { name, output, .. } => {
-                conv_of_value.insert(output.0, name.to_string());
-            }
-            Node::BatchNorm { name, input, .. } => {
-                if let Some(c) = conv_of_value.get(&input.0) {
-                    bn_of_conv.insert(c.clone(), name.to_string());
+    opts.config
+        .walk::<core::convert::Infallible>(Form::Training, |n| {
+            match *n {
+                Node::Conv { name, output, .. } => {
+                    conv_of_value.insert(output.0, name.to_string());
                 }
+                Node::BatchNorm { name, input, .. } => {
+                    if let Some(c) = conv_of_value.get(&input.0) {
+                        bn_of_conv.insert(c.clone(), name.to_string());
+                    }
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })?;
 
     opts.config.walk::<anyhow::Error>(opts.form, |node| {
         match *node {
-            Node::Conv { name, in_channels, out_channels, kernel, bias, .. } => {
+            Node::Conv {
+                name,
+                in_channels,
+                out_channels,
+                kernel,
+                bias,
+                ..
+            } => {
                 let shape = [out_channels, in_channels, kernel, kernel];
                 if let Some(q) = &q {
                     if copy_int8(&mut out, q, name, &shape)? {
@@ -152,20 +251,34 @@ pub fn convert(state_dict: &[u8], int8: Option<&[u8]>, opts: &ConvertOptions) ->
                     }
                 }
                 let w = f32s(&st, &format!("{name}.weight"))?;
-                ensure!(w.len() == shape.iter().product::<u32>() as usize, "`{name}.weight` has the wrong size for {shape:?}");
+                ensure!(
+                    w.len() == shape.iter().product::<u32>() as usize,
+                    "`{name}.weight` has the wrong size for {shape:?}"
+                );
                 if bias {
                     // Folded: the BatchNorm after this conv goes into its weight and bias.
-                    let bn = bn_of_conv.get(name).with_context(|| format!("no BatchNorm follows `{name}`"))?;
+                    let bn = bn_of_conv
+                        .get(name)
+                        .with_context(|| format!("no BatchNorm follows `{name}`"))?;
                     let (scale, shift) = bn_affine(&st, bn)?;
                     let per = (in_channels * kernel * kernel) as usize;
-                    let wf: Vec<f32> = w.iter().enumerate().map(|(i, x)| x * scale[i / per]).collect();
+                    let wf: Vec<f32> = w
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| x * scale[i / per])
+                        .collect();
                     out.float(&format!("{name}.weight"), &shape, &wf)?;
                     out.float(&format!("{name}.bias"), &[out_channels], &shift)?;
                 } else {
                     out.float(&format!("{name}.weight"), &shape, &w)?;
                 }
             }
-            Node::Linear { name, in_features, out_features, .. } => {
+            Node::Linear {
+                name,
+                in_features,
+                out_features,
+                ..
+            } => {
                 let shape = [out_features, in_features];
                 if let Some(q) = &q {
                     if copy_int8(&mut out, q, name, &shape)? {
@@ -187,7 +300,9 @@ pub fn convert(state_dict: &[u8], int8: Option<&[u8]>, opts: &ConvertOptions) ->
                         match st.tensor(&p.name) {
                             Ok(t) if t.dtype() == Dtype::I64 && t.data().len() == 8 => {
                                 let v = i64::from_le_bytes(t.data().try_into().unwrap_or([0; 8]));
-                                out.w.add_i64(&p.name, &[], &[v]).map_err(|e| anyhow::anyhow!("{e}"))
+                                out.w
+                                    .add_i64(&p.name, &[], &[v])
+                                    .map_err(|e| anyhow::anyhow!("{e}"))
                             }
                             _ => Ok(()),
                         }

@@ -55,14 +55,22 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { threads: 1, precision: ComputePrecision::Auto, input_size: None }
+        EngineOptions {
+            threads: 1,
+            precision: ComputePrecision::Auto,
+            input_size: None,
+        }
     }
 }
 
 /// What kind of file the model came from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelFormat {
-    Compact { precision: Precision, form: Form, producer: String },
+    Compact {
+        precision: Precision,
+        form: Form,
+        producer: String,
+    },
     Onnx,
 }
 
@@ -126,7 +134,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,7 +147,9 @@ pub fn cpu_has_fp16() -> bool {
 
 fn is_onnx(path: &Path, bytes: &[u8]) -> bool {
     // An ONNX ModelProto starts with field 1 (ir_version, varint): byte 0x08.
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) || bytes.first() == Some(&0x08)
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+        || bytes.first() == Some(&0x08)
 }
 
 impl Engine {
@@ -146,15 +158,19 @@ impl Engine {
         let path = path.as_ref();
         let start = Instant::now();
         ensure!(opts.threads >= 1, "--threads must be at least 1");
-        let file = std::fs::File::open(path).with_context(|| format!("cannot open model file {}", path.display()))?;
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot open model file {}", path.display()))?;
         // SAFETY: the map is read-only and private; a file truncated by someone else while we
         // parse could fault, as with any mmap reader. Everything is copied into tract tensors.
-        let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map model file {}", path.display()))?;
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("cannot map model file {}", path.display()))?;
         let bytes: &[u8] = &map;
         let (model, mut info) = if bytes.starts_with(&MAGIC[..4]) {
-            Self::import_compact(path, bytes, opts).with_context(|| format!("model file {}", path.display()))?
+            Self::import_compact(path, bytes, opts)
+                .with_context(|| format!("model file {}", path.display()))?
         } else if is_onnx(path, bytes) {
-            Self::import_onnx(path, opts).with_context(|| format!("model file {} (ONNX)", path.display()))?
+            Self::import_onnx(path, opts)
+                .with_context(|| format!("model file {} (ONNX)", path.display()))?
         } else {
             bail!(
                 "model file {}: neither a compact weights file (no EVWTS magic) nor an ONNX model",
@@ -162,30 +178,63 @@ impl Engine {
             );
         };
         drop(map);
-        let model = Self::optimize(model, &mut info, opts).with_context(|| format!("optimizing {}", path.display()))?;
+        let model = Self::optimize(model, &mut info, opts)
+            .with_context(|| format!("optimizing {}", path.display()))?;
         let input_dt = model.input_fact(0)?.datum_type;
         let plan = SimplePlan::new(model)?;
         let state = SimpleState::new(&plan)?;
-        let executor = if opts.threads > 1 { Executor::multithread(opts.threads) } else { Executor::SingleThread };
+        let executor = if opts.threads > 1 {
+            Executor::multithread(opts.threads)
+        } else {
+            Executor::SingleThread
+        };
         info.threads = opts.threads;
         info.load_time = start.elapsed();
-        Ok(Engine { output: vec![0.0; info.num_classes], info, plan, state, executor, input_dt })
+        Ok(Engine {
+            output: vec![0.0; info.num_classes],
+            info,
+            plan,
+            state,
+            executor,
+            input_dt,
+        })
     }
 
-    fn import_compact(path: &Path, bytes: &[u8], opts: &EngineOptions) -> Result<(TypedModel, ModelInfo)> {
+    fn import_compact(
+        path: &Path,
+        bytes: &[u8],
+        opts: &EngineOptions,
+    ) -> Result<(TypedModel, ModelInfo)> {
         let file = WeightsFile::parse(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
         let header = file.header();
-        let imported = import(&file, &ImportOptions { input_size: opts.input_size })?;
+        let imported = import(
+            &file,
+            &ImportOptions {
+                input_size: opts.input_size,
+            },
+        )?;
         let config = header.config;
         let mut labels: Vec<String> = file.labels().map(str::to_string).collect();
         if labels.len() != config.num_classes as usize {
-            labels = (0..config.num_classes).map(|i| format!("class {i}")).collect();
+            labels = (0..config.num_classes)
+                .map(|i| format!("class {i}"))
+                .collect();
         }
-        let (h, w) = opts.input_size.unwrap_or((header.preprocess.crop, header.preprocess.crop));
-        let compute = if imported.int8_layers.is_empty() { Compute::F32 } else { Compute::Int8 };
+        let (h, w) = opts
+            .input_size
+            .unwrap_or((header.preprocess.crop, header.preprocess.crop));
+        let compute = if imported.int8_layers.is_empty() {
+            Compute::F32
+        } else {
+            Compute::Int8
+        };
         let info = ModelInfo {
             path: path.to_path_buf(),
-            format: ModelFormat::Compact { precision: header.precision, form: header.form, producer: header.producer.to_string() },
+            format: ModelFormat::Compact {
+                precision: header.precision,
+                form: header.form,
+                producer: header.producer.to_string(),
+            },
             compute,
             channels: u32::from(config.in_channels),
             height: h,
@@ -206,16 +255,30 @@ impl Engine {
         use tract_onnx::prelude::{Framework, InferenceModelExt};
         use tract_onnx::tract_hir::infer::Factoid;
         let mut model = tract_onnx::onnx().model_for_path(path)?;
-        ensure!(model.input_outlets()?.len() == 1, "expected one input, found {}", model.input_outlets()?.len());
+        ensure!(
+            model.input_outlets()?.len() == 1,
+            "expected one input, found {}",
+            model.input_outlets()?.len()
+        );
         let declared = model.input_fact(0)?.clone();
-        let mut dims: Vec<Option<usize>> =
-            declared.shape.dims().map(|d| d.concretize().and_then(|d| d.to_usize().ok())).collect();
+        let mut dims: Vec<Option<usize>> = declared
+            .shape
+            .dims()
+            .map(|d| d.concretize().and_then(|d| d.to_usize().ok()))
+            .collect();
         if dims.is_empty() {
             dims = vec![None; 4];
         }
-        ensure!(dims.len() == 4, "expected an NCHW image input, the model's input has rank {}", dims.len());
+        ensure!(
+            dims.len() == 4,
+            "expected an NCHW image input, the model's input has rank {}",
+            dims.len()
+        );
         let channels = dims[1].unwrap_or(3);
-        ensure!(channels == 1 || channels == 3, "expected 1 or 3 input channels, the model has {channels}");
+        ensure!(
+            channels == 1 || channels == 3,
+            "expected 1 or 3 input channels, the model has {channels}"
+        );
         let (h, w) = match opts.input_size {
             Some((h, w)) => (h as usize, w as usize),
             None => (dims[2].unwrap_or(224), dims[3].unwrap_or(224)),
@@ -237,7 +300,12 @@ impl Engine {
         model.set_input_fact(0, f32::fact([1, channels, h, w]).into())?;
         let typed = model.into_typed()?;
         let out = typed.output_fact(0)?;
-        let num_classes = out.shape.as_concrete().context("symbolic output shape")?.iter().product::<usize>();
+        let num_classes = out
+            .shape
+            .as_concrete()
+            .context("symbolic output shape")?
+            .iter()
+            .product::<usize>();
         // Labels: a `<model>.labels.txt` next to the model, one per line.
         let labels_path = path.with_extension("labels.txt");
         let mut labels: Vec<String> = std::fs::read_to_string(&labels_path)
@@ -247,10 +315,18 @@ impl Engine {
             labels = (0..num_classes).map(|i| format!("class {i}")).collect();
         }
         let preprocess = if channels == 1 {
-            Preprocess { resize: h.min(w) as u32, crop: h.min(w) as u32, ..Preprocess::FASHION_MNIST }
+            Preprocess {
+                resize: h.min(w) as u32,
+                crop: h.min(w) as u32,
+                ..Preprocess::FASHION_MNIST
+            }
         } else {
             let crop = h.min(w) as u32;
-            Preprocess { resize: crop * 256 / 224, crop, ..Preprocess::IMAGENET_EVAL }
+            Preprocess {
+                resize: crop * 256 / 224,
+                crop,
+                ..Preprocess::IMAGENET_EVAL
+            }
         };
         let info = ModelInfo {
             path: path.to_path_buf(),
@@ -271,12 +347,25 @@ impl Engine {
         Ok((typed, info))
     }
 
-    fn optimize(model: TypedModel, info: &mut ModelInfo, opts: &EngineOptions) -> Result<TypedModel> {
-        let f16_file = matches!(info.format, ModelFormat::Compact { precision: Precision::F16, .. });
+    fn optimize(
+        model: TypedModel,
+        info: &mut ModelInfo,
+        opts: &EngineOptions,
+    ) -> Result<TypedModel> {
+        let f16_file = matches!(
+            info.format,
+            ModelFormat::Compact {
+                precision: Precision::F16,
+                ..
+            }
+        );
         let want_f16 = match opts.precision {
             ComputePrecision::F32 => false,
             ComputePrecision::F16 => {
-                ensure!(info.compute != Compute::Int8, "--precision f16 does not apply to an int8 model");
+                ensure!(
+                    info.compute != Compute::Int8,
+                    "--precision f16 does not apply to an int8 model"
+                );
                 ensure!(
                     cpu_has_fp16(),
                     "--precision f16: this CPU has no fp16 arithmetic (aarch64 FEAT_FP16, e.g. Cortex-A55/A76: \
@@ -295,7 +384,8 @@ impl Engine {
         };
         let mut model = model.into_decluttered()?;
         if want_f16 {
-            FloatPrecisionTranslator::new(f32::datum_type(), f16::datum_type()).transform(&mut model)?;
+            FloatPrecisionTranslator::new(f32::datum_type(), f16::datum_type())
+                .transform(&mut model)?;
             info.compute = Compute::F16;
         }
         Ok(model.into_optimized()?)
@@ -322,16 +412,29 @@ impl Engine {
             info.height,
             info.width
         );
-        let shape = [1, info.channels as usize, info.height as usize, info.width as usize];
+        let shape = [
+            1,
+            info.channels as usize,
+            info.height as usize,
+            info.width as usize,
+        ];
         let mut t = Tensor::from_shape(&shape, input)?;
         if self.input_dt != f32::datum_type() {
             t = t.cast_to_dt(self.input_dt)?.into_owned();
         }
         let state = &mut self.state;
-        let outputs = tract_linalg::multithread::multithread_tract_scope(self.executor.clone(), || state.run(tvec!(t.into())))?;
+        let outputs =
+            tract_linalg::multithread::multithread_tract_scope(self.executor.clone(), || {
+                state.run(tvec!(t.into()))
+            })?;
         let out = outputs[0].cast_to::<f32>()?;
         let logits = out.try_as_plain_ram()?.as_slice::<f32>()?;
-        ensure!(logits.len() == self.output.len(), "model produced {} values, expected {}", logits.len(), self.output.len());
+        ensure!(
+            logits.len() == self.output.len(),
+            "model produced {} values, expected {}",
+            logits.len(),
+            self.output.len()
+        );
         self.output.copy_from_slice(logits);
         Ok(&self.output)
     }
@@ -339,15 +442,26 @@ impl Engine {
     /// Runs `input` once, timing every node of the plan: (node name, op name, time), slowest first.
     pub fn profile(&mut self, input: &[f32]) -> Result<Vec<(String, String, Duration)>> {
         let info = &self.info;
-        let shape = [1, info.channels as usize, info.height as usize, info.width as usize];
-        let t = Tensor::from_shape(&shape, input)?.cast_to_dt(self.input_dt)?.into_owned();
+        let shape = [
+            1,
+            info.channels as usize,
+            info.height as usize,
+            info.width as usize,
+        ];
+        let t = Tensor::from_shape(&shape, input)?
+            .cast_to_dt(self.input_dt)?
+            .into_owned();
         let mut times = vec![];
         let state = &mut self.state;
         tract_linalg::multithread::multithread_tract_scope(self.executor.clone(), || {
             state.run_plan_with_eval(tvec!(t.into()), |ctx, st, node, inputs| {
                 let start = Instant::now();
                 let r = tract_core::plan::eval(ctx, st, node, inputs);
-                times.push((node.name.clone(), node.op().name().to_string(), start.elapsed()));
+                times.push((
+                    node.name.clone(),
+                    node.op().name().to_string(),
+                    start.elapsed(),
+                ));
                 r
             })
         })?;
@@ -366,12 +480,25 @@ pub fn matmul_kernels(model: &TypedModel) -> Vec<String> {
     model
         .nodes()
         .iter()
-        .filter(|n| n.op.name().contains("MatMul") || n.op.name().contains("Conv") || n.op.name().contains("EinSum"))
+        .filter(|n| {
+            n.op.name().contains("MatMul")
+                || n.op.name().contains("Conv")
+                || n.op.name().contains("EinSum")
+        })
         .map(|n| {
             let info = n.op.info().unwrap_or_default().join("; ");
-            let inputs: Vec<String> =
-                n.inputs.iter().map(|i| format!("{:?}", model.outlet_fact(*i).map(|f| f.datum_type).ok())).collect();
-            format!("{} [{}] inputs {} -> {:?}: {info}", n.name, n.op.name(), inputs.join(","), n.outputs[0].fact.datum_type)
+            let inputs: Vec<String> = n
+                .inputs
+                .iter()
+                .map(|i| format!("{:?}", model.outlet_fact(*i).map(|f| f.datum_type).ok()))
+                .collect();
+            format!(
+                "{} [{}] inputs {} -> {:?}: {info}",
+                n.name,
+                n.op.name(),
+                inputs.join(","),
+                n.outputs[0].fact.datum_type
+            )
         })
         .collect()
 }

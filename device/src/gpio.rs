@@ -16,13 +16,20 @@ impl<P: OutputPin> ClassLed<P> {
     /// Starts with the LED off.
     pub fn new(mut pin: P, class: u32, min_score: f32) -> Result<Self, P::Error> {
         pin.set_low()?;
-        Ok(ClassLed { pin, class, min_score, lit: false })
+        Ok(ClassLed {
+            pin,
+            class,
+            min_score,
+            lit: false,
+        })
     }
 
     /// Updates the LED from the ranked predictions (best first); touches the pin only on change.
     /// Returns whether the LED is lit.
     pub fn update(&mut self, top: &[(u32, f32)]) -> Result<bool, P::Error> {
-        let seen = top.first().is_some_and(|&(c, s)| c == self.class && s >= self.min_score);
+        let seen = top
+            .first()
+            .is_some_and(|&(c, s)| c == self.class && s >= self.min_score);
         if seen != self.lit {
             if seen {
                 self.pin.set_high()?;
@@ -48,11 +55,19 @@ pub struct Button<P> {
 
 impl<P: InputPin> Button<P> {
     pub fn new(pin: P, active_low: bool) -> Self {
-        Button { pin, active_low, was_down: false }
+        Button {
+            pin,
+            active_low,
+            was_down: false,
+        }
     }
 
     fn down(&mut self) -> Result<bool, P::Error> {
-        Ok(if self.active_low { self.pin.is_low()? } else { self.pin.is_high()? })
+        Ok(if self.active_low {
+            self.pin.is_low()?
+        } else {
+            self.pin.is_high()?
+        })
     }
 
     /// True on the poll where the button goes down.
@@ -105,7 +120,10 @@ mod tests {
         let mut led = ClassLed::new(pin, 281, 0.5).unwrap();
         assert!(!led.update(&[(3, 0.9)]).unwrap());
         assert!(led.update(&[(281, 0.8), (3, 0.1)]).unwrap());
-        assert!(led.update(&[(281, 0.7)]).unwrap(), "still lit: no pin write");
+        assert!(
+            led.update(&[(281, 0.7)]).unwrap(),
+            "still lit: no pin write"
+        );
         assert!(!led.update(&[(281, 0.4)]).unwrap(), "below the threshold");
         assert!(!led.update(&[]).unwrap());
         led.release().done();

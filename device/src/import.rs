@@ -91,7 +91,11 @@ struct ConvGeometry {
 
 impl<'f> Builder<'_, 'f> {
     fn value(&self, id: shared::ValueId) -> Result<OutletId> {
-        self.values.get(id.index()).copied().flatten().with_context(|| format!("graph value {} used before it is defined", id.0))
+        self.values
+            .get(id.index())
+            .copied()
+            .flatten()
+            .with_context(|| format!("graph value {} used before it is defined", id.0))
     }
 
     fn set(&mut self, id: shared::ValueId, outlet: OutletId) {
@@ -109,7 +113,10 @@ impl<'f> Builder<'_, 'f> {
         PoolSpec {
             data_format: DataFormat::NCHW,
             kernel_shape: tvec!(g.kernel, g.kernel),
-            padding: PaddingSpec::Explicit(tvec!(g.padding, g.padding), tvec!(g.padding, g.padding)),
+            padding: PaddingSpec::Explicit(
+                tvec!(g.padding, g.padding),
+                tvec!(g.padding, g.padding),
+            ),
             dilations: None,
             strides: Some(tvec!(g.stride, g.stride)),
             input_channels: g.in_channels,
@@ -119,7 +126,13 @@ impl<'f> Builder<'_, 'f> {
 
     /// A convolution named `name` (weights `name.weight`, optional `name.bias`), float or int8
     /// depending on the stored weight dtype.
-    fn conv(&mut self, name: &str, input: OutletId, g: ConvGeometry, has_bias: bool) -> Result<OutletId> {
+    fn conv(
+        &mut self,
+        name: &str,
+        input: OutletId,
+        g: ConvGeometry,
+        has_bias: bool,
+    ) -> Result<OutletId> {
         let w = self.tensor(&format!("{name}.weight"))?;
         let kshape = [g.out_channels, g.in_channels, g.kernel, g.kernel];
         ensure!(
@@ -134,7 +147,12 @@ impl<'f> Builder<'_, 'f> {
         let kernel = tensor_f32(&w, &kshape)?;
         let bias = if has_bias {
             let b = self.tensor(&format!("{name}.bias"))?;
-            ensure!(b.numel() == g.out_channels, "tensor `{name}.bias` has {} elements, expected {}", b.numel(), g.out_channels);
+            ensure!(
+                b.numel() == g.out_channels,
+                "tensor `{name}.bias` has {} elements, expected {}",
+                b.numel(),
+                g.out_channels
+            );
             tensor_f32(&b, &[g.out_channels])?
         } else {
             tensor0(0f32)
@@ -145,57 +163,138 @@ impl<'f> Builder<'_, 'f> {
         Ok(self.model.wire_node(name, op, &[input, k, b])?[0])
     }
 
-    fn conv_int8(&mut self, name: &str, input: OutletId, g: ConvGeometry, w: &TensorView<'_>) -> Result<OutletId> {
+    fn conv_int8(
+        &mut self,
+        name: &str,
+        input: OutletId,
+        g: ConvGeometry,
+        w: &TensorView<'_>,
+    ) -> Result<OutletId> {
         let file = self.file;
-        let get = |suffix: &str| file.tensor(&format!("{name}.{suffix}")).map_err(|e| anyhow::anyhow!("int8 layer `{name}`: {e}"));
-        let w_scale = get("weight_scale")?.as_f32().map_err(|e| anyhow::anyhow!("{e}"))?.to_vec();
-        let w_zp = get("weight_zero_point")?.as_i8().map_err(|e| anyhow::anyhow!("{e}"))?.to_vec();
-        let x_scale = get("input_scale")?.as_f32().map_err(|e| anyhow::anyhow!("{e}"))?.to_vec();
-        let x_zp = get("input_zero_point")?.as_i8().map_err(|e| anyhow::anyhow!("{e}"))?.to_vec();
+        let get = |suffix: &str| {
+            file.tensor(&format!("{name}.{suffix}"))
+                .map_err(|e| anyhow::anyhow!("int8 layer `{name}`: {e}"))
+        };
+        let w_scale = get("weight_scale")?
+            .as_f32()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .to_vec();
+        let w_zp = get("weight_zero_point")?
+            .as_i8()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .to_vec();
+        let x_scale = get("input_scale")?
+            .as_f32()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .to_vec();
+        let x_zp = get("input_zero_point")?
+            .as_i8()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .to_vec();
         let bias = get("bias")?;
-        let bias = bias.as_i32().map_err(|e| anyhow::anyhow!("int8 layer `{name}`: bias must be I32: {e}"))?.to_vec();
-        ensure!(w_scale.len() == g.out_channels, "int8 layer `{name}`: weight_scale has {} values, expected {}", w_scale.len(), g.out_channels);
-        ensure!(bias.len() == g.out_channels, "int8 layer `{name}`: bias has {} values, expected {}", bias.len(), g.out_channels);
-        ensure!(w_zp.iter().all(|&z| z == 0), "int8 layer `{name}`: weight zero points must be 0 (symmetric weights)");
-        ensure!(x_scale.len() == 1 && x_zp.len() == 1, "int8 layer `{name}`: input scale and zero point must be scalars");
+        let bias = bias
+            .as_i32()
+            .map_err(|e| anyhow::anyhow!("int8 layer `{name}`: bias must be I32: {e}"))?
+            .to_vec();
+        ensure!(
+            w_scale.len() == g.out_channels,
+            "int8 layer `{name}`: weight_scale has {} values, expected {}",
+            w_scale.len(),
+            g.out_channels
+        );
+        ensure!(
+            bias.len() == g.out_channels,
+            "int8 layer `{name}`: bias has {} values, expected {}",
+            bias.len(),
+            g.out_channels
+        );
+        ensure!(
+            w_zp.iter().all(|&z| z == 0),
+            "int8 layer `{name}`: weight zero points must be 0 (symmetric weights)"
+        );
+        ensure!(
+            x_scale.len() == 1 && x_zp.len() == 1,
+            "int8 layer `{name}`: input scale and zero point must be scalars"
+        );
         let (s_x, zp) = (x_scale[0], x_zp[0]);
-        ensure!(s_x.is_finite() && s_x > 0.0, "int8 layer `{name}`: input_scale {s_x} is not a positive number");
-        ensure!(w_scale.iter().all(|s| s.is_finite() && *s > 0.0), "int8 layer `{name}`: a weight_scale is not a positive number");
+        ensure!(
+            s_x.is_finite() && s_x > 0.0,
+            "int8 layer `{name}`: input_scale {s_x} is not a positive number"
+        );
+        ensure!(
+            w_scale.iter().all(|s| s.is_finite() && *s > 0.0),
+            "int8 layer `{name}`: a weight_scale is not a positive number"
+        );
         self.int8_layers.push(name.to_string());
 
         let m = &mut self.model;
-        let xq = m.wire_node(format!("{name}.quantize"), tract_core::ops::quant::quantize_linear_i8(s_x.recip(), zp), &[input])?[0];
+        let xq = m.wire_node(
+            format!("{name}.quantize"),
+            tract_core::ops::quant::quantize_linear_i8(s_x.recip(), zp),
+            &[input],
+        )?[0];
         let kshape = [g.out_channels, g.in_channels, g.kernel, g.kernel];
         let kernel = Tensor::from_shape(&kshape, w.as_i8().map_err(|e| anyhow::anyhow!("{e}"))?)?;
         let k = m.add_const(format!("{name}.weight"), kernel)?;
-        let b = m.add_const(format!("{name}.bias"), Tensor::from_shape(&[g.out_channels], &bias)?)?;
+        let b = m.add_const(
+            format!("{name}.bias"),
+            Tensor::from_shape(&[g.out_channels], &bias)?,
+        )?;
         let x0 = scalar_i32(m, format!("{name}.x_zero_point"), i32::from(zp))?;
         let one = scalar_f32(m, format!("{name}.unit_scale"), 1.0)?;
         let zero = scalar_i32(m, format!("{name}.zero_point"), 0)?;
         // Integer accumulation only: scales of 1 make tract's requantization an identity, the
         // real scales are applied in f32 below (the QDQ semantics of the format).
-        let op = Conv::new(Self::pool_spec(&g), KernelFormat::OIHW, 1, Some(i32::datum_type()));
-        let acc = m.wire_node(format!("{name}.conv_i8"), op, &[xq, k, b, x0, one, zero, one, zero, one])?[0];
+        let op = Conv::new(
+            Self::pool_spec(&g),
+            KernelFormat::OIHW,
+            1,
+            Some(i32::datum_type()),
+        );
+        let acc = m.wire_node(
+            format!("{name}.conv_i8"),
+            op,
+            &[xq, k, b, x0, one, zero, one, zero, one],
+        )?[0];
         let accf = m.wire_node(format!("{name}.to_f32"), cast(f32::datum_type()), &[acc])?[0];
         let scales: Vec<f32> = w_scale.iter().map(|s| s * s_x).collect();
         let s = per_channel(m, format!("{name}.dequant_scale"), &scales)?;
         Ok(m.wire_node(format!("{name}.dequantize"), math::mul(), &[accf, s])?[0])
     }
 
-    fn affine(&mut self, name: &str, input: OutletId, scale: &[f32], shift: &[f32]) -> Result<OutletId> {
+    fn affine(
+        &mut self,
+        name: &str,
+        input: OutletId,
+        scale: &[f32],
+        shift: &[f32],
+    ) -> Result<OutletId> {
         let s = per_channel(&mut self.model, format!("{name}.scale"), scale)?;
         let b = per_channel(&mut self.model, format!("{name}.shift"), shift)?;
-        let x = self.model.wire_node(format!("{name}.mul"), math::mul(), &[input, s])?[0];
-        Ok(self.model.wire_node(format!("{name}.add"), math::add(), &[x, b])?[0])
+        let x = self
+            .model
+            .wire_node(format!("{name}.mul"), math::mul(), &[input, s])?[0];
+        Ok(self
+            .model
+            .wire_node(format!("{name}.add"), math::add(), &[x, b])?[0])
     }
 
     fn channel_vec(&self, name: &str, channels: usize) -> Result<Vec<f32>> {
         let t = self.tensor(name)?;
-        ensure!(t.numel() == channels, "tensor `{name}` has {} elements, expected {channels}", t.numel());
+        ensure!(
+            t.numel() == channels,
+            "tensor `{name}` has {} elements, expected {channels}",
+            t.numel()
+        );
         f32_vec(&t)
     }
 
-    fn node(&mut self, node: &Node<'_>, input_hw: (usize, usize), channels_in: usize) -> Result<()> {
+    fn node(
+        &mut self,
+        node: &Node<'_>,
+        input_hw: (usize, usize),
+        channels_in: usize,
+    ) -> Result<()> {
         match *node {
             Node::Input { output, channels } => {
                 ensure!(channels as usize == channels_in, "input channels mismatch");
@@ -203,7 +302,17 @@ impl<'f> Builder<'_, 'f> {
                 let x = self.model.add_source("input", fact)?;
                 self.set(output, x);
             }
-            Node::Conv { name, input, output, in_channels, out_channels, kernel, stride, padding, bias } => {
+            Node::Conv {
+                name,
+                input,
+                output,
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                bias,
+            } => {
                 let x = self.value(input)?;
                 let g = ConvGeometry {
                     in_channels: in_channels as usize,
@@ -212,22 +321,43 @@ impl<'f> Builder<'_, 'f> {
                     stride: stride as usize,
                     padding: padding as usize,
                 };
-                let y = self.conv(name, x, g, bias).with_context(|| format!("layer `{name}`"))?;
+                let y = self
+                    .conv(name, x, g, bias)
+                    .with_context(|| format!("layer `{name}`"))?;
                 self.set(output, y);
             }
-            Node::BatchNorm { name, input, output, channels } => {
+            Node::BatchNorm {
+                name,
+                input,
+                output,
+                channels,
+            } => {
                 let c = channels as usize;
                 let w = self.channel_vec(&format!("{name}.weight"), c)?;
                 let b = self.channel_vec(&format!("{name}.bias"), c)?;
                 let mean = self.channel_vec(&format!("{name}.running_mean"), c)?;
                 let var = self.channel_vec(&format!("{name}.running_var"), c)?;
-                let scale: Vec<f32> = w.iter().zip(&var).map(|(w, v)| w / (v + BN_EPS).sqrt()).collect();
-                let shift: Vec<f32> = b.iter().zip(&mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+                let scale: Vec<f32> = w
+                    .iter()
+                    .zip(&var)
+                    .map(|(w, v)| w / (v + BN_EPS).sqrt())
+                    .collect();
+                let shift: Vec<f32> = b
+                    .iter()
+                    .zip(&mean)
+                    .zip(&scale)
+                    .map(|((b, m), s)| b - m * s)
+                    .collect();
                 let x = self.value(input)?;
                 let y = self.affine(name, x, &scale, &shift)?;
                 self.set(output, y);
             }
-            Node::Affine { name, input, output, channels } => {
+            Node::Affine {
+                name,
+                input,
+                output,
+                channels,
+            } => {
                 let c = channels as usize;
                 let scale = self.channel_vec(&format!("{name}.weight"), c)?;
                 let shift = self.channel_vec(&format!("{name}.bias"), c)?;
@@ -241,10 +371,18 @@ impl<'f> Builder<'_, 'f> {
                 let zero = tensor0(0f32).broadcast_into_rank(rank)?;
                 let n = self.model.nodes().len();
                 let z = self.model.add_const(format!("relu{n}.zero"), zero)?;
-                let y = self.model.wire_node(format!("relu{n}"), math::max(), &[x, z])?[0];
+                let y = self
+                    .model
+                    .wire_node(format!("relu{n}"), math::max(), &[x, z])?[0];
                 self.set(output, y);
             }
-            Node::MaxPool { input, output, kernel, stride, padding } => {
+            Node::MaxPool {
+                input,
+                output,
+                kernel,
+                stride,
+                padding,
+            } => {
                 let x = self.value(input)?;
                 let c = self.model.outlet_fact(x)?.shape[1].to_usize()?;
                 let (k, s, p) = (kernel as usize, stride as usize, padding as usize);
@@ -258,31 +396,57 @@ impl<'f> Builder<'_, 'f> {
                     output_channels: c,
                 };
                 let n = self.model.nodes().len();
-                let y = self.model.wire_node(format!("maxpool{n}"), MaxPool { pool_spec, with_index_outputs: None }, &[x])?[0];
+                let y = self.model.wire_node(
+                    format!("maxpool{n}"),
+                    MaxPool {
+                        pool_spec,
+                        with_index_outputs: None,
+                    },
+                    &[x],
+                )?[0];
                 self.set(output, y);
             }
             Node::Add { lhs, rhs, output } => {
                 let (a, b) = (self.value(lhs)?, self.value(rhs)?);
                 let n = self.model.nodes().len();
-                let y = self.model.wire_node(format!("add{n}"), math::add(), &[a, b])?[0];
+                let y = self
+                    .model
+                    .wire_node(format!("add{n}"), math::add(), &[a, b])?[0];
                 self.set(output, y);
             }
             Node::GlobalAvgPool { input, output } => {
                 let x = self.value(input)?;
-                let shape = self.model.outlet_fact(x)?.shape.as_concrete().context("symbolic pool input")?.to_vec();
+                let shape = self
+                    .model
+                    .outlet_fact(x)?
+                    .shape
+                    .as_concrete()
+                    .context("symbolic pool input")?
+                    .to_vec();
                 let hw = (shape[2] * shape[3]) as f32;
                 let m = &mut self.model;
-                let s = m.wire_node("avgpool.sum", Reduce::new(tvec!(2, 3), Reducer::Sum), &[x])?[0];
+                let s =
+                    m.wire_node("avgpool.sum", Reduce::new(tvec!(2, 3), Reducer::Sum), &[x])?[0];
                 let k = m.add_const("avgpool.inv_hw", tensor0(1.0 / hw).broadcast_into_rank(4)?)?;
                 let y = m.wire_node("avgpool.mean", math::mul(), &[s, k])?[0];
                 let y = m.wire_node("avgpool.rm_w", AxisOp::Rm(3), &[y])?[0];
                 let y = m.wire_node("avgpool.flatten", AxisOp::Rm(2), &[y])?[0];
                 self.set(output, y);
             }
-            Node::Linear { name, input, output, in_features, out_features } => {
+            Node::Linear {
+                name,
+                input,
+                output,
+                in_features,
+                out_features,
+            } => {
                 let x = self.value(input)?;
-                let x = self.model.wire_node(format!("{name}.as_nchw.h"), AxisOp::Add(2), &[x])?[0];
-                let x = self.model.wire_node(format!("{name}.as_nchw.w"), AxisOp::Add(3), &[x])?[0];
+                let x = self
+                    .model
+                    .wire_node(format!("{name}.as_nchw.h"), AxisOp::Add(2), &[x])?[0];
+                let x = self
+                    .model
+                    .wire_node(format!("{name}.as_nchw.w"), AxisOp::Add(3), &[x])?[0];
                 let g = ConvGeometry {
                     in_channels: in_features as usize,
                     out_channels: out_features as usize,
@@ -290,9 +454,15 @@ impl<'f> Builder<'_, 'f> {
                     stride: 1,
                     padding: 0,
                 };
-                let y = self.conv(name, x, g, true).with_context(|| format!("layer `{name}`"))?;
-                let y = self.model.wire_node(format!("{name}.rm_w"), AxisOp::Rm(3), &[y])?[0];
-                let y = self.model.wire_node(format!("{name}.flatten"), AxisOp::Rm(2), &[y])?[0];
+                let y = self
+                    .conv(name, x, g, true)
+                    .with_context(|| format!("layer `{name}`"))?;
+                let y = self
+                    .model
+                    .wire_node(format!("{name}.rm_w"), AxisOp::Rm(3), &[y])?[0];
+                let y = self
+                    .model
+                    .wire_node(format!("{name}.flatten"), AxisOp::Rm(2), &[y])?[0];
                 self.set(output, y);
             }
         }
@@ -302,12 +472,16 @@ impl<'f> Builder<'_, 'f> {
 
 /// Builds the (unoptimized) tract model of a validated weights file.
 pub fn import(file: &WeightsFile<'_>, opts: &ImportOptions) -> Result<Imported> {
-    file.check_against_graph().map_err(|e| anyhow::anyhow!("{e}"))?;
+    file.check_against_graph()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let header = file.header();
     let config = header.config;
     let crop = header.preprocess.crop;
     let (h, w) = opts.input_size.unwrap_or((crop, crop));
-    ensure!(h >= 1 && w >= 1 && h <= 8192 && w <= 8192, "input size {h}x{w} is out of range");
+    ensure!(
+        h >= 1 && w >= 1 && h <= 8192 && w <= 8192,
+        "input size {h}x{w} is out of range"
+    );
     if header.form == Form::Training && header.precision == shared::weights::Precision::Int8 {
         bail!("int8 weights need the Folded form (BatchNorm folded into the convs)");
     }
@@ -325,5 +499,9 @@ pub fn import(file: &WeightsFile<'_>, opts: &ImportOptions) -> Result<Imported> 
     })?;
     let out = b.value(last.context("empty graph")?)?;
     b.model.select_output_outlets(&[out])?;
-    Ok(Imported { model: b.model, int8_layers: b.int8_layers, float_layers: b.float_layers })
+    Ok(Imported {
+        model: b.model,
+        int8_layers: b.int8_layers,
+        float_layers: b.float_layers,
+    })
 }

@@ -93,7 +93,10 @@ impl Mailbox {
 }
 
 /// Runs the capture loop of `source` on its own thread.
-pub fn spawn_capture(mut source: Box<dyn FrameSource>, mailbox: Mailbox) -> std::thread::JoinHandle<()> {
+pub fn spawn_capture(
+    mut source: Box<dyn FrameSource>,
+    mailbox: Mailbox,
+) -> std::thread::JoinHandle<()> {
     let wait = !source.is_live();
     std::thread::spawn(move || loop {
         match source.next() {
@@ -127,7 +130,10 @@ pub struct RollingFps {
 
 impl RollingFps {
     pub fn new(window: usize) -> Self {
-        RollingFps { times: VecDeque::with_capacity(window + 1), window: window.max(2) }
+        RollingFps {
+            times: VecDeque::with_capacity(window + 1),
+            window: window.max(2),
+        }
     }
     pub fn tick(&mut self, now: Instant) -> f64 {
         self.times.push_back(now);
@@ -135,7 +141,9 @@ impl RollingFps {
             self.times.pop_front();
         }
         match (self.times.front(), self.times.back()) {
-            (Some(a), Some(b)) if self.times.len() >= 2 && b > a => (self.times.len() - 1) as f64 / (*b - *a).as_secs_f64(),
+            (Some(a), Some(b)) if self.times.len() >= 2 && b > a => {
+                (self.times.len() - 1) as f64 / (*b - *a).as_secs_f64()
+            }
             _ => 0.0,
         }
     }
@@ -150,7 +158,14 @@ pub struct LiveSummary {
 }
 
 /// One output line for a classified frame.
-pub fn format_line(p: &Pipeline, index: u64, c: &Classification, fps: f64, json: bool, dropped: u64) -> String {
+pub fn format_line(
+    p: &Pipeline,
+    index: u64,
+    c: &Classification,
+    fps: f64,
+    json: bool,
+    dropped: u64,
+) -> String {
     let ms = c.times.total().as_secs_f64() * 1e3;
     if json {
         let top: Vec<serde_json::Value> = c
@@ -170,7 +185,11 @@ pub fn format_line(p: &Pipeline, index: u64, c: &Classification, fps: f64, json:
         .to_string()
     } else {
         let (class, score) = c.top[0];
-        let mut line = format!("{:5.1}% {}  {ms:.1} ms  {fps:.1} fps", score * 100.0, p.label(class));
+        let mut line = format!(
+            "{:5.1}% {}  {ms:.1} ms  {fps:.1} fps",
+            score * 100.0,
+            p.label(class)
+        );
         for &(class, score) in &c.top[1..] {
             line.push_str(&format!("  | {:.1}% {}", score * 100.0, p.label(class)));
         }
@@ -200,11 +219,17 @@ pub fn run(
                 continue;
             }
             let frame = f.frame().with_context(|| format!("frame {}", f.index))?;
-            let c = pipeline.classify(&frame).with_context(|| format!("frame {}", f.index))?;
+            let c = pipeline
+                .classify(&frame)
+                .with_context(|| format!("frame {}", f.index))?;
             frames += 1;
             let rate = fps.tick(Instant::now());
             let (dropped, _) = mailbox.counts();
-            writeln!(out, "{}", format_line(pipeline, f.index, &c, rate, opts.json, dropped))?;
+            writeln!(
+                out,
+                "{}",
+                format_line(pipeline, f.index, &c, rate, opts.json, dropped)
+            )?;
             out.flush()?;
             on_result(&c)?;
             if opts.max_frames.is_some_and(|m| frames >= m) {
@@ -219,6 +244,11 @@ pub fn run(
     drop(capture);
     let (dropped, skipped) = mailbox.counts();
     let elapsed = start.elapsed().max(Duration::from_micros(1));
-    let summary = LiveSummary { frames, dropped, skipped, mean_fps: frames as f64 / elapsed.as_secs_f64() };
+    let summary = LiveSummary {
+        frames,
+        dropped,
+        skipped,
+        mean_fps: frames as f64 / elapsed.as_secs_f64(),
+    };
     result.map(|_| summary)
 }

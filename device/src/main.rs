@@ -18,7 +18,11 @@ use shared::weights::Precision;
 use shared::ResNetConfig;
 
 #[derive(Parser)]
-#[command(name = "device", version, about = "Run exported ResNets with tract on Linux boards")]
+#[command(
+    name = "device",
+    version,
+    about = "Run exported ResNets with tract on Linux boards"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,7 +48,11 @@ impl ModelArgs {
     fn load(&self) -> Result<Engine> {
         let engine = Engine::load(
             &self.model,
-            &EngineOptions { threads: self.threads, precision: self.precision, input_size: self.input_size },
+            &EngineOptions {
+                threads: self.threads,
+                precision: self.precision,
+                input_size: self.input_size,
+            },
         )?;
         for note in &engine.info().notes {
             eprintln!("note: {note}");
@@ -55,7 +63,10 @@ impl ModelArgs {
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (h, w) = s.split_once('x').ok_or("expected HxW, e.g. 224x224")?;
-    Ok((h.parse().map_err(|_| "bad height")?, w.parse().map_err(|_| "bad width")?))
+    Ok((
+        h.parse().map_err(|_| "bad height")?,
+        w.parse().map_err(|_| "bad width")?,
+    ))
 }
 
 #[derive(Subcommand)]
@@ -188,13 +199,31 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Classify { model, top_k, json, images } => classify(&model, top_k, json, &images),
+        Command::Classify {
+            model,
+            top_k,
+            json,
+            images,
+        } => classify(&model, top_k, json, &images),
         Command::Live(args) => live_cmd(args),
-        Command::Bench { model, warmup, iters, image, json } => bench_cmd(&model, warmup, iters, image, json),
-        Command::Parity { model, parity, json } => parity_cmd(&model, parity, json),
+        Command::Bench {
+            model,
+            warmup,
+            iters,
+            image,
+            json,
+        } => bench_cmd(&model, warmup, iters, image, json),
+        Command::Parity {
+            model,
+            parity,
+            json,
+        } => parity_cmd(&model, parity, json),
         Command::Inspect { model, profile } => {
             let mut engine = model.load()?;
-            println!("{}", serde_json::to_string_pretty(&report::model_json(&engine))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report::model_json(&engine))?
+            );
             for k in engine.matmul_kernels() {
                 println!("{k}");
             }
@@ -219,7 +248,9 @@ fn classify(model: &ModelArgs, top_k: usize, json: bool, images: &[PathBuf]) -> 
     let mut out = std::io::stdout().lock();
     for path in images {
         let img = Image::open(path)?;
-        let c = pipeline.classify(&img.frame()?).with_context(|| format!("image {}", path.display()))?;
+        let c = pipeline
+            .classify(&img.frame()?)
+            .with_context(|| format!("image {}", path.display()))?;
         let ms = c.times.total().as_secs_f64() * 1e3;
         if json {
             let top: Vec<_> = c
@@ -253,14 +284,25 @@ fn live_cmd(a: LiveArgs) -> Result<()> {
                 .labels
                 .iter()
                 .position(|l| l == c)
-                .with_context(|| format!("--led-class `{c}` is neither a class index nor a label of this model"))?
-                as u32,
+                .with_context(|| {
+                    format!("--led-class `{c}` is neither a class index nor a label of this model")
+                })? as u32,
         }),
     };
     let (mut gate, mut on_result) = gpio_hooks(&a, led_class)?;
     let mut out = std::io::stdout().lock();
-    let opts = live::LiveOptions { json: a.json, max_frames: a.max_frames };
-    let s = live::run(&mut pipeline, source, &opts, &mut out, &mut *gate, &mut *on_result)?;
+    let opts = live::LiveOptions {
+        json: a.json,
+        max_frames: a.max_frames,
+    };
+    let s = live::run(
+        &mut pipeline,
+        source,
+        &opts,
+        &mut out,
+        &mut *gate,
+        &mut *on_result,
+    )?;
     eprintln!(
         "{} frames, {} dropped (inference slower than the source), {} corrupt skipped, {:.1} fps",
         s.frames, s.dropped, s.skipped, s.mean_fps
@@ -300,7 +342,13 @@ fn gpio_hooks(a: &LiveArgs, _led_class: Option<u32>) -> Result<(Gate, OnResult)>
     Ok((Box::new(|| Ok(true)), Box::new(|_| Ok(()))))
 }
 
-fn bench_cmd(model: &ModelArgs, warmup: usize, iters: usize, image: Option<PathBuf>, json: bool) -> Result<()> {
+fn bench_cmd(
+    model: &ModelArgs,
+    warmup: usize,
+    iters: usize,
+    image: Option<PathBuf>,
+    json: bool,
+) -> Result<()> {
     anyhow::ensure!(iters >= 1, "--iters must be at least 1");
     let start = Instant::now();
     let mut pipeline = Pipeline::new(model.load()?, 5);
@@ -310,32 +358,56 @@ fn bench_cmd(model: &ModelArgs, warmup: usize, iters: usize, image: Option<PathB
         None => {
             // A deterministic synthetic camera frame.
             let (w, h) = (640u32, 480u32);
-            let data = (0..w * h * 3).map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
-            Image { data, width: w, height: h }
+            let data = (0..w * h * 3)
+                .map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8)
+                .collect();
+            Image {
+                data,
+                width: w,
+                height: h,
+            }
         }
     };
-    let frame = Frame::new(&img.data, img.width, img.height, PixelFormat::Rgb8).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let frame = Frame::new(&img.data, img.width, img.height, PixelFormat::Rgb8)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let m = bench::measure(&mut pipeline, &frame, &BenchOptions { warmup, iters })?;
     let rss = bench::peak_rss_kib();
     if json {
-        println!("{}", report::bench_json(pipeline.engine(), &m, rss, (img.width, img.height)));
+        println!(
+            "{}",
+            report::bench_json(pipeline.engine(), &m, rss, (img.width, img.height))
+        );
     } else {
-        print!("{}", report::bench_text(pipeline.engine(), &m, rss, (img.width, img.height)));
+        print!(
+            "{}",
+            report::bench_text(pipeline.engine(), &m, rss, (img.width, img.height))
+        );
     }
     Ok(())
 }
 
 fn parity_cmd(model: &ModelArgs, parity: Option<PathBuf>, json: bool) -> Result<()> {
     let path = parity.unwrap_or_else(|| {
-        let stem = model.model.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+        let stem = model
+            .model
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model");
         let stem = stem.split('.').next().unwrap_or(stem);
-        model.model.with_file_name(format!("{stem}.parity.safetensors"))
+        model
+            .model
+            .with_file_name(format!("{stem}.parity.safetensors"))
     });
     let p = Parity::read(&path)?;
     let mut engine = model.load()?;
     let info = engine.info().clone();
     anyhow::ensure!(
-        [p.input_shape[1], p.input_shape[2], p.input_shape[3]] == [info.channels as usize, info.height as usize, info.width as usize],
+        [p.input_shape[1], p.input_shape[2], p.input_shape[3]]
+            == [
+                info.channels as usize,
+                info.height as usize,
+                info.width as usize
+            ],
         "parity inputs are {:?}, the model takes 1x{}x{}x{}",
         p.input_shape,
         info.channels,
@@ -368,8 +440,13 @@ fn parity_cmd(model: &ModelArgs, parity: Option<PathBuf>, json: bool) -> Result<
 }
 
 fn convert_cmd(a: ConvertArgs) -> Result<()> {
-    let mut config = ResNetConfig::from_name(&a.arch)
-        .with_context(|| format!("unknown --arch `{}` (known: {})", a.arch, ResNetConfig::NAMES.join(", ")))?;
+    let mut config = ResNetConfig::from_name(&a.arch).with_context(|| {
+        format!(
+            "unknown --arch `{}` (known: {})",
+            a.arch,
+            ResNetConfig::NAMES.join(", ")
+        )
+    })?;
     if let Some(c) = a.in_channels {
         config = config.with_in_channels(c);
     }
@@ -400,17 +477,28 @@ fn convert_cmd(a: ConvertArgs) -> Result<()> {
             .collect(),
         None => vec![],
     };
-    let sd = std::fs::read(&a.state_dict).with_context(|| format!("cannot read {}", a.state_dict.display()))?;
-    let q = a.int8_params.as_ref().map(std::fs::read).transpose().context("cannot read --int8-params")?;
+    let sd = std::fs::read(&a.state_dict)
+        .with_context(|| format!("cannot read {}", a.state_dict.display()))?;
+    let q = a
+        .int8_params
+        .as_ref()
+        .map(std::fs::read)
+        .transpose()
+        .context("cannot read --int8-params")?;
     let opts = device::convert::ConvertOptions {
         config,
         form,
         precision,
         preprocess,
         labels,
-        producer: format!("device convert {}", std::env::args().skip(1).collect::<Vec<_>>().join(" ")),
+        producer: format!(
+            "device convert {}",
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        ),
     };
-    let bytes = device::convert::convert(&sd, q.as_deref(), &opts).with_context(|| format!("converting {}", a.state_dict.display()))?;
-    std::fs::write(&a.output, bytes).with_context(|| format!("cannot write {}", a.output.display()))?;
+    let bytes = device::convert::convert(&sd, q.as_deref(), &opts)
+        .with_context(|| format!("converting {}", a.state_dict.display()))?;
+    std::fs::write(&a.output, bytes)
+        .with_context(|| format!("cannot write {}", a.output.display()))?;
     Ok(())
 }

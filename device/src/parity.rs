@@ -31,15 +31,24 @@ fn f32s(st: &SafeTensors<'_>, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>
         Err(safetensors::SafeTensorError::TensorNotFound(_)) => return Ok(None),
         Err(e) => bail!("tensor `{name}`: {e}"),
     };
-    ensure!(t.dtype() == Dtype::F32, "tensor `{name}` is {:?}, expected F32", t.dtype());
-    let v = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    ensure!(
+        t.dtype() == Dtype::F32,
+        "tensor `{name}` is {:?}, expected F32",
+        t.dtype()
+    );
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     Ok(Some((t.shape().to_vec(), v)))
 }
 
 impl Parity {
     pub fn read(path: impl AsRef<Path>) -> Result<Parity> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read parity file {}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read parity file {}", path.display()))?;
         Self::parse(&bytes).with_context(|| format!("parity file {}", path.display()))
     }
 
@@ -47,24 +56,45 @@ impl Parity {
         let (_, meta) = SafeTensors::read_metadata(bytes).context("not a safetensors file")?;
         let metadata = meta.metadata().clone().unwrap_or_default();
         if let Some(f) = metadata.get("format") {
-            ensure!(f == "device-parity", "metadata format is `{f}`, expected `device-parity`");
+            ensure!(
+                f == "device-parity",
+                "metadata format is `{f}`, expected `device-parity`"
+            );
         }
         let st = SafeTensors::deserialize(bytes).context("not a safetensors file")?;
         let (ishape, inputs) = f32s(&st, "inputs")?.context("tensor `inputs` is missing")?;
-        ensure!(ishape.len() == 4, "`inputs` must be [N, C, H, W], got {ishape:?}");
+        ensure!(
+            ishape.len() == 4,
+            "`inputs` must be [N, C, H, W], got {ishape:?}"
+        );
         let (lshape, logits) = f32s(&st, "logits")?.context("tensor `logits` is missing")?;
-        ensure!(lshape.len() == 2 && lshape[0] == ishape[0], "`logits` must be [N, classes] with N = {}, got {lshape:?}", ishape[0]);
+        ensure!(
+            lshape.len() == 2 && lshape[0] == ishape[0],
+            "`logits` must be [N, classes] with N = {}, got {lshape:?}",
+            ishape[0]
+        );
         let logits_int8 = match f32s(&st, "logits_int8")? {
             Some((s, v)) => {
-                ensure!(s == lshape, "`logits_int8` has shape {s:?}, `logits` {lshape:?}");
+                ensure!(
+                    s == lshape,
+                    "`logits_int8` has shape {s:?}, `logits` {lshape:?}"
+                );
                 Some(v)
             }
             None => None,
         };
         let labels = match st.tensor("labels") {
             Ok(t) => {
-                ensure!(t.dtype() == Dtype::I64 && t.shape() == [ishape[0]], "`labels` must be I64 [N]");
-                Some(t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+                ensure!(
+                    t.dtype() == Dtype::I64 && t.shape() == [ishape[0]],
+                    "`labels` must be I64 [N]"
+                );
+                Some(
+                    t.data()
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                        .collect(),
+                )
             }
             Err(_) => None,
         };
@@ -99,7 +129,9 @@ impl Parity {
     }
 
     pub fn logits_int8(&self, i: usize) -> Option<&[f32]> {
-        self.logits_int8.as_ref().map(|l| &l[i * self.num_classes..(i + 1) * self.num_classes])
+        self.logits_int8
+            .as_ref()
+            .map(|l| &l[i * self.num_classes..(i + 1) * self.num_classes])
     }
 }
 
@@ -107,13 +139,21 @@ impl Parity {
 pub mod compare {
     /// Index of the largest value (first on ties).
     pub fn argmax(v: &[f32]) -> usize {
-        v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
+        v.iter()
+            .enumerate()
+            .fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
     }
 
     /// `max |a - b| / max |b|`: the error relative to the reference's scale.
     pub fn rel_err(a: &[f32], reference: &[f32]) -> f32 {
-        let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
-        a.iter().zip(reference).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+        let scale = reference
+            .iter()
+            .fold(0f32, |m, x| m.max(x.abs()))
+            .max(f32::MIN_POSITIVE);
+        a.iter()
+            .zip(reference)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale
     }
 
     pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -48,7 +48,8 @@ impl Pipeline {
         if preprocess.crop != info.height {
             // An input size override: keep the resize/crop ratio.
             let crop = info.height.min(info.width);
-            preprocess.resize = (u64::from(preprocess.resize) * u64::from(crop) / u64::from(preprocess.crop.max(1))) as u32;
+            preprocess.resize = (u64::from(preprocess.resize) * u64::from(crop)
+                / u64::from(preprocess.crop.max(1))) as u32;
             preprocess.crop = crop;
         }
         Pipeline {
@@ -74,7 +75,12 @@ impl Pipeline {
     }
 
     pub fn label(&self, class: u32) -> &str {
-        self.engine.info().labels.get(class as usize).map(String::as_str).unwrap_or("?")
+        self.engine
+            .info()
+            .labels
+            .get(class as usize)
+            .map(String::as_str)
+            .unwrap_or("?")
     }
 
     /// Preprocesses `frame` into the reusable input buffer.
@@ -83,7 +89,9 @@ impl Pipeline {
         if self.scratch.len() < need {
             self.scratch.resize(need, 0.0);
         }
-        self.preprocess.run(frame, &mut self.scratch, &mut self.input).map_err(|e| anyhow::anyhow!("preprocessing: {e}"))
+        self.preprocess
+            .run(frame, &mut self.scratch, &mut self.input)
+            .map_err(|e| anyhow::anyhow!("preprocessing: {e}"))
     }
 
     /// Runs the model on the preprocessed input buffer and ranks the classes.
@@ -95,7 +103,11 @@ impl Pipeline {
         let t = Instant::now();
         shared::softmax_in_place(&mut self.probs);
         let top = shared::top_k::<MAX_TOP_K>(&self.probs);
-        let top = top.iter().take(self.top_k).map(|p| (p.class, p.score)).collect();
+        let top = top
+            .iter()
+            .take(self.top_k)
+            .map(|p| (p.class, p.score))
+            .collect();
         times.postprocess = t.elapsed();
         Ok(top)
     }
@@ -111,7 +123,12 @@ impl Pipeline {
 
     /// Classifies an already preprocessed CHW input (as stored in parity files).
     pub fn classify_preprocessed(&mut self, input: &[f32]) -> Result<Classification> {
-        anyhow::ensure!(input.len() == self.input.len(), "input has {} values, expected {}", input.len(), self.input.len());
+        anyhow::ensure!(
+            input.len() == self.input.len(),
+            "input has {} values, expected {}",
+            input.len(),
+            self.input.len()
+        );
         self.input.copy_from_slice(input);
         let mut times = StageTimes::default();
         let top = self.infer_and_rank(&mut times)?;
@@ -136,10 +153,15 @@ impl Image {
             .with_context(|| format!("cannot decode image {}", path.display()))?
             .to_rgb8();
         let (width, height) = img.dimensions();
-        Ok(Image { data: img.into_raw(), width, height })
+        Ok(Image {
+            data: img.into_raw(),
+            width,
+            height,
+        })
     }
 
     pub fn frame(&self) -> Result<Frame<'_>> {
-        Frame::new(&self.data, self.width, self.height, PixelFormat::Rgb8).map_err(|e| anyhow::anyhow!("{e}"))
+        Frame::new(&self.data, self.width, self.height, PixelFormat::Rgb8)
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 }

@@ -12,7 +12,11 @@ fn stats_json(s: &Stats) -> Value {
 pub fn model_json(engine: &Engine) -> Value {
     let i = engine.info();
     let format = match &i.format {
-        ModelFormat::Compact { precision, form, producer } => {
+        ModelFormat::Compact {
+            precision,
+            form,
+            producer,
+        } => {
             json!({"kind": "compact", "precision": format!("{precision:?}"), "form": format!("{form:?}"), "producer": producer})
         }
         ModelFormat::Onnx => json!({"kind": "onnx"}),
@@ -30,7 +34,12 @@ pub fn model_json(engine: &Engine) -> Value {
 }
 
 /// The `device bench --json` document.
-pub fn bench_json(engine: &Engine, m: &Metrics, peak_rss_kib: Option<u64>, frame: (u32, u32)) -> Value {
+pub fn bench_json(
+    engine: &Engine,
+    m: &Metrics,
+    peak_rss_kib: Option<u64>,
+    frame: (u32, u32),
+) -> Value {
     json!({
         "model": model_json(engine),
         "load_ms": engine.info().load_time.as_secs_f64() * 1e3,
@@ -50,11 +59,19 @@ pub fn bench_json(engine: &Engine, m: &Metrics, peak_rss_kib: Option<u64>, frame
     })
 }
 
-pub fn bench_text(engine: &Engine, m: &Metrics, peak_rss_kib: Option<u64>, frame: (u32, u32)) -> String {
+pub fn bench_text(
+    engine: &Engine,
+    m: &Metrics,
+    peak_rss_kib: Option<u64>,
+    frame: (u32, u32),
+) -> String {
     let i = engine.info();
     let cpu = crate::engine::cpu_report();
     let line = |name: &str, s: &Stats| {
-        format!("{name:<12} mean {:8.3}  p50 {:8.3}  p90 {:8.3}  p99 {:8.3} ms\n", s.mean, s.p50, s.p90, s.p99)
+        format!(
+            "{name:<12} mean {:8.3}  p50 {:8.3}  p90 {:8.3}  p99 {:8.3} ms\n",
+            s.mean, s.p50, s.p90, s.p99
+        )
     };
     let mut out = format!(
         "model        {} ({}, {} threads, input 1x{}x{}x{})\nload         {:.1} ms\ncpu          {} {} [{}]\n",
@@ -69,7 +86,10 @@ pub fn bench_text(engine: &Engine, m: &Metrics, peak_rss_kib: Option<u64>, frame
         cpu["isa_level"].as_str().unwrap_or(""),
         cpu["features"].as_array().map(|f| f.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default(),
     );
-    out += &format!("frame        {}x{} RGB8, {} warm-up + {} timed runs\n", frame.0, frame.1, m.warmup, m.iters);
+    out += &format!(
+        "frame        {}x{} RGB8, {} warm-up + {} timed runs\n",
+        frame.0, frame.1, m.warmup, m.iters
+    );
     out += &line("total", &m.total);
     out += &line("preprocess", &m.preprocess);
     out += &line("inference", &m.inference);

@@ -42,7 +42,8 @@ pub struct OwnedFrame {
 
 impl OwnedFrame {
     pub fn frame(&self) -> Result<shared::preprocess::Frame<'_>> {
-        shared::preprocess::Frame::new(&self.data, self.width, self.height, self.format).map_err(|e| anyhow::anyhow!("{e}"))
+        shared::preprocess::Frame::new(&self.data, self.width, self.height, self.format)
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 }
 
@@ -62,10 +63,17 @@ pub trait FrameSource: Send {
 }
 
 fn decode_jpeg(bytes: &[u8], index: u64) -> Result<OwnedFrame, String> {
-    let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg).map_err(|e| format!("frame {index}: {e}"))?;
+    let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
+        .map_err(|e| format!("frame {index}: {e}"))?;
     let rgb = img.to_rgb8();
     let (width, height) = rgb.dimensions();
-    Ok(OwnedFrame { data: rgb.into_raw(), width, height, format: PixelFormat::Rgb8, index })
+    Ok(OwnedFrame {
+        data: rgb.into_raw(),
+        width,
+        height,
+        format: PixelFormat::Rgb8,
+        index,
+    })
 }
 
 /// Raw frames of `width * height * bytes_per_pixel` bytes, back to back (ffmpeg `-f rawvideo`).
@@ -79,10 +87,29 @@ pub struct RawStream<R> {
 }
 
 impl<R: Read + Send> RawStream<R> {
-    pub fn new(reader: R, width: u32, height: u32, format: PixelFormat, live: bool) -> Result<Self> {
-        ensure!(width > 0 && height > 0, "raw frames need --width and --height");
-        ensure!(format != PixelFormat::Yuyv || width % 2 == 0, "YUYV frames need an even --width, got {width}");
-        Ok(RawStream { reader, width, height, format, index: 0, live })
+    pub fn new(
+        reader: R,
+        width: u32,
+        height: u32,
+        format: PixelFormat,
+        live: bool,
+    ) -> Result<Self> {
+        ensure!(
+            width > 0 && height > 0,
+            "raw frames need --width and --height"
+        );
+        ensure!(
+            format != PixelFormat::Yuyv || width % 2 == 0,
+            "YUYV frames need an even --width, got {width}"
+        );
+        Ok(RawStream {
+            reader,
+            width,
+            height,
+            format,
+            index: 0,
+            live,
+        })
     }
 }
 
@@ -114,7 +141,13 @@ impl<R: Read + Send> FrameSource for RawStream<R> {
         }
         let index = self.index;
         self.index += 1;
-        Ok(Next::Frame(OwnedFrame { data, width: self.width, height: self.height, format: self.format, index }))
+        Ok(Next::Frame(OwnedFrame {
+            data,
+            width: self.width,
+            height: self.height,
+            format: self.format,
+            index,
+        }))
     }
     fn is_live(&self) -> bool {
         self.live
@@ -134,7 +167,13 @@ pub struct MjpegStream<R> {
 
 impl<R: Read + Send> MjpegStream<R> {
     pub fn new(reader: R, expect: Option<(u32, u32)>, live: bool) -> Self {
-        MjpegStream { reader: BufReader::with_capacity(1 << 16, reader), buf: Vec::new(), index: 0, live, expect }
+        MjpegStream {
+            reader: BufReader::with_capacity(1 << 16, reader),
+            buf: Vec::new(),
+            index: 0,
+            live,
+            expect,
+        }
     }
 
     /// Next JPEG's bytes, or None at the end of the stream.
@@ -193,7 +232,11 @@ impl<R: Read + Send> MjpegStream<R> {
                     let n = chunk.len();
                     self.buf.extend_from_slice(chunk);
                     self.reader.consume(n);
-                    ensure!(self.buf.len() < 64 << 20, "MJPEG frame {} is over 64 MiB without an end marker", self.index);
+                    ensure!(
+                        self.buf.len() < 64 << 20,
+                        "MJPEG frame {} is over 64 MiB without an end marker",
+                        self.index
+                    );
                 }
             }
         }
@@ -202,7 +245,9 @@ impl<R: Read + Send> MjpegStream<R> {
 
 impl<R: Read + Send> FrameSource for MjpegStream<R> {
     fn next(&mut self) -> Result<Next> {
-        let Some(jpeg) = self.next_jpeg()? else { return Ok(Next::End) };
+        let Some(jpeg) = self.next_jpeg()? else {
+            return Ok(Next::End);
+        };
         let index = self.index;
         self.index += 1;
         match decode_jpeg(&jpeg, index) {
@@ -239,19 +284,28 @@ impl DirSource {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                    matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg" | "bmp" | "ppm" | "pgm")
+                    matches!(
+                        e.to_ascii_lowercase().as_str(),
+                        "png" | "jpg" | "jpeg" | "bmp" | "ppm" | "pgm"
+                    )
                 })
             })
             .collect();
         files.sort();
-        ensure!(!files.is_empty(), "folder {} holds no images (png, jpg, jpeg, bmp, ppm)", dir.display());
+        ensure!(
+            !files.is_empty(),
+            "folder {} holds no images (png, jpg, jpeg, bmp, ppm)",
+            dir.display()
+        );
         Ok(DirSource { files, pos: 0 })
     }
 }
 
 impl FrameSource for DirSource {
     fn next(&mut self) -> Result<Next> {
-        let Some(path) = self.files.get(self.pos) else { return Ok(Next::End) };
+        let Some(path) = self.files.get(self.pos) else {
+            return Ok(Next::End);
+        };
         let index = self.pos as u64;
         self.pos += 1;
         match crate::pipeline::Image::open(path) {
@@ -288,9 +342,19 @@ impl CameraSource {
         };
         let camera = crate::v4l2::Camera::open(path, width, height, fourcc)?;
         if (camera.width, camera.height) != (width, height) {
-            eprintln!("note: {} delivers {}x{} instead of {width}x{height}", path.display(), camera.width, camera.height);
+            eprintln!(
+                "note: {} delivers {}x{} instead of {width}x{height}",
+                path.display(),
+                camera.width,
+                camera.height
+            );
         }
-        Ok(CameraSource { camera, format, index: 0, buf: Vec::new() })
+        Ok(CameraSource {
+            camera,
+            format,
+            index: 0,
+            buf: Vec::new(),
+        })
     }
 }
 
@@ -308,9 +372,18 @@ impl FrameSource for CameraSource {
                 let (w, h) = (self.camera.width, self.camera.height);
                 let len = format.frame_len(w, h) as usize;
                 if self.buf.len() < len {
-                    return Ok(Next::Skipped(format!("frame {index}: {} bytes, expected {len}", self.buf.len())));
+                    return Ok(Next::Skipped(format!(
+                        "frame {index}: {} bytes, expected {len}",
+                        self.buf.len()
+                    )));
                 }
-                Ok(Next::Frame(OwnedFrame { data: self.buf[..len].to_vec(), width: w, height: h, format, index }))
+                Ok(Next::Frame(OwnedFrame {
+                    data: self.buf[..len].to_vec(),
+                    width: w,
+                    height: h,
+                    format,
+                    index,
+                }))
             }
         }
     }
@@ -332,9 +405,21 @@ pub struct Reconnecting<F> {
 }
 
 impl<F: FnMut() -> Result<Box<dyn FrameSource>> + Send> Reconnecting<F> {
-    pub fn new(what: impl Into<String>, mut open: F, retries: u32, first_delay: Duration) -> Result<Self> {
+    pub fn new(
+        what: impl Into<String>,
+        mut open: F,
+        retries: u32,
+        first_delay: Duration,
+    ) -> Result<Self> {
         let current = Some(open()?);
-        Ok(Reconnecting { open, current, retries, first_delay, what: what.into(), reconnects: 0 })
+        Ok(Reconnecting {
+            open,
+            current,
+            retries,
+            first_delay,
+            what: what.into(),
+            reconnects: 0,
+        })
     }
 }
 
@@ -349,7 +434,10 @@ impl<F: FnMut() -> Result<Box<dyn FrameSource>> + Send> FrameSource for Reconnec
         let mut delay = self.first_delay;
         let mut last = err;
         for attempt in 1..=self.retries {
-            eprintln!("warning: {}: {last:#}; reconnecting ({attempt}/{}) in {delay:?}", self.what, self.retries);
+            eprintln!(
+                "warning: {}: {last:#}; reconnecting ({attempt}/{}) in {delay:?}",
+                self.what, self.retries
+            );
             std::thread::sleep(delay);
             delay *= 2;
             match (self.open)() {
@@ -364,7 +452,12 @@ impl<F: FnMut() -> Result<Box<dyn FrameSource>> + Send> FrameSource for Reconnec
                 Err(e) => last = e,
             }
         }
-        Err(last).with_context(|| format!("{} is gone: gave up after {} reconnection attempts", self.what, self.retries))
+        Err(last).with_context(|| {
+            format!(
+                "{} is gone: gave up after {} reconnection attempts",
+                self.what, self.retries
+            )
+        })
     }
     fn is_live(&self) -> bool {
         true
@@ -373,7 +466,12 @@ impl<F: FnMut() -> Result<Box<dyn FrameSource>> + Send> FrameSource for Reconnec
 
 /// Opens `--source`: `-` (stdin), a folder, a `/dev/video*` camera, or a file (MJPEG/AVI by
 /// extension or `--format mjpeg`, raw frames otherwise).
-pub fn open_source(source: &str, width: u32, height: u32, format: StreamFormat) -> Result<Box<dyn FrameSource>> {
+pub fn open_source(
+    source: &str,
+    width: u32,
+    height: u32,
+    format: StreamFormat,
+) -> Result<Box<dyn FrameSource>> {
     let size = (width > 0 && height > 0).then_some((width, height));
     if source == "-" {
         let stdin = std::io::stdin();
@@ -386,20 +484,38 @@ pub fn open_source(source: &str, width: u32, height: u32, format: StreamFormat) 
     if source.starts_with("/dev/video") {
         ensure!(size.is_some(), "a camera needs --width and --height");
         let p = path.to_path_buf();
-        let open = move || -> Result<Box<dyn FrameSource>> { Ok(Box::new(CameraSource::open(&p, width, height, format)?)) };
-        return Ok(Box::new(Reconnecting::new(source, open, 5, Duration::from_millis(200))?));
+        let open = move || -> Result<Box<dyn FrameSource>> {
+            Ok(Box::new(CameraSource::open(&p, width, height, format)?))
+        };
+        return Ok(Box::new(Reconnecting::new(
+            source,
+            open,
+            5,
+            Duration::from_millis(200),
+        )?));
     }
     let meta = std::fs::metadata(path).with_context(|| format!("cannot open source {source}"))?;
     if meta.is_dir() {
         return Ok(Box::new(DirSource::new(path)?));
     }
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let file = std::fs::File::open(path).with_context(|| format!("cannot open source {source}"))?;
-    if format == StreamFormat::Mjpeg || matches!(ext.as_str(), "mjpeg" | "mjpg" | "avi" | "jpg" | "jpeg") {
+    if format == StreamFormat::Mjpeg
+        || matches!(ext.as_str(), "mjpeg" | "mjpg" | "avi" | "jpg" | "jpeg")
+    {
         return Ok(Box::new(MjpegStream::new(file, size, false)));
     }
-    let StreamFormat::Raw(pf) = format else { unreachable!() };
-    ensure!(size.is_some(), "raw frames in {source} need --width and --height");
+    let StreamFormat::Raw(pf) = format else {
+        unreachable!()
+    };
+    ensure!(
+        size.is_some(),
+        "raw frames in {source} need --width and --height"
+    );
     let frame = pf.frame_len(width, height);
     ensure!(
         meta.len() % frame == 0,

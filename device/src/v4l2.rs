@@ -154,21 +154,36 @@ unsafe impl Send for Camera {}
 impl Camera {
     /// Opens `path`, sets `width` x `height` in `pixelformat`, maps 4 buffers and starts streaming.
     pub fn open(path: &Path, width: u32, height: u32, pixelformat: u32) -> Result<Camera> {
-        let c = CString::new(path.as_os_str().as_encoded_bytes()).context("device path contains a NUL byte")?;
+        let c = CString::new(path.as_os_str().as_encoded_bytes())
+            .context("device path contains a NUL byte")?;
         // SAFETY: plain open(2) on a NUL-terminated path.
-        let raw = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        let raw = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
         if raw < 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot open camera {}", path.display()));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot open camera {}", path.display()));
         }
         // SAFETY: `raw` is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let f = fd.as_raw_fd();
         // SAFETY: all-zero bytes are valid for these plain-data structs.
         let mut cap: Capability = unsafe { std::mem::zeroed() };
-        xioctl(f, VIDIOC_QUERYCAP, &mut cap).with_context(|| format!("{} is not a V4L2 device", path.display()))?;
-        let caps = if cap.capabilities & CAP_DEVICE_CAPS != 0 { cap.device_caps } else { cap.capabilities };
+        xioctl(f, VIDIOC_QUERYCAP, &mut cap)
+            .with_context(|| format!("{} is not a V4L2 device", path.display()))?;
+        let caps = if cap.capabilities & CAP_DEVICE_CAPS != 0 {
+            cap.device_caps
+        } else {
+            cap.capabilities
+        };
         if caps & CAP_VIDEO_CAPTURE == 0 || caps & CAP_STREAMING == 0 {
-            bail!("{} cannot stream video capture (capabilities {caps:#x})", path.display());
+            bail!(
+                "{} cannot stream video capture (capabilities {caps:#x})",
+                path.display()
+            );
         }
         // SAFETY: as above.
         let mut fmt: Format = unsafe { std::mem::zeroed() };
@@ -177,7 +192,8 @@ impl Camera {
         fmt.pix.height = height;
         fmt.pix.pixelformat = pixelformat;
         fmt.pix.field = 1; // V4L2_FIELD_NONE
-        xioctl(f, VIDIOC_S_FMT, &mut fmt).with_context(|| format!("{}: cannot set format {width}x{height}", path.display()))?;
+        xioctl(f, VIDIOC_S_FMT, &mut fmt)
+            .with_context(|| format!("{}: cannot set format {width}x{height}", path.display()))?;
         if fmt.pix.pixelformat != pixelformat {
             let got = fmt.pix.pixelformat.to_le_bytes();
             bail!(
@@ -186,28 +202,57 @@ impl Camera {
                 String::from_utf8_lossy(&got)
             );
         }
-        let mut req = RequestBuffers { count: 4, type_: BUF_TYPE_VIDEO_CAPTURE, memory: MEMORY_MMAP, ..Default::default() };
-        xioctl(f, VIDIOC_REQBUFS, &mut req).with_context(|| format!("{}: cannot allocate capture buffers", path.display()))?;
+        let mut req = RequestBuffers {
+            count: 4,
+            type_: BUF_TYPE_VIDEO_CAPTURE,
+            memory: MEMORY_MMAP,
+            ..Default::default()
+        };
+        xioctl(f, VIDIOC_REQBUFS, &mut req)
+            .with_context(|| format!("{}: cannot allocate capture buffers", path.display()))?;
         if req.count < 2 {
-            bail!("{}: the driver gave {} buffer(s), need at least 2", path.display(), req.count);
+            bail!(
+                "{}: the driver gave {} buffer(s), need at least 2",
+                path.display(),
+                req.count
+            );
         }
         let mut buffers = Vec::new();
         for index in 0..req.count {
-            let mut buf = Buffer { index, type_: BUF_TYPE_VIDEO_CAPTURE, memory: MEMORY_MMAP, ..Default::default() };
-            xioctl(f, VIDIOC_QUERYBUF, &mut buf).with_context(|| format!("{}: QUERYBUF", path.display()))?;
+            let mut buf = Buffer {
+                index,
+                type_: BUF_TYPE_VIDEO_CAPTURE,
+                memory: MEMORY_MMAP,
+                ..Default::default()
+            };
+            xioctl(f, VIDIOC_QUERYBUF, &mut buf)
+                .with_context(|| format!("{}: QUERYBUF", path.display()))?;
             let offset = (buf.m & 0xffff_ffff) as libc::off_t;
             // SAFETY: mapping a driver buffer at the offset it gave us.
             let ptr = unsafe {
-                libc::mmap(std::ptr::null_mut(), buf.length as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f, offset)
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    buf.length as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    f,
+                    offset,
+                )
             };
             if ptr == libc::MAP_FAILED {
-                return Err(std::io::Error::last_os_error()).with_context(|| format!("{}: cannot map buffer {index}", path.display()));
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("{}: cannot map buffer {index}", path.display()));
             }
-            buffers.push(Mapping { ptr, len: buf.length as usize });
-            xioctl(f, VIDIOC_QBUF, &mut buf).with_context(|| format!("{}: QBUF", path.display()))?;
+            buffers.push(Mapping {
+                ptr,
+                len: buf.length as usize,
+            });
+            xioctl(f, VIDIOC_QBUF, &mut buf)
+                .with_context(|| format!("{}: QBUF", path.display()))?;
         }
         let mut ty = BUF_TYPE_VIDEO_CAPTURE as i32;
-        xioctl(f, VIDIOC_STREAMON, &mut ty).with_context(|| format!("{}: cannot start streaming", path.display()))?;
+        xioctl(f, VIDIOC_STREAMON, &mut ty)
+            .with_context(|| format!("{}: cannot start streaming", path.display()))?;
         Ok(Camera {
             path: path.to_path_buf(),
             fd,
@@ -222,26 +267,47 @@ impl Camera {
     /// Waits for the next frame and copies its bytes into `out`.
     pub fn read_frame(&mut self, out: &mut Vec<u8>) -> Result<()> {
         let f = self.fd.as_raw_fd();
-        let mut pfd = libc::pollfd { fd: f, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: f,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut pfd, 1, self.timeout_ms) };
         if r < 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("{}: poll", self.path.display()));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("{}: poll", self.path.display()));
         }
         if r == 0 {
-            bail!("{}: no frame within {} ms", self.path.display(), self.timeout_ms);
+            bail!(
+                "{}: no frame within {} ms",
+                self.path.display(),
+                self.timeout_ms
+            );
         }
         if pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
-            bail!("{}: the device reported an error (unplugged?)", self.path.display());
+            bail!(
+                "{}: the device reported an error (unplugged?)",
+                self.path.display()
+            );
         }
-        let mut buf = Buffer { type_: BUF_TYPE_VIDEO_CAPTURE, memory: MEMORY_MMAP, ..Default::default() };
-        xioctl(f, VIDIOC_DQBUF, &mut buf).with_context(|| format!("{}: cannot dequeue a frame", self.path.display()))?;
-        let m = self.buffers.get(buf.index as usize).context("driver returned an unknown buffer index")?;
+        let mut buf = Buffer {
+            type_: BUF_TYPE_VIDEO_CAPTURE,
+            memory: MEMORY_MMAP,
+            ..Default::default()
+        };
+        xioctl(f, VIDIOC_DQBUF, &mut buf)
+            .with_context(|| format!("{}: cannot dequeue a frame", self.path.display()))?;
+        let m = self
+            .buffers
+            .get(buf.index as usize)
+            .context("driver returned an unknown buffer index")?;
         let n = (buf.bytesused as usize).min(m.len);
         out.clear();
         // SAFETY: the driver filled `bytesused` bytes of this mapping and hands it to us until QBUF.
         out.extend_from_slice(unsafe { std::slice::from_raw_parts(m.ptr as *const u8, n) });
-        xioctl(f, VIDIOC_QBUF, &mut buf).with_context(|| format!("{}: cannot requeue a buffer", self.path.display()))?;
+        xioctl(f, VIDIOC_QBUF, &mut buf)
+            .with_context(|| format!("{}: cannot requeue a buffer", self.path.display()))?;
         Ok(())
     }
 }
@@ -275,9 +341,21 @@ mod tests {
 
     #[test]
     fn opening_something_that_is_not_a_camera_is_a_clear_error() {
-        let e = Camera::open(Path::new("/dev/null"), 640, 480, PIX_FMT_YUYV).err().map(|e| format!("{e:#}"));
-        assert!(e.as_deref().is_some_and(|e| e.contains("/dev/null is not a V4L2 device")), "{e:?}");
-        let e = Camera::open(Path::new("/dev/video-nope"), 640, 480, PIX_FMT_YUYV).err().map(|e| format!("{e:#}"));
-        assert!(e.as_deref().is_some_and(|e| e.contains("cannot open camera /dev/video-nope")), "{e:?}");
+        let e = Camera::open(Path::new("/dev/null"), 640, 480, PIX_FMT_YUYV)
+            .err()
+            .map(|e| format!("{e:#}"));
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("/dev/null is not a V4L2 device")),
+            "{e:?}"
+        );
+        let e = Camera::open(Path::new("/dev/video-nope"), 640, 480, PIX_FMT_YUYV)
+            .err()
+            .map(|e| format!("{e:#}"));
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("cannot open camera /dev/video-nope")),
+            "{e:?}"
+        );
     }
 }

@@ -10,7 +10,10 @@ use shared::graph::Form;
 use shared::weights::Precision;
 
 fn device(args: &[&str]) -> Option<Output> {
-    match Command::new(env!("CARGO_BIN_EXE_device")).args(args).output() {
+    match Command::new(env!("CARGO_BIN_EXE_device"))
+        .args(args)
+        .output()
+    {
         Ok(o) => Some(o),
         Err(e) => {
             eprintln!("SKIPPED: cannot run the device binary here: {e}");
@@ -25,37 +28,96 @@ fn text(b: &[u8]) -> String {
 
 fn image(dir: &Path, name: &str, w: u32, h: u32) -> String {
     let p = dir.join(name);
-    image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 % 256) as u8, (y * 3 % 256) as u8, 90])).save(&p).unwrap();
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 7 % 256) as u8, (y * 3 % 256) as u8, 90])
+    })
+    .save(&p)
+    .unwrap();
     p.to_str().unwrap().to_string()
 }
 
 #[test]
 fn classify_prints_top_k_with_labels_and_latency() {
-    let Some(dir) = common::fixtures("resnet8") else { return };
+    let Some(dir) = common::fixtures("resnet8") else {
+        return;
+    };
     let model = common::compact(&dir, "resnet8", Form::Folded, Precision::Int8);
     let tmp = tempfile::tempdir().unwrap();
     let a = image(tmp.path(), "a.png", 64, 48);
     let b = image(tmp.path(), "b.jpg", 28, 28);
-    let Some(o) = device(&["classify", "--model", model.to_str().unwrap(), "--top-k", "3", &a, &b]) else { return };
+    let Some(o) = device(&[
+        "classify",
+        "--model",
+        model.to_str().unwrap(),
+        "--top-k",
+        "3",
+        &a,
+        &b,
+    ]) else {
+        return;
+    };
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = text(&o.stdout);
-    assert_eq!(out.lines().filter(|l| l.contains(" ms)")).count(), 2, "{out}");
-    assert_eq!(out.lines().filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit())).count(), 6, "{out}");
-    let labels = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" ms)")).count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(
+        out.lines()
+            .filter(|l| l
+                .trim_start()
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit()))
+            .count(),
+        6,
+        "{out}"
+    );
+    let labels = [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ];
     assert!(labels.iter().any(|l| out.contains(l)), "{out}");
 
-    let Some(o) = device(&["classify", "--model", model.to_str().unwrap(), "--json", &a]) else { return };
+    let Some(o) = device(&["classify", "--model", model.to_str().unwrap(), "--json", &a]) else {
+        return;
+    };
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["top"].as_array().unwrap().len(), 5);
-    let sum: f64 = v["top"].as_array().unwrap().iter().map(|t| t["score"].as_f64().unwrap()).sum();
+    let sum: f64 = v["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["score"].as_f64().unwrap())
+        .sum();
     assert!(sum <= 1.0 + 1e-5);
 }
 
 #[test]
 fn bench_json_has_every_metric() {
-    let Some(dir) = common::fixtures("resnet8") else { return };
+    let Some(dir) = common::fixtures("resnet8") else {
+        return;
+    };
     let model = common::compact(&dir, "resnet8", Form::Folded, Precision::F32);
-    let Some(o) = device(&["bench", "--model", model.to_str().unwrap(), "--warmup", "2", "--iters", "10", "--json"]) else {
+    let Some(o) = device(&[
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--warmup",
+        "2",
+        "--iters",
+        "10",
+        "--json",
+    ]) else {
         return;
     };
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -75,63 +137,118 @@ fn bench_json_has_every_metric() {
 
 #[test]
 fn parity_command_reports_agreement() {
-    let Some(dir) = common::fixtures("resnet8") else { return };
+    let Some(dir) = common::fixtures("resnet8") else {
+        return;
+    };
     let model = common::compact(&dir, "resnet8", Form::Folded, Precision::F32);
     let parity = dir.join("resnet8.parity.safetensors");
-    let Some(o) = device(&["parity", "--model", model.to_str().unwrap(), "--parity", parity.to_str().unwrap(), "--json"]) else {
+    let Some(o) = device(&[
+        "parity",
+        "--model",
+        model.to_str().unwrap(),
+        "--parity",
+        parity.to_str().unwrap(),
+        "--json",
+    ]) else {
         return;
     };
     assert!(o.status.success(), "{}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(v["max_rel_err_vs_host_fp32"].as_f64().unwrap() <= 1e-4, "{v}");
+    assert!(
+        v["max_rel_err_vs_host_fp32"].as_f64().unwrap() <= 1e-4,
+        "{v}"
+    );
     assert_eq!(v["top1_agreement_vs_host_fp32"].as_f64().unwrap(), 1.0);
 }
 
 #[test]
 fn bad_model_files_fail_with_a_clear_message_and_nonzero_exit() {
-    let Some(dir) = common::fixtures("resnet8") else { return };
-    let good = std::fs::read(common::compact(&dir, "resnet8", Form::Folded, Precision::F32)).unwrap();
+    let Some(dir) = common::fixtures("resnet8") else {
+        return;
+    };
+    let good = std::fs::read(common::compact(
+        &dir,
+        "resnet8",
+        Form::Folded,
+        Precision::F32,
+    ))
+    .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let img = image(tmp.path(), "x.png", 28, 28);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("garbage.bin", b"hello, not a model".to_vec(), "neither a compact weights file"),
-        ("truncated.evw", good[..good.len() / 2].to_vec(), "checksum mismatch"),
-        ("flipped.evw", {
-            let mut b = good.clone();
-            let n = b.len();
-            b[n / 2] ^= 1;
-            b
-        }, "corrupt"),
+        (
+            "garbage.bin",
+            b"hello, not a model".to_vec(),
+            "neither a compact weights file",
+        ),
+        (
+            "truncated.evw",
+            good[..good.len() / 2].to_vec(),
+            "checksum mismatch",
+        ),
+        (
+            "flipped.evw",
+            {
+                let mut b = good.clone();
+                let n = b.len();
+                b[n / 2] ^= 1;
+                b
+            },
+            "corrupt",
+        ),
         ("empty.onnx", vec![], "ONNX"),
-        ("broken.onnx", vec![0x08, 0x07, 0x12, 0xff, 0xff, 0xff], "ONNX"),
+        (
+            "broken.onnx",
+            vec![0x08, 0x07, 0x12, 0xff, 0xff, 0xff],
+            "ONNX",
+        ),
     ];
     for (name, bytes, want) in cases {
         let p = tmp.path().join(name);
         std::fs::write(&p, bytes).unwrap();
-        let Some(o) = device(&["classify", "--model", p.to_str().unwrap(), &img]) else { return };
+        let Some(o) = device(&["classify", "--model", p.to_str().unwrap(), &img]) else {
+            return;
+        };
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{name}: {err}");
-        assert!(err.starts_with("error: ") && err.contains(name) && err.contains(want), "{name}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(name) && err.contains(want),
+            "{name}: {err}"
+        );
         assert!(!err.contains("panicked"), "{name}: {err}");
     }
-    let Some(o) = device(&["classify", "--model", "/nonexistent/model.evw", &img]) else { return };
+    let Some(o) = device(&["classify", "--model", "/nonexistent/model.evw", &img]) else {
+        return;
+    };
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("cannot open model file /nonexistent/model.evw"));
 }
 
 #[test]
 fn live_from_a_folder_as_json_lines() {
-    let Some(dir) = common::fixtures("resnet8") else { return };
+    let Some(dir) = common::fixtures("resnet8") else {
+        return;
+    };
     let model = common::compact(&dir, "resnet8", Form::Folded, Precision::F32);
     let tmp = tempfile::tempdir().unwrap();
     for i in 0..4 {
         image(tmp.path(), &format!("{i:02}.png"), 40 + i, 30);
     }
-    let Some(o) = device(&["live", "--model", model.to_str().unwrap(), "--source", tmp.path().to_str().unwrap(), "--json"]) else {
+    let Some(o) = device(&[
+        "live",
+        "--model",
+        model.to_str().unwrap(),
+        "--source",
+        tmp.path().to_str().unwrap(),
+        "--json",
+    ]) else {
         return;
     };
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let lines: Vec<serde_json::Value> = text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 4);
     assert_eq!(lines[3]["frame"], 3);
     assert!(text(&o.stderr).contains("4 frames, 0 dropped"));

@@ -19,8 +19,17 @@ fn matmuls(model: &TypedModel) -> Vec<(String, String, DatumType, Vec<DatumType>
         .filter_map(|n| {
             let op = n.op_as::<OptMatMul>()?;
             let mmm = &op.mmm[0];
-            let inputs = n.inputs.iter().map(|i| model.outlet_fact(*i).unwrap().datum_type).collect();
-            Some((n.name.clone(), mmm.name().to_string(), mmm.internal_type(), inputs))
+            let inputs = n
+                .inputs
+                .iter()
+                .map(|i| model.outlet_fact(*i).unwrap().datum_type)
+                .collect();
+            Some((
+                n.name.clone(),
+                mmm.name().to_string(),
+                mmm.internal_type(),
+                inputs,
+            ))
         })
         .collect()
 }
@@ -33,14 +42,17 @@ fn float_convs(model: &TypedModel) -> Vec<String> {
             let name = n.op.name();
             (name.contains("Conv") || name.contains("EinSum") || name.contains("MatMul"))
                 && n.outputs[0].fact.datum_type.is_float()
-                && n.op_as::<OptMatMul>().is_none_or(|m| m.mmm[0].internal_type().is_float())
+                && n.op_as::<OptMatMul>()
+                    .is_none_or(|m| m.mmm[0].internal_type().is_float())
         })
         .map(|n| format!("{} ({})", n.name, n.op.name()))
         .collect()
 }
 
 fn check(arch: &str) {
-    let Some(dir) = common::fixtures(arch) else { return };
+    let Some(dir) = common::fixtures(arch) else {
+        return;
+    };
     let model = common::compact(&dir, arch, Form::Folded, Precision::Int8);
     let e = Engine::load(&model, &EngineOptions::default()).unwrap();
     let plan = e.optimized_model();
@@ -52,17 +64,36 @@ fn check(arch: &str) {
     }
     // Every quantized layer owns an integer matrix product.
     for layer in layers {
-        let mine: Vec<_> = mms.iter().filter(|m| m.0.starts_with(&format!("{layer}."))).collect();
-        assert!(!mine.is_empty(), "layer {layer}: no OptMatMul in the optimized plan");
+        let mine: Vec<_> = mms
+            .iter()
+            .filter(|m| m.0.starts_with(&format!("{layer}.")))
+            .collect();
+        assert!(
+            !mine.is_empty(),
+            "layer {layer}: no OptMatMul in the optimized plan"
+        );
         for (name, kernel, acc, _) in mine {
-            assert_eq!(*acc, i32::datum_type(), "{name}: kernel {kernel} accumulates in {acc:?}, not i32");
+            assert_eq!(
+                *acc,
+                i32::datum_type(),
+                "{name}: kernel {kernel} accumulates in {acc:?}, not i32"
+            );
         }
     }
     // And nothing computes a conv or matmul in float.
-    assert!(mms.iter().all(|m| m.2 == i32::datum_type()), "float matmuls left: {mms:?}");
+    assert!(
+        mms.iter().all(|m| m.2 == i32::datum_type()),
+        "float matmuls left: {mms:?}"
+    );
     let float = float_convs(plan);
-    assert!(float.is_empty(), "float convolutions or matmuls left in the int8 plan: {float:?}");
-    assert!(!plan.nodes().iter().any(|n| n.op.name() == "Conv"), "unlowered Conv op left");
+    assert!(
+        float.is_empty(),
+        "float convolutions or matmuls left in the int8 plan: {float:?}"
+    );
+    assert!(
+        !plan.nodes().iter().any(|n| n.op.name() == "Conv"),
+        "unlowered Conv op left"
+    );
 }
 
 #[test]
@@ -77,14 +108,25 @@ fn resnet18_int8_plan_holds_only_integer_matmuls() {
 
 #[test]
 fn fp32_plan_uses_float_kernels_and_tract_onnx_runs_qdq_in_float() {
-    let Some(dir) = common::fixtures("resnet8") else { return };
+    let Some(dir) = common::fixtures("resnet8") else {
+        return;
+    };
     let f32_model = common::compact(&dir, "resnet8", Form::Folded, Precision::F32);
     let e = Engine::load(&f32_model, &EngineOptions::default()).unwrap();
     let mms = matmuls(e.optimized_model());
-    assert!(!mms.is_empty() && mms.iter().all(|m| m.2 == f32::datum_type()), "{mms:?}");
+    assert!(
+        !mms.is_empty() && mms.iter().all(|m| m.2 == f32::datum_type()),
+        "{mms:?}"
+    );
     // The QDQ ONNX through tract-onnx: dequantized weights, float matrix products.
     let e = Engine::load(dir.join("resnet8.int8.onnx"), &EngineOptions::default()).unwrap();
     let mms = matmuls(e.optimized_model());
-    eprintln!("tract-onnx on QDQ: {:?}", mms.iter().map(|m| (&m.1, m.2)).collect::<Vec<_>>());
-    assert!(mms.iter().any(|m| m.2.is_float()), "tract-onnx now runs QDQ convs in integers: {mms:?}");
+    eprintln!(
+        "tract-onnx on QDQ: {:?}",
+        mms.iter().map(|m| (&m.1, m.2)).collect::<Vec<_>>()
+    );
+    assert!(
+        mms.iter().any(|m| m.2.is_float()),
+        "tract-onnx now runs QDQ convs in integers: {mms:?}"
+    );
 }

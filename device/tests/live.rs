@@ -14,7 +14,9 @@ use anyhow::Result;
 use device::engine::{Engine, EngineOptions};
 use device::live::{self, LiveOptions, Mailbox};
 use device::pipeline::Pipeline;
-use device::source::{open_source, FrameSource, MjpegStream, Next, OwnedFrame, RawStream, Reconnecting, StreamFormat};
+use device::source::{
+    open_source, FrameSource, MjpegStream, Next, OwnedFrame, RawStream, Reconnecting, StreamFormat,
+};
 use shared::graph::Form;
 use shared::preprocess::PixelFormat;
 use shared::weights::Precision;
@@ -31,25 +33,49 @@ fn photo() -> PathBuf {
         }
     }
     let p = std::env::temp_dir().join("device-test-gradient.png");
-    let img = image::RgbImage::from_fn(451, 300, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8]));
+    let img = image::RgbImage::from_fn(451, 300, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+    });
     img.save(&p).unwrap();
     p
 }
 
 fn ffmpeg(args: &[&str]) -> Option<Vec<u8>> {
-    let out = Command::new("ffmpeg").args(["-loglevel", "error"]).args(args).stdin(Stdio::null()).output().ok()?;
+    let out = Command::new("ffmpeg")
+        .args(["-loglevel", "error"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
     out.status.success().then_some(out.stdout)
 }
 
 fn pipeline() -> Option<Pipeline> {
     let dir = common::fixtures("resnet8")?;
     let model = common::compact(&dir, "resnet8", Form::Folded, Precision::F32);
-    Some(Pipeline::new(Engine::load(model, &EngineOptions::default()).unwrap(), 3))
+    Some(Pipeline::new(
+        Engine::load(model, &EngineOptions::default()).unwrap(),
+        3,
+    ))
 }
 
-fn run(p: &mut Pipeline, source: Box<dyn FrameSource>, json: bool) -> (Result<live::LiveSummary>, String) {
+fn run(
+    p: &mut Pipeline,
+    source: Box<dyn FrameSource>,
+    json: bool,
+) -> (Result<live::LiveSummary>, String) {
     let mut out = Vec::new();
-    let r = live::run(p, source, &LiveOptions { json, max_frames: None }, &mut out, &mut || Ok(true), &mut |_| Ok(()));
+    let r = live::run(
+        p,
+        source,
+        &LiveOptions {
+            json,
+            max_frames: None,
+        },
+        &mut out,
+        &mut || Ok(true),
+        &mut |_| Ok(()),
+    );
     (r, String::from_utf8(out).unwrap())
 }
 
@@ -58,7 +84,18 @@ fn ffmpeg_raw_yuyv_pipe_one_line_per_frame() {
     let Some(mut p) = pipeline() else { return };
     let img = photo();
     let mut child = match Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-loop", "1", "-i", img.to_str().unwrap(), "-frames:v", "6", "-vf", "scale=320:240"])
+        .args([
+            "-loglevel",
+            "error",
+            "-loop",
+            "1",
+            "-i",
+            img.to_str().unwrap(),
+            "-frames:v",
+            "6",
+            "-vf",
+            "scale=320:240",
+        ])
         .args(["-f", "rawvideo", "-pix_fmt", "yuyv422", "-"])
         .stdout(Stdio::piped())
         .spawn()
@@ -77,10 +114,16 @@ fn ffmpeg_raw_yuyv_pipe_one_line_per_frame() {
     assert_eq!(lines.len(), 6);
     for l in &lines {
         // `97.9% Coat  1.2 ms  80.1 fps  | ...`
-        assert!(l.contains("% ") && l.contains(" ms") && l.contains(" fps"), "{l}");
+        assert!(
+            l.contains("% ") && l.contains(" ms") && l.contains(" fps"),
+            "{l}"
+        );
     }
     // Same frame six times: same top-1 every time.
-    let first: Vec<&str> = lines.iter().map(|l| l.split("  ").next().unwrap()).collect();
+    let first: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split("  ").next().unwrap())
+        .collect();
     assert!(first.windows(2).all(|w| w[0] == w[1]), "{first:?}");
 }
 
@@ -88,19 +131,37 @@ fn ffmpeg_raw_yuyv_pipe_one_line_per_frame() {
 fn json_lines_and_latest_frame_wins_on_a_live_pipe() {
     let Some(mut p) = pipeline() else { return };
     let img = photo();
-    let Some(raw) = ffmpeg(&["-loop", "1", "-i", img.to_str().unwrap(), "-frames:v", "40", "-vf", "scale=64:48", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
-    else {
+    let Some(raw) = ffmpeg(&[
+        "-loop",
+        "1",
+        "-i",
+        img.to_str().unwrap(),
+        "-frames:v",
+        "40",
+        "-vf",
+        "scale=64:48",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-",
+    ]) else {
         return eprintln!("SKIPPED: no ffmpeg");
     };
     // A live source that produces faster than inference: frames may be dropped, none lost twice.
-    let source = Box::new(RawStream::new(std::io::Cursor::new(raw), 64, 48, PixelFormat::Rgb8, true).unwrap());
+    let source = Box::new(
+        RawStream::new(std::io::Cursor::new(raw), 64, 48, PixelFormat::Rgb8, true).unwrap(),
+    );
     let (r, out) = run(&mut p, source, true);
     let s = r.unwrap();
     assert_eq!(s.frames + s.dropped, 40, "{s:?}");
     assert_eq!(out.lines().count() as u64, s.frames);
     for l in out.lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        assert!(v["top"][0]["label"].is_string() && v["latency_ms"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(
+            v["top"][0]["label"].is_string() && v["latency_ms"].as_f64().unwrap() > 0.0,
+            "{l}"
+        );
         assert_eq!(v["top"].as_array().unwrap().len(), 3);
     }
 }
@@ -108,7 +169,13 @@ fn json_lines_and_latest_frame_wins_on_a_live_pipe() {
 #[test]
 fn mailbox_keeps_only_the_latest_frame() {
     let m = Mailbox::default();
-    let frame = |i| OwnedFrame { data: vec![0; 3], width: 1, height: 1, format: PixelFormat::Rgb8, index: i };
+    let frame = |i| OwnedFrame {
+        data: vec![0; 3],
+        width: 1,
+        height: 1,
+        format: PixelFormat::Rgb8,
+        index: i,
+    };
     for i in 0..3 {
         assert!(m.put(frame(i), false));
     }
@@ -119,7 +186,19 @@ fn mailbox_keeps_only_the_latest_frame() {
 fn mjpeg_frames(n: usize) -> Option<Vec<Vec<u8>>> {
     let img = photo();
     let n = n.to_string();
-    let bytes = ffmpeg(&["-loop", "1", "-i", img.to_str().unwrap(), "-frames:v", &n, "-vf", "scale=160:120", "-f", "mjpeg", "-"])?;
+    let bytes = ffmpeg(&[
+        "-loop",
+        "1",
+        "-i",
+        img.to_str().unwrap(),
+        "-frames:v",
+        &n,
+        "-vf",
+        "scale=160:120",
+        "-f",
+        "mjpeg",
+        "-",
+    ])?;
     let mut s = MjpegStream::new(std::io::Cursor::new(bytes.clone()), None, false);
     let mut out = vec![];
     // Split again to get each JPEG's bytes: the stream API decodes, so re-split by markers here.
@@ -141,7 +220,9 @@ fn mjpeg_frames(n: usize) -> Option<Vec<Vec<u8>>> {
 #[test]
 fn corrupt_mjpeg_frames_are_skipped_and_counted() {
     let Some(mut p) = pipeline() else { return };
-    let Some(frames) = mjpeg_frames(5) else { return eprintln!("SKIPPED: no ffmpeg") };
+    let Some(frames) = mjpeg_frames(5) else {
+        return eprintln!("SKIPPED: no ffmpeg");
+    };
     assert_eq!(frames.len(), 5);
     let mut stream = Vec::new();
     for (i, f) in frames.iter().enumerate() {
@@ -157,7 +238,11 @@ fn corrupt_mjpeg_frames_are_skipped_and_counted() {
         }
         stream.extend_from_slice(b"junk between frames");
     }
-    let source = Box::new(MjpegStream::new(std::io::Cursor::new(stream), Some((160, 120)), false));
+    let source = Box::new(MjpegStream::new(
+        std::io::Cursor::new(stream),
+        Some((160, 120)),
+        false,
+    ));
     let (r, out) = run(&mut p, source, false);
     let s = r.unwrap();
     assert_eq!((s.frames, s.skipped), (4, 1), "{out}");
@@ -165,10 +250,19 @@ fn corrupt_mjpeg_frames_are_skipped_and_counted() {
 
 #[test]
 fn mjpeg_frames_of_the_wrong_size_are_an_error() {
-    let Some(frames) = mjpeg_frames(1) else { return eprintln!("SKIPPED: no ffmpeg") };
-    let mut s = MjpegStream::new(std::io::Cursor::new(frames[0].clone()), Some((640, 480)), false);
+    let Some(frames) = mjpeg_frames(1) else {
+        return eprintln!("SKIPPED: no ffmpeg");
+    };
+    let mut s = MjpegStream::new(
+        std::io::Cursor::new(frames[0].clone()),
+        Some((640, 480)),
+        false,
+    );
     let e = s.next().unwrap_err();
-    assert!(format!("{e}").contains("is 160x120, but --width/--height say 640x480"), "{e}");
+    assert!(
+        format!("{e}").contains("is 160x120, but --width/--height say 640x480"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -176,13 +270,33 @@ fn raw_frames_of_the_wrong_size_are_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("frames.yuyv");
     std::fs::write(&f, vec![0u8; 320 * 240 * 2 * 3 / 2]).unwrap();
-    let e = open_source(f.to_str().unwrap(), 320, 240, StreamFormat::Raw(PixelFormat::Yuyv)).err().unwrap();
-    assert!(format!("{e}").contains("not a whole number of 320x240"), "{e}");
+    let e = open_source(
+        f.to_str().unwrap(),
+        320,
+        240,
+        StreamFormat::Raw(PixelFormat::Yuyv),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        format!("{e}").contains("not a whole number of 320x240"),
+        "{e}"
+    );
     // A pipe cannot be measured up front: the short last frame is the error.
-    let mut s = RawStream::new(std::io::Cursor::new(vec![0u8; 100 * 2 * 10 + 7]), 100, 10, PixelFormat::Yuyv, true).unwrap();
+    let mut s = RawStream::new(
+        std::io::Cursor::new(vec![0u8; 100 * 2 * 10 + 7]),
+        100,
+        10,
+        PixelFormat::Yuyv,
+        true,
+    )
+    .unwrap();
     assert!(matches!(s.next().unwrap(), Next::Frame(_)));
     let e = s.next().unwrap_err();
-    assert!(format!("{e}").contains("ended in the middle of frame 1: got 7 of 2000 bytes"), "{e}");
+    assert!(
+        format!("{e}").contains("ended in the middle of frame 1: got 7 of 2000 bytes"),
+        "{e}"
+    );
     // Missing size.
     assert!(open_source("-", 0, 0, StreamFormat::Raw(PixelFormat::Yuyv)).is_err());
 }
@@ -195,7 +309,13 @@ impl FrameSource for Flaky {
             anyhow::bail!("No such device (os error 19)");
         }
         self.0 -= 1;
-        Ok(Next::Frame(OwnedFrame { data: vec![128; 8 * 8 * 3], width: 8, height: 8, format: PixelFormat::Rgb8, index: 0 }))
+        Ok(Next::Frame(OwnedFrame {
+            data: vec![128; 8 * 8 * 3],
+            width: 8,
+            height: 8,
+            format: PixelFormat::Rgb8,
+            index: 0,
+        }))
     }
     fn is_live(&self) -> bool {
         true
@@ -244,9 +364,15 @@ fn a_camera_that_disappears_is_a_clear_error_after_retries() {
     let s = Reconnecting::new("/dev/video0", open_once, 3, Duration::from_millis(1)).unwrap();
     let (r, out) = run(&mut p, Box::new(s), false);
     let e = format!("{:#}", r.unwrap_err());
-    assert!(e.contains("/dev/video0 is gone: gave up after 3 reconnection attempts"), "{e}");
+    assert!(
+        e.contains("/dev/video0 is gone: gave up after 3 reconnection attempts"),
+        "{e}"
+    );
     assert!(e.contains("No such file or directory"), "{e}");
-    assert!(out.lines().count() >= 1, "frames before the loss were classified");
+    assert!(
+        out.lines().count() >= 1,
+        "frames before the loss were classified"
+    );
 }
 
 #[test]
@@ -258,7 +384,13 @@ fn folder_replay_classifies_every_image_and_skips_broken_ones() {
         img.save(dir.path().join(format!("{i}.png"))).unwrap();
     }
     std::fs::write(dir.path().join("9.jpg"), b"not a jpeg").unwrap();
-    let source = open_source(dir.path().to_str().unwrap(), 0, 0, StreamFormat::Raw(PixelFormat::Rgb8)).unwrap();
+    let source = open_source(
+        dir.path().to_str().unwrap(),
+        0,
+        0,
+        StreamFormat::Raw(PixelFormat::Rgb8),
+    )
+    .unwrap();
     let (r, _) = run(&mut p, source, false);
     let s = r.unwrap();
     assert_eq!((s.frames, s.skipped, s.dropped), (3, 1, 0));
@@ -268,8 +400,21 @@ fn folder_replay_classifies_every_image_and_skips_broken_ones() {
 fn raw_file_replay_reads_frames() {
     let Some(mut p) = pipeline() else { return };
     let img = photo();
-    let Some(raw) = ffmpeg(&["-loop", "1", "-i", img.to_str().unwrap(), "-frames:v", "3", "-vf", "scale=32:32", "-f", "rawvideo", "-pix_fmt", "gray", "-"])
-    else {
+    let Some(raw) = ffmpeg(&[
+        "-loop",
+        "1",
+        "-i",
+        img.to_str().unwrap(),
+        "-frames:v",
+        "3",
+        "-vf",
+        "scale=32:32",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "gray",
+        "-",
+    ]) else {
         return eprintln!("SKIPPED: no ffmpeg");
     };
     let dir = tempfile::tempdir().unwrap();
@@ -279,6 +424,9 @@ fn raw_file_replay_reads_frames() {
     let (r, _) = run(&mut p, source, false);
     assert_eq!(r.unwrap().frames, 3);
     let mut buf = Vec::new();
-    std::fs::File::open(&f).unwrap().read_to_end(&mut buf).unwrap();
+    std::fs::File::open(&f)
+        .unwrap()
+        .read_to_end(&mut buf)
+        .unwrap();
     assert_eq!(buf.len(), 3 * 32 * 32);
 }

@@ -19,30 +19,51 @@ fn check_fp32(model: &std::path::Path, parity: &Parity, max_samples: usize) {
     for i in 0..n {
         let got = e.run(parity.input(i)).unwrap();
         let err = compare::rel_err(got, parity.logits(i));
-        assert!(err <= FP32_REL_TOL, "{}: sample {i}: relative error {err:e} > {FP32_REL_TOL:e}", model.display());
-        assert_eq!(compare::argmax(got), compare::argmax(parity.logits(i)), "{}: sample {i}: top-1 differs", model.display());
+        assert!(
+            err <= FP32_REL_TOL,
+            "{}: sample {i}: relative error {err:e} > {FP32_REL_TOL:e}",
+            model.display()
+        );
+        assert_eq!(
+            compare::argmax(got),
+            compare::argmax(parity.logits(i)),
+            "{}: sample {i}: top-1 differs",
+            model.display()
+        );
     }
     eprintln!("{}: {n} samples within {FP32_REL_TOL:e}", model.display());
 }
 
 fn samples() -> usize {
     // Emulated runs are slow: fewer ResNet-18 samples there.
-    if cfg!(target_arch = "x86_64") { usize::MAX } else { 2 }
+    if cfg!(target_arch = "x86_64") {
+        usize::MAX
+    } else {
+        2
+    }
 }
 
 #[test]
 fn resnet8_fp32_compact_both_forms() {
-    let Some(dir) = common::fixtures("resnet8") else { return };
+    let Some(dir) = common::fixtures("resnet8") else {
+        return;
+    };
     let parity = Parity::read(dir.join("resnet8.parity.safetensors")).unwrap();
     assert_eq!(parity.input_shape, [512, 1, 28, 28]);
     for form in [Form::Folded, Form::Training] {
-        check_fp32(&common::compact(&dir, "resnet8", form, Precision::F32), &parity, usize::MAX);
+        check_fp32(
+            &common::compact(&dir, "resnet8", form, Precision::F32),
+            &parity,
+            usize::MAX,
+        );
     }
 }
 
 #[test]
 fn resnet8_fp32_onnx_through_tract_onnx() {
-    let Some(dir) = common::fixtures("resnet8") else { return };
+    let Some(dir) = common::fixtures("resnet8") else {
+        return;
+    };
     let parity = Parity::read(dir.join("resnet8.parity.safetensors")).unwrap();
     check_fp32(&dir.join("resnet8.onnx"), &parity, 64);
     check_fp32(&dir.join("resnet8.torchvision.onnx"), &parity, 64);
@@ -50,29 +71,54 @@ fn resnet8_fp32_onnx_through_tract_onnx() {
 
 #[test]
 fn resnet18_fp32_compact_and_onnx() {
-    let Some(dir) = common::fixtures("resnet18") else { return };
+    let Some(dir) = common::fixtures("resnet18") else {
+        return;
+    };
     let parity = Parity::read(dir.join("resnet18.parity.safetensors")).unwrap();
-    check_fp32(&common::compact(&dir, "resnet18", Form::Folded, Precision::F32), &parity, samples());
-    check_fp32(&common::compact(&dir, "resnet18", Form::Training, Precision::F32), &parity, samples().min(1));
+    check_fp32(
+        &common::compact(&dir, "resnet18", Form::Folded, Precision::F32),
+        &parity,
+        samples(),
+    );
+    check_fp32(
+        &common::compact(&dir, "resnet18", Form::Training, Precision::F32),
+        &parity,
+        samples().min(1),
+    );
     // A plain torchvision export (BatchNorm fused by the exporter) through tract-onnx.
-    check_fp32(&dir.join("resnet18.torchvision.onnx"), &parity, samples().min(1));
+    check_fp32(
+        &dir.join("resnet18.torchvision.onnx"),
+        &parity,
+        samples().min(1),
+    );
 }
 
 /// One quantization step of the logits: the step of a per-tensor int8 quantization of the ORT
 /// int8 logits over the whole file.
 fn logit_step(parity: &Parity) -> f32 {
-    let q = parity.logits_int8.as_ref().expect("parity file has logits_int8");
-    let (lo, hi) = q.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    let q = parity
+        .logits_int8
+        .as_ref()
+        .expect("parity file has logits_int8");
+    let (lo, hi) = q
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
     (hi - lo) / 255.0
 }
 
 fn check_int8(arch: &str, max_samples: usize, max_median_steps: f32) -> (usize, usize) {
-    let Some(dir) = common::fixtures(arch) else { return (0, 0) };
+    let Some(dir) = common::fixtures(arch) else {
+        return (0, 0);
+    };
     let parity = Parity::read(dir.join(format!("{arch}.parity.safetensors"))).unwrap();
     let model = common::compact(&dir, arch, Form::Folded, Precision::Int8);
     let mut e = Engine::load(&model, &EngineOptions::default()).unwrap();
     assert_eq!(e.info().compute, Compute::Int8);
-    assert!(e.info().float_layers.is_empty(), "every conv/linear is int8: {:?}", e.info().float_layers);
+    assert!(
+        e.info().float_layers.is_empty(),
+        "every conv/linear is int8: {:?}",
+        e.info().float_layers
+    );
     let step = logit_step(&parity);
     let (mut agree, mut diffs) = (0, vec![]);
     let n = parity.len().min(max_samples);
@@ -91,9 +137,15 @@ fn check_int8(arch: &str, max_samples: usize, max_median_steps: f32) -> (usize, 
     // Device and ORT compute the same QDQ arithmetic; only float summation order differs, which
     // now and then flips a requantization rounding in one layer and moves later activations by
     // one step. So: typically within one step, never far.
-    assert!(median <= max_median_steps, "{arch}: median difference {median} steps");
+    assert!(
+        median <= max_median_steps,
+        "{arch}: median difference {median} steps"
+    );
     if max_median_steps <= 1.0 {
-        assert!(within * 10 >= n * 9, "{arch}: only {within}/{n} samples within one step");
+        assert!(
+            within * 10 >= n * 9,
+            "{arch}: only {within}/{n} samples within one step"
+        );
     }
     assert!(worst <= 4.0, "{arch}: worst difference {worst} steps");
     (agree, n)
@@ -103,7 +155,10 @@ fn check_int8(arch: &str, max_samples: usize, max_median_steps: f32) -> (usize, 
 fn resnet8_int8_matches_onnx_runtime_and_fp32_top1() {
     let (agree, n) = check_int8("resnet8", usize::MAX, 1.0);
     if n > 0 {
-        assert!(agree as f64 >= 0.99 * n as f64, "int8 top-1 agreement {agree}/{n} < 99%");
+        assert!(
+            agree as f64 >= 0.99 * n as f64,
+            "int8 top-1 agreement {agree}/{n} < 99%"
+        );
     }
 }
 
@@ -116,10 +171,15 @@ fn resnet18_int8_matches_onnx_runtime() {
 
 #[test]
 fn fp16_runs_where_the_cpu_can_and_says_so_where_it_cannot() {
-    let Some(dir) = common::fixtures("resnet8") else { return };
+    let Some(dir) = common::fixtures("resnet8") else {
+        return;
+    };
     let parity = Parity::read(dir.join("resnet8.parity.safetensors")).unwrap();
     let f16_file = common::compact(&dir, "resnet8", Form::Folded, Precision::F16);
-    let forced = EngineOptions { precision: ComputePrecision::F16, ..Default::default() };
+    let forced = EngineOptions {
+        precision: ComputePrecision::F16,
+        ..Default::default()
+    };
     if cpu_has_fp16() {
         let mut e = Engine::load(&f16_file, &forced).unwrap();
         assert_eq!(e.info().compute, Compute::F16);
@@ -134,14 +194,27 @@ fn fp16_runs_where_the_cpu_can_and_says_so_where_it_cannot() {
         }
         assert!(agree >= n * 97 / 100, "fp16 top-1 agreement {agree}/{n}");
         // Auto picks f16 for an f16 file.
-        assert_eq!(Engine::load(&f16_file, &EngineOptions::default()).unwrap().info().compute, Compute::F16);
+        assert_eq!(
+            Engine::load(&f16_file, &EngineOptions::default())
+                .unwrap()
+                .info()
+                .compute,
+            Compute::F16
+        );
     } else {
         let err = Engine::load(&f16_file, &forced).unwrap_err();
         assert!(format!("{err:#}").contains("no fp16 arithmetic"), "{err:#}");
         // Auto falls back to f32 with a note, and the f16 weights give f16-accurate logits.
         let mut e = Engine::load(&f16_file, &EngineOptions::default()).unwrap();
         assert_eq!(e.info().compute, Compute::F32);
-        assert!(e.info().notes.iter().any(|n| n.contains("computing in f32")), "{:?}", e.info().notes);
+        assert!(
+            e.info()
+                .notes
+                .iter()
+                .any(|n| n.contains("computing in f32")),
+            "{:?}",
+            e.info().notes
+        );
         let got = e.run(parity.input(0)).unwrap();
         assert!(compare::rel_err(got, parity.logits(0)) <= 1e-2);
     }

@@ -13,9 +13,10 @@ pub struct Args {
     /// Skip the set-up step (apt, rustup targets, venv).
     #[arg(long)]
     pub no_setup: bool,
-    /// Skip the aarch64 tests under qemu.
+    /// Also run the device tests cross-built for aarch64 under qemu (cortex-a72 and max).
+    /// Opt-in until they have been run end to end within CI's time limit (issue #5).
     #[arg(long)]
-    pub no_qemu: bool,
+    pub qemu: bool,
 }
 
 /// CPU models the aarch64 tests run under: Raspberry Pi 4 (no fp16 arithmetic) and a recent core
@@ -32,7 +33,7 @@ pub fn run(args: &Args) -> Result<()> {
     cmd::run(cargo().args(["check", "-p", "shared", "--target", "thumbv7em-none-eabihf", "--no-default-features"]))?;
     cmd::run(cargo().args(["check", "-p", "shared", "--target", "thumbv7em-none-eabihf", "--no-default-features", "--features", "defmt"]))?;
     // 3. The device crate, cross-built for aarch64 and run under qemu on two CPU models.
-    if !args.no_qemu {
+    if args.qemu {
         for cpu in QEMU_CPUS {
             cmd::run(cargo()
                 .args(["test", "-p", "device", "--release", "--target", AARCH64])

@@ -19,11 +19,16 @@ use shared::weights::Precision;
 use shared::ResNetConfig;
 
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn fixtures_dir() -> PathBuf {
-    std::env::var_os("DEVICE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/device-fixtures"))
+    std::env::var_os("DEVICE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/device-fixtures"))
 }
 
 static LOCK: Mutex<()> = Mutex::new(());
@@ -46,7 +51,12 @@ pub fn fixtures(arch: &str) -> Option<PathBuf> {
             if marker.exists() {
                 break;
             }
-            if std::fs::OpenOptions::new().write(true).create_new(true).open(&lock).is_ok() {
+            if std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock)
+                .is_ok()
+            {
                 owned = true;
                 break;
             }
@@ -59,23 +69,35 @@ pub fn fixtures(arch: &str) -> Option<PathBuf> {
                 .status();
             let _ = std::fs::remove_file(&lock);
             if !matches!(status, Ok(s) if s.success()) {
-                eprintln!("could not generate fixtures with {}: {status:?}", python.display());
+                eprintln!(
+                    "could not generate fixtures with {}: {status:?}",
+                    python.display()
+                );
             }
         }
     }
     if marker.exists() {
         Some(dir)
     } else if std::env::var_os("DEVICE_REQUIRE_FIXTURES").is_some() {
-        panic!("fixtures for {arch} are missing in {} (run tools/make_test_models.py)", dir.display());
+        panic!(
+            "fixtures for {arch} are missing in {} (run tools/make_test_models.py)",
+            dir.display()
+        );
     } else {
-        eprintln!("SKIPPED: fixtures for {arch} missing in {} (run tools/make_test_models.py)", dir.display());
+        eprintln!(
+            "SKIPPED: fixtures for {arch} missing in {} (run tools/make_test_models.py)",
+            dir.display()
+        );
         None
     }
 }
 
 pub fn config(arch: &str) -> (ResNetConfig, Preprocess) {
     match arch {
-        "resnet8" => (ResNetConfig::resnet8().with_in_channels(1), Preprocess::FASHION_MNIST),
+        "resnet8" => (
+            ResNetConfig::resnet8().with_in_channels(1),
+            Preprocess::FASHION_MNIST,
+        ),
         "resnet18" => (ResNetConfig::resnet18(), Preprocess::IMAGENET_EVAL),
         _ => panic!("unknown fixture {arch}"),
     }
@@ -90,16 +112,35 @@ pub fn compact(dir: &Path, arch: &str, form: Form, precision: Precision) -> Path
     }
     let (config, preprocess) = config(arch);
     let labels: Vec<String> = if arch == "resnet8" {
-        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     } else {
         vec![]
     };
     let sd = std::fs::read(dir.join(format!("{arch}.state_dict.safetensors"))).unwrap();
-    let q = (precision == Precision::Int8).then(|| std::fs::read(dir.join(format!("{arch}.int8.safetensors"))).unwrap());
-    let opts = ConvertOptions { config, form, precision, preprocess, labels, producer: "device tests".into() };
+    let q = (precision == Precision::Int8)
+        .then(|| std::fs::read(dir.join(format!("{arch}.int8.safetensors"))).unwrap());
+    let opts = ConvertOptions {
+        config,
+        form,
+        precision,
+        preprocess,
+        labels,
+        producer: "device tests".into(),
+    };
     let bytes = convert(&sd, q.as_deref(), &opts).unwrap();
     // Write then rename: other test binaries may read concurrently.
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
