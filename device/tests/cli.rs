@@ -1,24 +1,21 @@
-//! The `device` binary end to end: classify, bench --json, parity, bad model files. Skipped where
-//! the binary cannot be spawned (cross tests under qemu-user without binfmt).
+//! The `device` binary end to end: classify, bench --json, parity, bad model files. In the
+//! aarch64 cross tests the binary runs under `DEVICE_TEST_RUNNER` (qemu-aarch64).
 
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use shared::graph::Form;
 use shared::weights::Precision;
 
+/// Runs the `device` binary (through `DEVICE_TEST_RUNNER` in the qemu cross tests, see
+/// `common::device_command`). Always `Some`: a binary that cannot be spawned fails the test.
 fn device(args: &[&str]) -> Option<Output> {
-    match Command::new(env!("CARGO_BIN_EXE_device"))
-        .args(args)
-        .output()
-    {
+    let mut c = common::device_command(env!("CARGO_BIN_EXE_device"));
+    match c.args(args).output() {
         Ok(o) => Some(o),
-        Err(e) => {
-            eprintln!("SKIPPED: cannot run the device binary here: {e}");
-            None
-        }
+        Err(e) => panic!("cannot run {c:?}: {e}"),
     }
 }
 

@@ -28,9 +28,10 @@ use crate::rng::{epoch_order, Purpose, Rng};
 use crate::schedule::WarmupCosine;
 
 /// The default demo: ResNet-8 (small stem, 78k parameters) on Fashion-MNIST; the exact command
-/// and its measured accuracy and time are in `host/README.md`.
+/// and its measured accuracy and time are in `host/README.md`. Eight epochs: 91.1% test top-1
+/// after 356 s of training on the 2-core CI machine (1,300-1,650 img/s); three epochs stop at 88.6%.
 pub const DEFAULT_ARCH: &str = "resnet8";
-pub const DEFAULT_EPOCHS: u32 = 3;
+pub const DEFAULT_EPOCHS: u32 = 8;
 pub const DEFAULT_BATCH_SIZE: usize = 128;
 /// NVIDIA recipe: lr 0.256 for a batch of 256, scaled linearly with the batch size.
 pub const LR_PER_256: f64 = 0.256;

@@ -21,7 +21,7 @@ struct Cli {
 enum Command {
     /// Install what the project needs: apt packages, rustup targets, the Python venv (torch 2.11.0).
     Setup(setup::Args),
-    /// Run every test: workspace (host included), no_std check; `--qemu` adds the aarch64 device tests.
+    /// Run every test: workspace (host included), no_std check, aarch64 device tests under qemu.
     Test(test::Args),
     /// The main job: train a small ResNet on Fashion-MNIST, export int8, classify, report latency.
     Demo(demo::Args),

@@ -13,31 +13,37 @@ pub struct Args {
     /// Skip the set-up step (apt, rustup targets, venv).
     #[arg(long)]
     pub no_setup: bool,
-    /// Also run the device tests cross-built for aarch64 under qemu (cortex-a72 and max).
-    /// Opt-in until they have been run end to end within CI's time limit (issue #5).
+    /// Skip the device tests cross-built for aarch64 under qemu (cortex-a72 and max).
     #[arg(long)]
-    pub qemu: bool,
+    pub no_qemu: bool,
 }
 
-/// CPU models the aarch64 tests run under: Raspberry Pi 4 (no fp16 arithmetic) and a recent core
-/// with fp16 and dot-product instructions (Pi 5, Jetson Orin).
-pub const QEMU_CPUS: &[&str] = &["cortex-a72", "max"];
+/// CPU models the aarch64 tests run under, one kernel family each (tract picks its kernels from
+/// the CPU features): Raspberry Pi 4 (cortex-a72: NEON, no fp16 arithmetic, no dotprod),
+/// Raspberry Pi 5 (cortex-a76: fp16 and dotprod, the `arm64simd_*_dot` kernels Jetson Orin's
+/// A78 runs too) and `max` (fp16, dotprod and SVE: the `sve_*` kernels).
+pub const QEMU_CPUS: &[&str] = &["cortex-a72", "cortex-a76", "max"];
 
 pub fn run(args: &Args) -> Result<()> {
     if !args.no_setup {
         setup::run(&setup::Args { no_apt: false })?;
     }
-    // 1. The whole workspace on x86, host (libtorch) included.
-    cmd::run(cargo().args(["test", "--workspace", "--release", "--no-fail-fast"]))?;
+    // 1. The whole workspace on x86, host (libtorch) included. Missing device fixtures are an
+    //    error here, never a skipped test.
+    cmd::run(cargo().args(["test", "--workspace", "--release", "--no-fail-fast"]).env("DEVICE_REQUIRE_FIXTURES", "1"))?;
     // 2. shared stays no_std on a bare-metal target.
     cmd::run(cargo().args(["check", "-p", "shared", "--target", "thumbv7em-none-eabihf", "--no-default-features"]))?;
     cmd::run(cargo().args(["check", "-p", "shared", "--target", "thumbv7em-none-eabihf", "--no-default-features", "--features", "defmt"]))?;
     // 3. The device crate, cross-built for aarch64 and run under qemu on two CPU models.
-    if args.qemu {
+    //    The tests spawn the aarch64 `device` binary too: DEVICE_TEST_RUNNER runs it under the
+    //    same qemu (containers have no binfmt_misc). The fixtures were made natively in step 1.
+    if !args.no_qemu {
         for cpu in QEMU_CPUS {
             cmd::run(cargo()
-                .args(["test", "-p", "device", "--release", "--target", AARCH64])
-                .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER", qemu_runner(cpu)))?;
+                .args(["test", "-p", "device", "--release", "--no-fail-fast", "--target", AARCH64])
+                .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER", qemu_runner(cpu))
+                .env("DEVICE_TEST_RUNNER", qemu_runner(cpu))
+                .env("DEVICE_REQUIRE_FIXTURES", "1"))?;
         }
     }
     eprintln!("all tests passed");

@@ -92,6 +92,22 @@ pub fn fixtures(arch: &str) -> Option<PathBuf> {
     }
 }
 
+/// A command running the binary `exe`. The aarch64 cross tests run under qemu-user, which cannot
+/// start another aarch64 program by itself (no binfmt_misc in containers): `cargo xtask test`
+/// sets `DEVICE_TEST_RUNNER` to its qemu command line (`qemu-aarch64 -L /usr/aarch64-linux-gnu
+/// -cpu max`), which then runs `exe` too.
+pub fn device_command(exe: &str) -> std::process::Command {
+    match std::env::var("DEVICE_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut words = runner.split_whitespace();
+            let mut c = std::process::Command::new(words.next().unwrap());
+            c.args(words).arg(exe);
+            c
+        }
+        _ => std::process::Command::new(exe),
+    }
+}
+
 pub fn config(arch: &str) -> (ResNetConfig, Preprocess) {
     match arch {
         "resnet8" => (

@@ -53,10 +53,12 @@ pub const ORT_FP32_REL_TOL: f64 = 1e-4;
 /// int8 ONNX on ONNX Runtime (`basic` optimizations: the QDQ graph as written) vs the host's
 /// simulation of the file: the largest logit difference allowed, in int8 steps of the logits
 /// (`(max - min) / 255`), and the least top-1 agreement. Both compute the same QDQ arithmetic;
-/// they differ only where float convolutions that accumulate in another order put a value on
-/// the other side of a rounding boundary at the next QuantizeLinear (measured on ResNet-8 /
-/// Fashion-MNIST: about 1e-6 of the logits, i.e. no such flip on the parity inputs).
-pub const ORT_INT8_MAX_STEPS: f64 = 1.0;
+/// they differ where a float convolution summed in another order (MLAS vs oneDNN) puts a value
+/// on the other side of a rounding boundary at the next QuantizeLinear, which then moves by one
+/// activation step. Measured on the 5-epoch ResNet-8 Fashion-MNIST demo: a handful of such flips
+/// per 64 images, at most 0.76 logit steps over 2000 test images, top-1 always equal. The bound
+/// leaves a margin of 2.6x; a real mismatch (wrong scale, zero point or layout) is tens of steps.
+pub const ORT_INT8_MAX_STEPS: f64 = 2.0;
 pub const ORT_INT8_MIN_AGREEMENT: f64 = 0.98;
 /// ONNX Runtime's graph optimization level for int8 graphs. Higher levels fuse QDQ into
 /// QLinearConv/QGemm, whose u8 x s8 kernels saturate on x86 CPUs without VNNI (see
