@@ -2,13 +2,15 @@
 
 Usage: python tools/demo_samples.py OUT_DIR [--count N]
 - OUT_DIR/fmnist/NNNN_<label>.png: the first N test images (28x28 gray), true label in the name.
-- OUT_DIR/photos/*.png: real photos shipped with scikit-image (chelsea the cat, coffee, astronaut, rocket).
-- OUT_DIR/photos.txt: the photos' paths, one per line (the demo turns them into a clip with ffmpeg).
+- OUT_DIR/photos/*.png: real photos shipped with scikit-image (chelsea the cat, coffee, astronaut, rocket),
+  all written as PNG (the demo's ffmpeg concat clip decodes every entry with one decoder).
+- OUT_DIR/photos.txt: the photos' paths, one per line.
+- OUT_DIR/clip/NNN.png: the stills of the camera-like clip (ffmpeg turns them into a raw YUYV
+  stream): the first 4 Fashion-MNIST images, then the photos, all RGB at --clip-size.
 """
 import argparse
 import gzip
 import pathlib
-import shutil
 
 import numpy as np
 import skimage
@@ -28,6 +30,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("out", type=pathlib.Path)
     p.add_argument("--count", type=int, default=16)
+    p.add_argument("--clip-size", default="320x240", help="WxH of the clip stills")
     a = p.parse_args()
     images = idx(FMNIST / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
     labels = idx(FMNIST / "t10k-labels-idx1-ubyte.gz", 8)
@@ -39,9 +42,16 @@ def main():
     paths = []
     for name in PHOTOS:
         if (data / name).exists():
-            shutil.copy(data / name, a.out / "photos" / name)
-            paths.append(str((a.out / "photos" / name).resolve()))
+            dst = a.out / "photos" / (pathlib.Path(name).stem + ".png")
+            Image.open(data / name).convert("RGB").save(dst)
+            paths.append(str(dst.resolve()))
     (a.out / "photos.txt").write_text("\n".join(paths) + "\n")
+    w, h = (int(v) for v in a.clip_size.split("x"))
+    clip = a.out / "clip"
+    clip.mkdir(exist_ok=True)
+    stills = [Image.fromarray(images[i]) for i in range(min(4, a.count))] + [Image.open(p) for p in paths]
+    for i, im in enumerate(stills):
+        im.convert("RGB").resize((w, h), Image.BILINEAR).save(clip / f"{i:03d}.png")
 
 
 if __name__ == "__main__":

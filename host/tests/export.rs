@@ -55,7 +55,7 @@ fn run_str() -> &'static str {
 
 /// Runs `host export` with `args` (plus the run and --limit-test) and returns its JSON report.
 fn export(args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["export", "--checkpoint", run_str(), "--limit-test", LIMIT_TEST];
+    let mut all = vec!["export", "--json", "--checkpoint", run_str(), "--limit-test", LIMIT_TEST];
     all.extend_from_slice(args);
     let o = host(&all);
     assert!(o.status.success(), "host export {args:?} failed:\n{}\n{}", stdout(&o), stderr(&o));

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd::{self, cargo, profile_dir, qemu_runner, root, venv_python, AARCH64};
+use crate::cmd::{self, cargo, profile_dir, qemu_runner, root, venv_python};
 use crate::setup;
 
 #[derive(clap::Args)]
@@ -33,17 +33,22 @@ pub struct Args {
     pub no_qemu: bool,
 }
 
-/// Frames of the camera-like clip: 320x240 YUYV, 4 photos x 10 frames at 10 fps.
+/// The camera-like clip: 320x240 YUYV at 10 fps, each still shown for one second.
 const CLIP_W: u32 = 320;
 const CLIP_H: u32 = 240;
-const CLIP_FRAMES: u32 = 40;
+const CLIP_FPS: u32 = 10;
+const CLIP_FRAMES_PER_IMAGE: u32 = CLIP_FPS;
 
 struct Step {
     started: Instant,
-    name: &'static str,
+    name: String,
 }
 
-fn step(name: &'static str) -> Step {
+fn step(name: &str) -> Step {
+    step_owned(name.to_string())
+}
+
+fn step_owned(name: String) -> Step {
     eprintln!("\n\x1b[1;36m== {name}\x1b[0m");
     Step { started: Instant::now(), name }
 }
@@ -110,8 +115,8 @@ pub fn run(args: &Args) -> Result<()> {
         cmd::run(Command::new(&device).arg("classify").arg("--model").arg(int8).args(["--top-k", "3"]).args(&fmnist).args(&photos))?;
     }
     if let Some(arm) = &arm_device {
-        for cpu in ["cortex-a72", "max"] {
-            let _s = step(if cpu == "max" { "classify under qemu-aarch64 -cpu max (fp16, dotprod)" } else { "classify under qemu-aarch64 -cpu cortex-a72 (Pi 4)" });
+        for (cpu, board) in [("cortex-a72", "Pi 4"), ("cortex-a76", "Pi 5: fp16, dotprod"), ("max", "fp16, dotprod, SVE")] {
+            let _s = step_owned(format!("classify under qemu-aarch64 -cpu {cpu} ({board})"));
             let runner = qemu_runner(cpu);
             let mut words = runner.split_whitespace();
             let mut c = Command::new(words.next().unwrap_or("qemu-aarch64"));
@@ -121,7 +126,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     {
-        let _s = step("live: a camera-like YUYV clip from the photos, piped through ffmpeg");
+        let _s = step("live: a camera-like YUYV clip (ffmpeg pipe) through device live");
         live_clip(&device, int8, &samples)?;
     }
 
@@ -135,10 +140,8 @@ pub fn run(args: &Args) -> Result<()> {
 
     println!("\n=== accuracy (Fashion-MNIST test set, 10,000 images) ===");
     print_accuracy(&out)?;
-    println!("\n=== latency (device bench, x86 here, 1 thread) ===");
-    for (name, json) in &report {
-        println!("{name}: {json}");
-    }
+    println!("\n=== latency (device bench, this x86 machine, 1 thread, 200 runs) ===");
+    print_latency(&report)?;
     println!("\ndemo finished in {:.1} min; outputs in {}", start.elapsed().as_secs_f64() / 60.0, out.display());
     Ok(())
 }
@@ -155,48 +158,97 @@ fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// ffmpeg turns the photos into a 10 fps slideshow of raw YUYV frames on a pipe, which
-/// `device live --source -` classifies as they come.
+/// ffmpeg turns the clip stills (Fashion-MNIST test images, then the photos) into a real-time (`realtime` filter) 10 fps
+/// slideshow of raw YUYV frames on a pipe, which `device live --source -` classifies as they
+/// come (one line per frame; the latest frame wins when inference is slower).
 fn live_clip(device: &Path, model: &Path, samples: &Path) -> Result<()> {
-    let list = samples.join("clip.txt");
-    let photos = std::fs::read_to_string(samples.join("photos.txt"))?;
-    let concat: String = photos.lines().map(|p| format!("file '{p}'\nduration 1\n")).collect();
-    std::fs::write(&list, concat)?;
+    let stills = sorted_files(&samples.join("clip"))?;
+    let frames = CLIP_FRAMES_PER_IMAGE * stills.len() as u32;
     let mut ffmpeg = Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-f", "concat", "-safe", "0", "-i"])
-        .arg(&list)
-        .args(["-vf", &format!("scale={CLIP_W}:{CLIP_H},fps=10"), "-frames:v", &CLIP_FRAMES.to_string()])
+        .args(["-loglevel", "error", "-framerate", "1", "-i"])
+        .arg(samples.join("clip/%03d.png"))
+        .args(["-vf", &format!("scale={CLIP_W}:{CLIP_H},fps={CLIP_FPS},realtime"), "-frames:v", &frames.to_string()])
         .args(["-pix_fmt", "yuyv422", "-f", "rawvideo", "-"])
         .stdout(Stdio::piped())
         .spawn()
         .context("starting ffmpeg")?;
     let pipe = ffmpeg.stdout.take().context("ffmpeg stdout")?;
-    let status = Command::new(device)
+    let live = Command::new(device)
         .arg("live")
         .arg("--model")
         .arg(model)
         .args(["--source", "-", "--width", &CLIP_W.to_string(), "--height", &CLIP_H.to_string(), "--format", "yuyv"])
         .stdin(pipe)
-        .status()
+        .stderr(Stdio::inherit())
+        .output()
         .context("starting device live")?;
     let ff = ffmpeg.wait()?;
-    if !status.success() || !ff.success() {
-        bail!("live clip failed: device {status}, ffmpeg {ff}");
+    let text = String::from_utf8_lossy(&live.stdout);
+    print!("{text}");
+    let classified = text.lines().filter(|l| l.contains(" ms")).count();
+    if !live.status.success() || !ff.success() {
+        bail!("live clip failed: device {}, ffmpeg {ff}", live.status);
+    }
+    if classified == 0 {
+        bail!("live clip: device live classified no frame (ffmpeg produced none?)");
     }
     Ok(())
 }
 
-/// The last epoch of metrics.jsonl and what `host export` recorded.
+fn json_file(path: &Path) -> Result<serde_json::Value> {
+    let s = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&s).with_context(|| format!("{}: not JSON", path.display()))
+}
+
+/// Training's last epoch (metrics.jsonl) and what `host export` measured on the test set.
 fn print_accuracy(out: &Path) -> Result<()> {
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).context("reading metrics.jsonl")?;
-    if let Some(last) = metrics.lines().last() {
-        println!("training, last epoch: {last}");
-    }
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().context("metrics.jsonl is empty")?)?;
+    println!(
+        "training: {} epochs, {:.0} s, test top-1 {:.2}%  top-5 {:.2}%",
+        last["epoch"], last["elapsed_train_seconds"].as_f64().unwrap_or(0.0), last["test_top1"].as_f64().unwrap_or(0.0), last["test_top5"].as_f64().unwrap_or(0.0)
+    );
+    println!("{:<6} {:>9} {:>10} {:>16} {:>22}", "model", "size", "top-1", "top-1 agreement", "ONNX Runtime parity");
     for name in ["fp32", "int8"] {
-        let report = out.join(format!("model.{name}.export.json"));
-        if let Ok(s) = std::fs::read_to_string(&report) {
-            println!("export {name}: {}", s.trim());
-        }
+        let r = json_file(&out.join(format!("model.{name}.export.json")))?;
+        let ort = match r["ort"]["max_rel_err"].as_f64() {
+            Some(e) => format!("{e:.1e} rel, top-1 {:.0}%", r["ort"]["top1_agreement"].as_f64().unwrap_or(0.0) * 100.0),
+            None => "skipped".into(),
+        };
+        println!(
+            "{:<6} {:>6.0} kB {:>9.2}% {:>15.2}% {:>22}",
+            name,
+            r["bytes"].as_f64().unwrap_or(0.0) / 1000.0,
+            r["exported_top1"].as_f64().unwrap_or(0.0),
+            r["top1_agreement"].as_f64().unwrap_or(0.0) * 100.0,
+            ort
+        );
+    }
+    Ok(())
+}
+
+/// One row per model from `device bench --json`.
+fn print_latency(report: &[(&&str, String)]) -> Result<()> {
+    println!("{:<6} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>9} {:>8}", "model", "p50 ms", "p90 ms", "p99 ms", "fps", "preproc ms", "infer ms", "load ms", "RSS MB");
+    for (name, json) in report {
+        let b: serde_json::Value = serde_json::from_str(json).with_context(|| format!("device bench {name}: not JSON"))?;
+        let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{:<6} {:>8.2} {:>8.2} {:>8.2} {:>8.0} {:>11.2} {:>11.2} {:>9.1} {:>8.1}",
+            name,
+            f(&b["latency_ms"]["p50"]),
+            f(&b["latency_ms"]["p90"]),
+            f(&b["latency_ms"]["p99"]),
+            f(&b["throughput_fps"]),
+            f(&b["stages_ms"]["preprocess"]["p50"]),
+            f(&b["stages_ms"]["inference"]["p50"]),
+            f(&b["load_ms"]),
+            f(&b["peak_rss_kib"]) / 1024.0
+        );
+    }
+    if let Some((_, json)) = report.first() {
+        let b: serde_json::Value = serde_json::from_str(json)?;
+        println!("CPU features tract detected: {}", b["cpu"]["features"]);
     }
     Ok(())
 }

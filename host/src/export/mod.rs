@@ -86,6 +86,9 @@ pub struct ExportArgs {
     /// Also write a standard ONNX file (opset 13; QDQ for --int8).
     #[arg(long)]
     pub onnx: Option<PathBuf>,
+    /// Also print the JSON report (the `.export.json` file) as the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
     /// int8: calibration batches drawn from the training split (eval preprocessing).
     #[arg(long, default_value_t = 16)]
     pub calib_batches: usize,
@@ -465,7 +468,9 @@ pub fn main(args: ExportArgs) -> Result<()> {
     wrote.extend(report.onnx.clone());
     wrote.push(report.parity.clone());
     println!("wrote {}", wrote.join(", "));
-    println!("{}", serde_json::to_string(&report)?);
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
     Ok(())
 }
 
