@@ -33,12 +33,10 @@ Weights are seeded (torch.manual_seed) so reruns give the same files.
 import argparse
 import json
 import pathlib
-import struct
 import sys
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 import torch.nn as nn
 import torchvision
@@ -47,35 +45,12 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from skimage import data as skdata
 from skimage.transform import resize as sk_resize
 
+from ort_common import logits as ort_logits, save_safetensors, session
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
-
-
-# --- safetensors, written by hand (the venv has no `safetensors` package) -------------------------
-
-ST_DTYPES = {np.float32: "F32", np.float16: "F16", np.int8: "I8", np.int32: "I32", np.int64: "I64", np.uint8: "U8"}
-
-
-def save_safetensors(path, tensors, metadata=None):
-    header, blobs, offset = {}, [], 0
-    for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
-        dtype = ST_DTYPES[arr.dtype.type]
-        raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    if metadata:
-        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -267,12 +242,8 @@ def ort_run(path, inputs, optimize=True):
     """ORT CPU logits. optimize=False runs the graph as written (QuantizeLinear/DequantizeLinear
     in float, the reference QDQ semantics); ORT's optimizer instead fuses QDQ into integer kernels
     that requantize in their own way (up to ~10 logit steps apart on resnet8)."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return np.concatenate([s.run(None, {"input": x[None].numpy()})[0] for x in inputs])
+    s = session(path, "all" if optimize else "disable")
+    return np.concatenate([ort_logits(s, x[None].numpy()) for x in inputs])
 
 
 def main():

@@ -21,8 +21,8 @@
 
 Prints one JSON object. Exit status: 0 when every given bound holds, 1 when one fails, 2 on bad
 arguments or unreadable files, 3 when onnx / onnxruntime / numpy cannot be imported.
-`host export` runs this script (embedded) with `--reference none --save-logits` to obtain ONNX
-Runtime's logits; the host tests run it from this file.
+`host export` runs this script (embedded, with tools/ort_common.py) with `--reference none
+--save-logits` to obtain ONNX Runtime's logits; the host tests run it from this file.
 """
 
 import argparse
@@ -33,18 +33,10 @@ import sys
 try:
     import numpy as np
     import onnx
-    import onnxruntime as ort
+    from ort_common import DTYPES, OPT_LEVELS, logits, save_safetensors, session
 except ImportError as e:  # pragma: no cover - environment problem
     print(json.dumps({"ok": False, "error": f"cannot import {e.name}: {e}"}))
     sys.exit(3)
-
-OPT_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-DTYPES = {"F32": np.float32, "F16": np.float16, "I8": np.int8, "I32": np.int32, "I64": np.int64, "U8": np.uint8}
 
 
 def read_safetensors(path):
@@ -61,27 +53,6 @@ def read_safetensors(path):
         dtype = np.dtype(DTYPES[h["dtype"]]).newbyteorder("<")
         out[name] = np.frombuffer(data[base + start:base + end], dtype=dtype).reshape(h["shape"]).astype(dtype.newbyteorder("="))
     return out, meta
-
-
-def save_safetensors(path, tensors, metadata=None):
-    """Same writer as tools/make_test_models.py."""
-    inv = {v: k for k, v in DTYPES.items()}
-    header, blobs, offset = {}, [], 0
-    for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
-        raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": inv[arr.dtype.type], "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    if metadata:
-        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
 
 
 def compare(got, ref):
@@ -124,11 +95,7 @@ def main():
         return 1
 
     x = tensors["inputs"].astype(np.float32)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.threads
-    so.graph_optimization_level = OPT_LEVELS[args.opt_level]
-    sess = ort.InferenceSession(args.onnx, so, providers=["CPUExecutionProvider"])
-    got = sess.run(["logits"], {"input": x})[0]
+    got = logits(session(args.onnx, args.opt_level, args.threads), x)
     report["samples"] = int(x.shape[0])
     report["finite"] = bool(np.isfinite(got).all())
     ok = report["finite"]

@@ -4,8 +4,9 @@
 //! (tests, and users holding a plain torchvision checkpoint) make them too:
 //!
 //! - `Form::Training`: the state_dict as is (conv + BatchNorm), f32 or f16 conv/linear weights.
-//! - `Form::Folded`: every BatchNorm folded into the conv before it (`w * g / sqrt(var + eps)`,
-//!   `beta - mean * g / sqrt(var + eps)`); a BatchNorm after no conv becomes an `Affine`.
+//! - `Form::Folded`: every BatchNorm folded into the conv before it (`shared::fold`, in f32:
+//!   `w * g / sqrt(var + eps)`, `beta - mean * g / sqrt(var + eps)`); a BatchNorm after no conv
+//!   becomes an `Affine`.
 //! - `Precision::Int8` (Folded): the int8 tensors of each quantized layer come from a second
 //!   safetensors file (as `tools/make_test_models.py` extracts them from an ONNX Runtime QDQ
 //!   model); layers it does not list stay f32.
@@ -14,7 +15,8 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::{Dtype, SafeTensors};
-use shared::graph::{Form, Node, ParamKind, BN_EPS};
+use shared::fold::BatchNorm;
+use shared::graph::{Form, Node, ParamKind};
 use shared::preprocess::Preprocess;
 use shared::weights::{Precision, WeightsWriter};
 use shared::ResNetConfig;
@@ -55,28 +57,19 @@ fn shape_of(st: &SafeTensors<'_>, name: &str) -> Result<Vec<u32>> {
     Ok(t.shape().iter().map(|&d| d as u32).collect())
 }
 
-/// BatchNorm `name` as a per-channel `(scale, shift)`.
-fn bn_affine(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<f32>, Vec<f32>)> {
-    let w = f32s(st, &format!("{name}.weight"))?;
-    let b = f32s(st, &format!("{name}.bias"))?;
-    let mean = f32s(st, &format!("{name}.running_mean"))?;
-    let var = f32s(st, &format!("{name}.running_var"))?;
-    ensure!(
-        w.len() == b.len() && b.len() == mean.len() && mean.len() == var.len(),
-        "BatchNorm `{name}`: inconsistent lengths"
-    );
-    let scale: Vec<f32> = w
-        .iter()
-        .zip(&var)
-        .map(|(w, v)| w / (v + BN_EPS).sqrt())
-        .collect();
-    let shift = b
-        .iter()
-        .zip(&mean)
-        .zip(&scale)
-        .map(|((b, m), s)| b - m * s)
-        .collect();
-    Ok((scale, shift))
+/// BatchNorm `name`'s `weight`, `bias`, `running_mean` and `running_var`; [`bn_view`] checks them.
+fn bn_params(st: &SafeTensors<'_>, name: &str) -> Result<[Vec<f32>; 4]> {
+    let get = |leaf: &str| f32s(st, &format!("{name}.{leaf}"));
+    Ok([
+        get("weight")?,
+        get("bias")?,
+        get("running_mean")?,
+        get("running_var")?,
+    ])
+}
+
+fn bn_view<'a>(p: &'a [Vec<f32>; 4], name: &str) -> Result<BatchNorm<'a, f32>> {
+    BatchNorm::new(&p[0], &p[1], &p[2], &p[3]).map_err(|e| anyhow::anyhow!("`{name}`: {e}"))
 }
 
 struct Out {
@@ -260,15 +253,14 @@ pub fn convert(state_dict: &[u8], int8: Option<&[u8]>, opts: &ConvertOptions) ->
                     let bn = bn_of_conv
                         .get(name)
                         .with_context(|| format!("no BatchNorm follows `{name}`"))?;
-                    let (scale, shift) = bn_affine(&st, bn)?;
-                    let per = (in_channels * kernel * kernel) as usize;
-                    let wf: Vec<f32> = w
-                        .iter()
-                        .enumerate()
-                        .map(|(i, x)| x * scale[i / per])
-                        .collect();
+                    let p = bn_params(&st, bn)?;
+                    let bn = bn_view(&p, bn)?;
+                    let mut wf = vec![0.0; w.len()];
+                    let mut bf = vec![0.0; bn.channels()];
+                    bn.fold_into(&w, None, &mut wf, &mut bf)
+                        .map_err(|e| anyhow::anyhow!("folding into `{name}`: {e}"))?;
                     out.float(&format!("{name}.weight"), &shape, &wf)?;
-                    out.float(&format!("{name}.bias"), &[out_channels], &shift)?;
+                    out.float(&format!("{name}.bias"), &[out_channels], &bf)?;
                 } else {
                     out.float(&format!("{name}.weight"), &shape, &w)?;
                 }
@@ -313,7 +305,12 @@ pub fn convert(state_dict: &[u8], int8: Option<&[u8]>, opts: &ConvertOptions) ->
                 r?;
             }
             Node::Affine { name, channels, .. } => {
-                let (scale, shift) = bn_affine(&st, name)?;
+                let p = bn_params(&st, name)?;
+                let mut scale = vec![0.0; channels as usize];
+                let mut shift = vec![0.0; channels as usize];
+                bn_view(&p, name)?
+                    .to_affine(&mut scale, &mut shift)
+                    .map_err(|e| anyhow::anyhow!("`{name}`: {e}"))?;
                 out.f32(&format!("{name}.weight"), &[channels], &scale)?;
                 out.f32(&format!("{name}.bias"), &[channels], &shift)?;
             }

@@ -388,7 +388,12 @@ impl Engine {
                 .transform(&mut model)?;
             info.compute = Compute::F16;
         }
-        Ok(model.into_optimized()?)
+        let mut model = model.into_optimized()?;
+        if info.compute == Compute::Int8 {
+            crate::im2col::speed_up(&mut model)?;
+            crate::quantize::speed_up(&mut model)?;
+        }
+        Ok(model)
     }
 
     pub fn info(&self) -> &ModelInfo {

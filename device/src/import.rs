@@ -21,7 +21,8 @@
 //! conv to its integer matrix-multiplication kernels (`i8 x i8 -> i32`).
 
 use anyhow::{bail, ensure, Context, Result};
-use shared::graph::{Form, Node, BN_EPS};
+use shared::fold::BatchNorm;
+use shared::graph::{Form, Node};
 use shared::weights::{DType, TensorView, WeightsFile};
 use tract_core::internal::*;
 use tract_core::ops::cast::cast;
@@ -337,17 +338,10 @@ impl<'f> Builder<'_, 'f> {
                 let b = self.channel_vec(&format!("{name}.bias"), c)?;
                 let mean = self.channel_vec(&format!("{name}.running_mean"), c)?;
                 let var = self.channel_vec(&format!("{name}.running_var"), c)?;
-                let scale: Vec<f32> = w
-                    .iter()
-                    .zip(&var)
-                    .map(|(w, v)| w / (v + BN_EPS).sqrt())
-                    .collect();
-                let shift: Vec<f32> = b
-                    .iter()
-                    .zip(&mean)
-                    .zip(&scale)
-                    .map(|((b, m), s)| b - m * s)
-                    .collect();
+                let (mut scale, mut shift) = (vec![0.0; c], vec![0.0; c]);
+                BatchNorm::new(&w, &b, &mean, &var)
+                    .and_then(|bn| bn.to_affine(&mut scale, &mut shift))
+                    .map_err(|e| anyhow::anyhow!("`{name}`: {e}"))?;
                 let x = self.value(input)?;
                 let y = self.affine(name, x, &scale, &shift)?;
                 self.set(output, y);

@@ -3,7 +3,8 @@
 //!
 //! - [`engine`]: model file -> optimized tract plan + state, built once, run per frame.
 //! - [`import`]: the compact weights format -> tract-core ops, by walking the `shared` graph
-//!   (int8 layers become integer convs).
+//!   (int8 layers become integer convs); [`im2col`] and [`quantize`]: faster glue around
+//!   tract's integer convs (patch packing, f32 -> i8), swapped into optimized int8 plans.
 //! - [`pipeline`]: frame -> preprocess -> inference -> softmax/top-k, timed per stage.
 //! - [`source`], [`v4l2`], [`live`]: frame sources (stdin, files, folders, V4L2 cameras) and the
 //!   latest-frame-wins loop.
@@ -19,10 +20,12 @@ pub mod bench;
 pub mod convert;
 pub mod engine;
 pub mod gpio;
+pub mod im2col;
 pub mod import;
 pub mod live;
 pub mod parity;
 pub mod pipeline;
+pub mod quantize;
 pub mod report;
 pub mod source;
 pub mod v4l2;

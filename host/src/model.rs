@@ -6,8 +6,8 @@
 //! `state_dict` names, BatchNorm running statistics and `num_batches_tracked` included: a saved
 //! checkpoint *is* a torchvision state_dict, and torchvision weights load unchanged.
 //!
-//! The forward pass runs the materialized ops over a value table indexed by [`ValueId`], dropping
-//! each value after its last use.
+//! The forward pass runs the materialized ops over a value table indexed by
+//! [`ValueId`](shared::ValueId), dropping each value after its last use.
 //!
 //! Mixed precision (`--amp`) is done here rather than with libtorch autocast, which `tch` only
 //! drives through deprecated CUDA-only entry points that print a warning at every step and cannot
@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use shared::{Form, Node, ParamKind, ParamSpec, ResNetConfig, ValueId};
+use shared::{Form, Node, ParamKind, ParamSpec, ResNetConfig};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::device::{to_channels_last, Amp};
@@ -55,49 +55,53 @@ pub struct NamedTensor {
     pub tensor: Tensor,
 }
 
-/// One materialized node of the walk. Indices are value-table slots ([`ValueId::index`]).
+/// Where one op of a walk reads and writes: value-table slots
+/// ([`ValueId::index`](shared::ValueId::index)), taken from the node. `host export`'s network
+/// uses it too.
 #[derive(Debug)]
-enum Op {
-    Conv { weight: Tensor, bias: Option<Tensor>, stride: i64, padding: i64, input: usize, output: usize },
-    BatchNorm {
-        weight: Tensor,
-        bias: Tensor,
-        running_mean: Tensor,
-        running_var: Tensor,
-        num_batches_tracked: Tensor,
-        input: usize,
-        output: usize,
-    },
-    Relu { input: usize, output: usize },
-    MaxPool { kernel: i64, stride: i64, padding: i64, input: usize, output: usize },
-    Add { lhs: usize, rhs: usize, output: usize },
-    GlobalAvgPool { input: usize, output: usize },
-    Linear { weight: Tensor, bias: Tensor, input: usize, output: usize },
+pub(crate) struct Wiring {
+    /// The values the op reads, in operand order ([`Node::inputs`]).
+    pub inputs: Vec<usize>,
+    pub output: usize,
 }
 
-impl Op {
-    fn inputs(&self) -> Vec<usize> {
-        match *self {
-            Op::Conv { input, .. }
-            | Op::BatchNorm { input, .. }
-            | Op::Relu { input, .. }
-            | Op::MaxPool { input, .. }
-            | Op::GlobalAvgPool { input, .. }
-            | Op::Linear { input, .. } => vec![input],
-            Op::Add { lhs, rhs, .. } => vec![lhs, rhs],
-        }
+impl Wiring {
+    pub fn of(node: &Node<'_>) -> Self {
+        Self { inputs: node.inputs().iter().map(|v| v.index()).collect(), output: node.output().index() }
     }
-    fn output(&self) -> usize {
-        match *self {
-            Op::Conv { output, .. }
-            | Op::BatchNorm { output, .. }
-            | Op::Relu { output, .. }
-            | Op::MaxPool { output, .. }
-            | Op::GlobalAvgPool { output, .. }
-            | Op::Linear { output, .. }
-            | Op::Add { output, .. } => output,
+
+    /// `last_use[v]`: index of the last op (in `ops` order) that reads value `v`.
+    pub fn last_uses<'a>(ops: impl IntoIterator<Item = &'a Wiring>, num_values: usize) -> Vec<usize> {
+        let mut last_use = vec![0; num_values];
+        for (i, w) in ops.into_iter().enumerate() {
+            for &v in &w.inputs {
+                last_use[v] = i;
+            }
         }
+        last_use
     }
+
+    /// Stores `y`, the result of op number `step`, after dropping the inputs no later op reads.
+    pub fn store<T>(&self, step: usize, last_use: &[usize], values: &mut [Option<T>], y: T) {
+        for &v in &self.inputs {
+            if last_use[v] == step {
+                values[v] = None;
+            }
+        }
+        values[self.output] = Some(y);
+    }
+}
+
+/// One materialized node of the walk; its operands are in its [`Wiring`].
+#[derive(Debug)]
+enum Op {
+    Conv { weight: Tensor, bias: Option<Tensor>, stride: i64, padding: i64 },
+    BatchNorm { weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor, num_batches_tracked: Tensor },
+    Relu,
+    MaxPool { kernel: i64, stride: i64, padding: i64 },
+    Add,
+    GlobalAvgPool,
+    Linear { weight: Tensor, bias: Tensor },
 }
 
 /// A ResNet on libtorch.
@@ -105,7 +109,7 @@ impl Op {
 pub struct ResNet {
     pub config: ResNetConfig,
     pub options: ModelOptions,
-    ops: Vec<Op>,
+    ops: Vec<(Wiring, Op)>,
     /// Every parameter and buffer, in `state_dict` order.
     tensors: Vec<NamedTensor>,
     num_values: usize,
@@ -178,43 +182,33 @@ impl ResNet {
             }
             let mut own = own.into_iter();
             let mut take = || own.next().ok_or_else(|| anyhow!("node {node:?} yielded too few parameters"));
-            let v = |id: ValueId| id.index();
             let op = match *node {
                 Node::Input { .. } => return Ok(()),
-                Node::Conv { input, output, stride, padding, bias, .. } => Op::Conv {
+                Node::Conv { stride, padding, bias, .. } => Op::Conv {
                     weight: take()?,
                     bias: if bias { Some(take()?) } else { None },
                     stride: i64::from(stride),
                     padding: i64::from(padding),
-                    input: v(input),
-                    output: v(output),
                 },
-                Node::BatchNorm { input, output, .. } => Op::BatchNorm {
+                Node::BatchNorm { .. } => Op::BatchNorm {
                     weight: take()?,
                     bias: take()?,
                     running_mean: take()?,
                     running_var: take()?,
                     num_batches_tracked: take()?,
-                    input: v(input),
-                    output: v(output),
                 },
                 Node::Affine { name, .. } => bail!("`{name}`: the training graph has no Affine nodes"),
-                Node::Relu { input, output } => Op::Relu { input: v(input), output: v(output) },
-                Node::MaxPool { input, output, kernel, stride, padding } => Op::MaxPool {
-                    kernel: i64::from(kernel),
-                    stride: i64::from(stride),
-                    padding: i64::from(padding),
-                    input: v(input),
-                    output: v(output),
-                },
-                Node::Add { lhs, rhs, output } => Op::Add { lhs: v(lhs), rhs: v(rhs), output: v(output) },
-                Node::GlobalAvgPool { input, output } => Op::GlobalAvgPool { input: v(input), output: v(output) },
-                Node::Linear { input, output, .. } => {
-                    Op::Linear { weight: take()?, bias: take()?, input: v(input), output: v(output) }
+                Node::Relu { .. } => Op::Relu,
+                Node::MaxPool { kernel, stride, padding, .. } => {
+                    Op::MaxPool { kernel: i64::from(kernel), stride: i64::from(stride), padding: i64::from(padding) }
                 }
+                Node::Add { .. } => Op::Add,
+                Node::GlobalAvgPool { .. } => Op::GlobalAvgPool,
+                Node::Linear { .. } => Op::Linear { weight: take()?, bias: take()? },
             };
-            logits = op.output();
-            ops.push(op);
+            let wiring = Wiring::of(node);
+            logits = wiring.output;
+            ops.push((wiring, op));
             Ok(())
         })?;
 
@@ -225,12 +219,7 @@ impl ResNet {
         }
 
         let num_values = config.num_values(Form::Training);
-        let mut last_use = vec![0; num_values];
-        for (i, op) in ops.iter().enumerate() {
-            for v in op.inputs() {
-                last_use[v] = i;
-            }
-        }
+        let last_use = Wiring::last_uses(ops.iter().map(|(w, _)| w), num_values);
         let model = Self { config: *config, options, ops, tensors, num_values, last_use, logits };
         if options.zero_init_residual {
             model.zero_init_residual();
@@ -243,9 +232,10 @@ impl ResNet {
     /// Pre-activation (v2) blocks end in a convolution and are left alone.
     fn zero_init_residual(&self) {
         let _guard = tch::no_grad_guard();
-        for op in &self.ops {
-            if let Op::Add { lhs, .. } = *op {
-                if let Some(Op::BatchNorm { weight, .. }) = self.ops.iter().find(|o| o.output() == lhs) {
+        for (add, op) in &self.ops {
+            if let Op::Add = op {
+                let lhs = add.inputs[0];
+                if let Some((_, Op::BatchNorm { weight, .. })) = self.ops.iter().find(|(w, _)| w.output == lhs) {
                     let _ = weight.shallow_clone().zero_();
                 }
             }
@@ -282,20 +272,22 @@ impl ResNet {
         let mut values: Vec<Option<Tensor>> = (0..self.num_values).map(|_| None).collect();
         let x = if self.options.channels_last { to_channels_last(x) } else { x.shallow_clone() };
         values[0] = Some(cast(&x));
-        for (i, op) in self.ops.iter().enumerate() {
-            let get = |v: usize| values[v].as_ref().expect("the graph walk defines every value before its use");
+        for (i, (wiring, op)) in self.ops.iter().enumerate() {
+            let arg = |k: usize| {
+                values[wiring.inputs[k]].as_ref().expect("the graph walk defines every value before its use")
+            };
             let y = match op {
-                Op::Conv { weight, bias, stride, padding, input, .. } => {
+                Op::Conv { weight, bias, stride, padding } => {
                     let b = bias.as_ref().map(cast);
-                    get(*input).conv2d(&cast(weight), b.as_ref(), [*stride; 2], [*padding; 2], [1, 1], 1)
+                    arg(0).conv2d(&cast(weight), b.as_ref(), [*stride; 2], [*padding; 2], [1, 1], 1)
                 }
-                Op::BatchNorm { weight, bias, running_mean, running_var, num_batches_tracked, input, .. } => {
+                Op::BatchNorm { weight, bias, running_mean, running_var, num_batches_tracked } => {
                     if train {
                         let _guard = tch::no_grad_guard();
                         let _ = num_batches_tracked.shallow_clone().g_add_scalar_(1);
                     }
                     Tensor::batch_norm(
-                        get(*input),
+                        arg(0),
                         Some(weight),
                         Some(bias),
                         Some(running_mean),
@@ -306,20 +298,15 @@ impl ResNet {
                         true,
                     )
                 }
-                Op::Relu { input, .. } => get(*input).relu(),
-                Op::MaxPool { kernel, stride, padding, input, .. } => {
-                    get(*input).max_pool2d([*kernel; 2], [*stride; 2], [*padding; 2], [1, 1], false)
+                Op::Relu => arg(0).relu(),
+                Op::MaxPool { kernel, stride, padding } => {
+                    arg(0).max_pool2d([*kernel; 2], [*stride; 2], [*padding; 2], [1, 1], false)
                 }
-                Op::Add { lhs, rhs, .. } => get(*lhs) + get(*rhs),
-                Op::GlobalAvgPool { input, .. } => get(*input).mean_dim([2i64, 3].as_slice(), false, None),
-                Op::Linear { weight, bias, input, .. } => get(*input).linear(&cast(weight), Some(&cast(bias))),
+                Op::Add => arg(0) + arg(1),
+                Op::GlobalAvgPool => arg(0).mean_dim([2i64, 3].as_slice(), false, None),
+                Op::Linear { weight, bias } => arg(0).linear(&cast(weight), Some(&cast(bias))),
             };
-            for v in op.inputs() {
-                if self.last_use[v] == i {
-                    values[v] = None;
-                }
-            }
-            values[op.output()] = Some(y);
+            wiring.store(i, &self.last_use, &mut values, y);
         }
         values[self.logits].take().expect("the walk ends with the classifier").to_kind(Kind::Float)
     }

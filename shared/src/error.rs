@@ -34,6 +34,8 @@ pub enum Error {
     BufferTooSmall { needed: u64, got: u64 },
     /// Preprocessing parameters are inconsistent (zero size, crop larger than resize, ...).
     InvalidPreprocess(&'static str),
+    /// BatchNorm folding got slices of inconsistent lengths.
+    BadFold(&'static str),
 }
 
 impl fmt::Display for Error {
@@ -60,6 +62,7 @@ impl fmt::Display for Error {
             }
             Error::BufferTooSmall { needed, got } => write!(f, "buffer too small: needs {needed} elements, got {got}"),
             Error::InvalidPreprocess(why) => write!(f, "invalid preprocessing parameters: {why}"),
+            Error::BadFold(why) => write!(f, "cannot fold BatchNorm: {why}"),
         }
     }
 }

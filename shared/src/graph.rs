@@ -76,6 +76,9 @@ pub enum Node<'a> {
     Linear { name: &'a str, input: ValueId, output: ValueId, in_features: u32, out_features: u32 },
 }
 
+/// The values a node reads ([`Node::inputs`]): at most two.
+pub type Inputs = heapless::Vec<ValueId, 2>;
+
 /// BatchNorm epsilon (torchvision default).
 pub const BN_EPS: f32 = 1e-5;
 
@@ -92,6 +95,21 @@ impl Node<'_> {
             | Node::Add { output, .. }
             | Node::GlobalAvgPool { output, .. }
             | Node::Linear { output, .. } => output,
+        }
+    }
+
+    /// The values this node reads, in operand order (`Add`: `lhs`, then `rhs`); none for `Input`.
+    pub fn inputs(&self) -> Inputs {
+        match *self {
+            Node::Input { .. } => Inputs::new(),
+            Node::Conv { input, .. }
+            | Node::BatchNorm { input, .. }
+            | Node::Affine { input, .. }
+            | Node::Relu { input, .. }
+            | Node::MaxPool { input, .. }
+            | Node::GlobalAvgPool { input, .. }
+            | Node::Linear { input, .. } => Inputs::from_array([input]),
+            Node::Add { lhs, rhs, .. } => Inputs::from_array([lhs, rhs]),
         }
     }
 
@@ -385,5 +403,34 @@ impl ResNetConfig {
             Ok(())
         });
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_inputs() {
+        let (a, b, c) = (ValueId(3), ValueId(5), ValueId(7));
+        assert!(Node::Input { output: ValueId(0), channels: 3 }.inputs().is_empty());
+        assert_eq!(Node::Relu { input: a, output: b }.inputs(), [a]);
+        assert_eq!(Node::Add { lhs: b, rhs: a, output: c }.inputs(), [b, a]);
+
+        // Only `Input` reads no value, only `Add` reads two (tests/graph_torchvision.rs checks
+        // that every value is written before it is read).
+        for config in [ResNetConfig::resnet8(), ResNetConfig::resnet50().with_variant(Variant::V2)] {
+            for form in [Form::Training, Form::Folded] {
+                let _ = config.walk::<core::convert::Infallible>(form, |node| {
+                    let want = match node {
+                        Node::Input { .. } => 0,
+                        Node::Add { .. } => 2,
+                        _ => 1,
+                    };
+                    assert_eq!(node.inputs().len(), want, "{node:?}");
+                    Ok(())
+                });
+            }
+        }
     }
 }

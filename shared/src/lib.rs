@@ -1,6 +1,7 @@
 //! `shared`: the one definition of everything host and device must agree on.
 //!
 //! - [`config`]: the ResNet family as plain data (ResNet-18..152, v1/v1.5/v2, ResNet-8, ResNet-20).
+//! - [`fold`]: the BatchNorm folding arithmetic (`host export`, `device convert`, the importer).
 //! - [`graph`]: the canonical walk of a network, yielding every node with its torchvision
 //!   state_dict name and shape. Host (tch) and device (tract) both build from it.
 //! - [`preprocess`]: RGB8 / gray8 / YUYV frames -> resize shorter side (antialiased bilinear)
@@ -19,6 +20,7 @@ extern crate alloc;
 
 pub mod config;
 pub mod error;
+pub mod fold;
 pub mod graph;
 pub mod postprocess;
 pub mod preprocess;

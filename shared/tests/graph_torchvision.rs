@@ -151,18 +151,7 @@ fn values_are_single_assignment_and_inputs_precede_use() {
     let mut defined = vec![false; config.num_values(Form::Training)];
     config
         .walk::<()>(Form::Training, |n| {
-            let inputs = match *n {
-                Node::Input { .. } => vec![],
-                Node::Add { lhs, rhs, .. } => vec![lhs, rhs],
-                Node::Conv { input, .. }
-                | Node::BatchNorm { input, .. }
-                | Node::Affine { input, .. }
-                | Node::Relu { input, .. }
-                | Node::MaxPool { input, .. }
-                | Node::GlobalAvgPool { input, .. }
-                | Node::Linear { input, .. } => vec![input],
-            };
-            for i in inputs {
+            for i in n.inputs() {
                 assert!(defined[i.index()], "{n:?} reads an undefined value");
             }
             assert!(!std::mem::replace(&mut defined[n.output().index()], true), "{n:?} redefines its output");

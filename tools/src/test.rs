@@ -13,7 +13,7 @@ pub struct Args {
     /// Skip the set-up step (apt, rustup targets, venv).
     #[arg(long)]
     pub no_setup: bool,
-    /// Skip the device tests cross-built for aarch64 under qemu (cortex-a72 and max).
+    /// Skip the device tests cross-built for aarch64 under qemu (QEMU_CPUS).
     #[arg(long)]
     pub no_qemu: bool,
 }
@@ -34,7 +34,7 @@ pub fn run(args: &Args) -> Result<()> {
     // 2. shared stays no_std on a bare-metal target.
     cmd::run(cargo().args(["check", "-p", "shared", "--target", "thumbv7em-none-eabihf", "--no-default-features"]))?;
     cmd::run(cargo().args(["check", "-p", "shared", "--target", "thumbv7em-none-eabihf", "--no-default-features", "--features", "defmt"]))?;
-    // 3. The device crate, cross-built for aarch64 and run under qemu on two CPU models.
+    // 3. The device crate, cross-built for aarch64 and run under qemu on each of QEMU_CPUS.
     //    The tests spawn the aarch64 `device` binary too: DEVICE_TEST_RUNNER runs it under the
     //    same qemu (containers have no binfmt_misc). The fixtures were made natively in step 1.
     if !args.no_qemu {

@@ -4,19 +4,19 @@
 //! BatchNorm is directly followed by it (the BN reads the conv's output); in [`Form::Folded`] that
 //! conv has `bias: true` under the same name, and a BatchNorm that follows no conv (pre-activation
 //! v2) becomes an [`Node::Affine`] under the BN's name. For BN statistics `mean`, `var` and
-//! affine `gamma`, `beta` (eps [`BN_EPS`]):
+//! affine `gamma`, `beta` (eps [`BN_EPS`](shared::graph::BN_EPS)):
 //!
 //! ```text
 //! s[o]       = gamma[o] / sqrt(var[o] + eps)
 //! W'[o, ...] = W[o, ...] * s[o]          b'[o] = beta[o] - mean[o] * s[o]
 //! ```
 //!
-//! computed in f64 and rounded once to f32.
+//! computed by [`shared::fold`] in f64 and rounded once to f32.
 
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{anyhow, bail, Result};
-use shared::graph::BN_EPS;
+use shared::fold::BatchNorm;
 use shared::{Form, Node, ResNetConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -65,18 +65,23 @@ fn f64_cpu(model: &ResNet, name: &str) -> Result<Tensor> {
     Ok(t.to_device(Device::Cpu).to_kind(Kind::Double))
 }
 
-/// `gamma / sqrt(var + eps)` and `beta - mean * scale` of BatchNorm `bn`, in f64.
-fn bn_affine(model: &ResNet, bn: &str) -> Result<(Tensor, Tensor)> {
-    let var = f64_cpu(model, &format!("{bn}.running_var"))?;
-    if var.lt(0.0).any().int64_value(&[]) != 0 {
+/// The values of `t` in row-major order.
+fn to_vec_f64(t: &Tensor) -> Result<Vec<f64>> {
+    Vec::<f64>::try_from(&t.contiguous().view(-1)).map_err(|e| anyhow!("{e}"))
+}
+
+/// BatchNorm `bn`'s `weight`, `bias`, `running_mean` and `running_var`, in f64.
+fn bn_params(model: &ResNet, bn: &str) -> Result<[Vec<f64>; 4]> {
+    let get = |leaf: &str| to_vec_f64(&f64_cpu(model, &format!("{bn}.{leaf}"))?);
+    let var = get("running_var")?;
+    if var.iter().any(|&v| v < 0.0) {
         bail!("BatchNorm `{bn}`: running_var has negative values");
     }
-    let gamma = f64_cpu(model, &format!("{bn}.weight"))?;
-    let beta = f64_cpu(model, &format!("{bn}.bias"))?;
-    let mean = f64_cpu(model, &format!("{bn}.running_mean"))?;
-    let scale = gamma / (var + f64::from(BN_EPS)).sqrt();
-    let shift = beta - &mean * &scale;
-    Ok((scale, shift))
+    Ok([get("weight")?, get("bias")?, get("running_mean")?, var])
+}
+
+fn batch_norm(p: &[Vec<f64>; 4]) -> Result<BatchNorm<'_, f64>> {
+    BatchNorm::new(&p[0], &p[1], &p[2], &p[3]).map_err(|e| anyhow!("{e}"))
 }
 
 /// Folds every BatchNorm of `model` (eval-mode statistics). Errors name the layer whose folded
@@ -97,14 +102,24 @@ pub fn fold(model: &ResNet) -> Result<Folded> {
                     } else {
                         let bn =
                             into_conv.get(name).ok_or_else(|| anyhow!("conv `{name}` has no BatchNorm to fold"))?;
-                        let (scale, shift) = bn_affine(model, bn)?;
-                        let w = w * scale.view([-1, 1, 1, 1]);
-                        vec![(format!("{name}.weight"), w), (format!("{name}.bias"), shift)]
+                        let p = bn_params(model, bn)?;
+                        let bn = batch_norm(&p)?;
+                        let (mut wf, mut bf) = (vec![0.0; w.numel()], vec![0.0; bn.channels()]);
+                        bn.fold_into(&to_vec_f64(&w)?, None, &mut wf, &mut bf)
+                            .map_err(|e| anyhow!("`{name}`: {e}"))?;
+                        let w = Tensor::from_slice(&wf).view(w.size().as_slice());
+                        vec![(format!("{name}.weight"), w), (format!("{name}.bias"), Tensor::from_slice(&bf))]
                     }
                 }
                 Node::Affine { name, .. } => {
-                    let (scale, shift) = bn_affine(model, name)?;
-                    vec![(format!("{name}.weight"), scale), (format!("{name}.bias"), shift)]
+                    let p = bn_params(model, name)?;
+                    let bn = batch_norm(&p)?;
+                    let (mut scale, mut shift) = (vec![0.0; bn.channels()], vec![0.0; bn.channels()]);
+                    bn.to_affine(&mut scale, &mut shift).map_err(|e| anyhow!("`{name}`: {e}"))?;
+                    vec![
+                        (format!("{name}.weight"), Tensor::from_slice(&scale)),
+                        (format!("{name}.bias"), Tensor::from_slice(&shift)),
+                    ]
                 }
                 Node::Linear { name, .. } => vec![
                     (format!("{name}.weight"), f64_cpu(model, &format!("{name}.weight"))?),

@@ -23,6 +23,7 @@ use shared::{DType, Form, Node, ResNetConfig, ValueId, WeightsFile};
 use tch::{Device, Kind, Tensor};
 
 use super::fold::Folded;
+use crate::model::Wiring;
 
 /// Per-tensor int8 quantization of an activation: `x_q = clamp(round(x / scale) + zero_point)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -54,43 +55,22 @@ pub struct Layer {
     pub input_quant: Option<ActQuant>,
 }
 
+/// One node of the folded walk; its operands are in its [`Wiring`].
 #[derive(Debug)]
 enum Op {
-    Conv { layer: Layer, stride: i64, padding: i64, input: usize, output: usize },
-    Affine { scale: Tensor, shift: Tensor, input: usize, output: usize },
-    Relu { input: usize, output: usize },
-    MaxPool { kernel: i64, stride: i64, padding: i64, input: usize, output: usize },
-    Add { lhs: usize, rhs: usize, output: usize },
-    GlobalAvgPool { input: usize, output: usize },
-    Linear { layer: Layer, input: usize, output: usize },
+    Conv { layer: Layer, stride: i64, padding: i64 },
+    Affine { scale: Tensor, shift: Tensor },
+    Relu,
+    MaxPool { kernel: i64, stride: i64, padding: i64 },
+    Add,
+    GlobalAvgPool,
+    Linear { layer: Layer },
 }
 
 impl Op {
-    fn inputs(&self) -> Vec<usize> {
-        match *self {
-            Op::Conv { input, .. }
-            | Op::Affine { input, .. }
-            | Op::Relu { input, .. }
-            | Op::MaxPool { input, .. }
-            | Op::GlobalAvgPool { input, .. }
-            | Op::Linear { input, .. } => vec![input],
-            Op::Add { lhs, rhs, .. } => vec![lhs, rhs],
-        }
-    }
-    fn output(&self) -> usize {
-        match *self {
-            Op::Conv { output, .. }
-            | Op::Affine { output, .. }
-            | Op::Relu { output, .. }
-            | Op::MaxPool { output, .. }
-            | Op::Add { output, .. }
-            | Op::GlobalAvgPool { output, .. }
-            | Op::Linear { output, .. } => output,
-        }
-    }
     fn layer(&self) -> Option<&Layer> {
         match self {
-            Op::Conv { layer, .. } | Op::Linear { layer, .. } => Some(layer),
+            Op::Conv { layer, .. } | Op::Linear { layer } => Some(layer),
             _ => None,
         }
     }
@@ -110,7 +90,7 @@ pub type LayerSource<'s> = dyn FnMut(&str) -> Result<Layer> + 's;
 #[derive(Debug)]
 pub struct Net {
     pub config: ResNetConfig,
-    ops: Vec<Op>,
+    ops: Vec<(Wiring, Op)>,
     num_values: usize,
     last_use: Vec<usize>,
     logits: usize,
@@ -126,51 +106,30 @@ impl Net {
     ) -> Result<Self> {
         let mut ops = Vec::new();
         config.walk::<anyhow::Error>(Form::Folded, |node| {
-            let v = |id: ValueId| id.index();
             let op = match *node {
                 Node::Input { .. } => return Ok(()),
-                Node::Conv { name, input, output, stride, padding, .. } => Op::Conv {
-                    layer: layer(name)?,
-                    stride: i64::from(stride),
-                    padding: i64::from(padding),
-                    input: v(input),
-                    output: v(output),
-                },
-                Node::Affine { name, input, output, .. } => {
+                Node::Conv { name, stride, padding, .. } => {
+                    Op::Conv { layer: layer(name)?, stride: i64::from(stride), padding: i64::from(padding) }
+                }
+                Node::Affine { name, .. } => {
                     let (scale, shift) = affine(name)?;
-                    Op::Affine {
-                        scale: scale.view([1, -1, 1, 1]),
-                        shift: shift.view([1, -1, 1, 1]),
-                        input: v(input),
-                        output: v(output),
-                    }
+                    Op::Affine { scale: scale.view([1, -1, 1, 1]), shift: shift.view([1, -1, 1, 1]) }
                 }
                 Node::BatchNorm { name, .. } => bail!("`{name}`: the folded graph has no BatchNorm"),
-                Node::Relu { input, output } => Op::Relu { input: v(input), output: v(output) },
-                Node::MaxPool { input, output, kernel, stride, padding } => Op::MaxPool {
-                    kernel: i64::from(kernel),
-                    stride: i64::from(stride),
-                    padding: i64::from(padding),
-                    input: v(input),
-                    output: v(output),
-                },
-                Node::Add { lhs, rhs, output } => Op::Add { lhs: v(lhs), rhs: v(rhs), output: v(output) },
-                Node::GlobalAvgPool { input, output } => Op::GlobalAvgPool { input: v(input), output: v(output) },
-                Node::Linear { name, input, output, .. } => {
-                    Op::Linear { layer: layer(name)?, input: v(input), output: v(output) }
+                Node::Relu { .. } => Op::Relu,
+                Node::MaxPool { kernel, stride, padding, .. } => {
+                    Op::MaxPool { kernel: i64::from(kernel), stride: i64::from(stride), padding: i64::from(padding) }
                 }
+                Node::Add { .. } => Op::Add,
+                Node::GlobalAvgPool { .. } => Op::GlobalAvgPool,
+                Node::Linear { name, .. } => Op::Linear { layer: layer(name)? },
             };
-            ops.push(op);
+            ops.push((Wiring::of(node), op));
             Ok(())
         })?;
         let num_values = config.num_values(Form::Folded);
-        let mut last_use = vec![0; num_values];
-        for (i, op) in ops.iter().enumerate() {
-            for v in op.inputs() {
-                last_use[v] = i;
-            }
-        }
-        let logits = ops.last().map(Op::output).ok_or_else(|| anyhow!("empty graph"))?;
+        let last_use = Wiring::last_uses(ops.iter().map(|(w, _)| w), num_values);
+        let logits = ops.last().map(|(w, _)| w.output).ok_or_else(|| anyhow!("empty graph"))?;
         Ok(Self { config: *config, ops, num_values, last_use, logits })
     }
 
@@ -248,18 +207,16 @@ impl Net {
     pub fn layer_inputs(&self) -> Vec<LayerInput> {
         self.ops
             .iter()
-            .filter_map(|op| match op {
-                Op::Conv { layer, input, .. } | Op::Linear { layer, input, .. } => {
-                    Some(LayerInput { layer: layer.name.clone(), value: ValueId(*input as u32) })
-                }
-                _ => None,
+            .filter_map(|(wiring, op)| {
+                let layer = op.layer()?;
+                Some(LayerInput { layer: layer.name.clone(), value: ValueId(wiring.inputs[0] as u32) })
             })
             .collect()
     }
 
     /// Names of the layers that run in int8.
     pub fn quantized_layers(&self) -> Vec<String> {
-        self.ops.iter().filter_map(Op::layer).filter(|l| l.input_quant.is_some()).map(|l| l.name.clone()).collect()
+        self.ops.iter().filter_map(|(_, op)| op.layer()).filter(|l| l.input_quant.is_some()).map(|l| l.name.clone()).collect()
     }
 
     /// Logits `[N, classes]` for a batch `[N, C, H, W]`.
@@ -277,41 +234,38 @@ impl Net {
         let _guard = tch::no_grad_guard();
         let mut values: Vec<Option<Tensor>> = (0..self.num_values).map(|_| None).collect();
         values[0] = Some(x.shallow_clone());
-        for (i, op) in self.ops.iter().enumerate() {
-            let get = |v: usize| values[v].as_ref().ok_or_else(|| anyhow!("value {v} used before it is defined"));
-            let run_layer = |layer: &Layer,
-                             x: &Tensor,
-                             observe: &mut dyn FnMut(&str, ValueId, &Tensor) -> Result<()>,
-                             input: usize| {
-                observe(&layer.name, ValueId(input as u32), x)?;
+        for (i, (wiring, op)) in self.ops.iter().enumerate() {
+            let arg = |k: usize| {
+                let v = wiring.inputs[k];
+                values[v].as_ref().ok_or_else(|| anyhow!("value {v} used before it is defined"))
+            };
+            let mut run_layer = |layer: &Layer| {
+                let x = arg(0)?;
+                observe(&layer.name, ValueId(wiring.inputs[0] as u32), x)?;
                 Ok::<_, anyhow::Error>(match layer.input_quant {
                     Some(q) => q.fake_quant(x),
                     None => x.shallow_clone(),
                 })
             };
             let y = match op {
-                Op::Conv { layer, stride, padding, input, .. } => {
-                    let x = run_layer(layer, get(*input)?, observe, *input)?;
-                    x.conv2d(&layer.weight, layer.bias.as_ref(), [*stride; 2], [*padding; 2], [1, 1], 1)
+                Op::Conv { layer, stride, padding } => run_layer(layer)?.conv2d(
+                    &layer.weight,
+                    layer.bias.as_ref(),
+                    [*stride; 2],
+                    [*padding; 2],
+                    [1, 1],
+                    1,
+                ),
+                Op::Affine { scale, shift } => arg(0)? * scale + shift,
+                Op::Relu => arg(0)?.relu(),
+                Op::MaxPool { kernel, stride, padding } => {
+                    arg(0)?.max_pool2d([*kernel; 2], [*stride; 2], [*padding; 2], [1, 1], false)
                 }
-                Op::Affine { scale, shift, input, .. } => get(*input)? * scale + shift,
-                Op::Relu { input, .. } => get(*input)?.relu(),
-                Op::MaxPool { kernel, stride, padding, input, .. } => {
-                    get(*input)?.max_pool2d([*kernel; 2], [*stride; 2], [*padding; 2], [1, 1], false)
-                }
-                Op::Add { lhs, rhs, .. } => get(*lhs)? + get(*rhs)?,
-                Op::GlobalAvgPool { input, .. } => get(*input)?.mean_dim([2i64, 3].as_slice(), false, None),
-                Op::Linear { layer, input, .. } => {
-                    let x = run_layer(layer, get(*input)?, observe, *input)?;
-                    x.linear(&layer.weight, layer.bias.as_ref())
-                }
+                Op::Add => arg(0)? + arg(1)?,
+                Op::GlobalAvgPool => arg(0)?.mean_dim([2i64, 3].as_slice(), false, None),
+                Op::Linear { layer } => run_layer(layer)?.linear(&layer.weight, layer.bias.as_ref()),
             };
-            for v in op.inputs() {
-                if self.last_use[v] == i {
-                    values[v] = None;
-                }
-            }
-            values[op.output()] = Some(y);
+            wiring.store(i, &self.last_use, &mut values, y);
         }
         values[self.logits].take().context("the walk ends with the classifier")
     }

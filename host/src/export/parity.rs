@@ -1,7 +1,8 @@
 //! The parity file (`docs/parity-file.md`) and the ONNX Runtime cross-check.
 //!
-//! ONNX Runtime runs in the project's Python venv through `tools/ort_parity.py`, embedded in the
-//! binary (so an installed `host` needs only a Python with `onnx`, `onnxruntime` and `numpy`).
+//! ONNX Runtime runs in the project's Python venv through `tools/ort_parity.py` and the
+//! `tools/ort_common.py` it imports, both embedded in the binary (so an installed `host` needs
+//! only a Python with `onnx`, `onnxruntime` and `numpy`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,8 +14,15 @@ use tch::Tensor;
 
 use crate::checkpoint::{read_safetensors, to_safetensors_bytes};
 
-/// `tools/ort_parity.py`, run with `python -c`.
+/// `tools/ort_parity.py`, run with `python -c` after `ORT_PRELUDE`.
 pub const ORT_SCRIPT: &str = include_str!("../../../tools/ort_parity.py");
+/// `tools/ort_common.py`, which [`ORT_SCRIPT`] imports.
+pub const ORT_COMMON: &str = include_str!("../../../tools/ort_common.py");
+/// `python -c` has no `tools/` on its module path: this installs [`ORT_COMMON`], passed in the
+/// environment variable `ORT_COMMON_SOURCE`, as the module `ort_common`.
+const ORT_PRELUDE: &str = "import os, sys, types\n\
+    ort_common = sys.modules['ort_common'] = types.ModuleType('ort_common')\n\
+    exec(compile(os.environ.pop('ORT_COMMON_SOURCE'), 'ort_common.py', 'exec'), ort_common.__dict__)\n";
 /// `format` metadata of a parity file.
 pub const FORMAT: &str = "device-parity";
 pub const VERSION: &str = "1";
@@ -91,7 +99,8 @@ pub enum Ort {
 pub fn ort_logits(python: &Path, model: &Path, parity: &Path, scratch: &Path, opt_level: &str) -> Result<Ort> {
     let out = match Command::new(python)
         .arg("-c")
-        .arg(ORT_SCRIPT)
+        .arg(format!("{ORT_PRELUDE}{ORT_SCRIPT}"))
+        .env("ORT_COMMON_SOURCE", ORT_COMMON)
         .arg("--onnx")
         .arg(model)
         .arg("--parity")

@@ -1,0 +1,152 @@
+//! A vectorizable `QuantizeLinear` (f32 -> i8) for the int8 plans.
+//!
+//! Every int8 layer starts by quantizing its f32 input (`crate::import`). tract's
+//! `QuantizeLinearI8` computes each value through a scalar, branchy `round_ties_to_even`: 9-13%
+//! of ResNet-18 int8 inference (x86, one thread). [`FastQuantize`] computes the same function
+//! with the add-and-subtract-2^23 rounding, which the compiler turns into SIMD, and [`speed_up`]
+//! swaps it in for every `QuantizeLinearI8` of an optimized plan. Bit-identical on NaN and on
+//! every input up to |x * scale| = 2^31 (tested below over a sweep including the rounding ties);
+//! beyond, tract's `as i32 + zero_point` wraps around, and this op saturates.
+
+use tract_core::internal::*;
+use tract_core::ops::element_wise::ElementWiseOp;
+use tract_core::ops::quant::QuantizeLinearI8;
+
+/// `y = clamp(round_ties_even(x * scale) + zero_point, -128, 127)`, NaN -> `zero_point`
+/// (tract's `quantize_linear_f32_i8`; `scale` is the reciprocal of the ONNX scale).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FastQuantize {
+    pub scale: f32,
+    pub zero_point: i8,
+}
+
+impl Eq for FastQuantize {}
+
+/// 1.5 x 2^23: adding then subtracting it rounds any |v| < 2^22 to an integer, ties to even
+/// (the FPU's default rounding mode).
+const ROUND: f32 = 12_582_912.0;
+
+#[inline(always)]
+fn quantize(x: f32, scale: f32, zero_point: i32) -> i8 {
+    let v = x * scale;
+    // Anything beyond +-1024 saturates either way; clamping first keeps the trick exact.
+    let v = if v.is_nan() { 0.0 } else { v.clamp(-1024.0, 1024.0) };
+    let r = (v + ROUND) - ROUND;
+    // SAFETY: r is an integer in -1024..=1024, so the unchecked conversion (one SIMD
+    // instruction, where `as` adds saturation checks that stop vectorization) is exact.
+    let r: i32 = unsafe { r.to_int_unchecked() };
+    (r + zero_point).clamp(-128, 127) as i8
+}
+
+impl Op for FastQuantize {
+    fn name(&self) -> StaticName {
+        "FastQuantizeLinearI8".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("1/scale: {} zero_point: {}", self.scale, self.zero_point)])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for FastQuantize {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = &inputs[0];
+        ensure!(
+            x.datum_type() == f32::datum_type(),
+            "FastQuantizeLinearI8: input is {:?}",
+            x.datum_type()
+        );
+        let xs = unsafe { x.as_slice_unchecked::<f32>() };
+        let mut y = unsafe { Tensor::uninitialized::<i8>(x.shape())? };
+        let ys = unsafe { y.as_slice_mut_unchecked::<i8>() };
+        let (scale, zp) = (self.scale, i32::from(self.zero_point));
+        for (x, y) in xs.iter().zip(ys.iter_mut()) {
+            *y = quantize(*x, scale, zp);
+        }
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl TypedOp for FastQuantize {
+    as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(i8::fact(inputs[0].shape.clone())))
+    }
+}
+
+/// Replaces every f32 -> i8 `QuantizeLinearI8` of an optimized model; returns how many.
+pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        let Some(q) = node
+            .op_as::<ElementWiseOp>()
+            .and_then(|e| e.0.downcast_ref::<QuantizeLinearI8>())
+        else {
+            continue;
+        };
+        let input = model.outlet_fact(node.inputs[0])?;
+        let output = model.outlet_fact(OutletId::new(id, 0))?;
+        if input.datum_type != f32::datum_type() || output.datum_type != i8::datum_type() {
+            continue;
+        }
+        let op = FastQuantize {
+            scale: q.scale,
+            zero_point: q.zero_point,
+        };
+        model.node_mut(id).op = Box::new(op);
+        replaced += 1;
+    }
+    Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_core::ops::quant::quantize_linear_f32_i8;
+
+    #[test]
+    fn bit_identical_to_tract() {
+        let mut xs: Vec<f32> = vec![
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            f32::MAX,
+            f32::MIN,
+            1e-30,
+        ];
+        // Every half step between -300 and 300 (the ties), and their neighbours.
+        for i in -600..=600 {
+            let t = i as f32 * 0.5;
+            xs.extend([t, f32::from_bits(t.to_bits() + 1), f32::from_bits(t.to_bits().wrapping_sub(1))]);
+        }
+        let mut seed = 7u64;
+        for _ in 0..100_000 {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            xs.push(((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 700.0);
+        }
+        for (scale, zp) in [(1.0f32, 0i8), (37.3, -128), (0.013, 5), (250.0, 127)] {
+            for &x in &xs {
+                if (x * scale).abs() >= 2e9 {
+                    // tract's `as i32 + zero_point` wraps around there (-inf with a negative
+                    // zero point gives 127); this op saturates.
+                    let want = if x > 0.0 { 127 } else { -128 };
+                    assert_eq!(quantize(x, scale, zp as i32), want, "x {x:e}");
+                    continue;
+                }
+                assert_eq!(
+                    quantize(x, scale, zp as i32),
+                    quantize_linear_f32_i8(x, scale, zp as i32),
+                    "x {x:e} scale {scale} zp {zp}"
+                );
+            }
+        }
+    }
+}
