@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd::{self, cargo, profile_dir, qemu_runner, root, venv_python, AARCH64};
+use crate::cmd::{self, cargo, profile_dir, qemu_runner, root, venv_python};
 use crate::setup;
 
 #[derive(clap::Args)]
@@ -72,23 +72,11 @@ pub fn run(args: &Args) -> Result<()> {
         let _s = step("build host and device (release)");
         cmd::run(cargo().args(["build", "--release", "-p", "host", "-p", "device"]))?;
     }
-    // The aarch64 build runs beside the training: its single-crate compile and link phases leave
-    // a core idle, which training uses (measured: 21.8 min end to end when run one after the
-    // other). Its output goes to a log file, shown if it fails.
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let cross = if args.no_qemu {
+    let arm_device = if args.no_qemu {
         None
     } else {
-        let log_path = out.join("cross-build.log");
-        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        eprintln!("\n\x1b[1;36m== cross-build device for aarch64, beside the training (log: {})\x1b[0m", log_path.display());
-        let child = cargo()
-            .args(["build", "-p", "device", "--target", AARCH64, "--release"])
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting the aarch64 cross-build")?;
-        Some((child, log_path, Instant::now()))
+        let _s = step("cross-build device for aarch64");
+        Some(cmd::cross_build_device("release")?)
     };
 
     if !(args.skip_train && out.join("checkpoint.safetensors").exists()) {
@@ -100,20 +88,6 @@ pub fn run(args: &Args) -> Result<()> {
         }
         cmd::run(&mut c)?;
     }
-
-    let arm_device = match cross {
-        None => None,
-        Some((mut child, log_path, started)) => {
-            let status = child.wait().context("waiting for the aarch64 cross-build")?;
-            eprintln!("\x1b[36m== cross-build device for aarch64 done {:.1} s after it started\x1b[0m", started.elapsed().as_secs_f64());
-            if !status.success() {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                bail!("aarch64 cross-build failed ({status}); end of {}:\n{}", log_path.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-            }
-            Some(profile_dir(Some(AARCH64), "release").join("device"))
-        }
-    };
 
     let models = {
         let _s = step("export fp32 and int8 (BN folded, calibrated), with ONNX");
