@@ -378,9 +378,9 @@ pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::import::ConvGeometry;
     use tract_core::ops::cnn::conv::KernelFormat;
-    use tract_core::ops::cnn::{Conv, PaddingSpec, PoolSpec};
-    use tract_core::ops::nn::DataFormat;
+    use tract_core::ops::cnn::Conv;
 
     /// A quantized conv like `crate::import` builds (i8 x i8 -> i32, input zero point `zp`).
     fn conv_model(
@@ -415,15 +415,14 @@ mod tests {
         let x0 = m.add_const("x0", tensor0(zp as i32)).unwrap();
         let one = m.add_const("one", tensor0(1f32)).unwrap();
         let zero = m.add_const("zero", tensor0(0i32)).unwrap();
-        let spec = PoolSpec {
-            data_format: DataFormat::NCHW,
-            kernel_shape: tvec!(kernel, kernel),
-            padding: PaddingSpec::Explicit(tvec!(pad, pad), tvec!(pad, pad)),
-            dilations: None,
-            strides: Some(tvec!(stride, stride)),
-            input_channels: c,
-            output_channels: o,
-        };
+        let spec = ConvGeometry {
+            in_channels: c,
+            out_channels: o,
+            kernel,
+            stride,
+            padding: pad,
+        }
+        .pool_spec();
         let op = Conv::new(spec, KernelFormat::OIHW, 1, Some(i32::datum_type()));
         let y = m
             .wire_node("conv", op, &[x, k, b, x0, one, zero, one, zero, one])

@@ -82,12 +82,31 @@ struct Builder<'a, 'f> {
     float_layers: Vec<String>,
 }
 
-struct ConvGeometry {
-    in_channels: usize,
-    out_channels: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
+/// A square NCHW window: convolution or pooling.
+pub(crate) struct ConvGeometry {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvGeometry {
+    /// tract's description of the window (symmetric explicit padding, no dilation).
+    pub(crate) fn pool_spec(&self) -> PoolSpec {
+        PoolSpec {
+            data_format: DataFormat::NCHW,
+            kernel_shape: tvec!(self.kernel, self.kernel),
+            padding: PaddingSpec::Explicit(
+                tvec!(self.padding, self.padding),
+                tvec!(self.padding, self.padding),
+            ),
+            dilations: None,
+            strides: Some(tvec!(self.stride, self.stride)),
+            input_channels: self.in_channels,
+            output_channels: self.out_channels,
+        }
+    }
 }
 
 impl<'f> Builder<'_, 'f> {
@@ -108,21 +127,6 @@ impl<'f> Builder<'_, 'f> {
 
     fn tensor(&self, name: &str) -> Result<TensorView<'f>> {
         self.file.tensor(name).map_err(|e| anyhow::anyhow!("{e}"))
-    }
-
-    fn pool_spec(g: &ConvGeometry) -> PoolSpec {
-        PoolSpec {
-            data_format: DataFormat::NCHW,
-            kernel_shape: tvec!(g.kernel, g.kernel),
-            padding: PaddingSpec::Explicit(
-                tvec!(g.padding, g.padding),
-                tvec!(g.padding, g.padding),
-            ),
-            dilations: None,
-            strides: Some(tvec!(g.stride, g.stride)),
-            input_channels: g.in_channels,
-            output_channels: g.out_channels,
-        }
     }
 
     /// A convolution named `name` (weights `name.weight`, optional `name.bias`), float or int8
@@ -160,7 +164,7 @@ impl<'f> Builder<'_, 'f> {
         };
         let k = self.model.add_const(format!("{name}.weight"), kernel)?;
         let b = self.model.add_const(format!("{name}.bias"), bias)?;
-        let op = Conv::new(Self::pool_spec(&g), KernelFormat::OIHW, 1, None);
+        let op = Conv::new(g.pool_spec(), KernelFormat::OIHW, 1, None);
         Ok(self.model.wire_node(name, op, &[input, k, b])?[0])
     }
 
@@ -247,7 +251,7 @@ impl<'f> Builder<'_, 'f> {
         // Integer accumulation only: scales of 1 make tract's requantization an identity, the
         // real scales are applied in f32 below (the QDQ semantics of the format).
         let op = Conv::new(
-            Self::pool_spec(&g),
+            g.pool_spec(),
             KernelFormat::OIHW,
             1,
             Some(i32::datum_type()),
@@ -380,15 +384,14 @@ impl<'f> Builder<'_, 'f> {
                 let x = self.value(input)?;
                 let c = self.model.outlet_fact(x)?.shape[1].to_usize()?;
                 let (k, s, p) = (kernel as usize, stride as usize, padding as usize);
-                let pool_spec = PoolSpec {
-                    data_format: DataFormat::NCHW,
-                    kernel_shape: tvec!(k, k),
-                    padding: PaddingSpec::Explicit(tvec!(p, p), tvec!(p, p)),
-                    dilations: None,
-                    strides: Some(tvec!(s, s)),
-                    input_channels: c,
-                    output_channels: c,
-                };
+                let pool_spec = ConvGeometry {
+                    in_channels: c,
+                    out_channels: c,
+                    kernel: k,
+                    stride: s,
+                    padding: p,
+                }
+                .pool_spec();
                 let n = self.model.nodes().len();
                 let y = self.model.wire_node(
                     format!("maxpool{n}"),
