@@ -115,7 +115,7 @@ pub fn run(args: &Args) -> Result<()> {
         cmd::run(Command::new(&device).arg("classify").arg("--model").arg(int8).args(["--top-k", "3"]).args(&fmnist).args(&photos))?;
     }
     if let Some(arm) = &arm_device {
-        for (cpu, board) in [("cortex-a72", "Pi 4"), ("cortex-a76", "Pi 5: fp16, dotprod"), ("max", "fp16, dotprod, SVE")] {
+        for &(cpu, board) in crate::test::QEMU_CPUS {
             let _s = step_owned(format!("classify under qemu-aarch64 -cpu {cpu} ({board})"));
             let runner = qemu_runner(cpu);
             let mut words = runner.split_whitespace();

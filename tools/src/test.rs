@@ -22,7 +22,12 @@ pub struct Args {
 /// the CPU features): Raspberry Pi 4 (cortex-a72: NEON, no fp16 arithmetic, no dotprod),
 /// Raspberry Pi 5 (cortex-a76: fp16 and dotprod, the `arm64simd_*_dot` kernels Jetson Orin's
 /// A78 runs too) and `max` (fp16, dotprod and SVE: the `sve_*` kernels).
-pub const QEMU_CPUS: &[&str] = &["cortex-a72", "cortex-a76", "max"];
+/// Each with what it stands for (the demo prints it).
+pub const QEMU_CPUS: &[(&str, &str)] = &[
+    ("cortex-a72", "Pi 4"),
+    ("cortex-a76", "Pi 5: fp16, dotprod"),
+    ("max", "fp16, dotprod, SVE"),
+];
 
 pub fn run(args: &Args) -> Result<()> {
     if !args.no_setup {
@@ -38,7 +43,7 @@ pub fn run(args: &Args) -> Result<()> {
     //    The tests spawn the aarch64 `device` binary too: DEVICE_TEST_RUNNER runs it under the
     //    same qemu (containers have no binfmt_misc). The fixtures were made natively in step 1.
     if !args.no_qemu {
-        for cpu in QEMU_CPUS {
+        for &(cpu, _) in QEMU_CPUS {
             cmd::run(cargo()
                 .args(["test", "-p", "device", "--release", "--no-fail-fast", "--target", AARCH64])
                 .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER", qemu_runner(cpu))
