@@ -389,10 +389,7 @@ impl Engine {
             info.compute = Compute::F16;
         }
         let mut model = model.into_optimized()?;
-        if info.compute == Compute::Int8 {
-            crate::im2col::speed_up(&mut model)?;
-            crate::quantize::speed_up(&mut model)?;
-        }
+        crate::rewrite::speed_up(&mut model, info.compute == Compute::Int8)?;
         Ok(model)
     }
 

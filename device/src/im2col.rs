@@ -92,7 +92,15 @@ impl Op for FastIm2Col {
         let g = &self.geometry;
         Ok(vec![format!(
             "{}x{}x{} kernel {:?} stride {:?} pad {:?} -> k={} n={} r={}",
-            g.channels, g.height, g.width, g.kernel, g.stride, g.pad, g.k, g.n, g.packing.r()
+            g.channels,
+            g.height,
+            g.width,
+            g.kernel,
+            g.stride,
+            g.pad,
+            g.k,
+            g.n,
+            g.packing.r()
         )])
     }
 
@@ -169,103 +177,183 @@ impl TypedOp for FastIm2Col {
     }
 }
 
-/// The output columns `lo..hi` whose input column `xo * stride + kx - pad` lies in `0..width`.
-fn valid_columns(out: usize, width: usize, stride: usize, kx: usize, pad: usize) -> (usize, usize) {
-    let lo = pad.saturating_sub(kx).div_ceil(stride).min(out);
-    let hi = (width + pad).saturating_sub(kx).div_ceil(stride).clamp(lo, out);
-    (lo, hi)
+/// The input with the padding written around it, so that every tap of every output pixel is
+/// inside, and each row split by column phase (`x % stride_x`): tap `kx` of output column `xo`
+/// is column `xo + kx / stride_x` of phase `kx % stride_x`, so every row of the unpacked matrix
+/// is a run of contiguous copies, at any stride. Per channel: phases x rows x `width` columns.
+struct Padded {
+    data: Vec<i8>,
+    height: usize,
+    /// Columns per phase.
+    width: usize,
+    phases: usize,
 }
 
-/// Writes one row of the unpacked im2col matrix: tap (`ky`, `kx`) of channel plane `src` for
-/// every output pixel, `pad_value` where the tap falls outside the image.
-fn unpacked_row(g: &Geometry, src: &[i8], ky: usize, kx: usize, pad_value: i8, row: &mut [i8]) {
-    let (sh, sw) = g.stride;
-    let (ow, w) = (g.out_width, g.width);
-    let (lo, hi) = valid_columns(ow, w, sw, kx, g.pad.1);
-    for (yo, out) in row.chunks_exact_mut(ow).enumerate() {
-        let iy = (yo * sh + ky) as isize - g.pad.0 as isize;
-        if iy < 0 || iy >= g.height as isize {
-            out.fill(pad_value);
-            continue;
-        }
-        let line = &src[iy as usize * w..][..w];
-        out[..lo].fill(pad_value);
-        out[hi..].fill(pad_value);
-        if hi == lo {
-            continue;
-        }
-        let first = lo * sw + kx - g.pad.1;
-        if sw == 1 {
-            out[lo..hi].copy_from_slice(&line[first..first + (hi - lo)]);
-        } else {
-            for (o, i) in out[lo..hi].iter_mut().zip((first..).step_by(sw)) {
-                *o = line[i];
+impl Padded {
+    fn new(g: &Geometry, x: &[i8], pad_value: i8) -> Padded {
+        let (kh, kw) = g.kernel;
+        let (sh, sw) = g.stride;
+        // The extent the taps cover.
+        let height = (g.out_height - 1) * sh + kh;
+        let full_width = (g.out_width - 1) * sw + kw;
+        let width = full_width.div_ceil(sw);
+        let mut data = vec![pad_value; g.channels * sw * height * width];
+        // Input rows/columns that land inside the extent.
+        let (top, left) = g.pad;
+        let rows = g.height.min(height.saturating_sub(top));
+        let cols = g.width.min(full_width.saturating_sub(left));
+        for (dst, src) in data
+            .chunks_exact_mut(sw * height * width)
+            .zip(x.chunks_exact(g.height * g.width))
+        {
+            for y in 0..rows {
+                let line = &src[y * g.width..][..cols];
+                if sw == 1 {
+                    let d = (top + y) * width + left;
+                    dst[d..d + cols].copy_from_slice(line);
+                    continue;
+                }
+                for (i, v) in line.iter().enumerate() {
+                    let col = left + i;
+                    dst[((col % sw) * height + top + y) * width + col / sw] = *v;
+                }
             }
+        }
+        Padded {
+            data,
+            height,
+            width,
+            phases: sw,
+        }
+    }
+
+    /// Row `y` of channel `c`, phase `phase`.
+    fn row(&self, c: usize, phase: usize, y: usize) -> &[i8] {
+        let at = ((c * self.phases + phase) * self.height + y) * self.width;
+        &self.data[at..at + self.width]
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short runs of im2col (one output row, 7 to 112 bytes),
+/// in fixed 16- or 8-byte moves that compile to single loads and stores instead of a `memcpy`
+/// call per run (the call overhead was a tenth of the op).
+#[inline(always)]
+fn copy_run(dst: &mut [i8], src: &[i8]) {
+    let n = dst.len();
+    let src = &src[..n];
+    if n >= 16 {
+        let mut i = 0;
+        while i + 16 <= n {
+            let s: &[i8; 16] = src[i..i + 16].try_into().unwrap();
+            dst[i..i + 16].copy_from_slice(s);
+            i += 16;
+        }
+        if i < n {
+            let s: &[i8; 16] = src[n - 16..].try_into().unwrap();
+            dst[n - 16..].copy_from_slice(s);
+        }
+    } else if n >= 8 {
+        let s: &[i8; 8] = src[..8].try_into().unwrap();
+        dst[..8].copy_from_slice(s);
+        let s: &[i8; 8] = src[n - 8..].try_into().unwrap();
+        dst[n - 8..].copy_from_slice(s);
+    } else {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = *s;
         }
     }
 }
 
+/// Writes one row of the unpacked im2col matrix: tap (`ky`, `kx`) of channel `c` for every
+/// output pixel.
+fn unpacked_row(g: &Geometry, padded: &Padded, c: usize, ky: usize, kx: usize, row: &mut [i8]) {
+    let (sh, sw) = g.stride;
+    for (yo, out) in row.chunks_exact_mut(g.out_width).enumerate() {
+        let line = padded.row(c, kx % sw, yo * sh + ky);
+        copy_run(out, &line[kx / sw..]);
+    }
+}
+
 /// Writes the packed matrix. Rows `kk = (c * kh + ky) * kw + kx` (tract's order) are built
-/// unpacked, one (K-outer) or four (K4) at a time, then scattered into the panels: panel `p`
-/// holds output pixels `p*r .. p*r + r`.
+/// unpacked, [`ROW_BLOCK`] at a time, then scattered into the panels: panel `p` holds output
+/// pixels `p*r .. p*r + r`. A block of rows is a contiguous run of whole cache lines in every
+/// panel, written in one go (one row, or one group of four for K4, would fill a fraction of a
+/// line per panel and come back for the rest later).
 fn fill(g: &Geometry, x: &[i8], pad_value: i8, buf: &mut [i8], r: usize, panel_len: usize) {
     let (kh, kw) = g.kernel;
-    let plane = g.height * g.width;
+    let padded = Padded::new(g, x, pad_value);
     let n = g.n;
-    let block = match g.packing {
-        Packing::KOuter(_) => 1,
-        Packing::K4(_) => 4,
+    // Rows stored per panel: K4 pads k to a multiple of 4 with zero rows.
+    let k_stored = match g.packing {
+        Packing::KOuter(_) => g.k,
+        Packing::K4(_) => g.k.next_multiple_of(4),
     };
-    let mut rows = vec![0i8; block * n];
-    for start in (0..g.k).step_by(block) {
-        for q in 0..block {
-            let row = &mut rows[q * n..(q + 1) * n];
+    let mut rows = vec![0i8; ROW_BLOCK * n];
+    for start in (0..k_stored).step_by(ROW_BLOCK) {
+        let count = ROW_BLOCK.min(k_stored - start);
+        for (q, row) in rows.chunks_exact_mut(n).take(count).enumerate() {
             let kk = start + q;
             if kk >= g.k {
                 row.fill(0); // K4 rows past k: zeros
                 continue;
             }
             let (c, tap) = (kk / (kh * kw), kk % (kh * kw));
-            let src = &x[c * plane..(c + 1) * plane];
-            unpacked_row(g, src, tap / kw, tap % kw, pad_value, row);
+            unpacked_row(g, &padded, c, tap / kw, tap % kw, row);
         }
+        let rows = &rows[..count * n];
         match g.packing {
             Packing::KOuter(_) => {
-                for (p, lanes) in rows.chunks(r).enumerate() {
-                    let at = p * panel_len + start * r;
-                    buf[at..at + lanes.len()].copy_from_slice(lanes);
+                for p in 0..n.div_ceil(r) {
+                    let (j0, at) = (p * r, p * panel_len + start * r);
+                    let lanes = r.min(n - j0);
+                    let dst = &mut buf[at..at + count * r];
+                    for (d, row) in dst.chunks_exact_mut(r).zip(rows.chunks_exact(n)) {
+                        d[..lanes].copy_from_slice(&row[j0..j0 + lanes]);
+                    }
                 }
             }
             Packing::K4(_) => {
-                let (r0, rest) = rows.split_at(n);
-                let (r1, rest) = rest.split_at(n);
-                let (r2, r3) = rest.split_at(n);
-                for p in 0..n.div_ceil(r) {
-                    let j0 = p * r;
-                    let lanes = r.min(n - j0);
-                    let at = p * panel_len + (start / 4) * 4 * r;
-                    if lanes == 8 {
-                        // The common case (8-wide kernels), with fixed sizes the compiler
-                        // turns into byte shuffles.
-                        let dst: &mut [i8; 32] = (&mut buf[at..at + 32]).try_into().unwrap();
-                        interleave8(
-                            r0[j0..j0 + 8].try_into().unwrap(),
-                            r1[j0..j0 + 8].try_into().unwrap(),
-                            r2[j0..j0 + 8].try_into().unwrap(),
-                            r3[j0..j0 + 8].try_into().unwrap(),
-                            dst,
-                        );
-                        continue;
+                let quads: Vec<[&[i8]; 4]> = rows
+                    .chunks_exact(4 * n)
+                    .map(|q| [&q[..n], &q[n..2 * n], &q[2 * n..3 * n], &q[3 * n..]])
+                    .collect();
+                let full = n / r * r;
+                if r == 8 {
+                    // The common case (8-wide kernels), with fixed sizes the compiler turns
+                    // into byte shuffles.
+                    for (p, j0) in (0..full).step_by(8).enumerate() {
+                        let at = p * panel_len + start * 8;
+                        let dst = &mut buf[at..at + count * 8];
+                        for (d, [r0, r1, r2, r3]) in dst.chunks_exact_mut(32).zip(&quads) {
+                            interleave8(
+                                r0[j0..j0 + 8].try_into().unwrap(),
+                                r1[j0..j0 + 8].try_into().unwrap(),
+                                r2[j0..j0 + 8].try_into().unwrap(),
+                                r3[j0..j0 + 8].try_into().unwrap(),
+                                d.try_into().unwrap(),
+                            );
+                        }
                     }
-                    for (m, d) in buf[at..at + 4 * lanes].chunks_exact_mut(4).enumerate() {
-                        let j = j0 + m;
-                        d.copy_from_slice(&[r0[j], r1[j], r2[j], r3[j]]);
+                }
+                let first_slow = if r == 8 { full } else { 0 };
+                for j0 in (first_slow..n).step_by(r) {
+                    let at = j0 / r * panel_len + start * r;
+                    let lanes = r.min(n - j0);
+                    let dst = &mut buf[at..at + count * r];
+                    for (d, [r0, r1, r2, r3]) in dst.chunks_exact_mut(4 * r).zip(&quads) {
+                        for (m, d) in d[..4 * lanes].chunks_exact_mut(4).enumerate() {
+                            let j = j0 + m;
+                            d.copy_from_slice(&[r0[j], r1[j], r2[j], r3[j]]);
+                        }
                     }
                 }
             }
         }
     }
 }
+
+/// Rows of the unpacked matrix built and scattered together (a multiple of 4, for K4).
+const ROW_BLOCK: usize = 16;
 
 /// `dst[4m + q] = row_q[m]`: 8 lanes of 4 rows in the K4 layout (two byte-unpack steps on
 /// SSE2 and NEON, which both targets always have).
@@ -280,7 +368,10 @@ fn interleave8(a: &[i8; 8], b: &[i8; 8], c: &[i8; 8], d: &[i8; 8], dst: &mut [i8
         let ab = _mm_unpacklo_epi8(ld(a), ld(b));
         let cd = _mm_unpacklo_epi8(ld(c), ld(d));
         _mm_storeu_si128(dst.as_mut_ptr() as *mut __m128i, _mm_unpacklo_epi16(ab, cd));
-        _mm_storeu_si128(dst.as_mut_ptr().add(16) as *mut __m128i, _mm_unpackhi_epi16(ab, cd));
+        _mm_storeu_si128(
+            dst.as_mut_ptr().add(16) as *mut __m128i,
+            _mm_unpackhi_epi16(ab, cd),
+        );
     }
     #[cfg(target_arch = "aarch64")]
     // SAFETY: NEON is part of aarch64; 8-byte loads and 16-byte stores stay inside the arrays.
@@ -361,18 +452,9 @@ fn geometry(model: &TypedModel, node: &TypedNode, op: &Im2Col) -> TractResult<Op
 
 /// Replaces every `Im2col` of an optimized model that [`FastIm2Col`] handles; returns how many.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in 0..model.nodes().len() {
-        let node = model.node(id);
-        let Some(op) = node.op_as::<Im2Col>() else {
-            continue;
-        };
-        if let Some(geometry) = geometry(model, node, op)? {
-            model.node_mut(id).op = Box::new(FastIm2Col { geometry });
-            replaced += 1;
-        }
-    }
-    Ok(replaced)
+    crate::rewrite::replace_ops::<Im2Col>(model, |model, node, op| {
+        Ok(geometry(model, node, op)?.map(|geometry| Box::new(FastIm2Col { geometry }) as _))
+    })
 }
 
 #[cfg(test)]
@@ -394,9 +476,7 @@ mod tests {
         seed: u64,
     ) -> TypedModel {
         let mut m = TypedModel::default();
-        let x = m
-            .add_source("x", i8::fact([1, c, hw.0, hw.1]))
-            .unwrap();
+        let x = m.add_source("x", i8::fact([1, c, hw.0, hw.1])).unwrap();
         let mut rng = seed;
         let mut next = || {
             rng = rng
@@ -407,7 +487,10 @@ mod tests {
         let w: Vec<i8> = (0..o * c * kernel * kernel).map(|_| next()).collect();
         let b: Vec<i32> = (0..o).map(|i| i as i32 * 7 - 20).collect();
         let k = m
-            .add_const("w", Tensor::from_shape(&[o, c, kernel, kernel], &w).unwrap())
+            .add_const(
+                "w",
+                Tensor::from_shape(&[o, c, kernel, kernel], &w).unwrap(),
+            )
             .unwrap();
         let b = m
             .add_const("b", Tensor::from_shape(&[o], &b).unwrap())

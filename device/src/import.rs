@@ -383,24 +383,9 @@ impl<'f> Builder<'_, 'f> {
             } => {
                 let x = self.value(input)?;
                 let c = self.model.outlet_fact(x)?.shape[1].to_usize()?;
-                let (k, s, p) = (kernel as usize, stride as usize, padding as usize);
-                let pool_spec = ConvGeometry {
-                    in_channels: c,
-                    out_channels: c,
-                    kernel: k,
-                    stride: s,
-                    padding: p,
-                }
-                .pool_spec();
+                let op = max_pool(c, kernel as usize, stride as usize, padding as usize);
                 let n = self.model.nodes().len();
-                let y = self.model.wire_node(
-                    format!("maxpool{n}"),
-                    MaxPool {
-                        pool_spec,
-                        with_index_outputs: None,
-                    },
-                    &[x],
-                )?[0];
+                let y = self.model.wire_node(format!("maxpool{n}"), op, &[x])?[0];
                 self.set(output, y);
             }
             Node::Add { lhs, rhs, output } => {
@@ -464,6 +449,22 @@ impl<'f> Builder<'_, 'f> {
             }
         }
         Ok(())
+    }
+}
+
+/// The graph's `MaxPool` over `channels` channels: square kernel, stride and padding.
+pub(crate) fn max_pool(channels: usize, kernel: usize, stride: usize, padding: usize) -> MaxPool {
+    let pool_spec = ConvGeometry {
+        in_channels: channels,
+        out_channels: channels,
+        kernel,
+        stride,
+        padding,
+    }
+    .pool_spec();
+    MaxPool {
+        pool_spec,
+        with_index_outputs: None,
     }
 }
 

@@ -3,8 +3,11 @@
 //!
 //! - [`engine`]: model file -> optimized tract plan + state, built once, run per frame.
 //! - [`import`]: the compact weights format -> tract-core ops, by walking the `shared` graph
-//!   (int8 layers become integer convs); [`im2col`] and [`quantize`]: faster glue around
-//!   tract's integer convs (patch packing, f32 -> i8), swapped into optimized int8 plans.
+//!   (int8 layers become integer convs).
+//! - [`rewrite`]: this crate's ops swapped into tract's optimized plan where tract's are slow:
+//!   [`const_fold`] (what tract's optimizer leaves to run time), [`maxpool`] (separable), and
+//!   around the integer convs of int8 plans [`im2col`] (patch packing), [`quantize`]
+//!   (f32 -> i8) and [`epilogue`] (i32 accumulators -> the next layer's input in one pass).
 //! - [`pipeline`]: frame -> preprocess -> inference -> softmax/top-k, timed per stage.
 //! - [`source`], [`v4l2`], [`live`]: frame sources (stdin, files, folders, V4L2 cameras) and the
 //!   latest-frame-wins loop.
@@ -17,16 +20,21 @@
 extern crate tract_onnx_cnn as tract_onnx;
 
 pub mod bench;
+pub mod const_fold;
 pub mod convert;
 pub mod engine;
+pub mod epilogue;
 pub mod gpio;
 pub mod im2col;
 pub mod import;
 pub mod live;
+pub mod maxpool;
 pub mod parity;
 pub mod pipeline;
 pub mod quantize;
 pub mod report;
+pub mod rewrite;
+mod simd;
 pub mod source;
 pub mod v4l2;
 

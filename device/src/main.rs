@@ -116,6 +116,9 @@ enum Command {
         /// Also time every node of the plan on one input (slowest first).
         #[arg(long)]
         profile: bool,
+        /// Also print every node of the optimized plan (op, inputs, output type and shape).
+        #[arg(long)]
+        plan: bool,
     },
     /// Convert a torchvision state_dict (safetensors) into a compact weights file.
     Convert(ConvertArgs),
@@ -218,7 +221,11 @@ fn run(cli: Cli) -> Result<()> {
             parity,
             json,
         } => parity_cmd(&model, parity, json),
-        Command::Inspect { model, profile } => {
+        Command::Inspect {
+            model,
+            profile,
+            plan,
+        } => {
             let mut engine = model.load()?;
             println!(
                 "{}",
@@ -227,12 +234,43 @@ fn run(cli: Cli) -> Result<()> {
             for k in engine.matmul_kernels() {
                 println!("{k}");
             }
+            if plan {
+                let m = engine.optimized_model();
+                for n in m.nodes() {
+                    let inputs: Vec<String> =
+                        n.inputs.iter().map(|i| format!("{}", i.node)).collect();
+                    println!(
+                        "#{} {} [{}] <- [{}] -> {:?}",
+                        n.id,
+                        n.name,
+                        n.op.name(),
+                        inputs.join(","),
+                        n.outputs[0].fact
+                    );
+                }
+            }
             if profile {
                 let input = vec![0.5f32; engine.info().input_len()];
                 engine.run(&input)?;
                 let times = engine.profile(&input)?;
                 let total: f64 = times.iter().map(|t| t.2.as_secs_f64()).sum();
                 println!("profile: {:.2} ms in {} nodes", total * 1e3, times.len());
+                let mut by_op: Vec<(String, f64, usize)> = vec![];
+                for (_, op, t) in &times {
+                    match by_op.iter_mut().find(|e| e.0 == *op) {
+                        Some(e) => (e.1, e.2) = (e.1 + t.as_secs_f64(), e.2 + 1),
+                        None => by_op.push((op.clone(), t.as_secs_f64(), 1)),
+                    }
+                }
+                by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+                for (op, t, n) in &by_op {
+                    println!(
+                        "{:9.3} ms {:5.1}%  {op} ({n} nodes)",
+                        t * 1e3,
+                        100.0 * t / total
+                    );
+                }
+                println!("slowest nodes:");
                 for (name, op, t) in times.iter().take(25) {
                     println!("{:9.3} ms  {op:<20} {name}", t.as_secs_f64() * 1e3);
                 }

@@ -27,10 +27,14 @@ impl Eq for FastQuantize {}
 const ROUND: f32 = 12_582_912.0;
 
 #[inline(always)]
-fn quantize(x: f32, scale: f32, zero_point: i32) -> i8 {
+pub(crate) fn quantize(x: f32, scale: f32, zero_point: i32) -> i8 {
     let v = x * scale;
     // Anything beyond +-1024 saturates either way; clamping first keeps the trick exact.
-    let v = if v.is_nan() { 0.0 } else { v.clamp(-1024.0, 1024.0) };
+    let v = if v.is_nan() {
+        0.0
+    } else {
+        v.clamp(-1024.0, 1024.0)
+    };
     let r = (v + ROUND) - ROUND;
     // SAFETY: r is an integer in -1024..=1024, so the unchecked conversion (one SIMD
     // instruction, where `as` adds saturation checks that stop vectorization) is exact.
@@ -44,10 +48,21 @@ impl Op for FastQuantize {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("1/scale: {} zero_point: {}", self.scale, self.zero_point)])
+        Ok(vec![format!(
+            "1/scale: {} zero_point: {}",
+            self.scale, self.zero_point
+        )])
     }
 
     op_as_typed_op!();
+}
+
+crate::simd::wide_fn! {
+    fn quantize_all(xs: &[f32], ys: &mut [i8], scale: f32, zp: i32) {
+        for (x, y) in xs.iter().zip(ys.iter_mut()) {
+            *y = quantize(*x, scale, zp);
+        }
+    }
 }
 
 impl EvalOp for FastQuantize {
@@ -64,9 +79,7 @@ impl EvalOp for FastQuantize {
         let mut y = unsafe { Tensor::uninitialized::<i8>(x.shape())? };
         let ys = unsafe { y.as_slice_mut_unchecked::<i8>() };
         let (scale, zp) = (self.scale, i32::from(self.zero_point));
-        for (x, y) in xs.iter().zip(ys.iter_mut()) {
-            *y = quantize(*x, scale, zp);
-        }
+        quantize_all(xs, ys, scale, zp);
         Ok(tvec!(y.into_tvalue()))
     }
 }
@@ -81,28 +94,20 @@ impl TypedOp for FastQuantize {
 
 /// Replaces every f32 -> i8 `QuantizeLinearI8` of an optimized model; returns how many.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in 0..model.nodes().len() {
-        let node = model.node(id);
-        let Some(q) = node
-            .op_as::<ElementWiseOp>()
-            .and_then(|e| e.0.downcast_ref::<QuantizeLinearI8>())
-        else {
-            continue;
+    crate::rewrite::replace_ops::<ElementWiseOp>(model, |model, node, op| {
+        let Some(q) = op.0.downcast_ref::<QuantizeLinearI8>() else {
+            return Ok(None);
         };
         let input = model.outlet_fact(node.inputs[0])?;
-        let output = model.outlet_fact(OutletId::new(id, 0))?;
+        let output = model.outlet_fact(OutletId::new(node.id, 0))?;
         if input.datum_type != f32::datum_type() || output.datum_type != i8::datum_type() {
-            continue;
+            return Ok(None);
         }
-        let op = FastQuantize {
+        Ok(Some(Box::new(FastQuantize {
             scale: q.scale,
             zero_point: q.zero_point,
-        };
-        model.node_mut(id).op = Box::new(op);
-        replaced += 1;
-    }
-    Ok(replaced)
+        })))
+    })
 }
 
 #[cfg(test)]
@@ -125,7 +130,11 @@ mod tests {
         // Every half step between -300 and 300 (the ties), and their neighbours.
         for i in -600..=600 {
             let t = i as f32 * 0.5;
-            xs.extend([t, f32::from_bits(t.to_bits() + 1), f32::from_bits(t.to_bits().wrapping_sub(1))]);
+            xs.extend([
+                t,
+                f32::from_bits(t.to_bits() + 1),
+                f32::from_bits(t.to_bits().wrapping_sub(1)),
+            ]);
         }
         let mut seed = 7u64;
         for _ in 0..100_000 {

@@ -6,8 +6,10 @@
 mod common;
 
 use device::engine::{Engine, EngineOptions};
+use device::import::{import, ImportOptions};
+use device::parity::Parity;
 use shared::graph::Form;
-use shared::weights::Precision;
+use shared::weights::{Precision, WeightsFile};
 use tract_core::internal::*;
 use tract_core::ops::matmul::optimized::OptMatMul;
 
@@ -94,6 +96,60 @@ fn check(arch: &str) {
         !plan.nodes().iter().any(|n| n.op.name() == "Conv"),
         "unlowered Conv op left"
     );
+    // The device's own glue replaced tract's (device::epilogue, im2col, quantize).
+    for op in ["Int8Epilogue", "FastIm2col"] {
+        assert!(
+            plan.nodes().iter().any(|n| n.op.name() == op),
+            "no {op} in the int8 plan"
+        );
+    }
+}
+
+/// The device's own ops in the int8 plan (`device::{const_fold, im2col, quantize, epilogue,
+/// maxpool}`) change no bit: the engine's logits equal those of tract's plain optimized plan
+/// of the same import, on the parity inputs.
+fn same_bits_as_tract(arch: &str, samples: usize) {
+    let Some(dir) = common::fixtures(arch) else {
+        return;
+    };
+    let model = common::compact(&dir, arch, Form::Folded, Precision::Int8);
+    let bytes = std::fs::read(&model).unwrap();
+    let file = WeightsFile::parse(&bytes).unwrap();
+    let imported = import(&file, &ImportOptions { input_size: None }).unwrap();
+    let plain = SimplePlan::new(imported.model.into_optimized().unwrap()).unwrap();
+    let mut engine = Engine::load(&model, &EngineOptions::default()).unwrap();
+    let parity = Parity::read(dir.join(format!("{arch}.parity.safetensors"))).unwrap();
+    let mut shape = parity.input_shape;
+    shape[0] = 1;
+    for i in 0..parity.len().min(samples) {
+        let x = Tensor::from_shape(&shape, parity.input(i)).unwrap();
+        let want = plain.run(tvec!(x.into_tvalue())).unwrap();
+        let want = want[0]
+            .try_as_plain_ram()
+            .unwrap()
+            .as_slice::<f32>()
+            .unwrap()
+            .to_vec();
+        let got = engine.run(parity.input(i)).unwrap();
+        assert_eq!(want.len(), got.len());
+        for (k, (a, b)) in want.iter().zip(got).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{arch} sample {i} logit {k}: tract {a} device {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn resnet8_device_ops_change_no_bit() {
+    same_bits_as_tract("resnet8", 64);
+}
+
+#[test]
+fn resnet18_device_ops_change_no_bit() {
+    same_bits_as_tract("resnet18", 4);
 }
 
 #[test]
