@@ -173,21 +173,27 @@ fn live_clip(device: &Path, model: &Path, samples: &Path) -> Result<()> {
         .spawn()
         .context("starting ffmpeg")?;
     let pipe = ffmpeg.stdout.take().context("ffmpeg stdout")?;
-    let live = Command::new(device)
+    let mut live = Command::new(device)
         .arg("live")
         .arg("--model")
         .arg(model)
         .args(["--source", "-", "--width", &CLIP_W.to_string(), "--height", &CLIP_H.to_string(), "--format", "yuyv"])
         .stdin(pipe)
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
+        .spawn()
         .context("starting device live")?;
+    // Echo the per-frame lines as they come (the summary follows on stderr at the end).
+    let mut classified = 0;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(live.stdout.take().context("device live stdout")?)) {
+        let line = line.context("reading device live's output")?;
+        classified += usize::from(line.contains(" ms"));
+        println!("{line}");
+    }
+    let status = live.wait()?;
     let ff = ffmpeg.wait()?;
-    let text = String::from_utf8_lossy(&live.stdout);
-    print!("{text}");
-    let classified = text.lines().filter(|l| l.contains(" ms")).count();
-    if !live.status.success() || !ff.success() {
-        bail!("live clip failed: device {}, ffmpeg {ff}", live.status);
+    if !status.success() || !ff.success() {
+        bail!("live clip failed: device {status}, ffmpeg {ff}");
     }
     if classified == 0 {
         bail!("live clip: device live classified no frame (ffmpeg produced none?)");
