@@ -213,9 +213,17 @@ impl Padded {
                     dst[d..d + cols].copy_from_slice(line);
                     continue;
                 }
-                for (i, v) in line.iter().enumerate() {
-                    let col = left + i;
-                    dst[((col % sw) * height + top + y) * width + col / sw] = *v;
+                for phase in 0..sw {
+                    // The first input column of this phase, and where it goes.
+                    let first = (phase + sw - left % sw) % sw;
+                    if first >= cols {
+                        continue;
+                    }
+                    let row = &mut dst[(phase * height + top + y) * width..][..width];
+                    let row = &mut row[(left + first) / sw..];
+                    for (d, v) in row.iter_mut().zip(line[first..].iter().step_by(sw)) {
+                        *d = *v;
+                    }
                 }
             }
         }

@@ -24,14 +24,12 @@ pub struct FastMaxPool {
     pad: (usize, usize),
 }
 
-/// tract's max: `v` replaces `m` only when strictly greater (so NaN never does).
+/// tract's max (`v` replaces `m` only when strictly greater, so NaN never does), for an `m`
+/// that is never NaN (it starts at `f32::MIN`). `f32::max` computes the same (the non-NaN
+/// operand) and compiles to `maxps`; a compare-and-select compiled to masked stores instead.
 #[inline(always)]
 fn max(m: f32, v: f32) -> f32 {
-    if m < v {
-        v
-    } else {
-        m
-    }
+    m.max(v)
 }
 
 impl FastMaxPool {
