@@ -4,6 +4,7 @@ weights, their ONNX exports (fp32 and int8 QDQ), and reference logits.
 Run with the project venv (the device tests call it themselves when fixtures are missing):
 
     .venv/bin/python tools/make_test_models.py [--out target/device-fixtures] [--models resnet8,resnet18]
+    .venv/bin/python tools/make_test_models.py --models resnet50     # for tools/bench_ort.py --model resnet50
 
 For each model NAME it writes into --out:
 
@@ -20,7 +21,7 @@ For each model NAME it writes into --out:
 - NAME.int8.safetensors        the int8 parameters read back out of NAME.int8.onnx under our tensor
                                names (`L.weight` i8, `L.weight_scale`, `L.weight_zero_point`,
                                `L.input_scale`, `L.input_zero_point`, `L.bias` i32).
-- NAME.int8-ort.onnx           (resnet18 only, for tools/bench_ort.py) the default QDQ quantization
+- NAME.int8-ort.onnx           (resnet18, resnet50: for tools/bench_ort.py) the default QDQ quantization
                                ORT runs fastest: u8 activations with Q/DQ on every output.
 - NAME.parity.safetensors      the parity file (docs/parity-file.md): `inputs`, `logits` (PyTorch
                                fp32), `logits_int8` (ONNX Runtime on NAME.int8.onnx, graph optimizations off: the
@@ -60,6 +61,8 @@ def build(arch):
     """torchvision module for one of our presets (shared::ResNetConfig)."""
     if arch == "resnet18":
         return torchvision.models.resnet18(weights=None), 3, 224
+    if arch == "resnet50":
+        return torchvision.models.resnet50(weights=None), 3, 224
     if arch == "resnet8":
         # shared's ResNet-8: Small stem (3x3 s1, no max pool), stages [1, 1, 1] of 16/32/64, gray 28x28.
         m = torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=10)
@@ -173,6 +176,8 @@ def folded_copy(model):
             for blk in layer:
                 blk.conv1, blk.bn1 = fold(blk.conv1, blk.bn1), nn.Identity()
                 blk.conv2, blk.bn2 = fold(blk.conv2, blk.bn2), nn.Identity()
+                if hasattr(blk, "conv3"):  # Bottleneck (ResNet-50)
+                    blk.conv3, blk.bn3 = fold(blk.conv3, blk.bn3), nn.Identity()
                 if blk.downsample is not None:
                     blk.downsample = nn.Sequential(fold(blk.downsample[0], blk.downsample[1]))
     return m
@@ -249,7 +254,7 @@ def ort_run(path, inputs, optimize=True):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "target" / "device-fixtures"), help="output folder")
-    ap.add_argument("--models", default="resnet8,resnet18", help="comma-separated: resnet8, resnet18")
+    ap.add_argument("--models", default="resnet8,resnet18", help="comma-separated: resnet8, resnet18, resnet50")
     ap.add_argument("--parity-n", type=int, default=0, help="parity inputs (default: 512 for resnet8, 4 for resnet18)")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
@@ -260,7 +265,7 @@ def main():
         gen = torch.Generator().manual_seed(1)
         rng = np.random.default_rng(2)
         model, channels, size = build(arch)
-        if arch == "resnet18":
+        if arch in ("resnet18", "resnet50"):
             calib, n = imagenet_inputs(48, rng), args.parity_n or 4
             parity_inputs = imagenet_inputs(n, np.random.default_rng(3))
             labels = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
@@ -279,7 +284,7 @@ def main():
         export_onnx(model, parity_inputs, out / f"{arch}.torchvision.onnx")
         quantize(out / f"{arch}.onnx", out / f"{arch}.int8.onnx", calib[:32], full=False)
         save_safetensors(out / f"{arch}.int8.safetensors", int8_tensors(out / f"{arch}.int8.onnx"), {"arch": arch})
-        if arch == "resnet18":
+        if arch in ("resnet18", "resnet50"):
             quantize(out / f"{arch}.onnx", out / f"{arch}.int8-ort.onnx", calib[:32], full=True)
 
         with torch.no_grad():

@@ -11,7 +11,7 @@
 //! and i8 when the value also goes on in f32 (a residual block's output). The f32 steps
 //! are the same operations in the same order as the ops it replaces, so the result is
 //! bit-identical (tested on whole networks in `tests/int8_kernels.rs`). [`speed_up`] finds the
-//! pattern in an optimized plan (`OptMatMul` -> `Cast` i32 -> f32 -> `IntoShape` ->
+//! pattern in an optimized plan (`OptMatMul` -> `Cast` i32 -> f32 -> [`IntoShape`] ->
 //! `OptBinChain` of `Mul` [, `Add`] [, `Max` 0] [-> `FastQuantizeLinearI8`]) and swaps it in.
 
 use crate::quantize::{quantize, FastQuantize};
@@ -33,7 +33,8 @@ pub struct Int8Epilogue {
     /// With `quantize`, also output the f32 values (first): a block output that is both the
     /// next conv's input and a residual.
     pub keep_f32: bool,
-    /// Output shape (`[1, C, H, W]`); the accumulators have the same layout, channel-major.
+    /// Output shape (`[1, C, H, W]` or `[C, H, W]`); the accumulators have the same layout,
+    /// channel-major.
     pub shape: TVec<usize>,
 }
 
@@ -206,7 +207,7 @@ fn konst_f32(model: &TypedModel, node: &TypedNode, input: usize) -> Option<Vec<f
     Some(k.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec())
 }
 
-/// Recognizes `Cast` -> `IntoShape` -> `OptBinChain` -> [quantizer] from the cast node `cast`:
+/// Recognizes `Cast` -> [`IntoShape`] -> `OptBinChain` -> [quantizer] from the cast node `cast`:
 /// the op, its residual input, and the outlets its outputs replace (in order).
 fn recognize(
     model: &TypedModel,
@@ -221,16 +222,26 @@ fn recognize(
     {
         return None;
     }
-    let reshape = model.node(single_consumer(model, OutletId::new(cast, 0))?);
-    reshape.op_as::<IntoShape>()?;
-    let chain_id = single_consumer(model, OutletId::new(reshape.id, 0))?;
+    // The accumulators, reshaped (convs lowered through im2col) or not (1x1 convs).
+    let mut values = OutletId::new(cast, 0);
+    let next = single_consumer(model, values)?;
+    if model.node(next).op_is::<IntoShape>() {
+        values = OutletId::new(next, 0);
+    }
+    let chain_id = single_consumer(model, values)?;
     let chain = model.node(chain_id);
     let steps = &chain.op_as::<OptBinChain>()?.steps;
     let shape: TVec<usize> = chain.outputs[0].fact.shape.as_concrete()?.into();
-    if shape.len() != 4 || shape[0] != 1 || chain.inputs[0] != OutletId::new(reshape.id, 0) {
+    // One image, channel-major: [1, C, H, W] or (batch axis dropped by tract) [C, H, W].
+    let c_axis = match shape.len() {
+        4 if shape[0] == 1 => 1,
+        3 => 0,
+        _ => return None,
+    };
+    if chain.inputs[0] != values {
         return None;
     }
-    let channels = shape[1];
+    let channels = shape[c_axis];
     let names: Vec<String> = steps.iter().map(|s| s.binop.name().to_string()).collect();
     let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     let (residual, relu) = match names[..] {
@@ -240,7 +251,17 @@ fn recognize(
         ["Mul", "Add", "Max"] => (true, true),
         _ => return None,
     };
-    // Step i's operand is input i + 1.
+    // Step i's operand is input i + 1. The scale: one value, or one per channel along C.
+    let scale_fact = model.outlet_fact(chain.inputs[1]).ok()?;
+    let scale_shape = scale_fact.shape.as_concrete()?;
+    let per_channel = scale_shape.len() == shape.len()
+        && scale_shape
+            .iter()
+            .enumerate()
+            .all(|(axis, d)| *d == 1 || (axis == c_axis && *d == channels));
+    if !per_channel && scale_shape.iter().product::<usize>() != 1 {
+        return None;
+    }
     let scale = konst_f32(model, chain, 1)?;
     let scale = match scale.len() {
         1 => vec![scale[0]; channels],

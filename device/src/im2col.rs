@@ -7,14 +7,15 @@
 //! ResNet-18 int8 (x86, AVX-512 VNNI, one thread): 33% of the inference in
 //! `Patcher::padded_valid_x_loop`, against 27% in the matrix product itself.
 //!
-//! [`FastIm2Col`] produces the same packed bytes panel by panel instead: for each panel of `r`
-//! consecutive output pixels and each of the `k` rows (input channel, kernel y, kernel x), the
-//! `r` lanes are one `copy_from_slice` when they lie in one input row inside the image at
-//! stride 1, and a per-lane gather (with the zero-point padding) otherwise. [`speed_up`]
-//! swaps it in for every `Im2col` of the optimized plan it can handle (i8 activations, NCHW,
-//! one group, no dilation, tract's plain `PackedFormat`); anything else keeps tract's op.
-//! Results are bit-identical (tests below compare both on odd geometries, and the int8 parity
-//! tests compare whole networks with ONNX Runtime).
+//! [`FastIm2Col`] produces the same packed bytes in bulk instead: it writes the input once with
+//! the zero-point padding around it and each row split by column phase (`x % stride`), so that
+//! every row of the unpacked matrix (input channel, kernel y, kernel x) is a run of contiguous
+//! copies at any stride; blocks of 16 such rows are then scattered into the panels (plain
+//! copies for the K-outer layout, a 4-row byte interleave for the K4 layout of the dot-product
+//! kernels). [`speed_up`] swaps it in for every `Im2col` of the optimized plan it can handle
+//! (i8 activations, NCHW with one image or CHW, one group, no dilation, tract's `PackedFormat`
+//! or `PackedI8K4`); anything else keeps tract's op. Results are bit-identical (tests below
+//! compare both on odd geometries; `tests/int8_kernels.rs` compares whole networks).
 
 use tract_core::internal::*;
 use tract_core::ops::cnn::conv::Im2Col;
@@ -114,7 +115,8 @@ impl EvalOp for FastIm2Col {
         let g = &self.geometry;
         let x = &inputs[0];
         ensure!(
-            x.shape() == [1, g.channels, g.height, g.width],
+            x.len() == g.channels * g.height * g.width
+                && x.shape().ends_with(&[g.channels, g.height, g.width]),
             "FastIm2col: input shape {:?}, planned for [1, {}, {}, {}]",
             x.shape(),
             g.channels,
@@ -409,11 +411,16 @@ fn geometry(model: &TypedModel, node: &TypedNode, op: &Im2Col) -> TractResult<Op
     let Some(shape) = input.shape.as_concrete() else {
         return Ok(None);
     };
+    use tract_core::ops::nn::DataFormat;
+    // NCHW with one image, or CHW (tract drops the batch axis after 1x1 convs it turned into
+    // matrix products, as in ResNet-50's bottlenecks): channel-major planes either way.
+    let shape: &[usize] = match (spec.data_format, shape) {
+        (DataFormat::NCHW, [1, chw @ ..]) | (DataFormat::CHW, chw) => chw,
+        _ => return Ok(None),
+    };
     if input.datum_type != i8::datum_type()
         || op.group != 1
-        || spec.data_format != tract_core::ops::nn::DataFormat::NCHW
-        || shape.len() != 4
-        || shape[0] != 1
+        || shape.len() != 3
         || spec.kernel_shape.len() != 2
         || spec.dilations().iter().any(|d| *d != 1)
         || node.inputs.len() > 2
@@ -434,17 +441,17 @@ fn geometry(model: &TypedModel, node: &TypedNode, op: &Im2Col) -> TractResult<Op
     } else {
         return Ok(None);
     };
-    let (height, width) = (shape[2], shape[3]);
+    let (height, width) = (shape[1], shape[2]);
     let padding = spec.computed_padding(&[height, width]);
     let strides = spec.strides();
     let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
     let (out_height, out_width) = (padding[0].convoluted, padding[1].convoluted);
-    let k = shape[1] * kh * kw;
+    let k = shape[0] * kh * kw;
     if packed.k != k || packed.mn != (out_height * out_width).to_dim() {
         return Ok(None);
     }
     Ok(Some(Geometry {
-        channels: shape[1],
+        channels: shape[0],
         height,
         width,
         kernel: (kh, kw),

@@ -115,6 +115,7 @@ pub fn config(arch: &str) -> (ResNetConfig, Preprocess) {
             Preprocess::FASHION_MNIST,
         ),
         "resnet18" => (ResNetConfig::resnet18(), Preprocess::IMAGENET_EVAL),
+        "resnet50" => (ResNetConfig::resnet50(), Preprocess::IMAGENET_EVAL),
         _ => panic!("unknown fixture {arch}"),
     }
 }
