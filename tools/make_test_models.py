@@ -26,6 +26,8 @@ For each model NAME it writes into --out:
 - NAME.parity.safetensors      the parity file (docs/parity-file.md): `inputs`, `logits` (PyTorch
                                fp32), `logits_int8` (ONNX Runtime on NAME.int8.onnx, graph optimizations off: the
                                reference QDQ semantics).
+- NAME.exact.parity.safetensors the same, with `logits_int8` from `exact_int8_logits` (the int8
+                               scheme with exact integer sums) instead of ONNX Runtime.
 - NAME.json                    what the Rust side needs to know (arch, channels, classes, labels).
 
 Weights are seeded (torch.manual_seed) so reruns give the same files.
@@ -40,6 +42,7 @@ import numpy as np
 import onnx
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -243,6 +246,41 @@ def int8_tensors(qdq_path):
     return out
 
 
+def exact_int8_logits(folded, q, inputs):
+    """The int8 scheme of docs/weights-format.md computed exactly: each int8 conv/linear
+    quantizes its f32 input (`round_half_even(x * (1/scale)) + zp`, clamped), sums the integer
+    products in float64 (exact: every partial sum is an integer below 2^53) plus the i32 bias,
+    then `acc as f32 * (input_scale * weight_scale[o])` in f32, as the device does; the rest of
+    the network (ReLU, residual adds, pools) runs in f32. ONNX Runtime on the QDQ ONNX sums the
+    dequantized products in float instead, so it is a step or a few away from this."""
+    import copy
+
+    m = copy.deepcopy(folded).eval()
+
+    def quantized(name, mod):
+        sx = np.float32(q[f"{name}.input_scale"].reshape(-1)[0])
+        zp = float(q[f"{name}.input_zero_point"].reshape(-1)[0])
+        inv = np.float32(1.0) / sx
+        w = torch.from_numpy(q[f"{name}.weight"].astype(np.float64))
+        b = torch.from_numpy(q[f"{name}.bias"].astype(np.float64))
+        scale = torch.from_numpy(np.ascontiguousarray(q[f"{name}.weight_scale"] * sx))
+
+        def forward(x):
+            xq = torch.clamp(torch.round(x * inv).double() + zp, -128, 127) - zp
+            if isinstance(mod, nn.Linear):
+                return (xq @ w.T + b).float() * scale
+            acc = F.conv2d(xq, w, b, mod.stride, mod.padding)
+            return acc.float() * scale.view(1, -1, 1, 1)
+
+        return forward
+
+    for name, mod in m.named_modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)) and f"{name}.weight" in q:
+            mod.forward = quantized(name, mod)
+    with torch.no_grad():
+        return torch.cat([m(b) for b in inputs.split(64)]).numpy()
+
+
 def ort_run(path, inputs, optimize=True):
     """ORT CPU logits. optimize=False runs the graph as written (QuantizeLinear/DequantizeLinear
     in float, the reference QDQ semantics); ORT's optimizer instead fuses QDQ into integer kernels
@@ -283,7 +321,8 @@ def main():
         export_onnx(folded, parity_inputs, out / f"{arch}.onnx")
         export_onnx(model, parity_inputs, out / f"{arch}.torchvision.onnx")
         quantize(out / f"{arch}.onnx", out / f"{arch}.int8.onnx", calib[:32], full=False)
-        save_safetensors(out / f"{arch}.int8.safetensors", int8_tensors(out / f"{arch}.int8.onnx"), {"arch": arch})
+        q = int8_tensors(out / f"{arch}.int8.onnx")
+        save_safetensors(out / f"{arch}.int8.safetensors", q, {"arch": arch})
         if arch in ("resnet18", "resnet50"):
             quantize(out / f"{arch}.onnx", out / f"{arch}.int8-ort.onnx", calib[:32], full=True)
 
@@ -292,6 +331,7 @@ def main():
             folded_logits = torch.cat([folded(b) for b in parity_inputs.split(64)]).numpy()
         np.testing.assert_allclose(folded_logits, logits, rtol=1e-3, atol=1e-3 * np.abs(logits).max())
         logits_int8 = ort_run(out / f"{arch}.int8.onnx", parity_inputs, optimize=False)
+        exact = exact_int8_logits(folded, q, parity_inputs)
         ort_fp32 = ort_run(out / f"{arch}.onnx", parity_inputs)
         agree = float((logits_int8.argmax(1) == logits.argmax(1)).mean())
         save_safetensors(out / f"{arch}.parity.safetensors",
@@ -300,6 +340,12 @@ def main():
         (out / f"{arch}.json").write_text(json.dumps({
             "arch": arch, "in_channels": channels, "size": size, "num_classes": len(labels), "preprocess": pre,
             "labels": labels}, indent=1))
+        # The same parity file with the exact integer reference in place of ORT's int8 logits.
+        # Written last: the device tests take it as the sign that the fixtures are complete.
+        save_safetensors(out / f"{arch}.exact.parity.safetensors",
+                         {"inputs": parity_inputs.numpy(), "logits": logits, "logits_int8": exact},
+                         {"format": "device-parity", "version": 1, "arch": arch,
+                          "producer": "tools/make_test_models.py exact_int8_logits"})
         err = np.abs(ort_fp32 - logits).max() / np.abs(logits).max()
         print(f"{arch}: {n} parity inputs, ORT fp32 rel err {err:.2e}, ORT int8 top-1 agreement {agree:.4f}, "
               f"logit std {logits.std():.3f}", file=sys.stderr)

@@ -38,7 +38,8 @@ static LOCK: Mutex<()> = Mutex::new(());
 pub fn fixtures(arch: &str) -> Option<PathBuf> {
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let dir = fixtures_dir();
-    let marker = dir.join(format!("{arch}.parity.safetensors"));
+    // Written last by tools/make_test_models.py.
+    let marker = dir.join(format!("{arch}.exact.parity.safetensors"));
     if !marker.exists() {
         let python = std::env::var_os("DEVICE_TEST_PYTHON")
             .map(PathBuf::from)
