@@ -14,42 +14,41 @@ use tract_core::ops::konst::Const;
 /// Replaces every node whose inputs are all constants by its (constant) outputs; returns how
 /// many nodes were folded.
 pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
+    // One pass in evaluation order: a fold rewires the node's consumers to a constant, so a
+    // chain (kernel -> cast -> sum) folds link by link as the pass reaches it. Patches only add
+    // nodes, so the ids of the order stay valid.
     let mut folded = 0;
-    'scan: loop {
-        for id in model.eval_order()? {
-            let node = model.node(id);
-            if node.inputs.is_empty() || node.op_is::<Const>() {
-                continue;
-            }
-            let inputs = model
-                .node_input_facts(id)?
-                .iter()
-                .map(|f| f.konst.clone().map(|k| k.into_tvalue()))
-                .collect::<Option<TVec<TValue>>>();
-            let Some(inputs) = inputs else {
-                continue;
-            };
-            let Some(outputs) = node.op.eval_out_of_plan(inputs)? else {
-                continue;
-            };
-            let mut patch = TypedModelPatch::default();
-            for (slot, value) in outputs.into_iter().enumerate() {
-                let exotic = model
-                    .outlet_fact(OutletId::new(id, slot))?
-                    .exotic_fact
-                    .clone();
-                let wire = patch.wire_node(
-                    format!("{}.folded.{slot}", node.name),
-                    Const::new_with_opt_exotic_fact(value.into_arc_tensor(), exotic)?,
-                    &[],
-                )?[0];
-                patch.shunt_outside(model, OutletId::new(id, slot), wire)?;
-            }
-            patch.apply(model)?;
-            folded += 1;
-            continue 'scan;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        if node.inputs.is_empty() || node.op_is::<Const>() {
+            continue;
         }
-        break;
+        let inputs = model
+            .node_input_facts(id)?
+            .iter()
+            .map(|f| f.konst.clone().map(|k| k.into_tvalue()))
+            .collect::<Option<TVec<TValue>>>();
+        let Some(inputs) = inputs else {
+            continue;
+        };
+        let Some(outputs) = node.op.eval_out_of_plan(inputs)? else {
+            continue;
+        };
+        let mut patch = TypedModelPatch::default();
+        for (slot, value) in outputs.into_iter().enumerate() {
+            let exotic = model
+                .outlet_fact(OutletId::new(id, slot))?
+                .exotic_fact
+                .clone();
+            let wire = patch.wire_node(
+                format!("{}.folded.{slot}", node.name),
+                Const::new_with_opt_exotic_fact(value.into_arc_tensor(), exotic)?,
+                &[],
+            )?[0];
+            patch.shunt_outside(model, OutletId::new(id, slot), wire)?;
+        }
+        patch.apply(model)?;
+        folded += 1;
     }
     model.compact()?;
     Ok(folded)
