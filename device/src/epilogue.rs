@@ -14,7 +14,7 @@
 //! pattern in an optimized plan (`OptMatMul` -> `Cast` i32 -> f32 -> [`IntoShape`] ->
 //! `OptBinChain` of `Mul` [, `Add`] [, `Max` 0] [-> `FastQuantizeLinearI8`]) and swaps it in.
 
-use crate::quantize::{quantize, FastQuantize};
+use crate::quantize::{quantize, quantize_all, FastQuantize};
 use tract_core::internal::*;
 use tract_core::ops::binary::OptBinChain;
 use tract_core::ops::cast::Cast;
@@ -124,9 +124,7 @@ crate::simd::wide_fn! {
                 (Some(fo), Some(io), Some((inv, zp))) => {
                     channel(a, r, *s, relu, fo, |v| v);
                     // The row just written, still in cache: the same values as f32.
-                    for (y, v) in io.iter_mut().zip(fo.iter()) {
-                        *y = quantize(*v, inv, zp);
-                    }
+                    quantize_all(fo, io, inv, zp);
                 }
                 _ => unreachable!("an epilogue has an output"),
             }

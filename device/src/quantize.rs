@@ -58,7 +58,8 @@ impl Op for FastQuantize {
 }
 
 crate::simd::wide_fn! {
-    fn quantize_all(xs: &[f32], ys: &mut [i8], scale: f32, zp: i32) {
+    /// `ys[i] = quantize(xs[i], scale, zp)`.
+    pub(crate) fn quantize_all(xs: &[f32], ys: &mut [i8], scale: f32, zp: i32) {
         for (x, y) in xs.iter().zip(ys.iter_mut()) {
             *y = quantize(*x, scale, zp);
         }
