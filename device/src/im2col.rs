@@ -362,7 +362,8 @@ fn fill(g: &Geometry, x: &[i8], pad_value: i8, buf: &mut [i8], r: usize, panel_l
     }
 }
 
-/// Rows of the unpacked matrix built and scattered together (a multiple of 4, for K4).
+/// Rows of the unpacked matrix built and scattered together (a multiple of 4, for K4). 16
+/// rather than 4: ResNet-18 int8 19.0 against 19.4 ms (x86, one thread).
 const ROW_BLOCK: usize = 16;
 
 /// `dst[4m + q] = row_q[m]`: 8 lanes of 4 rows in the K4 layout (two byte-unpack steps on
