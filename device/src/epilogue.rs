@@ -44,6 +44,54 @@ impl Int8Epilogue {
     fn channel_len(&self) -> usize {
         self.shape.iter().product::<usize>() / self.scale.len()
     }
+
+    /// The residual input of an eval (`inputs[1]`) if this epilogue adds one, checked.
+    pub(crate) fn residual_input<'a>(
+        &self,
+        op: &str,
+        inputs: &'a [TValue],
+    ) -> TractResult<Option<&'a TValue>> {
+        let volume: usize = self.shape.iter().product();
+        match (self.residual, inputs.get(1)) {
+            (false, _) => Ok(None),
+            (true, Some(r)) if r.datum_type() == f32::datum_type() && r.len() == volume => {
+                Ok(Some(r))
+            }
+            (true, r) => bail!("{op}: residual {:?}", r.map(|r| r.shape())),
+        }
+    }
+
+    /// The next layer's quantizer as (reciprocal scale, zero point).
+    pub(crate) fn quantizer(&self) -> Option<(f32, i32)> {
+        self.quantize
+            .as_ref()
+            .map(|q| (q.scale, i32::from(q.zero_point)))
+    }
+
+    /// The outputs to fill, uninitialized: f32 (if any) then i8 (if any).
+    pub(crate) fn uninitialized_outputs(&self) -> TractResult<(Option<Tensor>, Option<Tensor>)> {
+        let f = (self.quantize.is_none() || self.keep_f32)
+            .then(|| unsafe { Tensor::uninitialized::<f32>(&self.shape) })
+            .transpose()?;
+        let i = self
+            .quantize
+            .is_some()
+            .then(|| unsafe { Tensor::uninitialized::<i8>(&self.shape) })
+            .transpose()?;
+        Ok((f, i))
+    }
+
+    /// The facts of those outputs.
+    pub(crate) fn output_facts(&self) -> TVec<TypedFact> {
+        let mut facts = tvec![];
+        if self.quantize.is_none() || self.keep_f32 {
+            facts.push(f32::fact(&*self.shape));
+        }
+        if self.quantize.is_some() {
+            facts.push(i8::fact(&*self.shape));
+        }
+        facts
+    }
 }
 
 impl Op for Int8Epilogue {
@@ -146,25 +194,12 @@ impl EvalOp for Int8Epilogue {
             self.shape
         );
         let acc = unsafe { acc.as_slice_unchecked::<i32>() };
-        let residual = match (self.residual, inputs.get(1)) {
-            (false, _) => None,
-            (true, Some(r)) if r.datum_type() == f32::datum_type() && r.len() == volume => {
-                Some(unsafe { r.as_slice_unchecked::<f32>() })
-            }
-            (true, r) => bail!("Int8Epilogue: residual {:?}", r.map(|r| r.shape())),
-        };
+        let residual = self
+            .residual_input("Int8Epilogue", &inputs)?
+            .map(|r| unsafe { r.as_slice_unchecked::<f32>() });
         let n = self.channel_len();
-        let q = self
-            .quantize
-            .as_ref()
-            .map(|q| (q.scale, i32::from(q.zero_point)));
-        let mut f = (q.is_none() || self.keep_f32)
-            .then(|| unsafe { Tensor::uninitialized::<f32>(&self.shape) })
-            .transpose()?;
-        let mut i = q
-            .is_some()
-            .then(|| unsafe { Tensor::uninitialized::<i8>(&self.shape) })
-            .transpose()?;
+        let q = self.quantizer();
+        let (mut f, mut i) = self.uninitialized_outputs()?;
         let fs = f
             .as_mut()
             .map(|t| unsafe { t.as_slice_mut_unchecked::<f32>() });
@@ -181,14 +216,7 @@ impl TypedOp for Int8Epilogue {
     as_op!();
 
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut facts = tvec![];
-        if self.quantize.is_none() || self.keep_f32 {
-            facts.push(f32::fact(&*self.shape));
-        }
-        if self.quantize.is_some() {
-            facts.push(i8::fact(&*self.shape));
-        }
-        Ok(facts)
+        Ok(Int8Epilogue::output_facts(self))
     }
 }
 

@@ -30,6 +30,9 @@ enum Packing {
     /// `PackedI8K4` (dot-product kernels: AVX-512 VNNI, aarch64 SDOT): per panel, lane `m` of
     /// row `kk` is at `(kk / 4) * 4r + 4m + kk % 4`; rows padded to a multiple of 4 with zeros.
     K4(PackedI8K4),
+    /// The K4 layout 16 lanes wide, as unsigned bytes `x ^ 0x80` (= `x + 128`): the input of
+    /// `crate::vnni`'s kernel, a plain u8 tensor rather than one of tract's packed values.
+    Vnni,
 }
 
 impl Packing {
@@ -37,24 +40,29 @@ impl Packing {
         match self {
             Packing::KOuter(f) => f.r,
             Packing::K4(f) => f.r,
+            Packing::Vnni => 16,
         }
     }
     fn panel_len(&self, k: usize) -> usize {
         match self {
             Packing::KOuter(f) => f.single_panel_len(k),
             Packing::K4(f) => f.single_panel_len(k),
+            Packing::Vnni => k.next_multiple_of(4) * 16,
         }
     }
     fn alignment(&self) -> usize {
         match self {
             Packing::KOuter(f) => f.alignment(),
             Packing::K4(f) => f.alignment(),
+            Packing::Vnni => 64,
         }
     }
-    fn format(&self) -> Box<dyn MMMInputFormat> {
+    /// tract's format, for the packings tract's kernels read.
+    fn format(&self) -> Option<Box<dyn MMMInputFormat>> {
         match self {
-            Packing::KOuter(f) => Box::new(f.clone()),
-            Packing::K4(f) => Box::new(f.clone()),
+            Packing::KOuter(f) => Some(Box::new(f.clone())),
+            Packing::K4(f) => Some(Box::new(f.clone())),
+            Packing::Vnni => None,
         }
     }
 }
@@ -130,15 +138,18 @@ impl EvalOp for FastIm2Col {
         let x = unsafe { x.as_slice_unchecked::<i8>() };
         let (r, panel_len) = (g.packing.r(), g.packing.panel_len(g.k));
         let panels = g.n.div_ceil(r);
+        let dt = match g.packing {
+            Packing::Vnni => u8::datum_type(),
+            _ => i8::datum_type(),
+        };
         let mut data = unsafe {
-            Tensor::uninitialized_aligned_dt(
-                i8::datum_type(),
-                &[panels * panel_len],
-                g.packing.alignment(),
-            )?
+            Tensor::uninitialized_aligned_dt(dt, &[panels * panel_len], g.packing.alignment())?
         };
         {
-            let buf = unsafe { data.as_slice_mut_unchecked::<i8>() };
+            // SAFETY: i8 and u8 have the same size and alignment; the bytes are written as i8.
+            let buf = unsafe {
+                std::slice::from_raw_parts_mut(data.as_ptr_mut_unchecked::<i8>(), data.len())
+            };
             // The lanes past `n` in the last panel are multiplied by the kernel and discarded:
             // they must be initialized (tract zeroes them too). K4's rows past `k` are written
             // as zeros by `fill`.
@@ -147,9 +158,12 @@ impl EvalOp for FastIm2Col {
             }
             fill(g, x, pad_value, buf, r, panel_len);
         }
+        let Some(format) = g.packing.format() else {
+            return Ok(tvec!(data.into_tvalue()));
+        };
         let packed = EagerPackedInput {
             fact: PackedExoticFact {
-                format: g.packing.format(),
+                format,
                 k: g.k,
                 mn: g.n.to_dim(),
             },
@@ -167,8 +181,12 @@ impl TypedOp for FastIm2Col {
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let g = &self.geometry;
+        let Some(format) = g.packing.format() else {
+            let len = g.n.div_ceil(16) * g.packing.panel_len(g.k);
+            return Ok(tvec!(u8::fact([len])));
+        };
         let fact = PackedExoticFact {
-            format: g.packing.format(),
+            format,
             k: g.k,
             mn: g.n.to_dim(),
         };
@@ -227,6 +245,11 @@ impl Padded {
                         *d = *v;
                     }
                 }
+            }
+        }
+        if g.packing == Packing::Vnni {
+            for v in &mut data {
+                *v ^= i8::MIN; // x + 128 as u8
             }
         }
         Padded {
@@ -290,71 +313,135 @@ fn unpacked_row(g: &Geometry, padded: &Padded, c: usize, ky: usize, kx: usize, r
 /// panel, written in one go (one row, or one group of four for K4, would fill a fraction of a
 /// line per panel and come back for the rest later).
 fn fill(g: &Geometry, x: &[i8], pad_value: i8, buf: &mut [i8], r: usize, panel_len: usize) {
-    let (kh, kw) = g.kernel;
     let padded = Padded::new(g, x, pad_value);
-    let n = g.n;
     // Rows stored per panel: K4 pads k to a multiple of 4 with zero rows.
     let k_stored = match g.packing {
         Packing::KOuter(_) => g.k,
-        Packing::K4(_) => g.k.next_multiple_of(4),
+        Packing::K4(_) | Packing::Vnni => g.k.next_multiple_of(4),
     };
-    let mut rows = vec![0i8; ROW_BLOCK * n];
-    for start in (0..k_stored).step_by(ROW_BLOCK) {
-        let count = ROW_BLOCK.min(k_stored - start);
-        for (q, row) in rows.chunks_exact_mut(n).take(count).enumerate() {
-            let kk = start + q;
-            if kk >= g.k {
-                row.fill(0); // K4 rows past k: zeros
-                continue;
-            }
-            let (c, tap) = (kk / (kh * kw), kk % (kh * kw));
-            unpacked_row(g, &padded, c, tap / kw, tap % kw, row);
+    let panels = Panels {
+        ptr: buf.as_mut_ptr(),
+        len: buf.len(),
+    };
+    // Blocks of rows on tract's threads (`--threads`): each writes its own rows of every panel.
+    crate::parallel::for_ranges(k_stored.div_ceil(ROW_BLOCK), |blocks| {
+        let mut rows = vec![0i8; ROW_BLOCK * g.n];
+        for start in blocks.map(|b| b * ROW_BLOCK) {
+            let count = ROW_BLOCK.min(k_stored - start);
+            // SAFETY: the rows start..start + count of each panel belong to this block only.
+            unsafe { fill_block(g, &padded, &mut rows, start, count, &panels, r, panel_len) };
         }
-        let rows = &rows[..count * n];
-        match g.packing {
-            Packing::KOuter(_) => {
-                for p in 0..n.div_ceil(r) {
-                    let (j0, at) = (p * r, p * panel_len + start * r);
-                    let lanes = r.min(n - j0);
-                    let dst = &mut buf[at..at + count * r];
-                    for (d, row) in dst.chunks_exact_mut(r).zip(rows.chunks_exact(n)) {
-                        d[..lanes].copy_from_slice(&row[j0..j0 + lanes]);
+    });
+}
+
+/// The packed matrix, shared by the threads that fill it.
+struct Panels {
+    ptr: *mut i8,
+    len: usize,
+}
+
+// SAFETY: the threads write disjoint parts (see `fill`), and `fill` outlives them.
+unsafe impl Send for Panels {}
+unsafe impl Sync for Panels {}
+
+impl Panels {
+    /// `len` bytes at `at`.
+    ///
+    /// # Safety
+    /// No other slice of that range is alive.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, at: usize, len: usize) -> &mut [i8] {
+        assert!(at + len <= self.len, "im2col: {at}+{len} past {}", self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(at), len)
+    }
+}
+
+/// Builds rows `start..start + count` of the unpacked matrix in `rows` and scatters them into
+/// the panels.
+///
+/// # Safety
+/// No other thread writes those rows of the panels.
+#[allow(clippy::too_many_arguments)]
+unsafe fn fill_block(
+    g: &Geometry,
+    padded: &Padded,
+    rows: &mut [i8],
+    start: usize,
+    count: usize,
+    buf: &Panels,
+    r: usize,
+    panel_len: usize,
+) {
+    let (kh, kw) = g.kernel;
+    let n = g.n;
+    for (q, row) in rows.chunks_exact_mut(n).take(count).enumerate() {
+        let kk = start + q;
+        if kk >= g.k {
+            row.fill(0); // K4 rows past k: zeros
+            continue;
+        }
+        let (c, tap) = (kk / (kh * kw), kk % (kh * kw));
+        unpacked_row(g, padded, c, tap / kw, tap % kw, row);
+    }
+    let rows = &rows[..count * n];
+    match g.packing {
+        Packing::KOuter(_) => {
+            for p in 0..n.div_ceil(r) {
+                let (j0, at) = (p * r, p * panel_len + start * r);
+                let lanes = r.min(n - j0);
+                let dst = buf.slice(at, count * r);
+                for (d, row) in dst.chunks_exact_mut(r).zip(rows.chunks_exact(n)) {
+                    d[..lanes].copy_from_slice(&row[j0..j0 + lanes]);
+                }
+            }
+        }
+        Packing::K4(_) | Packing::Vnni => {
+            let quads: Vec<[&[i8]; 4]> = rows
+                .chunks_exact(4 * n)
+                .map(|q| [&q[..n], &q[n..2 * n], &q[2 * n..3 * n], &q[3 * n..]])
+                .collect();
+            let full = n / r * r;
+            if r == 8 {
+                // The common case (8-wide kernels), with fixed sizes the compiler turns
+                // into byte shuffles.
+                for (p, j0) in (0..full).step_by(8).enumerate() {
+                    let at = p * panel_len + start * 8;
+                    let dst = buf.slice(at, count * 8);
+                    for (d, [r0, r1, r2, r3]) in dst.chunks_exact_mut(32).zip(&quads) {
+                        interleave8(
+                            r0[j0..j0 + 8].try_into().unwrap(),
+                            r1[j0..j0 + 8].try_into().unwrap(),
+                            r2[j0..j0 + 8].try_into().unwrap(),
+                            r3[j0..j0 + 8].try_into().unwrap(),
+                            d.try_into().unwrap(),
+                        );
                     }
                 }
             }
-            Packing::K4(_) => {
-                let quads: Vec<[&[i8]; 4]> = rows
-                    .chunks_exact(4 * n)
-                    .map(|q| [&q[..n], &q[n..2 * n], &q[2 * n..3 * n], &q[3 * n..]])
-                    .collect();
-                let full = n / r * r;
-                if r == 8 {
-                    // The common case (8-wide kernels), with fixed sizes the compiler turns
-                    // into byte shuffles.
-                    for (p, j0) in (0..full).step_by(8).enumerate() {
-                        let at = p * panel_len + start * 8;
-                        let dst = &mut buf[at..at + count * 8];
-                        for (d, [r0, r1, r2, r3]) in dst.chunks_exact_mut(32).zip(&quads) {
-                            interleave8(
-                                r0[j0..j0 + 8].try_into().unwrap(),
-                                r1[j0..j0 + 8].try_into().unwrap(),
-                                r2[j0..j0 + 8].try_into().unwrap(),
-                                r3[j0..j0 + 8].try_into().unwrap(),
-                                d.try_into().unwrap(),
-                            );
-                        }
+            if r == 16 {
+                for (p, j0) in (0..full).step_by(16).enumerate() {
+                    let at = p * panel_len + start * 16;
+                    let dst = buf.slice(at, count * 16);
+                    for (d, [r0, r1, r2, r3]) in dst.chunks_exact_mut(64).zip(&quads) {
+                        interleave16(
+                            r0[j0..j0 + 16].try_into().unwrap(),
+                            r1[j0..j0 + 16].try_into().unwrap(),
+                            r2[j0..j0 + 16].try_into().unwrap(),
+                            r3[j0..j0 + 16].try_into().unwrap(),
+                            d.try_into().unwrap(),
+                        );
                     }
                 }
-                let first_slow = if r == 8 { full } else { 0 };
-                for j0 in (first_slow..n).step_by(r) {
-                    let at = j0 / r * panel_len + start * r;
-                    let lanes = r.min(n - j0);
-                    let dst = &mut buf[at..at + count * r];
-                    for (d, [r0, r1, r2, r3]) in dst.chunks_exact_mut(4 * r).zip(&quads) {
-                        for (m, d) in d[..4 * lanes].chunks_exact_mut(4).enumerate() {
-                            let j = j0 + m;
-                            d.copy_from_slice(&[r0[j], r1[j], r2[j], r3[j]]);
-                        }
+            }
+            let first_slow = if r == 8 || r == 16 { full } else { 0 };
+            for j0 in (first_slow..n).step_by(r) {
+                let at = j0 / r * panel_len + start * r;
+                let lanes = r.min(n - j0);
+                let dst = buf.slice(at, count * r);
+                for (d, [r0, r1, r2, r3]) in dst.chunks_exact_mut(4 * r).zip(&quads) {
+                    for (m, d) in d[..4 * lanes].chunks_exact_mut(4).enumerate() {
+                        let j = j0 + m;
+                        d.copy_from_slice(&[r0[j], r1[j], r2[j], r3[j]]);
                     }
                 }
             }
@@ -402,6 +489,73 @@ fn interleave8(a: &[i8; 8], b: &[i8; 8], c: &[i8; 8], d: &[i8; 8], dst: &mut [i8
         dst[4 * m + 1] = b[m];
         dst[4 * m + 2] = c[m];
         dst[4 * m + 3] = d[m];
+    }
+}
+
+/// `dst[4m + q] = row_q[m]`: 16 lanes of 4 rows in the K4 layout.
+#[inline(always)]
+fn interleave16(a: &[i8; 16], b: &[i8; 16], c: &[i8; 16], d: &[i8; 16], dst: &mut [i8; 64]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is part of x86_64; unaligned 16-byte loads and stores stay inside the arrays.
+    unsafe {
+        use std::arch::x86_64::*;
+        let ld = |x: &[i8; 16]| _mm_loadu_si128(x.as_ptr() as *const __m128i);
+        let (a, b, c, d) = (ld(a), ld(b), ld(c), ld(d));
+        let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
+        let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
+        let out = dst.as_mut_ptr() as *mut __m128i;
+        _mm_storeu_si128(out, _mm_unpacklo_epi16(ab_lo, cd_lo));
+        _mm_storeu_si128(out.add(1), _mm_unpackhi_epi16(ab_lo, cd_lo));
+        _mm_storeu_si128(out.add(2), _mm_unpacklo_epi16(ab_hi, cd_hi));
+        _mm_storeu_si128(out.add(3), _mm_unpackhi_epi16(ab_hi, cd_hi));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for m in 0..16 {
+        dst[4 * m] = a[m];
+        dst[4 * m + 1] = b[m];
+        dst[4 * m + 2] = c[m];
+        dst[4 * m + 3] = d[m];
+    }
+}
+
+// `crate::vnni` is x86-only; the layout is tested everywhere.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl FastIm2Col {
+    /// The same patches in `crate::vnni`'s layout, if this writes a K4 layout for tract.
+    pub(crate) fn for_vnni(&self) -> Option<FastIm2Col> {
+        let mut geometry = self.geometry.clone();
+        if !matches!(geometry.packing, Packing::K4(_)) {
+            return None;
+        }
+        geometry.packing = Packing::Vnni;
+        Some(FastIm2Col { geometry })
+    }
+
+    /// The patches of a 1x1 stride-1 convolution over a `channels x height x width` input (a
+    /// repacking of the input itself: tract lowers such convs to matrix products without an
+    /// `Im2col`), in `crate::vnni`'s layout.
+    pub(crate) fn pointwise_vnni(channels: usize, height: usize, width: usize) -> FastIm2Col {
+        FastIm2Col {
+            geometry: Geometry {
+                channels,
+                height,
+                width,
+                kernel: (1, 1),
+                stride: (1, 1),
+                pad: (0, 0),
+                out_height: height,
+                out_width: width,
+                k: channels,
+                n: height * width,
+                packing: Packing::Vnni,
+            },
+        }
+    }
+
+    /// Rows (`channels x kernel height x kernel width`) and columns (output pixels) of the
+    /// patch matrix.
+    pub(crate) fn k_n(&self) -> (usize, usize) {
+        (self.geometry.k, self.geometry.n)
     }
 }
 
@@ -575,6 +729,101 @@ mod tests {
             let want = run(reference, &input);
             let got = run(fast, &input);
             assert_eq!(want, got, "case {i}: {:?}", cases[i]);
+        }
+    }
+
+    /// The unpacked `[k][n]` matrix of a packed one: K4 (tract's, `r` lanes) or Vnni.
+    fn unpack(g: &Geometry, t: &Tensor) -> Vec<Vec<i8>> {
+        let (bytes, r, panel_len): (Vec<i8>, usize, usize) = match &g.packing {
+            Packing::K4(f) => {
+                let storage = t.try_storage_as::<PackedMatrixStorage>().unwrap();
+                let packed = storage.values()[0]
+                    .downcast_ref::<EagerPackedInput>()
+                    .unwrap();
+                let bytes = packed.packed.as_bytes().iter().map(|b| *b as i8).collect();
+                (bytes, f.r, f.single_panel_len(g.k))
+            }
+            Packing::Vnni => {
+                let bytes = t.try_as_plain_ram().unwrap().as_slice::<u8>().unwrap();
+                (
+                    bytes.iter().map(|b| *b as i8).collect(),
+                    16,
+                    g.packing.panel_len(g.k),
+                )
+            }
+            Packing::KOuter(_) => unreachable!(),
+        };
+        (0..g.k)
+            .map(|kk| {
+                (0..g.n)
+                    .map(|j| bytes[j / r * panel_len + (kk / 4) * 4 * r + 4 * (j % r) + kk % 4])
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// `crate::vnni`'s patches are tract's plus 128 (as unsigned bytes), on the same odd
+    /// geometries; and a 1x1 conv's are the input itself.
+    #[test]
+    fn vnni_patches_are_tracts_plus_128() {
+        let cases = [
+            (3, (13, 11), 8, 3, 1, 1, -128i8),
+            (5, (9, 17), 16, 3, 2, 1, 3),
+            (3, (23, 19), 8, 7, 2, 3, -5),
+            (8, (56, 56), 16, 3, 1, 1, -128),
+            (2, (4, 3), 8, 3, 1, 1, 17),
+        ];
+        let flip = |m: Vec<Vec<i8>>| -> Vec<Vec<i8>> {
+            m.into_iter()
+                .map(|row| row.into_iter().map(|v| v ^ i8::MIN).collect())
+                .collect()
+        };
+        let mut compared = 0;
+        for (i, &(c, hw, o, k, s, p, zp)) in cases.iter().enumerate() {
+            let model = conv_model(c, hw, o, k, s, p, zp, i as u64 + 1);
+            let node = model.nodes().iter().find(|n| n.op_is::<Im2Col>()).unwrap();
+            let g = geometry(&model, node, node.op_as::<Im2Col>().unwrap())
+                .unwrap()
+                .unwrap();
+            if !matches!(g.packing, Packing::K4(_)) {
+                continue; // no dot-product kernel on this CPU: tract packs K-outer
+            }
+            let tract = FastIm2Col { geometry: g };
+            let vnni = tract.for_vnni().unwrap();
+            let mut next = 7u32 + i as u32;
+            let x: Vec<i8> = (0..c * hw.0 * hw.1)
+                .map(|_| {
+                    next = next.wrapping_mul(1103515245).wrapping_add(12345);
+                    (next >> 16) as i8
+                })
+                .collect();
+            let inputs = tvec![
+                Tensor::from_shape(&[1, c, hw.0, hw.1], &x)
+                    .unwrap()
+                    .into_tvalue(),
+                tensor0(zp).into_tvalue()
+            ];
+            let ctx = EvalContext::out_of_plan();
+            let a = tract.eval(&ctx, inputs.clone()).unwrap().remove(0);
+            let b = vnni.eval(&ctx, inputs).unwrap().remove(0);
+            let want = flip(unpack(&tract.geometry, &a));
+            assert_eq!(want, unpack(&vnni.geometry, &b), "case {i}: {:?}", cases[i]);
+            // 1x1: the input, channel-major.
+            let pointwise = FastIm2Col::pointwise_vnni(c, hw.0, hw.1);
+            let t = Tensor::from_shape(&[c, hw.0, hw.1], &x)
+                .unwrap()
+                .into_tvalue();
+            let b = pointwise.eval(&ctx, tvec![t]).unwrap().remove(0);
+            let want: Vec<Vec<i8>> = x.chunks(hw.0 * hw.1).map(|r| r.to_vec()).collect();
+            assert_eq!(flip(want), unpack(&pointwise.geometry, &b), "case {i}: 1x1");
+            compared += 1;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::vnni::supported() {
+            assert_eq!(compared, cases.len(), "tract packs K4 for its VNNI kernel");
+        }
+        if compared == 0 {
+            eprintln!("skipped: tract packs K-outer on this CPU (no dot-product kernel)");
         }
     }
 }

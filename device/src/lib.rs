@@ -7,7 +7,8 @@
 //! - [`rewrite`]: this crate's ops swapped into tract's optimized plan where tract's are slow:
 //!   [`const_fold`] (what tract's optimizer leaves to run time), [`maxpool`] (separable), and
 //!   around the integer convs of int8 plans [`im2col`] (patch packing), [`quantize`]
-//!   (f32 -> i8) and [`epilogue`] (i32 accumulators -> the next layer's input in one pass).
+//!   (f32 -> i8) and [`epilogue`] (i32 accumulators -> the next layer's input in one pass),
+//!   and on x86 with AVX-512 VNNI `vnni` (matrix product and epilogue in one op).
 //! - [`pipeline`]: frame -> preprocess -> inference -> softmax/top-k, timed per stage.
 //! - [`source`], [`v4l2`], [`live`]: frame sources (stdin, files, folders, V4L2 cameras) and the
 //!   latest-frame-wins loop.
@@ -29,6 +30,7 @@ pub mod im2col;
 pub mod import;
 pub mod live;
 pub mod maxpool;
+mod parallel;
 pub mod parity;
 pub mod pipeline;
 pub mod quantize;
@@ -37,6 +39,8 @@ pub mod rewrite;
 mod simd;
 pub mod source;
 pub mod v4l2;
+#[cfg(target_arch = "x86_64")]
+pub mod vnni;
 
 pub use engine::{ComputePrecision, Engine, EngineOptions};
 pub use pipeline::Pipeline;

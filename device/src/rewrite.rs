@@ -4,7 +4,8 @@
 //! builds, computing the same values (each module says how that is tested):
 //! [`crate::const_fold`] (all plans), [`crate::maxpool`] (all plans), then for int8 plans
 //! [`crate::im2col`], [`crate::quantize`] and [`crate::epilogue`] (which looks for the
-//! quantizers `quantize` put in).
+//! quantizers `quantize` put in), then on x86 `crate::vnni` (which takes over the chains
+//! `im2col -> tract's matrix product -> epilogue` where the CPU has AVX-512 VNNI).
 
 use tract_core::internal::*;
 
@@ -16,6 +17,8 @@ pub fn speed_up(model: &mut TypedModel, int8: bool) -> TractResult<()> {
         crate::im2col::speed_up(model)?;
         crate::quantize::speed_up(model)?;
         crate::epilogue::speed_up(model)?;
+        #[cfg(target_arch = "x86_64")]
+        crate::vnni::speed_up(model)?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
-//! int8 runs tract's integer kernels, not float in disguise: every matrix product of the
-//! optimized int8 plan is an `OptMatMul` whose kernel accumulates in i32 on i8 operands, and no
-//! float matrix product or float convolution is left. For contrast, tract-onnx on the QDQ ONNX
+//! int8 runs integer kernels, not float in disguise: every matrix product of the optimized int8
+//! plan is an `OptMatMul` whose kernel accumulates in i32 on i8 operands, or (x86 with AVX-512
+//! VNNI) the device's own `VnniConv`, and no float matrix product or float convolution is left. For contrast, tract-onnx on the QDQ ONNX
 //! of the same network keeps float matrix products (the upstream issue this crate works around).
 
 mod common;
@@ -13,19 +13,25 @@ use shared::weights::{Precision, WeightsFile};
 use tract_core::internal::*;
 use tract_core::ops::matmul::optimized::OptMatMul;
 
-/// (node name, kernel name, accumulator type, operand types) of every OptMatMul.
+/// (node name, kernel name, accumulator type, operand types) of every OptMatMul and VnniConv.
 fn matmuls(model: &TypedModel) -> Vec<(String, String, DatumType, Vec<DatumType>)> {
     model
         .nodes()
         .iter()
         .filter_map(|n| {
-            let op = n.op_as::<OptMatMul>()?;
-            let mmm = &op.mmm[0];
             let inputs = n
                 .inputs
                 .iter()
                 .map(|i| model.outlet_fact(*i).unwrap().datum_type)
                 .collect();
+            #[cfg(target_arch = "x86_64")]
+            if n.op_is::<device::vnni::VnniConv>() {
+                // u8 x i8 dot products into i32 accumulators, by construction.
+                let kernel = device::vnni::VnniConv::KERNEL.to_string();
+                return Some((n.name.clone(), kernel, i32::datum_type(), inputs));
+            }
+            let op = n.op_as::<OptMatMul>()?;
+            let mmm = &op.mmm[0];
             Some((
                 n.name.clone(),
                 mmm.name().to_string(),
@@ -43,6 +49,7 @@ fn float_convs(model: &TypedModel) -> Vec<String> {
         .filter(|n| {
             let name = n.op.name();
             (name.contains("Conv") || name.contains("EinSum") || name.contains("MatMul"))
+                && name != "VnniConv"
                 && n.outputs[0].fact.datum_type.is_float()
                 && n.op_as::<OptMatMul>()
                     .is_none_or(|m| m.mmm[0].internal_type().is_float())
@@ -97,7 +104,23 @@ fn check(arch: &str) {
         "unlowered Conv op left"
     );
     // The device's own glue replaced tract's (device::epilogue, im2col): no tract `Im2col` left.
-    for op in ["Int8Epilogue", "FastIm2col"] {
+    // With AVX-512 VNNI, device::vnni took over every conv with an epilogue, 1x1 ones included.
+    let vnni = vnni_supported();
+    let ops = if vnni {
+        ["VnniConv", "FastIm2col"]
+    } else {
+        ["Int8Epilogue", "FastIm2col"]
+    };
+    if vnni {
+        let left: Vec<_> = plan
+            .nodes()
+            .iter()
+            .filter(|n| n.op.name() == "Int8Epilogue")
+            .map(|n| &n.name)
+            .collect();
+        assert!(left.is_empty(), "convs left to tract's kernels: {left:?}");
+    }
+    for op in ops {
         assert!(
             plan.nodes().iter().any(|n| n.op.name() == op),
             "no {op} in the int8 plan"
@@ -129,8 +152,15 @@ fn check(arch: &str) {
     }
 }
 
+fn vnni_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return device::vnni::supported();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// The device's own ops in the int8 plan (`device::{const_fold, im2col, quantize, epilogue,
-/// maxpool}`) change no bit: the engine's logits equal those of tract's plain optimized plan
+/// maxpool, vnni}`) change no bit: the engine's logits equal those of tract's plain optimized plan
 /// of the same import, on the parity inputs.
 fn same_bits_as_tract(arch: &str, samples: usize) {
     let Some(dir) = common::fixtures(arch) else {
