@@ -8,6 +8,8 @@ Needs the fixtures of tools/make_test_models.py (resnet18) and a release build o
 - ORT fp32      NAME.onnx
 - ORT int8      NAME.int8-ort.onnx (default QDQ: u8 activations, ORT's fastest x86 int8 path)
 - ORT int8 conv NAME.int8.onnx     (QDQ on Conv/Gemm inputs only: the compact int8 scheme)
+- ORT int8 int. NAME.int8.integer.onnx (the same in ConvInteger/MatMulInteger, what `host export
+                --onnx` writes for int8: ORT computes the device's logits exactly, but slowly)
 - tract ONNX    `device bench` on NAME.onnx (tract-onnx import)
 - device fp32   `device bench` on a compact Folded fp32 file
 - device int8   `device bench` on the compact int8 file
@@ -93,7 +95,8 @@ def main():
 
     rows = []
     for label, path in [("ORT fp32", fx / f"{name}.onnx"), ("ORT int8 (default QDQ, u8 act.)", fx / f"{name}.int8-ort.onnx"),
-                        ("ORT int8 (conv-input QDQ)", fx / f"{name}.int8.onnx")]:
+                        ("ORT int8 (conv-input QDQ)", fx / f"{name}.int8.onnx"),
+                        ("ORT int8 (integer ONNX)", fx / f"{name}.int8.integer.onnx")]:
         if path.exists():
             p50, mean = ort_bench(path, shape, args.warmup, args.iters, args.threads)
             rows.append((label, p50, mean, ""))

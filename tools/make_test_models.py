@@ -18,6 +18,8 @@ For each model NAME it writes into --out:
                                per-output-channel symmetric int8 weights, per-tensor int8
                                activations, int32 biases, Q/DQ only on Conv/Gemm inputs (exactly
                                the compact int8 scheme of docs/weights-format.md).
+- NAME.int8.integer.onnx       the same int8 network in integer ops (`integer_onnx`: ConvInteger,
+                               MatMulInteger; what `host export --onnx` writes for int8 files).
 - NAME.int8.safetensors        the int8 parameters read back out of NAME.int8.onnx under our tensor
                                names (`L.weight` i8, `L.weight_scale`, `L.weight_zero_point`,
                                `L.input_scale`, `L.input_zero_point`, `L.bias` i32).
@@ -26,8 +28,11 @@ For each model NAME it writes into --out:
 - NAME.parity.safetensors      the parity file (docs/parity-file.md): `inputs`, `logits` (PyTorch
                                fp32), `logits_int8` (ONNX Runtime on NAME.int8.onnx, graph optimizations off: the
                                reference QDQ semantics).
+- NAME.integer.parity.safetensors the same, with `logits_int8` from ONNX Runtime on
+                               NAME.int8.integer.onnx.
 - NAME.exact.parity.safetensors the same, with `logits_int8` from `exact_int8_logits` (the int8
-                               scheme with exact integer sums) instead of ONNX Runtime.
+                               scheme with exact integer sums) instead of ONNX Runtime. Written
+                               last: the device tests take it as the sign the fixtures are complete.
 - NAME.json                    what the Rust side needs to know (arch, channels, classes, labels).
 
 Weights are seeded (torch.manual_seed) so reruns give the same files.
@@ -246,6 +251,69 @@ def int8_tensors(qdq_path):
     return out
 
 
+def integer_onnx(qdq_path, dst):
+    """The integer form of a conv-input QDQ ONNX, as `host export --onnx` writes int8 files
+    (host/src/export/onnx.rs, `Int8Ops::Integer`): each `DequantizeLinear` trio feeding a
+    Conv/Gemm becomes `ConvInteger`/`MatMulInteger` on the int8 tensors -> `Add` int32 bias ->
+    `Cast` -> `Mul` by `input_scale * weight_scale` (f32), each `QuantizeLinear(x, s, zp)` becomes
+    `QuantizeLinear(Mul(x, 1/s), 1, zp)` (the format's reciprocal rounding), and every other
+    reader of a quantized-dequantized value reads the float value (the format quantizes conv
+    inputs only). ONNX Runtime then computes the device's int8 arithmetic exactly."""
+    from onnx import TensorProto, helper
+
+    m = onnx.load(str(qdq_path))
+    g = m.graph
+    init = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    dequantized = {}  # DequantizeLinear(QuantizeLinear(x)) output -> x
+    for n in g.node:
+        if n.op_type == "DequantizeLinear" and getattr(producer.get(n.input[0]), "op_type", "") == "QuantizeLinear":
+            dequantized[n.output[0]] = producer[n.input[0]].input[0]
+    nodes, new_init = [], []
+    for n in g.node:
+        if n.op_type == "DequantizeLinear":
+            continue  # weights and biases go in as integers, activations as float
+        if n.op_type == "QuantizeLinear":
+            inv = np.float32(1.0) / init[n.input[1]].astype(np.float32)
+            new_init += [numpy_helper.from_array(np.asarray(inv, np.float32), f"{n.name}.inverse_scale"),
+                         numpy_helper.from_array(np.asarray(1.0, np.float32), f"{n.name}.unit_scale")]
+            nodes += [helper.make_node("Mul", [n.input[0], f"{n.name}.inverse_scale"], [f"{n.name}.scaled"]),
+                      helper.make_node("QuantizeLinear", [f"{n.name}.scaled", f"{n.name}.unit_scale", n.input[2]],
+                                       list(n.output), name=n.name)]
+            continue
+        if n.op_type not in ("Conv", "Gemm"):
+            for i, name in enumerate(n.input):
+                n.input[i] = dequantized.get(name, name)
+            nodes.append(n)
+            continue
+        xdq, wdq, bdq = (producer[i] for i in n.input[:3])
+        xq, x_scale, x_zp = xdq.input
+        w, b = init[wdq.input[0]], init[bdq.input[0]].astype(np.int32)
+        scale = init[wdq.input[1]].astype(np.float32) * init[x_scale].astype(np.float32)
+        shape = [1, w.shape[0], 1, 1] if n.op_type == "Conv" else [w.shape[0]]
+        name = n.name or n.output[0]
+        new_init += [numpy_helper.from_array(b.reshape(shape), f"{name}.bias_i32"),
+                     numpy_helper.from_array(scale.reshape(shape), f"{name}.scale")]
+        if n.op_type == "Conv":
+            new_init.append(numpy_helper.from_array(w, f"{name}.weight_i8"))
+            op = helper.make_node("ConvInteger", [xq, f"{name}.weight_i8", x_zp], [f"{name}.acc"])
+            op.attribute.extend(n.attribute)
+        else:
+            new_init.append(numpy_helper.from_array(np.ascontiguousarray(w.T), f"{name}.weight_i8_t"))
+            op = helper.make_node("MatMulInteger", [xq, f"{name}.weight_i8_t", x_zp], [f"{name}.acc"])
+        nodes += [op,
+                  helper.make_node("Add", [f"{name}.acc", f"{name}.bias_i32"], [f"{name}.biased"]),
+                  helper.make_node("Cast", [f"{name}.biased"], [f"{name}.float"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", [f"{name}.float", f"{name}.scale"], [n.output[0]])]
+    used = {i for n in nodes for i in n.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.node[:], g.initializer[:]
+    g.node.extend(nodes)
+    g.initializer.extend(keep + new_init)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(dst))
+
+
 def exact_int8_logits(folded, q, inputs):
     """The int8 scheme of docs/weights-format.md computed exactly: each int8 conv/linear
     quantizes its f32 input (`round_half_even(x * (1/scale)) + zp`, clamped), sums the integer
@@ -332,6 +400,8 @@ def main():
         np.testing.assert_allclose(folded_logits, logits, rtol=1e-3, atol=1e-3 * np.abs(logits).max())
         logits_int8 = ort_run(out / f"{arch}.int8.onnx", parity_inputs, optimize=False)
         exact = exact_int8_logits(folded, q, parity_inputs)
+        integer_onnx(out / f"{arch}.int8.onnx", out / f"{arch}.int8.integer.onnx")
+        logits_integer = ort_run(out / f"{arch}.int8.integer.onnx", parity_inputs)
         ort_fp32 = ort_run(out / f"{arch}.onnx", parity_inputs)
         agree = float((logits_int8.argmax(1) == logits.argmax(1)).mean())
         save_safetensors(out / f"{arch}.parity.safetensors",
@@ -340,6 +410,11 @@ def main():
         (out / f"{arch}.json").write_text(json.dumps({
             "arch": arch, "in_channels": channels, "size": size, "num_classes": len(labels), "preprocess": pre,
             "labels": labels}, indent=1))
+        # ORT on the integer form of the int8 ONNX in place of ORT on the QDQ one.
+        save_safetensors(out / f"{arch}.integer.parity.safetensors",
+                         {"inputs": parity_inputs.numpy(), "logits": logits, "logits_int8": logits_integer},
+                         {"format": "device-parity", "version": 1, "arch": arch,
+                          "producer": "tools/make_test_models.py integer_onnx + onnxruntime"})
         # The same parity file with the exact integer reference in place of ORT's int8 logits.
         # Written last: the device tests take it as the sign that the fixtures are complete.
         save_safetensors(out / f"{arch}.exact.parity.safetensors",
@@ -348,7 +423,8 @@ def main():
                           "producer": "tools/make_test_models.py exact_int8_logits"})
         err = np.abs(ort_fp32 - logits).max() / np.abs(logits).max()
         print(f"{arch}: {n} parity inputs, ORT fp32 rel err {err:.2e}, ORT int8 top-1 agreement {agree:.4f}, "
-              f"logit std {logits.std():.3f}", file=sys.stderr)
+              f"logit std {logits.std():.3f}, ORT on the integer ONNX vs the exact reference: max "
+              f"{np.abs(logits_integer - exact).max():.3g}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 //! Parity with the host: fp32 logits within 1e-4 (relative) of PyTorch, same top-1; int8 logits
-//! within one quantization step of ONNX Runtime on the same int8 QDQ ONNX, and int8 top-1
+//! within one quantization step of ONNX Runtime on the integer form of the same int8 ONNX (and
+//! of the exact integer reference), a few steps of ORT on its QDQ form, and int8 top-1
 //! agreement with fp32 >= 99%; fp16 close to fp32 where the CPU has fp16 arithmetic.
 //! Runs natively and under qemu-aarch64 (see tests/common/mod.rs for fixtures).
 
@@ -170,43 +171,73 @@ fn resnet18_int8_matches_onnx_runtime() {
     check_int8("resnet18", samples(), 4.0);
 }
 
-/// The int8 engine against the exact integer semantics of the format
-/// (`tools/make_test_models.py exact_int8_logits`: integer sums in float64, exact): every sample
-/// within one quantization step (measured: equal, bit for bit, on x86). ONNX Runtime, above, is
-/// a few steps away from both because it sums the conv-input QDQ convs in float.
-fn check_int8_exact(arch: &str, max_samples: usize) {
+/// The int8 engine against int8 logits that compute the format's integer sums exactly, from
+/// the parity file `{arch}.{which}.parity.safetensors`: every sample within one quantization
+/// step (measured: equal, bit for bit, on x86 and under qemu). `which`:
+/// - `exact`: the format's semantics (`tools/make_test_models.py exact_int8_logits`: integer
+///   sums in float64);
+/// - `integer`: ONNX Runtime on the integer form of the same int8 ONNX (what `host export --onnx`
+///   writes for int8 files; fixtures: `make_test_models.py integer_onnx`).
+///
+/// ONNX Runtime on the QDQ form, above, is a few steps away from both: it sums in float.
+fn check_int8_exact(arch: &str, which: &str, what: &str, max_samples: usize) {
     let Some(dir) = common::fixtures(arch) else {
         return;
     };
-    let exact = Parity::read(dir.join(format!("{arch}.exact.parity.safetensors"))).unwrap();
+    let reference = Parity::read(dir.join(format!("{arch}.{which}.parity.safetensors"))).unwrap();
     let model = common::compact(&dir, arch, Form::Folded, Precision::Int8);
     let mut e = Engine::load(&model, &EngineOptions::default()).unwrap();
-    let step = logit_step(&exact);
-    let n = exact.len().min(max_samples);
+    let step = logit_step(&reference);
+    let n = reference.len().min(max_samples);
     let (mut worst, mut equal) = (0f32, 0);
     for i in 0..n {
-        let got = e.run(exact.input(i)).unwrap();
-        let want = exact.logits_int8(i).unwrap();
+        let got = e.run(reference.input(i)).unwrap();
+        let want = reference.logits_int8(i).unwrap();
         worst = worst.max(compare::max_abs_diff(got, want) / step);
         equal += usize::from(got == want);
     }
-    eprintln!(
-        "{arch} int8 vs the exact integer reference: {equal}/{n} samples equal, max {worst:.3} steps"
+    eprintln!("{arch} int8 vs {what}: {equal}/{n} samples equal, max {worst:.3} steps");
+    assert!(worst <= 1.0, "{arch}: {worst} steps from {what}");
+}
+
+#[test]
+fn resnet8_int8_matches_onnx_runtime_on_the_integer_onnx() {
+    check_int8_exact(
+        "resnet8",
+        "integer",
+        "ONNX Runtime on the integer ONNX",
+        usize::MAX,
     );
-    assert!(
-        worst <= 1.0,
-        "{arch}: {worst} steps from the exact integer reference"
+}
+
+#[test]
+fn resnet18_int8_matches_onnx_runtime_on_the_integer_onnx() {
+    check_int8_exact(
+        "resnet18",
+        "integer",
+        "ONNX Runtime on the integer ONNX",
+        samples(),
     );
 }
 
 #[test]
 fn resnet8_int8_matches_the_exact_integer_reference() {
-    check_int8_exact("resnet8", usize::MAX);
+    check_int8_exact(
+        "resnet8",
+        "exact",
+        "the exact integer reference",
+        usize::MAX,
+    );
 }
 
 #[test]
 fn resnet18_int8_matches_the_exact_integer_reference() {
-    check_int8_exact("resnet18", samples());
+    check_int8_exact(
+        "resnet18",
+        "exact",
+        "the exact integer reference",
+        samples(),
+    );
 }
 
 #[test]

@@ -38,9 +38,12 @@ static LOCK: Mutex<()> = Mutex::new(());
 pub fn fixtures(arch: &str) -> Option<PathBuf> {
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let dir = fixtures_dir();
-    // Written last by tools/make_test_models.py.
+    // Written last by tools/make_test_models.py (and the integer-ONNX parity file, added later,
+    // so that fixture folders made before it regenerate).
     let marker = dir.join(format!("{arch}.exact.parity.safetensors"));
-    if !marker.exists() {
+    let integer = dir.join(format!("{arch}.integer.parity.safetensors"));
+    let complete = || marker.exists() && integer.exists();
+    if !complete() {
         let python = std::env::var_os("DEVICE_TEST_PYTHON")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace().join(".venv/bin/python"));
@@ -49,7 +52,7 @@ pub fn fixtures(arch: &str) -> Option<PathBuf> {
         let _ = std::fs::create_dir_all(&dir);
         let mut owned = false;
         for _ in 0..1200 {
-            if marker.exists() {
+            if complete() {
                 break;
             }
             if std::fs::OpenOptions::new()
@@ -64,6 +67,8 @@ pub fn fixtures(arch: &str) -> Option<PathBuf> {
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
         if owned {
+            // An older folder: its marker goes first, so nobody takes it for complete meanwhile.
+            let _ = std::fs::remove_file(&marker);
             let status = std::process::Command::new(&python)
                 .arg(workspace().join("tools/make_test_models.py"))
                 .args(["--out", dir.to_str().unwrap(), "--models", arch])
@@ -77,7 +82,7 @@ pub fn fixtures(arch: &str) -> Option<PathBuf> {
             }
         }
     }
-    if marker.exists() {
+    if complete() {
         Some(dir)
     } else if std::env::var_os("DEVICE_REQUIRE_FIXTURES").is_some() {
         panic!(

@@ -83,9 +83,14 @@ pub struct ExportArgs {
     /// Store conv/linear weights and biases as fp16.
     #[arg(long)]
     pub fp16: bool,
-    /// Also write a standard ONNX file (opset 13; QDQ for --int8).
+    /// Also write a standard ONNX file (opset 13).
     #[arg(long)]
     pub onnx: Option<PathBuf>,
+    /// int8 ONNX form: `integer` (ConvInteger/MatMulInteger: ONNX Runtime computes exactly what
+    /// the device does) or `qdq` (QuantizeLinear/DequantizeLinear around float convs, for
+    /// TensorRT).
+    #[arg(long, value_enum, default_value_t = onnx::Int8Ops::Integer)]
+    pub onnx_int8: onnx::Int8Ops,
     /// Also print the JSON report (the `.export.json` file) as the last line of stdout.
     #[arg(long)]
     pub json: bool,
@@ -557,7 +562,7 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     let int8_layers = exported.quantized_layers().len();
     outputs.write(&args.out, &bytes)?;
     if let Some(o) = &args.onnx {
-        let model = onnx::build(&file, env!("CARGO_PKG_VERSION"))?;
+        let model = onnx::build(&file, env!("CARGO_PKG_VERSION"), args.onnx_int8)?;
         outputs.write(o, &onnx::encode(&model))?;
     }
 
@@ -767,7 +772,7 @@ mod tests {
                 let err = max_rel(&from_file, &y);
                 assert!(err <= tol, "{what} {precision:?}: file vs folded {err}");
 
-                let proto = onnx::encode(&onnx::build(&file, "test").unwrap());
+                let proto = onnx::encode(&onnx::build(&file, "test", onnx::Int8Ops::Integer).unwrap());
                 let shape = [4usize, usize::from(config.in_channels), side as usize, side as usize];
                 let input: Vec<f32> = Vec::try_from(&x.contiguous().view(-1)).unwrap();
                 let got = tract_run(&proto, shape, input);
@@ -799,7 +804,18 @@ mod tests {
             file.check_against_graph().unwrap();
             let q = Net::from_weights(&file, Device::Cpu).unwrap();
             assert_eq!(q.quantized_layers().len(), layers.len(), "{what}");
-            assert!(onnx::build(&file, "test").is_ok());
+            // Both ONNX forms of the int8 file, on tract-onnx: the simulation's logits.
+            let shape = [8usize, usize::from(config.in_channels), side as usize, side as usize];
+            let input: Vec<f32> = Vec::try_from(&batches[0].contiguous().view(-1)).unwrap();
+            let simulated = q.forward(&batches[0]);
+            for form in [onnx::Int8Ops::Integer, onnx::Int8Ops::Qdq] {
+                let proto = onnx::encode(&onnx::build(&file, "test", form).unwrap());
+                let got = tract_run(&proto, shape, input.clone());
+                let got = Tensor::from_slice(&got).view([8, i64::from(config.num_classes)]);
+                let err = max_rel(&got, &simulated);
+                eprintln!("{what} {form:?}: tract on the int8 ONNX vs the host simulation {err:.2e}");
+                assert!(err <= 1e-2, "{what} {form:?}: tract on the int8 ONNX vs the host simulation {err}");
+            }
             // Random weights and inputs; int8 stays within a few percent of the logits.
             let x = &batches[0];
             let err = max_rel(&q.forward(x), &net.forward(x));

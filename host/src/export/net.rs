@@ -1,11 +1,10 @@
 //! The Folded-form network on libtorch, with optional int8 fake quantization: what `host export`
 //! calibrates and evaluates.
 //!
-//! A quantized conv or linear layer computes exactly the ONNX QDQ semantics of
-//! `docs/weights-format.md`:
+//! A quantized conv or linear layer computes the int8 semantics of `docs/weights-format.md`:
 //!
 //! ```text
-//! x_q  = clamp(round_half_even(x / s_in) + zp, -128, 127)      QuantizeLinear
+//! x_q  = clamp(round_half_even(x * (1 / s_in)) + zp, -128, 127) quantize (f32 reciprocal)
 //! x'   = (x_q - zp) * s_in                                      DequantizeLinear
 //! W'   = q * s_w[o],  b' = float(bias_q) * (s_in * s_w[o])      DequantizeLinear (per channel)
 //! y    = conv(x', W') + b'                                      in f32
@@ -25,7 +24,8 @@ use tch::{Device, Kind, Tensor};
 use super::fold::Folded;
 use crate::model::Wiring;
 
-/// Per-tensor int8 quantization of an activation: `x_q = clamp(round(x / scale) + zero_point)`.
+/// Per-tensor int8 quantization of an activation:
+/// `x_q = clamp(round(x * (1 / scale)) + zero_point)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ActQuant {
     pub scale: f32,
@@ -33,13 +33,14 @@ pub struct ActQuant {
 }
 
 impl ActQuant {
-    /// QuantizeLinear then DequantizeLinear. The division is a true f32 division by a full
-    /// tensor: libtorch turns a division by a scalar into a multiplication by its reciprocal,
-    /// which rounds differently near half-way points.
+    /// Quantize then dequantize. The product is by the f32 reciprocal of the scale, as the
+    /// device computes it (not a division: that rounds differently near half-way points), held
+    /// in a full tensor so that libtorch multiplies in f32.
     pub fn fake_quant(&self, x: &Tensor) -> Tensor {
         let s = x.full_like(f64::from(self.scale));
+        let inv = x.full_like(f64::from(self.scale.recip()));
         let zp = f64::from(self.zero_point);
-        let q = (x / &s).round().g_add_scalar(zp).clamp(-128.0, 127.0);
+        let q = (x * &inv).round().g_add_scalar(zp).clamp(-128.0, 127.0);
         q.g_sub_scalar(zp) * s
     }
 }

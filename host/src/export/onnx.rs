@@ -10,14 +10,25 @@
 //! - f16 file: FLOAT16 initializers (`L.weight_fp16`) cast to float by `Cast` nodes, so the graph
 //!   computes in f32 with the file's f16-rounded parameters (ONNX Runtime's CPU provider has no
 //!   fp16 Conv on x86).
-//! - int8 file: the QDQ layout ONNX Runtime and TensorRT read, exactly the file's numbers. Each
-//!   quantized layer input `x` goes through `QuantizeLinear(x, x_scale, x_zero_point)` ->
-//!   `DequantizeLinear` (int8, per tensor; shared by the layers reading the same value); the
-//!   weight is `DequantizeLinear(L.weight_quantized int8, L.weight_scale [out],
-//!   L.weight_zero_point int8 [out], axis 0)` and the bias `DequantizeLinear(L.bias_quantized
-//!   int32, L.bias_scale = input_scale * weight_scale [out], L.bias_zero_point int32 [out],
-//!   axis 0)`. Outputs are not quantized. Layers the file keeps in float have float
-//!   initializers.
+//! - int8 file, [`Int8Ops::Integer`] (the default): the format's integer arithmetic, op for op,
+//!   so that ONNX Runtime computes what the device computes, bit for bit. Each quantized layer
+//!   input `x` is quantized as the format defines it, `Mul(x, 1 / x_scale)` ->
+//!   `QuantizeLinear(_, 1, x_zero_point)` (int8; round half to even, saturate: not
+//!   `QuantizeLinear(x, x_scale)`, which divides and rounds differently at some ties), shared
+//!   by the layers reading the same value; then `ConvInteger` (or `MatMulInteger` with the
+//!   transposed weights for the classifier) on the int8 weights `L.weight_quantized` -> `Add`
+//!   the int32 bias -> `Cast` to float -> `Mul` by `input_scale * weight_scale [out]`.
+//! - int8 file, [`Int8Ops::Qdq`]: the QDQ layout TensorRT and ONNX Runtime's quantization tools
+//!   read, the same numbers. Each quantized layer input `x` goes through
+//!   `QuantizeLinear(x, x_scale, x_zero_point)` -> `DequantizeLinear` (int8, per tensor; shared
+//!   by the layers reading the same value); the weight is `DequantizeLinear(L.weight_quantized
+//!   int8, L.weight_scale [out], L.weight_zero_point int8 [out], axis 0)` and the bias
+//!   `DequantizeLinear(L.bias_quantized int32, L.bias_scale = input_scale * weight_scale [out],
+//!   L.bias_zero_point int32 [out], axis 0)`, feeding a float `Conv`/`Gemm`: ONNX Runtime sums
+//!   those in float, a few logit steps from the integer result on a ResNet-18.
+//!
+//! Either way outputs are not quantized (the residual adds read the float values), and layers
+//! the file keeps in float have float initializers.
 
 use std::collections::HashMap;
 
@@ -88,12 +99,59 @@ fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
     }
 }
 
+/// How an int8 file's quantized layers are written (`host export --onnx-int8`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Int8Ops {
+    /// `ConvInteger`/`MatMulInteger` on the int8 tensors: ONNX Runtime computes exactly what
+    /// the format (and the device) computes.
+    #[default]
+    Integer,
+    /// QuantizeLinear/DequantizeLinear around float `Conv`/`Gemm`: what TensorRT reads.
+    Qdq,
+}
+
 struct Builder<'f, 'a> {
     file: &'f WeightsFile<'a>,
+    int8: Int8Ops,
     nodes: Vec<NodeProto>,
     init: Vec<TensorProto>,
-    /// Dequantized name of an already quantized value, by (value, scale bits, zero point).
-    qdq: HashMap<(u32, u32, i8), String>,
+    /// The base name of an already quantized value's tensors (`{base}_quantized`,
+    /// `{base}_zero_point`, ...), by (value, scale bits, zero point).
+    quantized_inputs: HashMap<(u32, u32, i8), String>,
+}
+
+/// A conv's attributes: kernel, stride, padding.
+#[derive(Clone, Copy)]
+struct ConvAttrs {
+    kernel: i64,
+    stride: i64,
+    padding: i64,
+}
+
+impl ConvAttrs {
+    fn attributes(self) -> Vec<AttributeProto> {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        vec![
+            attr_ints("kernel_shape", &[k, k]),
+            attr_ints("strides", &[s, s]),
+            attr_ints("pads", &[p, p, p, p]),
+            attr_ints("dilations", &[1, 1]),
+            attr_int("group", 1),
+        ]
+    }
+}
+
+/// One quantized layer's numbers, from the file.
+struct Quantized {
+    /// Weight dims (`[out, in, k, k]` or `[out, in]`) and bytes (int8).
+    dims: Vec<i64>,
+    weight: Vec<u8>,
+    weight_scale: Vec<f32>,
+    weight_zero_point: Vec<i8>,
+    input_scale: f32,
+    input_zero_point: i8,
+    bias: Vec<i32>,
 }
 
 impl<'a> Builder<'_, 'a> {
@@ -131,63 +189,155 @@ impl<'a> Builder<'_, 'a> {
         }
     }
 
-    /// `[x, weight, bias]` names for a conv/linear layer `name` reading value `x` (no bias for a
-    /// float conv without one).
-    fn layer_inputs(&mut self, name: &str, x: &str, input: ValueId) -> Result<Vec<String>> {
-        let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
-        let w = self.view(&wn)?;
-        if w.dtype != DType::I8 {
-            let mut names = vec![x.to_string(), self.float_param(&wn, None)?];
-            if self.file.contains(&bn) {
-                names.push(self.float_param(&bn, None)?);
-            }
-            return Ok(names);
-        }
-        let wdims = Self::dims(&w);
-        let out = wdims[0];
-        let q_w = w.data.to_vec();
-        let w_scale = decode_f32(&self.view(&format!("{name}.weight_scale"))?)?;
-        let w_zp = decode_i8(&self.view(&format!("{name}.weight_zero_point"))?)?;
-        let in_scale = *decode_f32(&self.view(&format!("{name}.input_scale"))?)?
-            .first()
-            .ok_or_else(|| anyhow!("`{name}.input_scale` is empty"))?;
-        let in_zp = *decode_i8(&self.view(&format!("{name}.input_zero_point"))?)?
-            .first()
-            .ok_or_else(|| anyhow!("`{name}.input_zero_point` is empty"))?;
-        let bias_q = decode_i32(&self.view(&bn)?)?;
-
-        // Input: one Q/DQ pair per (value, quantization).
-        let key = (input.0, in_scale.to_bits(), in_zp);
-        let xdq = match self.qdq.get(&key) {
-            Some(n) => n.clone(),
+    /// The conv (`conv`: its attributes) or linear layer `name` reading value `x` (`input`)
+    /// and writing `output`.
+    fn layer(&mut self, name: &str, x: &str, input: ValueId, output: &str, conv: Option<ConvAttrs>) -> Result<()> {
+        let quantized = self.quantized(name)?;
+        let inputs = match quantized {
+            Some(q) if self.int8 == Int8Ops::Integer => return self.integer_layer(name, x, input, output, conv, q),
+            Some(q) => self.qdq_inputs(name, x, input, q)?,
             None => {
-                let base = if self.qdq.keys().any(|k| k.0 == input.0) { format!("{x}_{name}") } else { x.to_string() };
-                let (s, zp, q, dq) = (
-                    format!("{base}_scale"),
-                    format!("{base}_zero_point"),
-                    format!("{base}_quantized"),
-                    format!("{base}_dequantized"),
-                );
-                self.init.push(f32_tensor(&s, &[], &[in_scale]));
-                self.init.push(tensor(&zp, DataType::Int8, &[], vec![in_zp as u8]));
-                self.nodes.push(node(
-                    "QuantizeLinear",
-                    &format!("{base}_QuantizeLinear"),
-                    &[x, &s, &zp],
-                    &[&q],
-                    vec![],
-                ));
-                self.nodes.push(node(
-                    "DequantizeLinear",
-                    &format!("{base}_DequantizeLinear"),
-                    &[&q, &s, &zp],
-                    &[&dq],
-                    vec![],
-                ));
-                self.qdq.insert(key, dq.clone());
-                dq
+                let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
+                let mut names = vec![x.to_string(), self.float_param(&wn, None)?];
+                if self.file.contains(&bn) {
+                    names.push(self.float_param(&bn, None)?);
+                }
+                names
             }
         };
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        self.nodes.push(match conv {
+            Some(c) => node("Conv", name, &inputs, &[output], c.attributes()),
+            None => node("Gemm", name, &inputs, &[output], vec![attr_int("transB", 1)]),
+        });
+        Ok(())
+    }
+
+    /// The base name of value `x` (`input`) quantized with (`scale`, `zero_point`) for layer
+    /// `layer`, and whether it is new (its nodes still to write): one per value and
+    /// quantization, `x` itself for the first, `{x}_{layer}` for others.
+    fn quantized_input(&mut self, layer: &str, x: &str, input: ValueId, scale: f32, zero_point: i8) -> (String, bool) {
+        let key = (input.0, scale.to_bits(), zero_point);
+        if let Some(base) = self.quantized_inputs.get(&key) {
+            return (base.clone(), false);
+        }
+        let base = if self.quantized_inputs.keys().any(|k| k.0 == input.0) {
+            format!("{x}_{layer}")
+        } else {
+            x.to_string()
+        };
+        self.quantized_inputs.insert(key, base.clone());
+        (base, true)
+    }
+
+    /// The numbers of layer `name` if the file quantized it.
+    fn quantized(&self, name: &str) -> Result<Option<Quantized>> {
+        let w = self.view(&format!("{name}.weight"))?;
+        if w.dtype != DType::I8 {
+            return Ok(None);
+        }
+        let first = |t: &str| -> Result<shared::weights::TensorView<'a>> { self.view(&format!("{name}.{t}")) };
+        Ok(Some(Quantized {
+            dims: Self::dims(&w),
+            weight: w.data.to_vec(),
+            weight_scale: decode_f32(&first("weight_scale")?)?,
+            weight_zero_point: decode_i8(&first("weight_zero_point")?)?,
+            input_scale: *decode_f32(&first("input_scale")?)?
+                .first()
+                .ok_or_else(|| anyhow!("`{name}.input_scale` is empty"))?,
+            input_zero_point: *decode_i8(&first("input_zero_point")?)?
+                .first()
+                .ok_or_else(|| anyhow!("`{name}.input_zero_point` is empty"))?,
+            bias: decode_i32(&first("bias")?)?,
+        }))
+    }
+
+    /// Layer `name` in integer ops (see the module doc).
+    fn integer_layer(
+        &mut self,
+        name: &str,
+        x: &str,
+        input: ValueId,
+        output: &str,
+        conv: Option<ConvAttrs>,
+        q: Quantized,
+    ) -> Result<()> {
+        let out = q.dims[0];
+        // The per-channel operands broadcast along the channel axis of the output.
+        let channel_dims: Vec<i64> = if conv.is_some() { vec![1, out, 1, 1] } else { vec![out] };
+        // Input: quantized once per (value, quantization).
+        let (base, new) = self.quantized_input(name, x, input, q.input_scale, q.input_zero_point);
+        let (zp, xq) = (format!("{base}_zero_point"), format!("{base}_quantized"));
+        if new {
+            let (inv, one, scaled) =
+                (format!("{base}_inverse_scale"), format!("{base}_unit_scale"), format!("{base}_scaled"));
+            // The format's reciprocal, as the device computes it (f32 `recip`).
+            self.init.push(f32_tensor(&inv, &[], &[q.input_scale.recip()]));
+            self.init.push(f32_tensor(&one, &[], &[1.0]));
+            self.init.push(tensor(&zp, DataType::Int8, &[], vec![q.input_zero_point as u8]));
+            self.nodes.push(node("Mul", &format!("{base}_Scale"), &[x, &inv], &[&scaled], vec![]));
+            self.nodes.push(node("QuantizeLinear", &format!("{base}_QuantizeLinear"), &[&scaled, &one, &zp], &[&xq], vec![]));
+        }
+        let wq = format!("{name}.weight_quantized");
+        let op = match conv {
+            Some(_) => {
+                self.init.push(tensor(&wq, DataType::Int8, &q.dims, q.weight.clone()));
+                "ConvInteger"
+            }
+            None => {
+                // MatMulInteger multiplies `x [N, in]` by `[in, out]`: the weights transposed.
+                let (rows, cols) = (out as usize, q.dims[1] as usize);
+                let t: Vec<u8> = (0..cols * rows).map(|i| q.weight[(i % rows) * cols + i / rows]).collect();
+                self.init.push(tensor(&wq, DataType::Int8, &[q.dims[1], out], t));
+                "MatMulInteger"
+            }
+        };
+        let acc = format!("{name}_acc");
+        let mut inputs = vec![xq, wq, zp];
+        if q.weight_zero_point.iter().any(|&z| z != 0) {
+            let wz = format!("{name}.weight_zero_point");
+            self.init.push(tensor(&wz, DataType::Int8, &[out], q.weight_zero_point.iter().map(|&z| z as u8).collect()));
+            inputs.push(wz);
+        }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let attrs = conv.map(ConvAttrs::attributes).unwrap_or_default();
+        self.nodes.push(node(op, &format!("{name}_{op}"), &inputs, &[&acc], attrs));
+        // + bias (int32), to float, * input_scale * weight_scale (in f32, as the device).
+        let (bq, biased, float, scale) =
+            (format!("{name}.bias_quantized"), format!("{name}_biased"), format!("{name}_float"), format!("{name}.scale"));
+        self.init.push(tensor(&bq, DataType::Int32, &channel_dims, q.bias.iter().flat_map(|b| b.to_le_bytes()).collect()));
+        let s: Vec<f32> = q.weight_scale.iter().map(|&w| q.input_scale * w).collect();
+        self.init.push(f32_tensor(&scale, &channel_dims, &s));
+        self.nodes.push(node("Add", &format!("{name}_AddBias"), &[&acc, &bq], &[&biased], vec![]));
+        self.nodes.push(node("Cast", &format!("{name}_Cast"), &[&biased], &[&float], vec![attr_int("to", DataType::Float as i64)]));
+        self.nodes.push(node("Mul", &format!("{name}_Dequantize"), &[&float, &scale], &[output], vec![]));
+        Ok(())
+    }
+
+    /// `[x, weight, bias]` names for the QDQ form of quantized layer `name` reading value `x`.
+    fn qdq_inputs(&mut self, name: &str, x: &str, input: ValueId, q: Quantized) -> Result<Vec<String>> {
+        let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
+        let Quantized {
+            dims: wdims,
+            weight: q_w,
+            weight_scale: w_scale,
+            weight_zero_point: w_zp,
+            input_scale: in_scale,
+            input_zero_point: in_zp,
+            bias: bias_q,
+        } = q;
+        let out = wdims[0];
+
+        // Input: one Q/DQ pair per (value, quantization).
+        let (base, new) = self.quantized_input(name, x, input, in_scale, in_zp);
+        let xdq = format!("{base}_dequantized");
+        if new {
+            let (s, zp, q) = (format!("{base}_scale"), format!("{base}_zero_point"), format!("{base}_quantized"));
+            self.init.push(f32_tensor(&s, &[], &[in_scale]));
+            self.init.push(tensor(&zp, DataType::Int8, &[], vec![in_zp as u8]));
+            self.nodes.push(node("QuantizeLinear", &format!("{base}_QuantizeLinear"), &[x, &s, &zp], &[&q], vec![]));
+            self.nodes.push(node("DequantizeLinear", &format!("{base}_DequantizeLinear"), &[&q, &s, &zp], &[&xdq], vec![]));
+        }
 
         // Weight, per output channel.
         let (wq, ws, wz, wd) =
@@ -222,14 +372,14 @@ impl<'a> Builder<'_, 'a> {
 }
 
 /// Builds the ONNX model of a Folded-form weights file.
-pub fn build(file: &WeightsFile<'_>, producer_version: &str) -> Result<ModelProto> {
+pub fn build(file: &WeightsFile<'_>, producer_version: &str, int8: Int8Ops) -> Result<ModelProto> {
     let header = file.header();
     if header.form != Form::Folded {
         bail!("ONNX export needs a Folded-form weights file");
     }
     let config = *file.config();
     let pre: Preprocess = header.preprocess;
-    let mut b = Builder { file, nodes: Vec::new(), init: Vec::new(), qdq: HashMap::new() };
+    let mut b = Builder { file, int8, nodes: Vec::new(), init: Vec::new(), quantized_inputs: HashMap::new() };
     let logits_id = config.num_values(Form::Folded) - 1;
     let vname = |v: ValueId| match v.index() {
         0 => "input".to_string(),
@@ -240,23 +390,9 @@ pub fn build(file: &WeightsFile<'_>, producer_version: &str) -> Result<ModelProt
         match *n {
             Node::Input { .. } => {}
             Node::Conv { name, input, output, kernel, stride, padding, .. } => {
-                let inputs = b.layer_inputs(name, &vname(input), input)?;
-                let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-                let k = i64::from(kernel);
-                let (s, p) = (i64::from(stride), i64::from(padding));
-                b.nodes.push(node(
-                    "Conv",
-                    name,
-                    &inputs,
-                    &[&vname(output)],
-                    vec![
-                        attr_ints("kernel_shape", &[k, k]),
-                        attr_ints("strides", &[s, s]),
-                        attr_ints("pads", &[p, p, p, p]),
-                        attr_ints("dilations", &[1, 1]),
-                        attr_int("group", 1),
-                    ],
-                ));
+                let conv =
+                    ConvAttrs { kernel: i64::from(kernel), stride: i64::from(stride), padding: i64::from(padding) };
+                b.layer(name, &vname(input), input, &vname(output), Some(conv))?;
             }
             Node::Affine { name, input, output, channels } => {
                 let c = i64::from(channels);
@@ -310,11 +446,7 @@ pub fn build(file: &WeightsFile<'_>, producer_version: &str) -> Result<ModelProt
                     vec![attr_int("axis", 1)],
                 ));
             }
-            Node::Linear { name, input, output, .. } => {
-                let inputs = b.layer_inputs(name, &vname(input), input)?;
-                let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-                b.nodes.push(node("Gemm", name, &inputs, &[&vname(output)], vec![attr_int("transB", 1)]));
-            }
+            Node::Linear { name, input, output, .. } => b.layer(name, &vname(input), input, &vname(output), None)?,
         }
         Ok(())
     })?;
