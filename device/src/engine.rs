@@ -51,6 +51,7 @@ pub struct EngineOptions {
     /// Input height and width; `None`: the weights file's crop, or the ONNX model's own shape
     /// (224x224 when it is symbolic).
     pub input_size: Option<(u32, u32)>,
+    pub conv: ConvAlgorithm,
 }
 
 impl Default for EngineOptions {
@@ -59,7 +60,30 @@ impl Default for EngineOptions {
             threads: 1,
             precision: ComputePrecision::Auto,
             input_size: None,
+            conv: ConvAlgorithm::Auto,
         }
+    }
+}
+
+/// How f32 plans compute their 3x3 stride-1 convolutions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// Winograd F(2x2, 3x3) (`crate::winograd`) where the CPU has AVX-512 (x86), tract's
+    /// im2col + matrix product elsewhere.
+    #[default]
+    Auto,
+    /// Always tract's im2col + matrix product (the direct sum).
+    Direct,
+}
+
+impl std::str::FromStr for ConvAlgorithm {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "auto" => Self::Auto,
+            "direct" => Self::Direct,
+            _ => bail!("unknown conv algorithm `{s}` (expected auto or direct)"),
+        })
     }
 }
 
@@ -109,6 +133,8 @@ pub struct ModelInfo {
     pub preprocess: Preprocess,
     pub int8_layers: Vec<String>,
     pub float_layers: Vec<String>,
+    /// How many float convs run as Winograd F(2x2, 3x3) (`crate::winograd`).
+    pub winograd_layers: usize,
     /// Things the user should know (fallbacks), printed by the CLI on stderr.
     pub notes: Vec<String>,
     /// Reading, importing and optimizing the model.
@@ -244,6 +270,7 @@ impl Engine {
             preprocess: header.preprocess,
             int8_layers: imported.int8_layers,
             float_layers: imported.float_layers,
+            winograd_layers: 0,
             notes: vec![],
             load_time: Duration::ZERO,
             threads: 1,
@@ -340,6 +367,7 @@ impl Engine {
             preprocess,
             int8_layers: vec![],
             float_layers: vec![],
+            winograd_layers: 0,
             notes: vec![],
             load_time: Duration::ZERO,
             threads: 1,
@@ -387,6 +415,10 @@ impl Engine {
             FloatPrecisionTranslator::new(f32::datum_type(), f16::datum_type())
                 .transform(&mut model)?;
             info.compute = Compute::F16;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if info.compute == Compute::F32 && opts.conv == ConvAlgorithm::Auto {
+            info.winograd_layers = crate::winograd::prepare(&mut model)?;
         }
         let mut model = model.into_optimized()?;
         crate::rewrite::speed_up(&mut model, info.compute == Compute::Int8)?;

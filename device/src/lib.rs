@@ -9,6 +9,8 @@
 //!   around the integer convs of int8 plans [`im2col`] (patch packing), [`quantize`]
 //!   (f32 -> i8) and [`epilogue`] (i32 accumulators -> the next layer's input in one pass),
 //!   and on x86 with AVX-512 VNNI `vnni` (matrix product and epilogue in one op).
+//! - `winograd` (x86 with AVX-512): fp32 plans' 3x3 stride-1 convs as Winograd F(2x2, 3x3),
+//!   swapped in before tract's optimizer (`--conv direct` keeps tract's).
 //! - [`pipeline`]: frame -> preprocess -> inference -> softmax/top-k, timed per stage.
 //! - [`source`], [`v4l2`], [`live`]: frame sources (stdin, files, folders, V4L2 cameras) and the
 //!   latest-frame-wins loop.
@@ -41,6 +43,8 @@ pub mod source;
 pub mod v4l2;
 #[cfg(target_arch = "x86_64")]
 pub mod vnni;
+#[cfg(target_arch = "x86_64")]
+pub mod winograd;
 
-pub use engine::{ComputePrecision, Engine, EngineOptions};
+pub use engine::{ComputePrecision, ConvAlgorithm, Engine, EngineOptions};
 pub use pipeline::Pipeline;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use device::bench::{self, BenchOptions};
-use device::engine::{ComputePrecision, Engine, EngineOptions};
+use device::engine::{ComputePrecision, ConvAlgorithm, Engine, EngineOptions};
 use device::parity::{compare, Parity};
 use device::pipeline::{Image, Pipeline};
 use device::source::{open_source, StreamFormat};
@@ -42,6 +42,10 @@ struct ModelArgs {
     /// Input size HxW (default: the model's own).
     #[arg(long, value_parser = parse_size)]
     input_size: Option<(u32, u32)>,
+    /// Float 3x3 stride-1 convs: auto (Winograd F(2x2,3x3) on x86 with AVX-512, tract's
+    /// im2col + matrix product elsewhere) or direct (always tract's).
+    #[arg(long, default_value = "auto")]
+    conv: ConvAlgorithm,
 }
 
 impl ModelArgs {
@@ -52,6 +56,7 @@ impl ModelArgs {
                 threads: self.threads,
                 precision: self.precision,
                 input_size: self.input_size,
+                conv: self.conv,
             },
         )?;
         for note in &engine.info().notes {

@@ -19,3 +19,11 @@ pub(crate) fn for_ranges(count: usize, f: impl Fn(Range<usize>) + Sync) {
         _ => f(0..count),
     }
 }
+
+/// The threads `for_ranges` splits over.
+pub(crate) fn threads() -> usize {
+    match current_tract_executor() {
+        Executor::MultiThread(pool) => pool.current_num_threads(),
+        _ => 1,
+    }
+}

@@ -29,6 +29,7 @@ pub fn model_json(engine: &Engine) -> Value {
         "classes": i.num_classes,
         "int8_layers": i.int8_layers.len(),
         "float_layers": i.float_layers.len(),
+        "winograd_layers": i.winograd_layers,
         "threads": i.threads,
     })
 }

@@ -6,7 +6,9 @@
 
 mod common;
 
-use device::engine::{cpu_has_fp16, Compute, ComputePrecision, Engine, EngineOptions};
+use device::engine::{
+    cpu_has_fp16, Compute, ComputePrecision, ConvAlgorithm, Engine, EngineOptions,
+};
 use device::parity::{compare, Parity};
 use shared::graph::Form;
 use shared::weights::Precision;
@@ -14,25 +16,46 @@ use shared::weights::Precision;
 const FP32_REL_TOL: f32 = 1e-4;
 
 fn check_fp32(model: &std::path::Path, parity: &Parity, max_samples: usize) {
-    let mut e = Engine::load(model, &EngineOptions::default()).unwrap();
-    assert_eq!(e.info().compute, Compute::F32);
-    let n = parity.len().min(max_samples);
-    for i in 0..n {
-        let got = e.run(parity.input(i)).unwrap();
-        let err = compare::rel_err(got, parity.logits(i));
-        assert!(
-            err <= FP32_REL_TOL,
-            "{}: sample {i}: relative error {err:e} > {FP32_REL_TOL:e}",
-            model.display()
-        );
-        assert_eq!(
-            compare::argmax(got),
-            compare::argmax(parity.logits(i)),
-            "{}: sample {i}: top-1 differs",
-            model.display()
+    // x86 with AVX-512 runs the 3x3 stride-1 convs as Winograd by default: check both.
+    let algorithms: &[ConvAlgorithm] = if cfg!(target_arch = "x86_64") {
+        &[ConvAlgorithm::Auto, ConvAlgorithm::Direct]
+    } else {
+        &[ConvAlgorithm::Auto]
+    };
+    for &conv in algorithms {
+        let opts = EngineOptions {
+            conv,
+            ..Default::default()
+        };
+        let mut e = Engine::load(model, &opts).unwrap();
+        assert_eq!(e.info().compute, Compute::F32);
+        if conv == ConvAlgorithm::Direct {
+            assert_eq!(e.info().winograd_layers, 0);
+        }
+        let n = parity.len().min(max_samples);
+        let mut worst = 0f32;
+        for i in 0..n {
+            let got = e.run(parity.input(i)).unwrap();
+            let err = compare::rel_err(got, parity.logits(i));
+            worst = worst.max(err);
+            assert!(
+                err <= FP32_REL_TOL,
+                "{} ({conv:?}): sample {i}: relative error {err:e} > {FP32_REL_TOL:e}",
+                model.display()
+            );
+            assert_eq!(
+                compare::argmax(got),
+                compare::argmax(parity.logits(i)),
+                "{} ({conv:?}): sample {i}: top-1 differs",
+                model.display()
+            );
+        }
+        eprintln!(
+            "{} ({conv:?}, {} Winograd convs): {n} samples within {FP32_REL_TOL:e} (max {worst:.1e})",
+            model.display(),
+            e.info().winograd_layers
         );
     }
-    eprintln!("{}: {n} samples within {FP32_REL_TOL:e}", model.display());
 }
 
 fn samples() -> usize {
@@ -92,6 +115,35 @@ fn resnet18_fp32_compact_and_onnx() {
         &parity,
         samples().min(1),
     );
+}
+
+/// On x86 with AVX-512 the fp32 plan runs exactly ResNet-18's 3x3 stride-1 convs (13: two per
+/// block but the first conv of layers 2-4, which has stride 2) as Winograd, and the float
+/// parity above holds with it (and without: `ConvAlgorithm::Direct`).
+#[test]
+fn resnet18_fp32_runs_its_3x3_stride1_convs_as_winograd() {
+    let Some(dir) = common::fixtures("resnet18") else {
+        return;
+    };
+    let model = common::compact(&dir, "resnet18", Form::Folded, Precision::F32);
+    let e = Engine::load(&model, &EngineOptions::default()).unwrap();
+    #[cfg(target_arch = "x86_64")]
+    if device::winograd::supported() {
+        let nodes: Vec<&str> = e
+            .optimized_model()
+            .nodes()
+            .iter()
+            .filter(|n| n.op_is::<device::winograd::WinogradConv>())
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(e.info().winograd_layers, 13, "{nodes:?}");
+        assert_eq!(nodes.len(), 13, "{nodes:?}");
+        assert!(nodes
+            .iter()
+            .all(|n| !n.contains(".0.conv1") || n.starts_with("layer1")));
+        return;
+    }
+    assert_eq!(e.info().winograd_layers, 0);
 }
 
 /// One quantization step of the logits: the step of a per-tensor int8 quantization of the ORT
