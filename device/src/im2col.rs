@@ -86,6 +86,20 @@ struct Geometry {
     packing: Packing,
 }
 
+/// The geometry of a one-group, undilated convolution over a `channels x height x width`
+/// input: kernel `(kh, kw)`, stride, padding before `(top, left)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ConvShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+    pub out_height: usize,
+    pub out_width: usize,
+}
+
 /// `Im2col` for i8 NCHW inputs, writing tract's packed layout panel by panel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FastIm2Col {
@@ -550,6 +564,22 @@ impl FastIm2Col {
                 packing: Packing::Vnni,
             },
         }
+    }
+
+    /// The geometry of the convolution, if this writes a K4 layout for tract (the convs
+    /// `crate::vnni` runs on the padded input directly, without patches).
+    pub(crate) fn conv_shape(&self) -> Option<ConvShape> {
+        let g = &self.geometry;
+        matches!(g.packing, Packing::K4(_)).then(|| ConvShape {
+            channels: g.channels,
+            height: g.height,
+            width: g.width,
+            kernel: g.kernel,
+            stride: g.stride,
+            pad: g.pad,
+            out_height: g.out_height,
+            out_width: g.out_width,
+        })
     }
 
     /// Rows (`channels x kernel height x kernel width`) and columns (output pixels) of the

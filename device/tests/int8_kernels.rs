@@ -107,7 +107,7 @@ fn check(arch: &str) {
     // With AVX-512 VNNI, device::vnni took over every conv with an epilogue, 1x1 ones included.
     let vnni = vnni_supported();
     let ops = if vnni {
-        ["VnniConv", "FastIm2col"]
+        ["VnniConv", "VnniQuads"]
     } else {
         ["Int8Epilogue", "FastIm2col"]
     };
