@@ -68,8 +68,9 @@ impl Default for EngineOptions {
 /// How f32 plans compute their 3x3 stride-1 convolutions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvAlgorithm {
-    /// Winograd F(2x2, 3x3) (`crate::winograd`) where the CPU has AVX-512 (x86), tract's
-    /// im2col + matrix product elsewhere.
+    /// This crate's convs where the CPU has AVX-512 (x86: `crate::fp32`: Winograd F(2x2, 3x3)
+    /// for 3x3 stride 1, a direct conv for the 7x7 stem), tract's im2col + matrix product
+    /// elsewhere.
     #[default]
     Auto,
     /// Always tract's im2col + matrix product (the direct sum).
@@ -135,6 +136,8 @@ pub struct ModelInfo {
     pub float_layers: Vec<String>,
     /// How many float convs run as Winograd F(2x2, 3x3) (`crate::winograd`).
     pub winograd_layers: usize,
+    /// How many float convs run as `crate::direct`'s (large kernels: the stem).
+    pub direct_layers: usize,
     /// Things the user should know (fallbacks), printed by the CLI on stderr.
     pub notes: Vec<String>,
     /// Reading, importing and optimizing the model.
@@ -271,6 +274,7 @@ impl Engine {
             int8_layers: imported.int8_layers,
             float_layers: imported.float_layers,
             winograd_layers: 0,
+            direct_layers: 0,
             notes: vec![],
             load_time: Duration::ZERO,
             threads: 1,
@@ -368,6 +372,7 @@ impl Engine {
             int8_layers: vec![],
             float_layers: vec![],
             winograd_layers: 0,
+            direct_layers: 0,
             notes: vec![],
             load_time: Duration::ZERO,
             threads: 1,
@@ -418,7 +423,9 @@ impl Engine {
         }
         #[cfg(target_arch = "x86_64")]
         if info.compute == Compute::F32 && opts.conv == ConvAlgorithm::Auto {
-            info.winograd_layers = crate::winograd::prepare(&mut model)?;
+            let replaced = crate::fp32::prepare(&mut model)?;
+            info.winograd_layers = replaced.winograd;
+            info.direct_layers = replaced.direct;
         }
         let mut model = model.into_optimized()?;
         crate::rewrite::speed_up(&mut model, info.compute == Compute::Int8)?;

@@ -9,8 +9,9 @@
 //!   around the integer convs of int8 plans [`im2col`] (patch packing), [`quantize`]
 //!   (f32 -> i8) and [`epilogue`] (i32 accumulators -> the next layer's input in one pass),
 //!   and on x86 with AVX-512 VNNI `vnni` (matrix product and epilogue in one op).
-//! - `winograd` (x86 with AVX-512): fp32 plans' 3x3 stride-1 convs as Winograd F(2x2, 3x3),
-//!   swapped in before tract's optimizer (`--conv direct` keeps tract's).
+//! - `fp32` (x86 with AVX-512): fp32 plans' convs swapped in before tract's optimizer
+//!   (`--conv direct` keeps tract's): `winograd` (3x3 stride 1, Winograd F(2x2, 3x3)) and
+//!   `direct` (the 7x7/2 stem), each with the ReLU (and residual) after it.
 //! - [`pipeline`]: frame -> preprocess -> inference -> softmax/top-k, timed per stage.
 //! - [`source`], [`v4l2`], [`live`]: frame sources (stdin, files, folders, V4L2 cameras) and the
 //!   latest-frame-wins loop.
@@ -45,6 +46,10 @@ pub mod v4l2;
 pub mod vnni;
 #[cfg(target_arch = "x86_64")]
 pub mod winograd;
+#[cfg(target_arch = "x86_64")]
+pub mod fp32;
+#[cfg(target_arch = "x86_64")]
+pub mod direct;
 
 pub use engine::{ComputePrecision, ConvAlgorithm, Engine, EngineOptions};
 pub use pipeline::Pipeline;

@@ -30,6 +30,7 @@ pub fn model_json(engine: &Engine) -> Value {
         "int8_layers": i.int8_layers.len(),
         "float_layers": i.float_layers.len(),
         "winograd_layers": i.winograd_layers,
+        "direct_layers": i.direct_layers,
         "threads": i.threads,
     })
 }

@@ -19,24 +19,19 @@
 //! rows sized so that a block's transformed inputs and products stay in the L2 cache, and the
 //! blocks are split over `--threads`.
 //!
-//! The engine swaps it in for tract's `Conv` in the decluttered model of fp32 plans (before
-//! tract's optimizer), for float convs with constant weights, 3x3 kernel, stride 1, dilation 1,
-//! padding 1, one group, output channels a multiple of 8. The bias is added in the output
-//! transform; tract fuses the ReLU and residual additions that follow into its own ops.
+//! `crate::fp32::prepare` swaps it in for tract's 3x3 stride-1 padding-1 float `Conv`s, before
+//! tract's optimizer. The output transform adds the bias, then (taken over from the ops that
+//! followed the conv) the residual and the ReLU, in registers.
 
 // The loops over the 4 x 4 transforms index several arrays at once, like the formulas.
 #![allow(clippy::needless_range_loop)]
 
+use crate::fp32::{lane_mask, Epilogue, LANES};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
 use tract_core::internal::*;
-use tract_core::ops::cnn::conv::KernelFormat;
-use tract_core::ops::cnn::{Conv, PaddingSpec};
-use tract_core::ops::nn::DataFormat;
 
-/// Tiles per vector.
-const LANES: usize = 16;
 /// Output channels per tile of the matrix product.
 const R: usize = 8;
 /// Transformed values per tile (4 x 4).
@@ -55,6 +50,8 @@ pub struct WinogradConv {
     /// `G g G^T` per output channel block: `[XI][k / R][c][R]`.
     u: Arc<Vec<f32>>,
     bias: Vec<f32>,
+    /// Residual (the op's second input, `[1, k, h, w]`) and ReLU after the bias.
+    epilogue: Epilogue,
 }
 
 impl Eq for WinogradConv {}
@@ -63,8 +60,8 @@ impl std::fmt::Debug for WinogradConv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "WinogradConv {{ c: {}, k: {}, h: {}, w: {} }}",
-            self.c, self.k, self.h, self.w
+            "WinogradConv {{ c: {}, k: {}, h: {}, w: {}, {:?} }}",
+            self.c, self.k, self.h, self.w, self.epilogue
         )
     }
 }
@@ -75,15 +72,18 @@ impl Op for WinogradConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!(
-            "F(2x2,3x3) {}->{} channels at {}x{}: {} tiles, kernel [{}]",
-            self.c,
-            self.k,
-            self.h,
-            self.w,
-            self.th() * self.tw(),
-            Self::KERNEL
-        )])
+        Ok(vec![
+            format!(
+                "F(2x2,3x3) {}->{} channels at {}x{}: {} tiles, kernel [{}]",
+                self.c,
+                self.k,
+                self.h,
+                self.w,
+                self.th() * self.tw(),
+                Self::KERNEL
+            ),
+            format!("{:?}", self.epilogue),
+        ])
     }
 
     op_as_typed_op!();
@@ -96,6 +96,7 @@ struct Buffers {
     x: *const f32,
     split: *mut f32,
     out: *mut f32,
+    residual: Option<*const f32>,
 }
 
 /// One block of tile rows and its scratch: the transformed inputs `v` (`[XI][c][stride]`) and
@@ -130,8 +131,17 @@ impl WinogradConv {
     pub const KERNEL: &'static str = "winograd_f2x2_3x3_avx512 (device::winograd)";
 
     /// The conv with weights `kernel` (`[k][c][3][3]`, OIHW) and `bias` (`k` values) on
-    /// `h x w` inputs.
-    pub fn new(kernel: &[f32], bias: &[f32], c: usize, k: usize, h: usize, w: usize) -> Self {
+    /// `h x w` inputs, then `epilogue`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        kernel: &[f32],
+        bias: &[f32],
+        c: usize,
+        k: usize,
+        h: usize,
+        w: usize,
+        epilogue: Epilogue,
+    ) -> Self {
         assert!(k.is_multiple_of(R) && kernel.len() == k * c * 9 && bias.len() == k);
         let blocks = k / R;
         let mut u = vec![0f32; XI * blocks * c * R];
@@ -168,6 +178,7 @@ impl WinogradConv {
             w,
             u: Arc::new(u),
             bias: bias.to_vec(),
+            epilogue,
         }
     }
 
@@ -347,8 +358,8 @@ impl WinogradConv {
         }
     }
 
-    /// `A^T m A` plus the bias on output channels `outs` of the tiles of block `b`, into the
-    /// output.
+    /// `A^T m A` plus the bias (plus the residual) (max 0) on output channels `outs` of the
+    /// tiles of block `b`, into the output.
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn transform_output(&self, buf: Buffers, b: &Block, outs: Range<usize>) {
@@ -358,6 +369,19 @@ impl WinogradConv {
         for o in outs {
             let bias = _mm512_set1_ps(self.bias[o]);
             let plane = buf.out.add(o * self.h * self.w);
+            let skip = buf.residual.map(|r| r.add(o * self.h * self.w));
+            let zero = _mm512_setzero_ps();
+            let finish = |v: __m512, at: usize, mask: __mmask16| {
+                let mut v = v;
+                if let Some(r) = skip {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, r.add(at)));
+                }
+                if self.epilogue.relu {
+                    // max(v, 0) is 0 for a NaN v, like f32::max (tract's `Max`).
+                    v = _mm512_max_ps(v, zero);
+                }
+                _mm512_mask_storeu_ps(plane.add(at), mask, v);
+            };
             for ty in rows.clone() {
                 for tx0 in (0..tw).step_by(LANES) {
                     let mask = lane_mask(tw - tx0);
@@ -384,33 +408,16 @@ impl WinogradConv {
                             _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(sa[1], sa[2]), sa[3]), bias);
                         let ox = 2 * tx0;
                         let valid = self.w - ox;
-                        let dst = plane.add(oy * self.w + ox);
-                        _mm512_mask_storeu_ps(
-                            dst,
-                            lane_mask(valid),
-                            _mm512_permutex2var_ps(y0, lo, y1),
-                        );
+                        let at = oy * self.w + ox;
+                        finish(_mm512_permutex2var_ps(y0, lo, y1), at, lane_mask(valid));
                         if valid > LANES {
-                            _mm512_mask_storeu_ps(
-                                dst.add(LANES),
-                                lane_mask(valid - LANES),
-                                _mm512_permutex2var_ps(y0, hi, y1),
-                            );
+                            let mask = lane_mask(valid - LANES);
+                            finish(_mm512_permutex2var_ps(y0, hi, y1), at + LANES, mask);
                         }
                     }
                 }
             }
         }
-    }
-}
-
-/// The mask of the first `n` lanes (all for `n >= 16`).
-#[inline]
-fn lane_mask(n: usize) -> __mmask16 {
-    if n >= LANES {
-        !0
-    } else {
-        (1u16 << n) - 1
     }
 }
 
@@ -476,7 +483,20 @@ impl EvalOp for WinogradConv {
             self.h,
             self.w
         );
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&[1, self.k, self.h, self.w])? };
+        let shape = [1, self.k, self.h, self.w];
+        let residual = if self.epilogue.residual {
+            let r = inputs.get(1).context("WinogradConv: no residual input")?;
+            ensure!(
+                r.datum_type() == f32::datum_type() && r.shape() == shape,
+                "WinogradConv: residual {:?} {:?}, planned for {shape:?} f32",
+                r.datum_type(),
+                r.shape()
+            );
+            Some(unsafe { r.as_ptr_unchecked::<f32>() })
+        } else {
+            None
+        };
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
         SPLIT.with(|split| {
             let split = &mut *split.borrow_mut();
             grow(split, self.split_len());
@@ -484,6 +504,7 @@ impl EvalOp for WinogradConv {
                 x: unsafe { x.as_ptr_unchecked::<f32>() },
                 split: split.as_mut_ptr(),
                 out: unsafe { out.as_ptr_mut_unchecked::<f32>() },
+                residual,
             };
             // SAFETY: `prepare` checked the CPU, eval the sizes; threads write disjoint channels
             // of the split input, then disjoint tile rows of the output.
@@ -509,94 +530,6 @@ impl TypedOp for WinogradConv {
     }
 }
 
-/// Whether this CPU runs [`WinogradConv`].
-pub fn supported() -> bool {
-    is_x86_feature_detected!("avx512f")
-}
-
-/// The [`WinogradConv`] for a `Conv` node, if it is one it computes (see the module doc).
-fn recognize(model: &TypedModel, node: &TypedNode, conv: &Conv) -> Option<WinogradConv> {
-    let spec = &conv.pool_spec;
-    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|s| *s == 1));
-    let pad_one = match &spec.padding {
-        PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, _) => {
-            b.iter().chain(a).all(|p| *p == 1) && b.len() == 2 && a.len() == 2
-        }
-        _ => false,
-    };
-    if conv.q_params.is_some()
-        || conv.group != 1
-        || conv.kernel_fmt != KernelFormat::OIHW
-        || spec.data_format != DataFormat::NCHW
-        || spec.kernel_shape[..] != [3, 3]
-        || !ones(&spec.strides)
-        || !ones(&spec.dilations)
-        || !pad_one
-        || node.inputs.len() != 3
-    {
-        return None;
-    }
-    let input = model.outlet_fact(node.inputs[0]).ok()?;
-    let [1, c, h, w] = *input.shape.as_concrete()? else {
-        return None;
-    };
-    let k = spec.output_channels;
-    if input.datum_type != f32::datum_type()
-        || c != spec.input_channels
-        || !k.is_multiple_of(R)
-        || k == 0
-    {
-        return None;
-    }
-    let konst = |i: usize| model.outlet_fact(node.inputs[i]).ok()?.konst.clone();
-    let kernel = konst(1)?;
-    let kernel = kernel
-        .try_as_plain_ram()
-        .ok()?
-        .as_slice::<f32>()
-        .ok()?
-        .to_vec();
-    let bias = konst(2)?;
-    let bias = bias
-        .try_as_plain_ram()
-        .ok()?
-        .as_slice::<f32>()
-        .ok()?
-        .to_vec();
-    let bias = match bias.len() {
-        1 => vec![bias[0]; k],
-        n if n == k => bias,
-        _ => return None,
-    };
-    (kernel.len() == k * c * 9).then(|| WinogradConv::new(&kernel, &bias, c, k, h, w))
-}
-
-/// Replaces every float `Conv` of a decluttered model that [`WinogradConv`] computes, on CPUs
-/// that have AVX-512 F; returns how many. Run before tract's optimizer, on f32 plans only.
-pub fn prepare(model: &mut TypedModel) -> TractResult<usize> {
-    if !supported() {
-        return Ok(0);
-    }
-    let mut replaced = 0;
-    for id in 0..model.nodes().len() {
-        let node = model.node(id);
-        let Some(op) = node
-            .op_as::<Conv>()
-            .and_then(|conv| recognize(model, node, conv))
-        else {
-            continue;
-        };
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, node.inputs[0])?;
-        let y = patch.wire_node(format!("{}.winograd", node.name), op, &[x])?[0];
-        patch.shunt_outside(model, OutletId::new(id, 0), y)?;
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    model.compact()?;
-    Ok(replaced)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,10 +546,11 @@ mod tests {
     }
 
     /// The op against a direct float64 convolution on sizes with odd heights and widths, more
-    /// tiles than a vector and fewer, several blocks, and on two threads (same bits).
+    /// tiles than a vector and fewer, several blocks, with and without the fused residual and
+    /// ReLU, and on two threads (same bits).
     #[test]
     fn equals_direct_convolution() {
-        if !supported() {
+        if !crate::fp32::supported() {
             eprintln!("skipped: this CPU has no AVX-512 (the plan keeps tract's convs)");
             return;
         }
@@ -635,8 +569,20 @@ mod tests {
             let kernel: Vec<f32> = (0..k * c * 9).map(|_| next()).collect();
             let bias: Vec<f32> = (0..k).map(|_| next()).collect();
             let x: Vec<f32> = (0..c * h * w).map(|_| next()).collect();
-            let conv = WinogradConv::new(&kernel, &bias, c, k, h, w);
-            let input = tvec![Tensor::from_shape(&[1, c, h, w], &x).unwrap().into_tvalue()];
+            let epilogue = Epilogue {
+                residual: case % 2 == 1,
+                relu: case % 3 != 0,
+            };
+            let skip: Vec<f32> = (0..k * h * w).map(|_| next()).collect();
+            let conv = WinogradConv::new(&kernel, &bias, c, k, h, w, epilogue);
+            let mut input = tvec![Tensor::from_shape(&[1, c, h, w], &x).unwrap().into_tvalue()];
+            if epilogue.residual {
+                input.push(
+                    Tensor::from_shape(&[1, k, h, w], &skip)
+                        .unwrap()
+                        .into_tvalue(),
+                );
+            }
             let one = conv
                 .eval(&EvalContext::out_of_plan(), input.clone())
                 .unwrap();
@@ -673,6 +619,14 @@ mod tests {
                                     scale += p.abs();
                                 }
                             }
+                        }
+                        if epilogue.residual {
+                            let r = f64::from(skip[(o * h + y) * w + xx]);
+                            sum += r;
+                            scale += r.abs();
+                        }
+                        if epilogue.relu {
+                            sum = sum.max(0.0);
                         }
                         let g = f64::from(got[(o * h + y) * w + xx]);
                         let err = (g - sum).abs() / scale;

@@ -118,29 +118,44 @@ fn resnet18_fp32_compact_and_onnx() {
 }
 
 /// On x86 with AVX-512 the fp32 plan runs exactly ResNet-18's 3x3 stride-1 convs (13: two per
-/// block but the first conv of layers 2-4, which has stride 2) as Winograd, and the float
-/// parity above holds with it (and without: `ConvAlgorithm::Direct`).
+/// block but the first conv of layers 2-4, which has stride 2) as Winograd and its 7x7 stem as
+/// `DirectConv`, each with the ReLU (and residual) after it: the only element-wise ops left
+/// to tract are the ReLUs after its own stride-2 convs (3); the float parity above holds with
+/// them (and without: `ConvAlgorithm::Direct`).
 #[test]
-fn resnet18_fp32_runs_its_3x3_stride1_convs_as_winograd() {
+fn resnet18_fp32_runs_the_devices_convs() {
     let Some(dir) = common::fixtures("resnet18") else {
         return;
     };
     let model = common::compact(&dir, "resnet18", Form::Folded, Precision::F32);
     let e = Engine::load(&model, &EngineOptions::default()).unwrap();
     #[cfg(target_arch = "x86_64")]
-    if device::winograd::supported() {
-        let nodes: Vec<&str> = e
-            .optimized_model()
-            .nodes()
-            .iter()
-            .filter(|n| n.op_is::<device::winograd::WinogradConv>())
-            .map(|n| n.name.as_str())
-            .collect();
-        assert_eq!(e.info().winograd_layers, 13, "{nodes:?}");
-        assert_eq!(nodes.len(), 13, "{nodes:?}");
-        assert!(nodes
+    if device::fp32::supported() {
+        let plan = e.optimized_model();
+        let named = |op: &str| -> Vec<&str> {
+            plan.nodes()
+                .iter()
+                .filter(|n| n.op.name() == op)
+                .map(|n| n.name.as_str())
+                .collect()
+        };
+        let winograd = named("WinogradConv");
+        assert_eq!(e.info().winograd_layers, 13, "{winograd:?}");
+        assert_eq!(winograd.len(), 13, "{winograd:?}");
+        assert!(winograd
             .iter()
             .all(|n| !n.contains(".0.conv1") || n.starts_with("layer1")));
+        assert_eq!(e.info().direct_layers, 1);
+        assert_eq!(named("DirectConv"), ["conv1.direct"]);
+        let elementwise: Vec<String> = plan
+            .nodes()
+            .iter()
+            .filter(|n| {
+                n.op.name().starts_with("OptMaxByScalar") || n.op.name().starts_with("OptBinChain")
+            })
+            .map(|n| format!("{} ({})", n.name, n.op.name()))
+            .collect();
+        assert_eq!(elementwise.len(), 3, "{elementwise:?}");
         return;
     }
     assert_eq!(e.info().winograd_layers, 0);

@@ -1,0 +1,229 @@
+//! The fp32 plans' own convolutions, on x86 CPUs with AVX-512 F: [`prepare`] swaps them in
+//! for tract's `Conv` in the decluttered model, before tract's optimizer.
+//!
+//! - 3x3 stride-1 padding-1 convs: `crate::winograd` (Winograd F(2x2, 3x3): 2.25x fewer
+//!   multiply-adds), with the residual addition and the ReLU that follow.
+//! - Convs with kernels of 5 and more (ResNet's 7x7/2 stem): `crate::direct`, with the ReLU.
+//! - Everything else (stride-2 3x3, 1x1) stays tract's: its im2col + matrix product runs
+//!   those at about the speed of ONNX Runtime's.
+//!
+//! Only for float convs with constant weights and bias, one group, no dilation, a `[1, C, H,
+//! W]` input and output channels a multiple of 8. `--conv direct` (`ConvAlgorithm::Direct`)
+//! keeps tract's everywhere.
+
+use crate::direct::{self, DirectConv};
+use crate::winograd::WinogradConv;
+use std::arch::x86_64::__mmask16;
+use tract_core::internal::*;
+use tract_core::ops::binary::TypedBinOp;
+use tract_core::ops::cnn::conv::KernelFormat;
+use tract_core::ops::cnn::Conv;
+use tract_core::ops::nn::DataFormat;
+
+/// f32 lanes of a 512-bit register.
+pub(crate) const LANES: usize = 16;
+
+/// The mask of the first `n` lanes (all for `n >= 16`).
+#[inline]
+pub(crate) fn lane_mask(n: usize) -> __mmask16 {
+    if n >= LANES {
+        !0
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
+/// What a conv op applies after its bias, taken over from the element-wise ops that followed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Epilogue {
+    /// Adds the op's second input, of the output's shape.
+    pub residual: bool,
+    /// Then `max(0, .)`.
+    pub relu: bool,
+}
+
+/// Whether this CPU runs this crate's fp32 convs.
+pub fn supported() -> bool {
+    is_x86_feature_detected!("avx512f")
+}
+
+/// How many convs [`prepare`] gave to each op.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replaced {
+    pub winograd: usize,
+    pub direct: usize,
+}
+
+/// A float conv node's geometry and constants, if this crate's ops may take it.
+fn float_conv(
+    model: &TypedModel,
+    node: &TypedNode,
+    conv: &Conv,
+) -> Option<(direct::Geometry, Vec<f32>, Vec<f32>)> {
+    let spec = &conv.pool_spec;
+    if conv.q_params.is_some()
+        || conv.group != 1
+        || conv.kernel_fmt != KernelFormat::OIHW
+        || spec.data_format != DataFormat::NCHW
+        || spec.kernel_shape.len() != 2
+        || spec.dilations().iter().any(|d| *d != 1)
+        || node.inputs.len() != 3
+    {
+        return None;
+    }
+    let input = model.outlet_fact(node.inputs[0]).ok()?;
+    let [1, c, h, w] = *input.shape.as_concrete()? else {
+        return None;
+    };
+    let k = spec.output_channels;
+    if input.datum_type != f32::datum_type()
+        || c != spec.input_channels
+        || k == 0
+        || !k.is_multiple_of(8)
+    {
+        return None;
+    }
+    let padding = spec.computed_padding(&[h, w]);
+    let strides = spec.strides();
+    let g = direct::Geometry {
+        c,
+        k,
+        h,
+        w,
+        kernel: (spec.kernel_shape[0], spec.kernel_shape[1]),
+        stride: (strides[0], strides[1]),
+        pad: (padding[0].pad_before, padding[1].pad_before),
+        out_h: padding[0].convoluted,
+        out_w: padding[1].convoluted,
+    };
+    let konst = |i: usize| -> Option<Vec<f32>> {
+        let k = model.outlet_fact(node.inputs[i]).ok()?.konst.clone()?;
+        Some(k.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec())
+    };
+    let kernel = konst(1)?;
+    let bias = konst(2)?;
+    let bias = match bias.len() {
+        1 => vec![bias[0]; k],
+        n if n == k => bias,
+        _ => return None,
+    };
+    (kernel.len() == k * c * g.kernel.0 * g.kernel.1 && g.out_h > 0 && g.out_w > 0)
+        .then_some((g, kernel, bias))
+}
+
+/// Replaces every float `Conv` of a decluttered model that an op of this crate computes (see
+/// the module doc), on CPUs with AVX-512 F. Run before tract's optimizer, on f32 plans only.
+pub fn prepare(model: &mut TypedModel) -> TractResult<Replaced> {
+    let mut replaced = Replaced::default();
+    if !supported() {
+        return Ok(replaced);
+    }
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        let Some((g, kernel, bias)) = node
+            .op_as::<Conv>()
+            .and_then(|conv| float_conv(model, node, conv))
+        else {
+            continue;
+        };
+        let winograd = g.kernel == (3, 3)
+            && g.stride == (1, 1)
+            && g.pad == (1, 1)
+            && (g.out_h, g.out_w) == (g.h, g.w);
+        let large = g.kernel.0 >= 5 && g.kernel.1 >= 5;
+        if !winograd && !large {
+            continue;
+        }
+        let (epilogue, residual, last) = fuse(model, node, winograd, [1, g.k, g.out_h, g.out_w]);
+        let (op, suffix): (Box<dyn TypedOp>, _) = if winograd {
+            replaced.winograd += 1;
+            let op = WinogradConv::new(&kernel, &bias, g.c, g.k, g.h, g.w, epilogue);
+            (Box::new(op), "winograd")
+        } else {
+            replaced.direct += 1;
+            (
+                Box::new(DirectConv::new(g, &kernel, &bias, epilogue)),
+                "direct",
+            )
+        };
+        let mut patch = TypedModelPatch::default();
+        let mut inputs = tvec![patch.tap_model(model, node.inputs[0])?];
+        if let Some(r) = residual {
+            inputs.push(patch.tap_model(model, r)?);
+        }
+        let y = patch.wire_node(format!("{}.{suffix}", node.name), op, &inputs)?[0];
+        patch.shunt_outside(model, OutletId::new(last, 0), y)?;
+        patch.apply(model)?;
+    }
+    model.compact()?;
+    Ok(replaced)
+}
+
+/// The element-wise ops after a conv node that its op can take over: `Max(., 0)` (ReLU), or
+/// (with `residuals`) `Add(., r)` with `r` of the output's `shape` then `Max(., 0)`, each the
+/// only consumer of the one before. Returns the epilogue, the residual and the node whose
+/// output the op replaces.
+fn fuse(
+    model: &TypedModel,
+    conv: &TypedNode,
+    residuals: bool,
+    shape: [usize; 4],
+) -> (Epilogue, Option<OutletId>, usize) {
+    let none = (Epilogue::default(), None, conv.id);
+    let only_successor = |node: &TypedNode| -> Option<&TypedNode> {
+        match &node.outputs[0].successors[..] {
+            [s] => Some(model.node(s.node)),
+            _ => None,
+        }
+    };
+    let binary = |node: &TypedNode, name: &str| -> Option<[OutletId; 2]> {
+        let bin = node.op_as::<TypedBinOp>()?;
+        (bin.0.name() == name && node.inputs.len() == 2).then(|| [node.inputs[0], node.inputs[1]])
+    };
+    let is_zero = |o: OutletId| {
+        let k = model.outlet_fact(o).ok().and_then(|f| f.konst.clone());
+        k.is_some_and(|k| {
+            k.try_as_plain_ram()
+                .ok()
+                .and_then(|k| {
+                    k.as_slice::<f32>()
+                        .ok()
+                        .map(|v| v.iter().all(|v| *v == 0.0))
+                })
+                .unwrap_or(false)
+        })
+    };
+    let relu_of = |node: &TypedNode, input: OutletId| {
+        binary(node, "Max")
+            .is_some_and(|[a, b]| (a == input && is_zero(b)) || (b == input && is_zero(a)))
+    };
+    let out = OutletId::new(conv.id, 0);
+    let Some(next) = only_successor(conv) else {
+        return none;
+    };
+    let relu = Epilogue {
+        residual: false,
+        relu: true,
+    };
+    if relu_of(next, out) {
+        return (relu, None, next.id);
+    }
+    let Some([a, b]) = binary(next, "Add").filter(|_| residuals) else {
+        return none;
+    };
+    let residual = if a == out { b } else { a };
+    let full = model.outlet_fact(residual).ok().is_some_and(|f| {
+        f.datum_type == f32::datum_type() && f.shape.as_concrete() == Some(&shape[..])
+    });
+    match only_successor(next) {
+        Some(r) if full && residual != out && relu_of(r, OutletId::new(next.id, 0)) => (
+            Epilogue {
+                residual: true,
+                relu: true,
+            },
+            Some(residual),
+            r.id,
+        ),
+        _ => none,
+    }
+}
