@@ -26,8 +26,12 @@ extern crate tract_onnx_cnn as tract_onnx;
 pub mod bench;
 pub mod const_fold;
 pub mod convert;
+#[cfg(target_arch = "x86_64")]
+pub mod direct;
 pub mod engine;
 pub mod epilogue;
+#[cfg(target_arch = "x86_64")]
+pub mod fp32;
 pub mod gpio;
 pub mod im2col;
 pub mod import;
@@ -46,10 +50,6 @@ pub mod v4l2;
 pub mod vnni;
 #[cfg(target_arch = "x86_64")]
 pub mod winograd;
-#[cfg(target_arch = "x86_64")]
-pub mod fp32;
-#[cfg(target_arch = "x86_64")]
-pub mod direct;
 
 pub use engine::{ComputePrecision, ConvAlgorithm, Engine, EngineOptions};
 pub use pipeline::Pipeline;
