@@ -21,6 +21,7 @@ pub(crate) fn for_ranges(count: usize, f: impl Fn(Range<usize>) + Sync) {
 }
 
 /// The threads `for_ranges` splits over.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn threads() -> usize {
     match current_tract_executor() {
         Executor::MultiThread(pool) => pool.current_num_threads(),
