@@ -47,6 +47,9 @@ use tract_linalg::BinOp;
 const CHANNELS: usize = 16;
 /// Output pixels per tile: the 16 i32 lanes of a register.
 const PIXELS: usize = 16;
+/// Implicit tiles: output channels (half a block of weights) and panels of 16 positions.
+const HALF: usize = 8;
+const IMPLICIT_PANELS: usize = 3;
 
 /// An int8 convolution's matrix product and epilogue (see the module doc).
 #[derive(Clone, PartialEq)]
@@ -77,6 +80,10 @@ struct Implicit {
     /// Per tile: its output lanes (`x < out_width`, rows inside) and the output index of the
     /// first; the kept lanes' outputs are consecutive.
     tiles: Vec<(__mmask16, usize)>,
+    /// The tiles by groups of [`IMPLICIT_PANELS`] (first, count). (Balancing a last group of
+    /// one with the one before, 2 + 2 for the 4 tiles of ResNet's 7x7 layers, measured the
+    /// same as 3 + 1.)
+    groups: Vec<(usize, usize)>,
 }
 
 impl Eq for VnniConv {}
@@ -204,7 +211,7 @@ impl VnniConv {
             })
             .collect();
         let (oh, ow) = (g.out_height, g.out_width);
-        let tiles = (0..(oh * wp).div_ceil(PIXELS))
+        let tiles: Vec<(__mmask16, usize)> = (0..(oh * wp).div_ceil(PIXELS))
             .map(|t| {
                 let mut mask: __mmask16 = 0;
                 let mut first = None;
@@ -224,8 +231,17 @@ impl VnniConv {
                 (0..kw).map(move |kx| ((ky % sh) * sw + kx % sw) * plane + (ky / sh) * wp + kx / sw)
             })
             .collect();
+        let groups = (0..tiles.len())
+            .step_by(IMPLICIT_PANELS)
+            .map(|t| (t, IMPLICIT_PANELS.min(tiles.len() - t)))
+            .collect();
         VnniConv {
-            implicit: Some(Implicit { quads, taps, tiles }),
+            implicit: Some(Implicit {
+                quads,
+                taps,
+                tiles,
+                groups,
+            }),
             ..Self::new(&reordered, offsets, oh * ow, epilogue)
         }
     }
@@ -269,35 +285,68 @@ impl VnniConv {
                     self.finish(&acc, block * CHANNELS, p0, lanes, None, buf);
                 }
                 Some(i) => {
-                    let (mask, first) = i.tiles[panel];
-                    if mask == 0 {
-                        return;
+                    // Half blocks (8 channels) by up to 3 panels: 24 accumulators, 3 loads of
+                    // positions and 8 broadcasts of weights per step (16 x 16: 1 and 16).
+                    let (panel, panels) = i.groups[panel];
+                    for half in 0..2 {
+                        let w = w.add(half * 4 * HALF);
+                        let c0 = block * CHANNELS + half * HALF;
+                        match panels {
+                            3 => self.implicit_tile::<3>(i, w, panel, c0, buf),
+                            2 => self.implicit_tile::<2>(i, w, panel, c0, buf),
+                            _ => self.implicit_tile::<1>(i, w, panel, c0, buf),
+                        }
                     }
-                    let q = &i.quads;
-                    let x = buf.patches.add(panel * PIXELS * 4);
-                    let acc = dot_implicit(w, x, &i.taps, q.quads(), q.quad_len());
-                    let lanes = mask.count_ones() as usize;
-                    self.finish(&acc, block * CHANNELS, first, lanes, Some(mask), buf);
                 }
             }
         };
         // Each block of weights is read once, the patches once per block. The other order
         // (weights streamed once per panel of patches) measured the same on ResNet-18
         // (13.7 ms either way, x86, one thread).
+        // (Implicit convs: `tile` takes the group of panels number `panel`.)
+        let tiles = match &self.implicit {
+            Some(i) => i.groups.len(),
+            None => self.panels(),
+        };
         for block in blocks {
-            for panel in 0..self.panels() {
+            for panel in 0..tiles {
                 tile(block, panel);
             }
         }
     }
 
-    /// The epilogue of one tile: channels `c0..c0 + 16`, output pixels `p0..p0 + lanes`, from
+    /// One implicit tile: channels `c0..c0 + 8` (weights `w`: the half block's, steps 16
+    /// channels apart) by panels `panel..panel + N`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn implicit_tile<const N: usize>(
+        &self,
+        i: &Implicit,
+        w: *const i8,
+        panel: usize,
+        c0: usize,
+        buf: Buffers,
+    ) {
+        let q = &i.quads;
+        let x = buf.patches.add(panel * PIXELS * 4);
+        let acc = dot_implicit::<N>(w, x, &i.taps, q.quads(), q.quad_len());
+        for (p, &(mask, first)) in i.tiles[panel..panel + N].iter().enumerate() {
+            if mask == 0 {
+                continue;
+            }
+            let column: [__m512i; HALF] = std::array::from_fn(|j| acc[j][p]);
+            let lanes = mask.count_ones() as usize;
+            self.finish(&column, c0, first, lanes, Some(mask), buf);
+        }
+    }
+
+    /// The epilogue of one tile: channels `c0..c0 + acc.len()`, output pixels `p0..p0 + lanes`, from
     /// the first `lanes` lanes, or from the lanes of `select` moved to the front.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
     unsafe fn finish(
         &self,
-        acc: &[__m512i; CHANNELS],
+        acc: &[__m512i],
         c0: usize,
         p0: usize,
         lanes: usize,
@@ -370,26 +419,32 @@ unsafe fn dot(w: *const i8, x: *const u8, k4: usize) -> [__m512i; CHANNELS] {
     acc
 }
 
-/// [`dot`] on the padded input of [`VnniQuads`] (`x`: the tile's first position): per channel
-/// quad (`quad_len` positions apart), per kernel tap (`taps`: position offsets), 16 x 4 bytes.
+/// [`dot`] on the padded input of [`VnniQuads`] for 8 channels (`w`: 8 x 4 bytes per step,
+/// steps 16 channels apart) by `N` panels of 16 positions (`x`: the first's first position):
+/// per channel quad (`quad_len` positions apart), per kernel tap (`taps`: position offsets).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn dot_implicit(
+unsafe fn dot_implicit<const N: usize>(
     w: *const i8,
     x: *const u8,
     taps: &[usize],
     quads: usize,
     quad_len: usize,
-) -> [__m512i; CHANNELS] {
-    let mut acc = [_mm512_setzero_si512(); CHANNELS];
+) -> [[__m512i; N]; HALF] {
+    let mut acc = [[_mm512_setzero_si512(); N]; HALF];
     let mut ws = w as *const i32;
     for quad in 0..quads {
         let base = x.add(quad * quad_len * 4);
         for &tap in taps {
-            let xs = _mm512_loadu_si512(base.add(tap * 4) as *const _);
+            let mut xs = [_mm512_setzero_si512(); N];
+            for (p, xs) in xs.iter_mut().enumerate() {
+                *xs = _mm512_loadu_si512(base.add((tap + p * PIXELS) * 4) as *const _);
+            }
             for (j, acc) in acc.iter_mut().enumerate() {
                 let wj = _mm512_set1_epi32(ws.add(j).read_unaligned());
-                *acc = _mm512_dpbusd_epi32(*acc, xs, wj);
+                for (a, xs) in acc.iter_mut().zip(&xs) {
+                    *a = _mm512_dpbusd_epi32(*a, *xs, wj);
+                }
             }
             ws = ws.add(CHANNELS);
         }

@@ -36,7 +36,15 @@ fn photo() -> PathBuf {
     let img = image::RgbImage::from_fn(451, 300, |x, y| {
         image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
     });
-    img.save(&p).unwrap();
+    // Tests run in parallel: write a file of this thread's own, then rename it into place
+    // (atomic), so that no test reads a half-written image.
+    let tmp = std::env::temp_dir().join(format!(
+        "device-test-gradient.{}.{:?}.png",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    img.save(&tmp).unwrap();
+    std::fs::rename(&tmp, &p).unwrap();
     p
 }
 
