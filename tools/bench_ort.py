@@ -11,9 +11,10 @@ Needs the fixtures of tools/make_test_models.py (resnet18) and a release build o
 - ORT int8 int. NAME.int8.integer.onnx (the same in ConvInteger/MatMulInteger, what `host export
                 --onnx` writes for int8: ORT computes the device's logits exactly, but slowly)
 - tract ONNX    `device bench --conv direct` on NAME.onnx (tract-onnx import, tract's own convs)
-- device fp32   `device bench` on a compact Folded fp32 file: Winograd F(2x2,3x3) for the 3x3
-                stride-1 convs on x86 with AVX-512 (device/src/winograd.rs), and `--conv direct`
-                (tract's im2col + matrix product, what ARM boards run)
+- device fp32   `device bench` on a compact Folded fp32 file: the default convs (on x86 with
+                AVX-512: Winograd F(2x2,3x3) for 3x3 stride 1, a direct conv for the stem:
+                device/src/fp32.rs), and `--conv direct` (tract's im2col + matrix product
+                everywhere, what ARM boards run)
 - device int8   `device bench` on the compact int8 file
 - device fp16   `device bench --precision f16` (only where the CPU has fp16 arithmetic)
 
@@ -105,7 +106,7 @@ def main():
     for label, model, extra in [("tract-onnx fp32 (device --conv direct on .onnx)", fx / f"{name}.onnx",
                                  ["--conv", "direct"]),
                                 ("device fp32 (compact, --conv direct)", compact["f32"], ["--conv", "direct"]),
-                                ("device fp32 (compact, Winograd)", compact["f32"], []),
+                                ("device fp32 (compact, default convs)", compact["f32"], []),
                                 ("device int8 (compact)", compact["int8"], []),
                                 ("device fp16 (compact fp32, --precision f16)", compact["f32"], ["--precision", "f16"])]:
         res, err = device_bench(exe, model, args.warmup, args.iters, args.threads, extra)

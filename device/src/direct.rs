@@ -45,6 +45,8 @@ pub struct DirectConv {
     steps: Vec<usize>,
     /// Per vector of 16 positions: its output lanes and the output index of the first.
     vectors: Vec<(__mmask16, usize)>,
+    /// Tensors are `[1, C, H, W]` (else `[C, H, W]`).
+    batched: bool,
 }
 
 impl Eq for DirectConv {}
@@ -98,6 +100,8 @@ pub struct Geometry {
     pub pad: (usize, usize),
     pub out_h: usize,
     pub out_w: usize,
+    /// Tensors are `[1, C, H, W]` (else `[C, H, W]`).
+    pub batched: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -141,6 +145,7 @@ impl DirectConv {
             epilogue,
             steps: vec![],
             vectors: vec![],
+            batched: g.batched,
         };
         let (sy, sx) = g.stride;
         let (wq, plane, chan) = (conv.wq(), conv.plane(), conv.channel_len());
@@ -169,6 +174,10 @@ impl DirectConv {
             })
             .collect();
         conv
+    }
+
+    fn output_shape(&self) -> TVec<usize> {
+        crate::fp32::shape(self.batched, [self.k, self.out_h, self.out_w])
     }
 
     /// The padded extent the taps reach: `(height, width)`.
@@ -296,7 +305,8 @@ impl EvalOp for DirectConv {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = &inputs[0];
         ensure!(
-            x.datum_type() == f32::datum_type() && x.shape() == [1, self.c, self.h, self.w],
+            x.datum_type() == f32::datum_type()
+                && x.shape() == &crate::fp32::shape(self.batched, [self.c, self.h, self.w])[..],
             "DirectConv: input {:?} {:?}, planned for [1, {}, {}, {}] f32",
             x.datum_type(),
             x.shape(),
@@ -309,8 +319,7 @@ impl EvalOp for DirectConv {
         for c in 0..self.c {
             self.split(x, &mut split, c);
         }
-        let mut out =
-            unsafe { Tensor::uninitialized::<f32>(&[1, self.k, self.out_h, self.out_w])? };
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&self.output_shape())? };
         let buf = Buffers {
             split: split.as_ptr(),
             out: unsafe { out.as_ptr_mut_unchecked::<f32>() },
@@ -328,7 +337,7 @@ impl TypedOp for DirectConv {
     as_op!();
 
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact([1, self.k, self.out_h, self.out_w])))
+        Ok(tvec!(f32::fact(self.output_shape())))
     }
 }
 
@@ -379,6 +388,7 @@ mod tests {
                 pad: (p, p),
                 out_h,
                 out_w,
+                batched: true,
             };
             let conv = DirectConv::new(
                 g,

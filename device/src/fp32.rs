@@ -7,8 +7,8 @@
 //! - Everything else (stride-2 3x3, 1x1) stays tract's: its im2col + matrix product runs
 //!   those at about the speed of ONNX Runtime's.
 //!
-//! Only for float convs with constant weights and bias, one group, no dilation, a `[1, C, H,
-//! W]` input and output channels a multiple of 8. `--conv direct` (`ConvAlgorithm::Direct`)
+//! Only for float convs with constant weights and bias, one group, no dilation, one `[1, C, H,
+//! W]` (or `[C, H, W]`) image and output channels a multiple of 8. `--conv direct` (`ConvAlgorithm::Direct`)
 //! keeps tract's everywhere.
 
 use crate::direct::{self, DirectConv};
@@ -42,6 +42,15 @@ pub struct Epilogue {
     pub relu: bool,
 }
 
+/// `[1, C, H, W]` or `[C, H, W]`.
+pub(crate) fn shape(batched: bool, chw: [usize; 3]) -> TVec<usize> {
+    if batched {
+        tvec![1, chw[0], chw[1], chw[2]]
+    } else {
+        chw.into_iter().collect()
+    }
+}
+
 /// Whether this CPU runs this crate's fp32 convs.
 pub fn supported() -> bool {
     is_x86_feature_detected!("avx512f")
@@ -64,7 +73,6 @@ fn float_conv(
     if conv.q_params.is_some()
         || conv.group != 1
         || conv.kernel_fmt != KernelFormat::OIHW
-        || spec.data_format != DataFormat::NCHW
         || spec.kernel_shape.len() != 2
         || spec.dilations().iter().any(|d| *d != 1)
         || node.inputs.len() != 3
@@ -72,8 +80,12 @@ fn float_conv(
         return None;
     }
     let input = model.outlet_fact(node.inputs[0]).ok()?;
-    let [1, c, h, w] = *input.shape.as_concrete()? else {
-        return None;
+    // One image, NCHW, or CHW (tract drops the batch axis after the 1x1 convs it turns into
+    // matrix products, as in ResNet-50's bottlenecks).
+    let (batched, c, h, w) = match (spec.data_format, input.shape.as_concrete()?) {
+        (DataFormat::NCHW, &[1, c, h, w]) => (true, c, h, w),
+        (DataFormat::CHW, &[c, h, w]) => (false, c, h, w),
+        _ => return None,
     };
     let k = spec.output_channels;
     if input.datum_type != f32::datum_type()
@@ -95,6 +107,7 @@ fn float_conv(
         pad: (padding[0].pad_before, padding[1].pad_before),
         out_h: padding[0].convoluted,
         out_w: padding[1].convoluted,
+        batched,
     };
     let konst = |i: usize| -> Option<Vec<f32>> {
         let k = model.outlet_fact(node.inputs[i]).ok()?.konst.clone()?;
@@ -134,10 +147,12 @@ pub fn prepare(model: &mut TypedModel) -> TractResult<Replaced> {
         if !winograd && !large {
             continue;
         }
-        let (epilogue, residual, last) = fuse(model, node, winograd, [1, g.k, g.out_h, g.out_w]);
+        let out_shape = shape(g.batched, [g.k, g.out_h, g.out_w]);
+        let (epilogue, residual, last) = fuse(model, node, winograd, &out_shape);
         let (op, suffix): (Box<dyn TypedOp>, _) = if winograd {
             replaced.winograd += 1;
-            let op = WinogradConv::new(&kernel, &bias, g.c, g.k, g.h, g.w, epilogue);
+            let mut op = WinogradConv::new(&kernel, &bias, g.c, g.k, g.h, g.w, epilogue);
+            op.batched = g.batched;
             (Box::new(op), "winograd")
         } else {
             replaced.direct += 1;
@@ -167,7 +182,7 @@ fn fuse(
     model: &TypedModel,
     conv: &TypedNode,
     residuals: bool,
-    shape: [usize; 4],
+    shape: &[usize],
 ) -> (Epilogue, Option<OutletId>, usize) {
     let none = (Epilogue::default(), None, conv.id);
     let only_successor = |node: &TypedNode| -> Option<&TypedNode> {
@@ -212,9 +227,10 @@ fn fuse(
         return none;
     };
     let residual = if a == out { b } else { a };
-    let full = model.outlet_fact(residual).ok().is_some_and(|f| {
-        f.datum_type == f32::datum_type() && f.shape.as_concrete() == Some(&shape[..])
-    });
+    let full = model
+        .outlet_fact(residual)
+        .ok()
+        .is_some_and(|f| f.datum_type == f32::datum_type() && f.shape.as_concrete() == Some(shape));
     match only_successor(next) {
         Some(r) if full && residual != out && relu_of(r, OutletId::new(next.id, 0)) => (
             Epilogue {

@@ -50,8 +50,11 @@ pub struct WinogradConv {
     /// `G g G^T` per output channel block: `[XI][k / R][c][R]`.
     u: Arc<Vec<f32>>,
     bias: Vec<f32>,
-    /// Residual (the op's second input, `[1, k, h, w]`) and ReLU after the bias.
+    /// Residual (the op's second input, of the output's shape) and ReLU after the bias.
     epilogue: Epilogue,
+    /// Tensors are `[1, C, H, W]` (else `[C, H, W]`: tract drops the batch axis after the
+    /// 1x1 convs it turns into matrix products, as in ResNet-50's bottlenecks).
+    pub(crate) batched: bool,
 }
 
 impl Eq for WinogradConv {}
@@ -179,6 +182,7 @@ impl WinogradConv {
             u: Arc::new(u),
             bias: bias.to_vec(),
             epilogue,
+            batched: true,
         }
     }
 
@@ -475,7 +479,8 @@ impl EvalOp for WinogradConv {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = &inputs[0];
         ensure!(
-            x.datum_type() == f32::datum_type() && x.shape() == [1, self.c, self.h, self.w],
+            x.datum_type() == f32::datum_type()
+                && x.shape() == &crate::fp32::shape(self.batched, [self.c, self.h, self.w])[..],
             "WinogradConv: input {:?} {:?}, planned for [1, {}, {}, {}] f32",
             x.datum_type(),
             x.shape(),
@@ -483,11 +488,11 @@ impl EvalOp for WinogradConv {
             self.h,
             self.w
         );
-        let shape = [1, self.k, self.h, self.w];
+        let shape = crate::fp32::shape(self.batched, [self.k, self.h, self.w]);
         let residual = if self.epilogue.residual {
             let r = inputs.get(1).context("WinogradConv: no residual input")?;
             ensure!(
-                r.datum_type() == f32::datum_type() && r.shape() == shape,
+                r.datum_type() == f32::datum_type() && r.shape() == &shape[..],
                 "WinogradConv: residual {:?} {:?}, planned for {shape:?} f32",
                 r.datum_type(),
                 r.shape()
@@ -526,7 +531,10 @@ impl TypedOp for WinogradConv {
     as_op!();
 
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact([1, self.k, self.h, self.w])))
+        Ok(tvec!(f32::fact(crate::fp32::shape(
+            self.batched,
+            [self.k, self.h, self.w]
+        ))))
     }
 }
 

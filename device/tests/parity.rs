@@ -117,6 +117,29 @@ fn resnet18_fp32_compact_and_onnx() {
     );
 }
 
+/// ResNet-50: its bottlenecks' 3x3 convs take `[C, H, W]` tensors (tract drops the batch axis
+/// after the 1x1 convs it turns into matrix products); on x86 with AVX-512 all 13 of stride 1
+/// run as Winograd. x86 only: a ResNet-50 inference takes about a minute under qemu.
+#[test]
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    ignore = "slow under qemu; covered on x86"
+)]
+fn resnet50_fp32_within_1e4_of_the_host() {
+    let Some(dir) = common::fixtures("resnet50") else {
+        return;
+    };
+    let parity = Parity::read(dir.join("resnet50.parity.safetensors")).unwrap();
+    let model = common::compact(&dir, "resnet50", Form::Folded, Precision::F32);
+    check_fp32(&model, &parity, 2);
+    #[cfg(target_arch = "x86_64")]
+    if device::fp32::supported() {
+        let e = Engine::load(&model, &EngineOptions::default()).unwrap();
+        assert_eq!(e.info().winograd_layers, 13);
+        assert_eq!(e.info().direct_layers, 1);
+    }
+}
+
 /// On x86 with AVX-512 the fp32 plan runs exactly ResNet-18's 3x3 stride-1 convs (13: two per
 /// block but the first conv of layers 2-4, which has stride 2) as Winograd and its 7x7 stem as
 /// `DirectConv`, each with the ReLU (and residual) after it: the only element-wise ops left
