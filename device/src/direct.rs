@@ -344,17 +344,8 @@ impl TypedOp for DirectConv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fp32::random;
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
-
-    fn random(seed: u64) -> impl FnMut() -> f32 {
-        let mut state = seed;
-        move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        }
-    }
 
     /// The op against a direct float64 convolution: the ResNet stem and smaller odd shapes,
     /// strides 1 to 3, with and without ReLU, on one and two threads (same bits).

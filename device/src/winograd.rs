@@ -541,17 +541,8 @@ impl TypedOp for WinogradConv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fp32::random;
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
-
-    fn random(seed: u64) -> impl FnMut() -> f32 {
-        let mut state = seed;
-        move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        }
-    }
 
     /// The op against a direct float64 convolution on sizes with odd heights and widths, more
     /// tiles than a vector and fewer, several blocks, with and without the fused residual and
