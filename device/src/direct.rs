@@ -22,7 +22,8 @@ const R: usize = 8;
 /// Registers of positions per tile, at most.
 const NV: usize = 3;
 
-/// A float conv of one `[1, C, H, W]` image with a large kernel (see the module doc).
+/// A float conv of one `[1, C, H, W]` (or `[C, H, W]`) image with a large kernel (see the
+/// module doc).
 #[derive(Clone, PartialEq)]
 pub struct DirectConv {
     c: usize,

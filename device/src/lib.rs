@@ -5,7 +5,8 @@
 //! - [`import`]: the compact weights format -> tract-core ops, by walking the `shared` graph
 //!   (int8 layers become integer convs).
 //! - [`rewrite`]: this crate's ops swapped into tract's optimized plan where tract's are slow:
-//!   [`const_fold`] (what tract's optimizer leaves to run time), [`maxpool`] (separable), and
+//!   [`const_fold`] (what tract's optimizer leaves to run time), [`maxpool`] (separable),
+//!   [`downsample`] (strided copies), and
 //!   around the integer convs of int8 plans [`im2col`] (patch packing), [`quantize`]
 //!   (f32 -> i8) and [`epilogue`] (i32 accumulators -> the next layer's input in one pass),
 //!   and on x86 with AVX-512 VNNI `vnni` (matrix product and epilogue in one op).
@@ -28,6 +29,7 @@ pub mod const_fold;
 pub mod convert;
 #[cfg(target_arch = "x86_64")]
 pub mod direct;
+pub mod downsample;
 pub mod engine;
 pub mod epilogue;
 #[cfg(target_arch = "x86_64")]

@@ -2,7 +2,8 @@
 //!
 //! Each swaps in an op of this crate where tract's own is slow on the plans `crate::import`
 //! builds, computing the same values (each module says how that is tested):
-//! [`crate::const_fold`] (all plans), [`crate::maxpool`] (all plans), then for int8 plans
+//! [`crate::const_fold`] (all plans), [`crate::maxpool`] and [`crate::downsample`] (all
+//! plans), then for int8 plans
 //! [`crate::im2col`], [`crate::quantize`] and [`crate::epilogue`] (which looks for the
 //! quantizers `quantize` put in), then on x86 `crate::vnni` (which takes over the chains
 //! `im2col -> tract's matrix product -> epilogue` where the CPU has AVX-512 VNNI).
@@ -13,6 +14,7 @@ use tract_core::internal::*;
 pub fn speed_up(model: &mut TypedModel, int8: bool) -> TractResult<()> {
     crate::const_fold::fold(model)?;
     crate::maxpool::speed_up(model)?;
+    crate::downsample::speed_up(model)?;
     if int8 {
         crate::im2col::speed_up(model)?;
         crate::quantize::speed_up(model)?;

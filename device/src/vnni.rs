@@ -931,7 +931,12 @@ pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
             .iter()
             .map(|i| patch.tap_model(model, *i))
             .collect::<TractResult<TVec<_>>>()?;
-        let patches = patch.wire_node(format!("{name}.im2col"), im2col, &taps)?[0];
+        let suffix = if conv.implicit.is_some() {
+            "quads"
+        } else {
+            "im2col"
+        };
+        let patches = patch.wire_node(format!("{name}.{suffix}"), im2col, &taps)?[0];
         let mut inputs = tvec![patches];
         if let Some(r) = residual {
             inputs.push(patch.tap_model(model, r)?);

@@ -11,7 +11,7 @@
 //! multiply-adds; the results differ from the direct sum by rounding only (the unit test
 //! bounds it against a float64 reference; whole networks stay within the parity tests' 1e-4).
 //!
-//! Layout: the input (`[1, C, H, W]`, NCHW) is first split per row into its even and odd
+//! Layout: the input (one image, NCHW) is first split per row into its even and odd
 //! columns (zero padding included), so the four columns of the 4x4 blocks of 16 neighbouring
 //! tiles are four plain vector loads. Lanes run over tiles everywhere: the transforms do one
 //! vector operation for 16 tiles, the matrix product's tile is 8 output channels (broadcast
@@ -37,7 +37,8 @@ const R: usize = 8;
 /// Transformed values per tile (4 x 4).
 const XI: usize = 16;
 
-/// A float 3x3 stride-1 padding-1 conv on one `[1, C, H, W]` image (see the module doc).
+/// A float 3x3 stride-1 padding-1 conv on one `[1, C, H, W]` (or `[C, H, W]`) image (see the
+/// module doc).
 #[derive(Clone, PartialEq)]
 pub struct WinogradConv {
     /// Input channels.
