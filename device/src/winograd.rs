@@ -1,29 +1,32 @@
-//! fp32 3x3 stride-1 convolutions by Winograd's minimal filtering F(2x2, 3x3), on x86 CPUs
-//! with AVX-512 F.
+//! fp32 3x3 stride-1 convolutions by Winograd's minimal filtering, F(2x2, 3x3) and F(4x4, 3x3),
+//! on x86 CPUs with AVX-512 F.
 //!
 //! Most of a ResNet's multiply-adds are 3x3 stride-1 convs (83% of ResNet-18's). tract runs them
 //! as im2col + matrix product: 36 multiply-adds per output pixel and input channel.
 //! [`WinogradConv`] (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016)
-//! computes each 2x2 block of outputs from a 4x4 block of inputs with 16: the input block goes
-//! through `B^T d B` (additions only), is multiplied point by point with the weights transformed
-//! once at load (`G g G^T`), summed over the input channels - 16 independent matrix products,
-//! `[K x C] . [C x tiles]` - and comes back through `A^T m A` (additions only). 2.25x fewer
-//! multiply-adds; the results differ from the direct sum by rounding only (the unit test
-//! bounds it against a float64 reference; whole networks stay within the parity tests' 1e-4).
+//! computes each `m x m` block of outputs from an `(m + 2) x (m + 2)` block of inputs: the input
+//! block goes through `B^T d B`, is multiplied point by point with the weights transformed once
+//! at load (`G g G^T`, in float64), summed over the input channels - `(m + 2)^2` independent
+//! matrix products, `[K x C] . [C x tiles]` - and comes back through `A^T m A`. F(2x2): 16
+//! products per 4 outputs (2.25x fewer than 36), transforms of additions only; F(4x4): 36 per
+//! 16 (4x fewer), transforms with small constants and about 10x the rounding error, still
+//! 2e-6 of the sum of magnitudes (the unit test bounds both against a float64 reference; whole
+//! networks stay within the parity tests' 1e-4). F(4x4) runs on the large layers (56x56 in
+//! ResNet-18), where there are enough tiles to fill the matrix products.
 //!
-//! Layout: the input (one image, NCHW) is first split per row into its even and odd
-//! columns (zero padding included), so the four columns of the 4x4 blocks of 16 neighbouring
-//! tiles are four plain vector loads. Lanes run over tiles everywhere: the transforms do one
-//! vector operation for 16 tiles, the matrix product's tile is 8 output channels (broadcast
-//! weights) by 16, 32 or 48 tiles (one to three registers). The work goes by blocks of tile
-//! rows sized so that a block's transformed inputs and products stay in the L2 cache, and the
-//! blocks are split over `--threads`.
+//! Layout: the input (one image, NCHW) is first split per row into its column phases (`x %
+//! m`, zero padding included), so that each column of the input blocks of 16 neighbouring tiles
+//! is one plain vector load. Lanes run over tiles everywhere: the transforms do one vector
+//! operation for 16 tiles, the matrix product's tile is 8 output channels (broadcast weights)
+//! by 16, 32 or 48 tiles (one to three registers). The work goes by blocks of tile rows sized
+//! so that a block's transformed inputs and products stay in the L2 cache, and the blocks are
+//! split over `--threads`.
 //!
 //! `crate::fp32::prepare` swaps it in for tract's 3x3 stride-1 padding-1 float `Conv`s, before
 //! tract's optimizer. The output transform adds the bias, then (taken over from the ops that
 //! followed the conv) the residual and the ReLU, in registers.
 
-// The loops over the 4 x 4 transforms index several arrays at once, like the formulas.
+// The loops over the transforms index several arrays at once, like the formulas.
 #![allow(clippy::needless_range_loop)]
 
 use crate::fp32::{lane_mask, Epilogue, LANES};
@@ -34,8 +37,6 @@ use tract_core::internal::*;
 
 /// Output channels per tile of the matrix product.
 const R: usize = 8;
-/// Transformed values per tile (4 x 4).
-const XI: usize = 16;
 
 /// A float 3x3 stride-1 padding-1 conv on one `[1, C, H, W]` (or `[C, H, W]`) image (see the
 /// module doc).
@@ -48,7 +49,10 @@ pub struct WinogradConv {
     /// Height and width of the input and the output.
     h: usize,
     w: usize,
-    /// `G g G^T` per output channel block: `[XI][k / R][c][R]`.
+    /// Outputs per tile side: F(2x2, 3x3) or F(4x4, 3x3).
+    m: usize,
+    /// `G g G^T` per output channel block: `[xi][k / R][c][R]` (`xi`: the `(m + 2)^2`
+    /// transformed values).
     u: Arc<Vec<f32>>,
     bias: Vec<f32>,
     /// Residual (the op's second input, of the output's shape) and ReLU after the bias.
@@ -78,7 +82,8 @@ impl Op for WinogradConv {
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![
             format!(
-                "F(2x2,3x3) {}->{} channels at {}x{}: {} tiles, kernel [{}]",
+                "F({0}x{0},3x3) {1}->{2} channels at {3}x{4}: {5} tiles, kernel [{6}]",
+                self.m,
                 self.c,
                 self.k,
                 self.h,
@@ -103,8 +108,8 @@ struct Buffers {
     residual: Option<*const f32>,
 }
 
-/// One block of tile rows and its scratch: the transformed inputs `v` (`[XI][c][stride]`) and
-/// the products `m` (`[XI][k][stride]`), `stride` >= the block's tiles, a multiple of 16.
+/// One block of tile rows and its scratch: the transformed inputs `v` (`[xi][c][stride]`) and
+/// the products `m` (`[xi][k][stride]`), `stride` >= the block's tiles, a multiple of 16.
 struct Block {
     rows: Range<usize>,
     v: *mut f32,
@@ -132,10 +137,10 @@ fn grow(v: &mut Vec<f32>, len: usize) {
 
 impl WinogradConv {
     /// The kernel, as `device inspect` and the tests name it.
-    pub const KERNEL: &'static str = "winograd_f2x2_3x3_avx512 (device::winograd)";
+    pub const KERNEL: &'static str = "winograd_3x3_avx512 (device::winograd)";
 
     /// The conv with weights `kernel` (`[k][c][3][3]`, OIHW) and `bias` (`k` values) on
-    /// `h x w` inputs, then `epilogue`.
+    /// `h x w` inputs, then `epilogue`; F(4x4, 3x3) on large inputs, F(2x2, 3x3) elsewhere.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         kernel: &[f32],
@@ -146,30 +151,66 @@ impl WinogradConv {
         w: usize,
         epilogue: Epilogue,
     ) -> Self {
+        // F(4x4) needs 36 products per 16 outputs, F(2x2) 64, but its tiles are 4 times fewer:
+        // on ResNet-18 (Zen 5) 56x56 layers took 0.52-0.56 ms in F(4x4) against 0.65-0.70,
+        // while 28x28 (49 tiles: too few for the 3-register products) took 0.63 against 0.54
+        // and 14x14 the same either way. Hence F(4x4) from 128 tiles on.
+        let tiles4 = h.div_ceil(4) * w.div_ceil(4);
+        let m = if tiles4 >= 128 { 4 } else { 2 };
+        Self::with_tile(kernel, bias, c, k, h, w, epilogue, m)
+    }
+
+    /// [`WinogradConv::new`] with `m x m` output tiles (2 or 4).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_tile(
+        kernel: &[f32],
+        bias: &[f32],
+        c: usize,
+        k: usize,
+        h: usize,
+        w: usize,
+        epilogue: Epilogue,
+        m: usize,
+    ) -> Self {
         assert!(k.is_multiple_of(R) && kernel.len() == k * c * 9 && bias.len() == k);
+        assert!(m == 2 || m == 4);
         let blocks = k / R;
-        let mut u = vec![0f32; XI * blocks * c * R];
-        // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]], in f64.
-        let g = [
-            [1.0, 0.0, 0.0],
-            [0.5, 0.5, 0.5],
-            [0.5, -0.5, 0.5],
-            [0.0, 0.0, 1.0],
-        ];
+        let alpha = m + 2;
+        let mut u = vec![0f32; alpha * alpha * blocks * c * R];
+        // G, in f64: F(2x2, 3x3) and F(4x4, 3x3) (points 0, 1, -1, 2, -2, infinity).
+        let g: &[[f64; 3]] = if m == 2 {
+            &[
+                [1.0, 0.0, 0.0],
+                [0.5, 0.5, 0.5],
+                [0.5, -0.5, 0.5],
+                [0.0, 0.0, 1.0],
+            ]
+        } else {
+            &[
+                [1.0 / 4.0, 0.0, 0.0],
+                [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+                [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+                [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+                [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+                [0.0, 0.0, 1.0],
+            ]
+        };
         for o in 0..k {
             for i in 0..c {
                 let f = &kernel[(o * c + i) * 9..][..9];
-                // t = G f (4 x 3), then t G^T (4 x 4).
-                let mut t = [[0f64; 3]; 4];
-                for (a, row) in t.iter_mut().enumerate() {
-                    for (col, v) in row.iter_mut().enumerate() {
-                        *v = (0..3).map(|r| g[a][r] * f64::from(f[r * 3 + col])).sum();
-                    }
-                }
-                for a in 0..4 {
-                    for b in 0..4 {
+                // t = G f (alpha x 3), then t G^T (alpha x alpha).
+                let t: Vec<[f64; 3]> = g
+                    .iter()
+                    .map(|ga| {
+                        std::array::from_fn(|col| {
+                            (0..3).map(|r| ga[r] * f64::from(f[r * 3 + col])).sum()
+                        })
+                    })
+                    .collect();
+                for a in 0..alpha {
+                    for b in 0..alpha {
                         let v: f64 = (0..3).map(|col| t[a][col] * g[b][col]).sum();
-                        let xi = 4 * a + b;
+                        let xi = alpha * a + b;
                         u[((xi * blocks + o / R) * c + i) * R + o % R] = v as f32;
                     }
                 }
@@ -180,6 +221,7 @@ impl WinogradConv {
             k,
             h,
             w,
+            m,
             u: Arc::new(u),
             bias: bias.to_vec(),
             epilogue,
@@ -187,49 +229,63 @@ impl WinogradConv {
         }
     }
 
-    /// Tile rows and columns (2x2 outputs each).
+    /// Transformed values per tile: `(m + 2)^2`.
+    fn xi(&self) -> usize {
+        (self.m + 2) * (self.m + 2)
+    }
+
+    /// Tile rows and columns (`m x m` outputs each).
     fn th(&self) -> usize {
-        self.h.div_ceil(2)
+        self.h.div_ceil(self.m)
     }
 
     fn tw(&self) -> usize {
-        self.w.div_ceil(2)
+        self.w.div_ceil(self.m)
     }
 
-    /// Length of a split row half (even or odd columns of the padded row).
+    /// Length of a split row phase (the padded row's columns `m * i + phase`).
     fn half(&self) -> usize {
         self.tw() + 1
     }
 
-    /// Rows of the padded input: one above, the rows, at least one below (even count).
+    /// Rows of the padded input: one above, the rows, at least one below.
     fn padded_rows(&self) -> usize {
-        2 * self.th() + 2
+        self.m * self.th() + 2
+    }
+
+    /// A split row: its `m` phases.
+    fn row_len(&self) -> usize {
+        self.m * self.half()
     }
 
     fn split_len(&self) -> usize {
-        self.c * self.padded_rows() * 2 * self.half()
+        self.c * self.padded_rows() * self.row_len()
     }
 
-    /// Tile rows per block: about `8192 / (c + k)` tiles, so that the block's `XI x (c + k)`
-    /// values per tile take 512 KiB.
+    /// Tile rows per block: about `131072 / xi / (c + k)` tiles, so that the block's
+    /// `xi x (c + k)` values per tile take 512 KiB.
     fn rows_per_block(&self) -> usize {
-        let tiles = (8192 / (self.c + self.k)).max(LANES);
+        let tiles = (131072 / self.xi() / (self.c + self.k)).max(LANES);
         (tiles / self.tw()).max(1)
     }
 
-    /// Splits the rows of channels `channels` into even and odd columns of the padded input.
+    /// Splits the rows of channels `channels` of the padded input by column phase (`x % m`):
+    /// even and odd columns for F(2x2), four phases for F(4x4).
     #[target_feature(enable = "avx512f")]
     unsafe fn split(&self, buf: Buffers, channels: Range<usize>) {
+        if self.m == 4 {
+            return self.split4(buf, channels);
+        }
         let (half, rows) = (self.half(), self.padded_rows());
         let (h, w) = (self.h as isize, self.w as isize);
         let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
         let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
         for ch in channels {
             for yp in 0..rows {
-                let dst = buf.split.add((ch * rows + yp) * 2 * half);
+                let dst = buf.split.add((ch * rows + yp) * self.row_len());
                 let y = yp as isize - 1;
                 if y < 0 || y >= h {
-                    std::ptr::write_bytes(dst, 0, 2 * half);
+                    std::ptr::write_bytes(dst, 0, self.row_len());
                     continue;
                 }
                 let src = buf.x.add((ch * self.h + y as usize) * self.w);
@@ -254,8 +310,8 @@ impl WinogradConv {
         let per = self.rows_per_block();
         let stride = (per * self.tw()).div_ceil(LANES) * LANES;
         let (v, m) = scratch;
-        grow(v, XI * self.c * stride);
-        grow(m, XI * self.k * stride);
+        grow(v, self.xi() * self.c * stride);
+        grow(m, self.xi() * self.k * stride);
         Block {
             rows: block * per..((block + 1) * per).min(self.th()),
             v: v.as_mut_ptr(),
@@ -272,7 +328,7 @@ impl WinogradConv {
             for block in blocks {
                 let b = self.block(block, scratch);
                 self.transform_input(buf, &b, 0..self.c);
-                self.multiply(&b, 0..XI * self.k / R);
+                self.multiply(&b, 0..self.xi() * self.k / R);
                 self.transform_output(buf, &b, 0..self.k);
             }
         });
@@ -286,20 +342,24 @@ impl WinogradConv {
             // SAFETY: as in `eval`; each range writes its own channels of `b.v`, its own
             // products of `b.m`, its own output channels.
             crate::parallel::for_ranges(self.c, |r| unsafe { self.transform_input(buf, &b, r) });
-            crate::parallel::for_ranges(XI * self.k / R, |r| unsafe { self.multiply(&b, r) });
+            let pairs = self.xi() * self.k / R;
+            crate::parallel::for_ranges(pairs, |r| unsafe { self.multiply(&b, r) });
             crate::parallel::for_ranges(self.k, |r| unsafe { self.transform_output(buf, &b, r) });
         });
     }
 
     /// `B^T d B` on input channels `channels` of the tiles of block `b`, into `b.v`
-    /// (`[XI][c][stride]`).
+    /// (`[xi][c][stride]`).
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn transform_input(&self, buf: Buffers, b: &Block, channels: Range<usize>) {
+        if self.m == 4 {
+            return self.transform_input4(buf, b, channels);
+        }
         let (half, prows, tw) = (self.half(), self.padded_rows(), self.tw());
         let (rows, v, stride) = (b.rows.clone(), b.v, b.stride);
         for ch in channels {
-            let plane = buf.split.add(ch * prows * 2 * half);
+            let plane = buf.split.add(ch * prows * self.row_len());
             for ty in rows.clone() {
                 for tx0 in (0..tw).step_by(LANES) {
                     let m = lane_mask(tw - tx0);
@@ -368,6 +428,9 @@ impl WinogradConv {
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn transform_output(&self, buf: Buffers, b: &Block, outs: Range<usize>) {
+        if self.m == 4 {
+            return self.transform_output4(buf, b, outs);
+        }
         let (tw, rows, m, stride) = (self.tw(), b.rows.clone(), b.m as *const f32, b.stride);
         let lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
         let hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
@@ -418,6 +481,208 @@ impl WinogradConv {
                         if valid > LANES {
                             let mask = lane_mask(valid - LANES);
                             finish(_mm512_permutex2var_ps(y0, hi, y1), at + LANES, mask);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// F(4x4, 3x3): `B^T` (6 x 6) on 6 vectors.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn bt6(d: [__m512; 6]) -> [__m512; 6] {
+    let s = |a, b| _mm512_sub_ps(a, b);
+    let a = |a, b| _mm512_add_ps(a, b);
+    let f = |k: f32, x, y| _mm512_fmadd_ps(_mm512_set1_ps(k), x, y);
+    [
+        f(4.0, d[0], f(-5.0, d[2], d[4])),
+        f(-4.0, a(d[1], d[2]), a(d[3], d[4])),
+        f(4.0, s(d[1], d[2]), s(d[4], d[3])),
+        f(2.0, s(d[3], d[1]), s(d[4], d[2])),
+        f(2.0, s(d[1], d[3]), s(d[4], d[2])),
+        f(4.0, d[1], f(-5.0, d[3], d[5])),
+    ]
+}
+
+/// F(4x4, 3x3): `A^T` (4 x 6) on 6 vectors.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn at6(m: [__m512; 6]) -> [__m512; 4] {
+    let f = |k: f32, x, y| _mm512_fmadd_ps(_mm512_set1_ps(k), x, y);
+    let (p12, m12) = (_mm512_add_ps(m[1], m[2]), _mm512_sub_ps(m[1], m[2]));
+    let (p34, m34) = (_mm512_add_ps(m[3], m[4]), _mm512_sub_ps(m[3], m[4]));
+    [
+        _mm512_add_ps(_mm512_add_ps(m[0], p12), p34),
+        f(2.0, m34, m12),
+        f(4.0, p34, p12),
+        _mm512_add_ps(f(8.0, m34, m12), m[5]),
+    ]
+}
+
+impl WinogradConv {
+    /// [`WinogradConv::split`] for F(4x4): phase `r` of padded row `yp` holds its columns
+    /// `4i + r`, from 64 columns (four registers) at a time.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn split4(&self, buf: Buffers, channels: Range<usize>) {
+        let (half, rows, row_len) = (self.half(), self.padded_rows(), self.row_len());
+        let (h, w) = (self.h as isize, self.w as isize);
+        // Lanes 0..8: elements 4l + r of two registers.
+        let idx: [__m512i; 4] = std::array::from_fn(|r| {
+            let r = r as i32;
+            _mm512_setr_epi32(
+                r,
+                4 + r,
+                8 + r,
+                12 + r,
+                16 + r,
+                20 + r,
+                24 + r,
+                28 + r,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            )
+        });
+        for ch in channels {
+            for yp in 0..rows {
+                let dst = buf.split.add((ch * rows + yp) * row_len);
+                let y = yp as isize - 1;
+                if y < 0 || y >= h {
+                    std::ptr::write_bytes(dst, 0, row_len);
+                    continue;
+                }
+                let src = buf.x.add((ch * self.h + y as usize) * self.w);
+                for i0 in (0..half).step_by(LANES) {
+                    // Padded column 4i is input column 4i - 1.
+                    let start = 4 * i0 as isize - 1;
+                    let load = |k: isize| {
+                        let at = start + 16 * k;
+                        _mm512_maskz_loadu_ps(range_mask(at, w), src.wrapping_offset(at))
+                    };
+                    let (a, b, c, d) = (load(0), load(1), load(2), load(3));
+                    let m = lane_mask(half - i0);
+                    for (r, idx) in idx.iter().enumerate() {
+                        let lo = _mm512_permutex2var_ps(a, *idx, b);
+                        let hi = _mm512_permutex2var_ps(c, *idx, d);
+                        let v = _mm512_shuffle_f32x4::<0x44>(lo, hi);
+                        _mm512_mask_storeu_ps(dst.add(r * half + i0), m, v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`WinogradConv::transform_input`] for F(4x4): 6 x 6 blocks, tile `tx` at padded
+    /// columns `4tx .. 4tx + 6`: phases 0-3 at `tx`, 0-1 at `tx + 1`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transform_input4(&self, buf: Buffers, b: &Block, channels: Range<usize>) {
+        let (half, prows, tw, row_len) =
+            (self.half(), self.padded_rows(), self.tw(), self.row_len());
+        let (rows, v, stride) = (b.rows.clone(), b.v, b.stride);
+        for ch in channels {
+            let plane = buf.split.add(ch * prows * row_len);
+            for ty in rows.clone() {
+                for tx0 in (0..tw).step_by(LANES) {
+                    let m = lane_mask(tw - tx0);
+                    // h[r]: row r of the block times B.
+                    let mut h = [[_mm512_setzero_ps(); 6]; 6];
+                    for (r, hr) in h.iter_mut().enumerate() {
+                        let row = plane.add((4 * ty + r) * row_len + tx0);
+                        let d: [__m512; 6] = std::array::from_fn(|a| {
+                            _mm512_maskz_loadu_ps(m, row.add((a % 4) * half + a / 4))
+                        });
+                        *hr = bt6(d);
+                    }
+                    let t = (ty - rows.start) * tw + tx0;
+                    for j in 0..6 {
+                        let cols = bt6(std::array::from_fn(|r| h[r][j]));
+                        for (i, value) in cols.into_iter().enumerate() {
+                            let xi = 6 * i + j;
+                            _mm512_mask_storeu_ps(v.add((xi * self.c + ch) * stride + t), m, value);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`WinogradConv::transform_output`] for F(4x4): 4 x 4 outputs per tile, the 4 columns
+    /// of 16 tiles interleaved into 64 consecutive outputs.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transform_output4(&self, buf: Buffers, b: &Block, outs: Range<usize>) {
+        let (tw, rows, m, stride) = (self.tw(), b.rows.clone(), b.m as *const f32, b.stride);
+        let lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        let hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+        // Pairs of columns (64-bit units) of two interleaved registers.
+        let lo2 = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
+        let hi2 = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
+        for o in outs {
+            let bias = _mm512_set1_ps(self.bias[o]);
+            let plane = buf.out.add(o * self.h * self.w);
+            let skip = buf.residual.map(|r| r.add(o * self.h * self.w));
+            let zero = _mm512_setzero_ps();
+            let finish = |v: __m512, at: usize, mask: __mmask16| {
+                let mut v = _mm512_add_ps(v, bias);
+                if let Some(r) = skip {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, r.add(at)));
+                }
+                if self.epilogue.relu {
+                    v = _mm512_max_ps(v, zero);
+                }
+                _mm512_mask_storeu_ps(plane.add(at), mask, v);
+            };
+            for ty in rows.clone() {
+                for tx0 in (0..tw).step_by(LANES) {
+                    let mask = lane_mask(tw - tx0);
+                    let t = (ty - rows.start) * tw + tx0;
+                    let load = |xi: usize| {
+                        _mm512_maskz_loadu_ps(mask, m.add((xi * self.k + o) * stride + t))
+                    };
+                    // s[a][j] = (A^T m)[a][j].
+                    let mut s = [[_mm512_setzero_ps(); 6]; 4];
+                    for j in 0..6 {
+                        let col = at6(std::array::from_fn(|i| load(6 * i + j)));
+                        for a in 0..4 {
+                            s[a][j] = col[a];
+                        }
+                    }
+                    for (a, sa) in s.iter().enumerate() {
+                        let oy = 4 * ty + a;
+                        if oy >= self.h {
+                            break;
+                        }
+                        let y = at6(*sa);
+                        let (e01, f01) = (
+                            _mm512_permutex2var_ps(y[0], lo, y[1]),
+                            _mm512_permutex2var_ps(y[0], hi, y[1]),
+                        );
+                        let (e23, f23) = (
+                            _mm512_permutex2var_ps(y[2], lo, y[3]),
+                            _mm512_permutex2var_ps(y[2], hi, y[3]),
+                        );
+                        let pd = |x: __m512| _mm512_castps_pd(x);
+                        let ps = |x: __m512d| _mm512_castpd_ps(x);
+                        let chunks = [
+                            ps(_mm512_permutex2var_pd(pd(e01), lo2, pd(e23))),
+                            ps(_mm512_permutex2var_pd(pd(e01), hi2, pd(e23))),
+                            ps(_mm512_permutex2var_pd(pd(f01), lo2, pd(f23))),
+                            ps(_mm512_permutex2var_pd(pd(f01), hi2, pd(f23))),
+                        ];
+                        let ox = 4 * tx0;
+                        let at = oy * self.w + ox;
+                        for (q, chunk) in chunks.into_iter().enumerate() {
+                            let start = ox + q * LANES;
+                            if start >= self.w {
+                                break;
+                            }
+                            finish(chunk, at + q * LANES, lane_mask(self.w - start));
                         }
                     }
                 }
@@ -574,71 +839,75 @@ mod tests {
                 relu: case % 3 != 0,
             };
             let skip: Vec<f32> = (0..k * h * w).map(|_| next()).collect();
-            let conv = WinogradConv::new(&kernel, &bias, c, k, h, w, epilogue);
-            let mut input = tvec![Tensor::from_shape(&[1, c, h, w], &x).unwrap().into_tvalue()];
-            if epilogue.residual {
-                input.push(
-                    Tensor::from_shape(&[1, k, h, w], &skip)
+            for tile in [2, 4] {
+                let conv = WinogradConv::with_tile(&kernel, &bias, c, k, h, w, epilogue, tile);
+                let mut input = tvec![Tensor::from_shape(&[1, c, h, w], &x).unwrap().into_tvalue()];
+                if epilogue.residual {
+                    input.push(
+                        Tensor::from_shape(&[1, k, h, w], &skip)
+                            .unwrap()
+                            .into_tvalue(),
+                    );
+                }
+                let one = conv
+                    .eval(&EvalContext::out_of_plan(), input.clone())
+                    .unwrap();
+                let two = multithread_tract_scope(Executor::multithread(2), || {
+                    conv.eval(&EvalContext::out_of_plan(), input.clone())
                         .unwrap()
-                        .into_tvalue(),
-                );
-            }
-            let one = conv
-                .eval(&EvalContext::out_of_plan(), input.clone())
-                .unwrap();
-            let two = multithread_tract_scope(Executor::multithread(2), || {
-                conv.eval(&EvalContext::out_of_plan(), input.clone())
+                });
+                assert_eq!(one, two, "case {case}: threads differ");
+                let got = one[0]
+                    .try_as_plain_ram()
                     .unwrap()
-            });
-            assert_eq!(one, two, "case {case}: threads differ");
-            let got = one[0]
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap()
-                .to_vec();
-            let mut worst = 0f64;
-            for o in 0..k {
-                for y in 0..h {
-                    for xx in 0..w {
-                        let mut sum = f64::from(bias[o]);
-                        let mut scale = bias[o].abs() as f64;
-                        for i in 0..c {
-                            for ky in 0..3 {
-                                for kx in 0..3 {
-                                    let (iy, ix) = (y as isize + ky - 1, xx as isize + kx - 1);
-                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                        continue;
+                    .as_slice::<f32>()
+                    .unwrap()
+                    .to_vec();
+                let mut worst = 0f64;
+                for o in 0..k {
+                    for y in 0..h {
+                        for xx in 0..w {
+                            let mut sum = f64::from(bias[o]);
+                            let mut scale = bias[o].abs() as f64;
+                            for i in 0..c {
+                                for ky in 0..3 {
+                                    for kx in 0..3 {
+                                        let (iy, ix) = (y as isize + ky - 1, xx as isize + kx - 1);
+                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize
+                                        {
+                                            continue;
+                                        }
+                                        let p =
+                                            f64::from(x[(i * h + iy as usize) * w + ix as usize])
+                                                * f64::from(
+                                                    kernel[((o * c + i) * 3 + ky as usize) * 3
+                                                        + kx as usize],
+                                                );
+                                        sum += p;
+                                        scale += p.abs();
                                     }
-                                    let p = f64::from(x[(i * h + iy as usize) * w + ix as usize])
-                                        * f64::from(
-                                            kernel
-                                                [((o * c + i) * 3 + ky as usize) * 3 + kx as usize],
-                                        );
-                                    sum += p;
-                                    scale += p.abs();
                                 }
                             }
-                        }
-                        if epilogue.residual {
-                            let r = f64::from(skip[(o * h + y) * w + xx]);
-                            sum += r;
-                            scale += r.abs();
-                        }
-                        if epilogue.relu {
-                            sum = sum.max(0.0);
-                        }
-                        let g = f64::from(got[(o * h + y) * w + xx]);
-                        let err = (g - sum).abs() / scale;
-                        worst = worst.max(err);
-                        assert!(
+                            if epilogue.residual {
+                                let r = f64::from(skip[(o * h + y) * w + xx]);
+                                sum += r;
+                                scale += r.abs();
+                            }
+                            if epilogue.relu {
+                                sum = sum.max(0.0);
+                            }
+                            let g = f64::from(got[(o * h + y) * w + xx]);
+                            let err = (g - sum).abs() / scale;
+                            worst = worst.max(err);
+                            assert!(
                             err < 1e-5,
-                            "case {case} ({c}, {k}, {h}, {w}) at o {o} y {y} x {xx}: {g} vs {sum}"
+                            "case {case} F({tile}x{tile}) ({c}, {k}, {h}, {w}) at o {o} y {y} x {xx}: {g} vs {sum}"
                         );
+                        }
                     }
                 }
+                eprintln!("case {case} F({tile}x{tile}): worst error {worst:.2e} of the sum of magnitudes");
             }
-            eprintln!("case {case}: worst error {worst:.2e} of the sum of magnitudes");
         }
     }
 }
