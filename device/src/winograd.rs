@@ -423,6 +423,29 @@ impl WinogradConv {
         }
     }
 
+    /// Stores `v` (biased outputs of one channel plane) at `plane + at`, the lanes of `mask`,
+    /// after the epilogue: plus the residual (`skip`: its plane), then max 0.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store(
+        &self,
+        v: __m512,
+        plane: *mut f32,
+        skip: Option<*const f32>,
+        at: usize,
+        mask: __mmask16,
+    ) {
+        let mut v = v;
+        if let Some(r) = skip {
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, r.add(at)));
+        }
+        if self.epilogue.relu {
+            // max(v, 0) is 0 for a NaN v, like f32::max (tract's `Max`).
+            v = _mm512_max_ps(v, _mm512_setzero_ps());
+        }
+        _mm512_mask_storeu_ps(plane.add(at), mask, v);
+    }
+
     /// `A^T m A` plus the bias (plus the residual) (max 0) on output channels `outs` of the
     /// tiles of block `b`, into the output.
     #[target_feature(enable = "avx512f")]
@@ -438,18 +461,8 @@ impl WinogradConv {
             let bias = _mm512_set1_ps(self.bias[o]);
             let plane = buf.out.add(o * self.h * self.w);
             let skip = buf.residual.map(|r| r.add(o * self.h * self.w));
-            let zero = _mm512_setzero_ps();
-            let finish = |v: __m512, at: usize, mask: __mmask16| {
-                let mut v = v;
-                if let Some(r) = skip {
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, r.add(at)));
-                }
-                if self.epilogue.relu {
-                    // max(v, 0) is 0 for a NaN v, like f32::max (tract's `Max`).
-                    v = _mm512_max_ps(v, zero);
-                }
-                _mm512_mask_storeu_ps(plane.add(at), mask, v);
-            };
+            let finish =
+                |v: __m512, at: usize, mask: __mmask16| self.store(v, plane, skip, at, mask);
             for ty in rows.clone() {
                 for tx0 in (0..tw).step_by(LANES) {
                     let mask = lane_mask(tw - tx0);
@@ -627,16 +640,8 @@ impl WinogradConv {
             let bias = _mm512_set1_ps(self.bias[o]);
             let plane = buf.out.add(o * self.h * self.w);
             let skip = buf.residual.map(|r| r.add(o * self.h * self.w));
-            let zero = _mm512_setzero_ps();
             let finish = |v: __m512, at: usize, mask: __mmask16| {
-                let mut v = _mm512_add_ps(v, bias);
-                if let Some(r) = skip {
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, r.add(at)));
-                }
-                if self.epilogue.relu {
-                    v = _mm512_max_ps(v, zero);
-                }
-                _mm512_mask_storeu_ps(plane.add(at), mask, v);
+                self.store(_mm512_add_ps(v, bias), plane, skip, at, mask)
             };
             for ty in rows.clone() {
                 for tx0 in (0..tw).step_by(LANES) {
