@@ -13,6 +13,7 @@
 //! order: the results differ by rounding only (unit test against float64; parity tests).
 
 use crate::fp32::{lane_mask, Epilogue, LANES};
+use crate::im2col::ConvShape;
 use std::arch::x86_64::*;
 use std::ops::Range;
 use tract_core::internal::*;
@@ -26,28 +27,20 @@ const NV: usize = 3;
 /// module doc).
 #[derive(Clone, PartialEq)]
 pub struct DirectConv {
-    c: usize,
+    /// Input channels, sizes, kernel, stride, padding, output sizes; the split input's layout.
+    g: ConvShape,
     /// Output channels, a multiple of `R`.
     k: usize,
-    /// Input height and width.
-    h: usize,
-    w: usize,
-    kernel: (usize, usize),
-    stride: (usize, usize),
-    /// Padding before (top, left).
-    pad: (usize, usize),
-    out_h: usize,
-    out_w: usize,
+    /// Tensors are `[1, C, H, W]` (else `[C, H, W]`).
+    batched: bool,
     /// Per block of `R` output channels, per step (channel, ky, kx): `R` weights.
     u: Arc<Vec<f32>>,
     bias: Vec<f32>,
     epilogue: Epilogue,
     /// Per step: its offset in the split input from a tile's first position.
     steps: Vec<usize>,
-    /// Per vector of 16 positions: its output lanes and the output index of the first.
+    /// Per vector of 16 positions: `ConvShape::output_lanes`.
     vectors: Vec<(__mmask16, usize)>,
-    /// Tensors are `[1, C, H, W]` (else `[C, H, W]`).
-    batched: bool,
 }
 
 impl Eq for DirectConv {}
@@ -57,7 +50,7 @@ impl std::fmt::Debug for DirectConv {
         write!(
             f,
             "DirectConv {{ c: {}, k: {}, kernel: {:?}, stride: {:?}, {:?} }}",
-            self.c, self.k, self.kernel, self.stride, self.epilogue
+            self.g.channels, self.k, self.g.kernel, self.g.stride, self.epilogue
         )
     }
 }
@@ -68,18 +61,19 @@ impl Op for DirectConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
+        let g = &self.g;
         Ok(vec![
             format!(
                 "{}->{} channels, {}x{} -> {}x{}, kernel {:?} stride {:?} pad {:?}, [{}]",
-                self.c,
+                g.channels,
                 self.k,
-                self.h,
-                self.w,
-                self.out_h,
-                self.out_w,
-                self.kernel,
-                self.stride,
-                self.pad,
+                g.height,
+                g.width,
+                g.out_height,
+                g.out_width,
+                g.kernel,
+                g.stride,
+                g.pad,
                 Self::KERNEL
             ),
             format!("{:?}", self.epilogue),
@@ -87,22 +81,6 @@ impl Op for DirectConv {
     }
 
     op_as_typed_op!();
-}
-
-/// The geometry of a conv [`DirectConv`] computes.
-#[derive(Clone, Copy, Debug)]
-pub struct Geometry {
-    pub c: usize,
-    pub k: usize,
-    pub h: usize,
-    pub w: usize,
-    pub kernel: (usize, usize),
-    pub stride: (usize, usize),
-    pub pad: (usize, usize),
-    pub out_h: usize,
-    pub out_w: usize,
-    /// Tensors are `[1, C, H, W]` (else `[C, H, W]`).
-    pub batched: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -119,106 +97,72 @@ impl DirectConv {
     /// The kernel, as `device inspect` names it.
     pub const KERNEL: &'static str = "direct_f32_8x48_avx512 (device::direct)";
 
-    /// The conv with weights `kernel` (`[k][c][kh][kw]`) and `bias` (`k` values).
-    pub fn new(g: Geometry, kernel: &[f32], bias: &[f32], epilogue: Epilogue) -> Self {
-        let (kh, kw) = g.kernel;
-        let taps = kh * kw;
-        assert!(g.k.is_multiple_of(R) && kernel.len() == g.k * g.c * taps && bias.len() == g.k);
-        let steps = g.c * taps;
-        let mut u = vec![0f32; g.k * steps];
-        for o in 0..g.k {
+    /// The conv of geometry `g` with `k` output channels, weights `kernel` (`[k][c][kh][kw]`)
+    /// and `bias` (`k` values), on `[1, C, H, W]` tensors if `batched` (else `[C, H, W]`).
+    pub(crate) fn new(
+        g: ConvShape,
+        k: usize,
+        batched: bool,
+        kernel: &[f32],
+        bias: &[f32],
+        epilogue: Epilogue,
+    ) -> Self {
+        let taps = g.kernel.0 * g.kernel.1;
+        assert!(k.is_multiple_of(R) && kernel.len() == k * g.channels * taps && bias.len() == k);
+        let steps = g.channels * taps;
+        let mut u = vec![0f32; k * steps];
+        for o in 0..k {
             for s in 0..steps {
                 u[((o / R) * steps + s) * R + o % R] = kernel[o * steps + s];
             }
         }
-        let mut conv = DirectConv {
-            c: g.c,
-            k: g.k,
-            h: g.h,
-            w: g.w,
-            kernel: g.kernel,
-            stride: g.stride,
-            pad: g.pad,
-            out_h: g.out_h,
-            out_w: g.out_w,
+        let channel = g.phases() * g.plane();
+        let taps = g.tap_offsets();
+        let steps = (0..g.channels)
+            .flat_map(|c| taps.iter().map(move |t| c * channel + t))
+            .collect();
+        DirectConv {
+            vectors: g.output_lanes(),
+            steps,
+            g,
+            k,
+            batched,
             u: Arc::new(u),
             bias: bias.to_vec(),
             epilogue,
-            steps: vec![],
-            vectors: vec![],
-            batched: g.batched,
-        };
-        let (sy, sx) = g.stride;
-        let (wq, plane, chan) = (conv.wq(), conv.plane(), conv.channel_len());
-        conv.steps = (0..g.c)
-            .flat_map(|c| {
-                (0..kh).flat_map(move |ky| {
-                    (0..kw).map(move |kx| {
-                        c * chan + ((ky % sy) * sx + kx % sx) * plane + (ky / sy) * wq + kx / sx
-                    })
-                })
-            })
-            .collect();
-        let positions = g.out_h * wq;
-        conv.vectors = (0..positions.div_ceil(LANES))
-            .map(|v| {
-                let mut mask: __mmask16 = 0;
-                let mut first = None;
-                for lane in 0..LANES {
-                    let q = v * LANES + lane;
-                    if q < positions && q % wq < g.out_w {
-                        mask |= 1 << lane;
-                        first.get_or_insert((q / wq) * g.out_w + q % wq);
-                    }
-                }
-                (mask, first.unwrap_or(0))
-            })
-            .collect();
-        conv
+        }
+    }
+
+    fn input_shape(&self) -> TVec<usize> {
+        let g = &self.g;
+        crate::fp32::shape(self.batched, [g.channels, g.height, g.width])
     }
 
     fn output_shape(&self) -> TVec<usize> {
-        crate::fp32::shape(self.batched, [self.k, self.out_h, self.out_w])
-    }
-
-    /// The padded extent the taps reach: `(height, width)`.
-    fn extent(&self) -> (usize, usize) {
-        (
-            (self.out_h - 1) * self.stride.0 + self.kernel.0,
-            (self.out_w - 1) * self.stride.1 + self.kernel.1,
-        )
-    }
-
-    /// Positions per plane row.
-    fn wq(&self) -> usize {
-        self.extent().1.div_ceil(self.stride.1)
-    }
-
-    fn plane(&self) -> usize {
-        self.extent().0.div_ceil(self.stride.0) * self.wq()
+        crate::fp32::shape(self.batched, [self.k, self.g.out_height, self.g.out_width])
     }
 
     /// Floats per input channel: one plane per phase.
     fn channel_len(&self) -> usize {
-        self.stride.0 * self.stride.1 * self.plane()
+        self.g.phases() * self.g.plane()
     }
 
     /// The split input: every channel, then room for what the last tile's padding lanes read.
     fn split_len(&self) -> usize {
-        self.c * self.channel_len() + NV * LANES + self.kernel.1
+        self.g.channels * self.channel_len() + NV * LANES + self.g.kernel.1
     }
 
-    /// Writes channel `c` of `x` into `split`, split by phase, zeros around.
+    /// Writes channel `c` of `x` into `split` (zeros), split by phase.
     fn split(&self, x: &[f32], split: &mut [f32], c: usize) {
-        let (sy, sx) = self.stride;
-        let (hp, wp) = self.extent();
-        let (top, left) = self.pad;
-        let (wq, plane) = (self.wq(), self.plane());
+        let g = &self.g;
+        let (sy, sx) = g.stride;
+        let (hp, wp) = g.extent();
+        let (top, left) = g.pad;
+        let (wq, plane) = (g.plane_width(), g.plane());
         let dst = &mut split[c * self.channel_len()..][..self.channel_len()];
-        dst.fill(0.0);
-        for y in 0..self.h.min(hp.saturating_sub(top)) {
+        for y in 0..g.height.min(hp.saturating_sub(top)) {
             let (yy, py) = ((y + top) / sy, (y + top) % sy);
-            let row = &x[(c * self.h + y) * self.w..][..self.w.min(wp.saturating_sub(left))];
+            let row = &x[(c * g.height + y) * g.width..][..g.width.min(wp.saturating_sub(left))];
             // Column phase and position of padded column `xi + left`, kept without a division.
             let (mut xx, mut px) = (left / sx, left % sx);
             for v in row {
@@ -278,7 +222,7 @@ impl DirectConv {
                 }
             }
         }
-        let n = self.out_h * self.out_w;
+        let n = self.g.out_height * self.g.out_width;
         let zero = _mm512_setzero_ps();
         for (j, acc) in acc.iter().enumerate() {
             let o = kb * R + j;
@@ -305,19 +249,16 @@ impl EvalOp for DirectConv {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = &inputs[0];
+        let shape = self.input_shape();
         ensure!(
-            x.datum_type() == f32::datum_type()
-                && x.shape() == &crate::fp32::shape(self.batched, [self.c, self.h, self.w])[..],
-            "DirectConv: input {:?} {:?}, planned for [1, {}, {}, {}] f32",
+            x.datum_type() == f32::datum_type() && x.shape() == &shape[..],
+            "DirectConv: input {:?} {:?}, planned for {shape:?} f32",
             x.datum_type(),
             x.shape(),
-            self.c,
-            self.h,
-            self.w
         );
         let x = x.try_as_plain_ram()?.as_slice::<f32>()?;
         let mut split = vec![0f32; self.split_len()];
-        for c in 0..self.c {
+        for c in 0..self.g.channels {
             self.split(x, &mut split, c);
         }
         let mut out = unsafe { Tensor::uninitialized::<f32>(&self.output_shape())? };
@@ -370,27 +311,21 @@ mod tests {
             let bias: Vec<f32> = (0..k).map(|_| next()).collect();
             let x: Vec<f32> = (0..c * h * w).map(|_| next()).collect();
             let relu = case % 2 == 0;
-            let g = Geometry {
-                c,
-                k,
-                h,
-                w,
+            let g = ConvShape {
+                channels: c,
+                height: h,
+                width: w,
                 kernel: (ks, ks),
                 stride: (s, s),
                 pad: (p, p),
-                out_h,
-                out_w,
-                batched: true,
+                out_height: out_h,
+                out_width: out_w,
             };
-            let conv = DirectConv::new(
-                g,
-                &kernel,
-                &bias,
-                Epilogue {
-                    relu,
-                    residual: false,
-                },
-            );
+            let epilogue = Epilogue {
+                relu,
+                residual: false,
+            };
+            let conv = DirectConv::new(g, k, true, &kernel, &bias, epilogue);
             let input = tvec![Tensor::from_shape(&[1, c, h, w], &x).unwrap().into_tvalue()];
             let ctx = EvalContext::out_of_plan();
             let one = conv.eval(&ctx, input.clone()).unwrap();

@@ -11,7 +11,8 @@
 //! W]` (or `[C, H, W]`) image and output channels a multiple of 8. `--conv direct` (`ConvAlgorithm::Direct`)
 //! keeps tract's everywhere.
 
-use crate::direct::{self, DirectConv};
+use crate::direct::DirectConv;
+use crate::im2col::ConvShape;
 use crate::winograd::WinogradConv;
 use std::arch::x86_64::__mmask16;
 use tract_core::internal::*;
@@ -75,12 +76,20 @@ pub struct Replaced {
     pub direct: usize,
 }
 
-/// A float conv node's geometry and constants, if this crate's ops may take it.
-fn float_conv(
-    model: &TypedModel,
-    node: &TypedNode,
-    conv: &Conv,
-) -> Option<(direct::Geometry, Vec<f32>, Vec<f32>)> {
+/// A float conv node that this crate's ops may take.
+struct FloatConv {
+    g: ConvShape,
+    /// Output channels.
+    k: usize,
+    /// Tensors are `[1, C, H, W]` (else `[C, H, W]`).
+    batched: bool,
+    /// `[k][c][kh][kw]`.
+    kernel: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// The [`FloatConv`] of a `Conv` node, if this crate's ops may take it.
+fn float_conv(model: &TypedModel, node: &TypedNode, conv: &Conv) -> Option<FloatConv> {
     let spec = &conv.pool_spec;
     if conv.q_params.is_some()
         || conv.group != 1
@@ -109,17 +118,15 @@ fn float_conv(
     }
     let padding = spec.computed_padding(&[h, w]);
     let strides = spec.strides();
-    let g = direct::Geometry {
-        c,
-        k,
-        h,
-        w,
+    let g = ConvShape {
+        channels: c,
+        height: h,
+        width: w,
         kernel: (spec.kernel_shape[0], spec.kernel_shape[1]),
         stride: (strides[0], strides[1]),
         pad: (padding[0].pad_before, padding[1].pad_before),
-        out_h: padding[0].convoluted,
-        out_w: padding[1].convoluted,
-        batched,
+        out_height: padding[0].convoluted,
+        out_width: padding[1].convoluted,
     };
     let konst = |i: usize| -> Option<Vec<f32>> {
         let k = model.outlet_fact(node.inputs[i]).ok()?.konst.clone()?;
@@ -132,8 +139,14 @@ fn float_conv(
         n if n == k => bias,
         _ => return None,
     };
-    (kernel.len() == k * c * g.kernel.0 * g.kernel.1 && g.out_h > 0 && g.out_w > 0)
-        .then_some((g, kernel, bias))
+    (kernel.len() == k * c * g.kernel.0 * g.kernel.1 && g.out_height > 0 && g.out_width > 0)
+        .then_some(FloatConv {
+            g,
+            k,
+            batched,
+            kernel,
+            bias,
+        })
 }
 
 /// Replaces every float `Conv` of a decluttered model that an op of this crate computes (see
@@ -145,7 +158,13 @@ pub fn prepare(model: &mut TypedModel) -> TractResult<Replaced> {
     }
     for id in 0..model.nodes().len() {
         let node = model.node(id);
-        let Some((g, kernel, bias)) = node
+        let Some(FloatConv {
+            g,
+            k,
+            batched,
+            kernel,
+            bias,
+        }) = node
             .op_as::<Conv>()
             .and_then(|conv| float_conv(model, node, conv))
         else {
@@ -154,24 +173,23 @@ pub fn prepare(model: &mut TypedModel) -> TractResult<Replaced> {
         let winograd = g.kernel == (3, 3)
             && g.stride == (1, 1)
             && g.pad == (1, 1)
-            && (g.out_h, g.out_w) == (g.h, g.w);
+            && (g.out_height, g.out_width) == (g.height, g.width);
         let large = g.kernel.0 >= 5 && g.kernel.1 >= 5;
         if !winograd && !large {
             continue;
         }
-        let out_shape = shape(g.batched, [g.k, g.out_h, g.out_w]);
+        let out_shape = shape(batched, [k, g.out_height, g.out_width]);
         let (epilogue, residual, last) = fuse(model, node, winograd, &out_shape);
         let (op, suffix): (Box<dyn TypedOp>, _) = if winograd {
             replaced.winograd += 1;
-            let mut op = WinogradConv::new(&kernel, &bias, g.c, g.k, g.h, g.w, epilogue);
-            op.batched = g.batched;
+            let (c, h, w) = (g.channels, g.height, g.width);
+            let mut op = WinogradConv::new(&kernel, &bias, c, k, h, w, epilogue);
+            op.batched = batched;
             (Box::new(op), "winograd")
         } else {
             replaced.direct += 1;
-            (
-                Box::new(DirectConv::new(g, &kernel, &bias, epilogue)),
-                "direct",
-            )
+            let op = DirectConv::new(g, k, batched, &kernel, &bias, epilogue);
+            (Box::new(op), "direct")
         };
         let mut patch = TypedModelPatch::default();
         let mut inputs = tvec![patch.tap_model(model, node.inputs[0])?];

@@ -100,6 +100,71 @@ pub(crate) struct ConvShape {
     pub out_width: usize,
 }
 
+/// The input split by row and column phase (`y % stride_y`, `x % stride_x`) that
+/// `crate::vnni` and `crate::direct` read instead of patches: per channel (or channel quad),
+/// per phase, a plane of positions; padded position `(Y, X)` is at `(Y / sy) * wq + X / sx`
+/// of phase `(Y % sy, X % sx)`. Every kernel tap of consecutive output positions
+/// `q = y * wq + x` is then a run of consecutive positions; those with `x >= out_width` fall
+/// in the padding, are computed and dropped.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl ConvShape {
+    /// Phases: `stride_y x stride_x` planes per channel.
+    pub fn phases(&self) -> usize {
+        self.stride.0 * self.stride.1
+    }
+
+    /// The padded extent the taps reach: `(height, width)`.
+    pub fn extent(&self) -> (usize, usize) {
+        (
+            (self.out_height - 1) * self.stride.0 + self.kernel.0,
+            (self.out_width - 1) * self.stride.1 + self.kernel.1,
+        )
+    }
+
+    /// Positions per plane row (`wq`).
+    pub fn plane_width(&self) -> usize {
+        self.extent().1.div_ceil(self.stride.1)
+    }
+
+    /// Positions per plane.
+    pub fn plane(&self) -> usize {
+        self.extent().0.div_ceil(self.stride.0) * self.plane_width()
+    }
+
+    /// Per kernel tap (`ky`, then `kx`): its offset from an output position, in positions of
+    /// one channel's planes.
+    pub fn tap_offsets(&self) -> Vec<usize> {
+        let ((kh, kw), (sy, sx)) = (self.kernel, self.stride);
+        let (wq, plane) = (self.plane_width(), self.plane());
+        (0..kh)
+            .flat_map(|ky| {
+                (0..kw).map(move |kx| ((ky % sy) * sx + kx % sx) * plane + (ky / sy) * wq + kx / sx)
+            })
+            .collect()
+    }
+
+    /// Per vector of 16 consecutive output positions: the mask of its lanes that are outputs
+    /// (`x < out_width`, rows inside) and the output index (`y * out_width + x`) of the first;
+    /// the outputs of the kept lanes are consecutive.
+    pub fn output_lanes(&self) -> Vec<(u16, usize)> {
+        let (oh, ow, wq) = (self.out_height, self.out_width, self.plane_width());
+        (0..(oh * wq).div_ceil(16))
+            .map(|v| {
+                let mut mask = 0u16;
+                let mut first = None;
+                for lane in 0..16 {
+                    let q = v * 16 + lane;
+                    if q < oh * wq && q % wq < ow {
+                        mask |= 1 << lane;
+                        first.get_or_insert((q / wq) * ow + q % wq);
+                    }
+                }
+                (mask, first.unwrap_or(0))
+            })
+            .collect()
+    }
+}
+
 /// `Im2col` for i8 NCHW inputs, writing tract's packed layout panel by panel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FastIm2Col {

@@ -77,8 +77,7 @@ pub struct VnniConv {
 struct Implicit {
     quads: Quads,
     taps: Vec<usize>,
-    /// Per tile: its output lanes (`x < out_width`, rows inside) and the output index of the
-    /// first; the kept lanes' outputs are consecutive.
+    /// Per tile: `ConvShape::output_lanes`.
     tiles: Vec<(__mmask16, usize)>,
     /// The tiles by groups of [`IMPLICIT_PANELS`] (first, count). (Balancing a last group of
     /// one with the one before, 2 + 2 for the 4 tiles of ResNet's 7x7 layers, measured the
@@ -195,9 +194,8 @@ impl VnniConv {
         epilogue: Int8Epilogue,
     ) -> Self {
         let g = &quads.g;
-        let (kh, kw) = g.kernel;
-        let (sh, sw) = g.stride;
-        let (taps, q4, wp) = (kh * kw, quads.quads(), quads.wq());
+        let taps = g.kernel.0 * g.kernel.1;
+        let q4 = quads.quads();
         let reordered: Vec<Vec<i8>> = w
             .iter()
             .map(|row| {
@@ -211,26 +209,8 @@ impl VnniConv {
             })
             .collect();
         let (oh, ow) = (g.out_height, g.out_width);
-        let tiles: Vec<(__mmask16, usize)> = (0..(oh * wp).div_ceil(PIXELS))
-            .map(|t| {
-                let mut mask: __mmask16 = 0;
-                let mut first = None;
-                for lane in 0..PIXELS {
-                    let q = t * PIXELS + lane;
-                    if q < oh * wp && q % wp < ow {
-                        mask |= 1 << lane;
-                        first.get_or_insert((q / wp) * ow + q % wp);
-                    }
-                }
-                (mask, first.unwrap_or(0))
-            })
-            .collect();
-        let plane = quads.plane();
-        let taps = (0..kh)
-            .flat_map(|ky| {
-                (0..kw).map(move |kx| ((ky % sh) * sw + kx % sw) * plane + (ky / sh) * wp + kx / sw)
-            })
-            .collect();
+        let tiles = g.output_lanes();
+        let taps = g.tap_offsets();
         let groups = (0..tiles.len())
             .step_by(IMPLICIT_PANELS)
             .map(|t| (t, IMPLICIT_PANELS.min(tiles.len() - t)))
@@ -516,35 +496,9 @@ impl Quads {
         self.g.channels.div_ceil(4)
     }
 
-    fn phases(&self) -> usize {
-        self.g.stride.0 * self.g.stride.1
-    }
-
-    /// The padded extent the taps reach: `(height, width)`.
-    fn extent(&self) -> (usize, usize) {
-        let g = &self.g;
-        (
-            (g.out_height - 1) * g.stride.0 + g.kernel.0,
-            (g.out_width - 1) * g.stride.1 + g.kernel.1,
-        )
-    }
-
-    /// Positions per plane row.
-    fn wq(&self) -> usize {
-        self.extent().1.div_ceil(self.g.stride.1)
-    }
-
-    fn hq(&self) -> usize {
-        self.extent().0.div_ceil(self.g.stride.0)
-    }
-
-    fn plane(&self) -> usize {
-        self.hq() * self.wq()
-    }
-
     /// Positions per channel quad: its planes.
     fn quad_len(&self) -> usize {
-        self.phases() * self.plane()
+        self.g.phases() * self.g.plane()
     }
 
     /// Bytes: every plane, then room for what the last tile's padding lanes read past it (at
@@ -559,8 +513,8 @@ impl Quads {
     unsafe fn fill(&self, x: *const i8, pad: i8, out: *mut u8, quads: Range<usize>) {
         let g = &self.g;
         let (sy, sx) = g.stride;
-        let (hp, wp) = self.extent();
-        let (wq, plane) = (self.wq(), self.plane());
+        let (hp, wp) = g.extent();
+        let (wq, plane) = (g.plane_width(), g.plane());
         let (top, left) = g.pad;
         let pad = (pad as u8) ^ 0x80;
         let flip = _mm512_set1_epi32(0x80);
@@ -627,9 +581,9 @@ impl Quads {
         yy: usize,
     ) {
         let g = &self.g;
-        let (wq, plane) = (self.wq(), self.plane());
+        let (wq, plane) = (g.plane_width(), g.plane());
         let left = g.pad.1;
-        let cols = g.width.min(self.extent().1.saturating_sub(left));
+        let cols = g.width.min(g.extent().1.saturating_sub(left));
         // Input column x0 + 2i + h (h = 0, 1) is padded column X = x0 + 2i + h + left: phase
         // (h + left) % 2, position (x0 + left + h) / 2 + i (x0 even).
         let flip = _mm512_set1_epi32(0x80);
@@ -694,9 +648,9 @@ impl Op for VnniQuads {
             g.kernel,
             g.stride,
             g.pad,
-            self.quads.quads() * self.quads.phases(),
-            self.quads.hq(),
-            self.quads.wq()
+            self.quads.quads() * g.phases(),
+            g.plane() / g.plane_width(),
+            g.plane_width()
         )])
     }
 
