@@ -25,6 +25,12 @@ impl FastDownsample {
     fn kept(&self) -> usize {
         (self.len - self.modulo).div_ceil(self.stride)
     }
+
+    fn out_shape(&self) -> TVec<usize> {
+        let mut shape = self.shape.clone();
+        shape[self.axis] = self.kept();
+        shape
+    }
 }
 
 impl Op for FastDownsample {
@@ -99,14 +105,6 @@ fn bytemuck_u32(b: &[u8]) -> &[u32] {
 fn bytemuck_u32_mut(b: &mut [u8]) -> &mut [u32] {
     // SAFETY: as above.
     unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut u32, b.len() / 4) }
-}
-
-impl FastDownsample {
-    fn out_shape(&self) -> TVec<usize> {
-        let mut shape = self.shape.clone();
-        shape[self.axis] = self.kept();
-        shape
-    }
 }
 
 impl TypedOp for FastDownsample {

@@ -65,11 +65,11 @@ impl Default for EngineOptions {
     }
 }
 
-/// How f32 plans compute their 3x3 stride-1 convolutions.
+/// How f32 plans compute their convolutions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvAlgorithm {
-    /// This crate's convs where the CPU has AVX-512 (x86: `crate::fp32`: Winograd F(2x2, 3x3)
-    /// for 3x3 stride 1, a direct conv for the 7x7 stem), tract's im2col + matrix product
+    /// This crate's convs where the CPU has AVX-512 (x86: `crate::fp32`: Winograd F(4x4, 3x3)
+    /// or F(2x2, 3x3) for 3x3 stride 1, a direct conv for the 7x7 stem), tract's im2col + matrix product
     /// elsewhere.
     #[default]
     Auto,
@@ -134,7 +134,7 @@ pub struct ModelInfo {
     pub preprocess: Preprocess,
     pub int8_layers: Vec<String>,
     pub float_layers: Vec<String>,
-    /// How many float convs run as Winograd F(2x2, 3x3) (`crate::winograd`).
+    /// How many float convs run as Winograd (`crate::winograd`).
     pub winograd_layers: usize,
     /// How many float convs run as `crate::direct`'s (large kernels: the stem).
     pub direct_layers: usize,

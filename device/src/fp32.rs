@@ -1,8 +1,8 @@
 //! The fp32 plans' own convolutions, on x86 CPUs with AVX-512 F: [`prepare`] swaps them in
 //! for tract's `Conv` in the decluttered model, before tract's optimizer.
 //!
-//! - 3x3 stride-1 padding-1 convs: `crate::winograd` (Winograd F(2x2, 3x3): 2.25x fewer
-//!   multiply-adds), with the residual addition and the ReLU that follow.
+//! - 3x3 stride-1 padding-1 convs: `crate::winograd` (Winograd F(4x4, 3x3) or F(2x2, 3x3): 4x
+//!   or 2.25x fewer multiply-adds), with the residual addition and the ReLU that follow.
 //! - Convs with kernels of 5 and more (ResNet's 7x7/2 stem): `crate::direct`, with the ReLU.
 //! - Everything else (stride-2 3x3, 1x1) stays tract's: its im2col + matrix product runs
 //!   those at about the speed of ONNX Runtime's.

@@ -11,7 +11,7 @@
 //!   (f32 -> i8) and [`epilogue`] (i32 accumulators -> the next layer's input in one pass),
 //!   and on x86 with AVX-512 VNNI `vnni` (matrix product and epilogue in one op).
 //! - `fp32` (x86 with AVX-512): fp32 plans' convs swapped in before tract's optimizer
-//!   (`--conv direct` keeps tract's): `winograd` (3x3 stride 1, Winograd F(2x2, 3x3)) and
+//!   (`--conv direct` keeps tract's): `winograd` (3x3 stride 1, Winograd F(4x4, 3x3) or F(2x2, 3x3)) and
 //!   `direct` (the 7x7/2 stem), each with the ReLU (and residual) after it.
 //! - [`pipeline`]: frame -> preprocess -> inference -> softmax/top-k, timed per stage.
 //! - [`source`], [`v4l2`], [`live`]: frame sources (stdin, files, folders, V4L2 cameras) and the

@@ -42,7 +42,7 @@ struct ModelArgs {
     /// Input size HxW (default: the model's own).
     #[arg(long, value_parser = parse_size)]
     input_size: Option<(u32, u32)>,
-    /// Float convs: auto (on x86 with AVX-512: Winograd F(2x2,3x3) for 3x3 stride 1, a direct
+    /// Float convs: auto (on x86 with AVX-512: Winograd for 3x3 stride 1, a direct
     /// conv for the 7x7 stem; tract's im2col + matrix product elsewhere) or direct (always
     /// tract's).
     #[arg(long, default_value = "auto")]
