@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use crate::graph::ParamName;
+use crate::name::{LayerName, ParamName};
 
 /// Everything that can go wrong in `shared`. Messages say what is wrong; callers add the file name.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,6 +36,8 @@ pub enum Error {
     InvalidPreprocess(&'static str),
     /// BatchNorm folding got slices of inconsistent lengths.
     BadFold(&'static str),
+    /// A layer named as a quantized conv or linear layer is no conv or linear layer of the graph.
+    UnknownLayer { name: LayerName },
 }
 
 impl fmt::Display for Error {
@@ -63,6 +65,7 @@ impl fmt::Display for Error {
             Error::BufferTooSmall { needed, got } => write!(f, "buffer too small: needs {needed} elements, got {got}"),
             Error::InvalidPreprocess(why) => write!(f, "invalid preprocessing parameters: {why}"),
             Error::BadFold(why) => write!(f, "cannot fold BatchNorm: {why}"),
+            Error::UnknownLayer { name } => write!(f, "`{name}` is not a conv or linear layer of this network"),
         }
     }
 }

@@ -14,14 +14,7 @@ use core::fmt::Write as _;
 use heapless::String;
 
 use crate::config::{Block, ResNetConfig, Stem, Variant, EXPANSION};
-
-/// Longest layer name (`layer3.35.downsample.0` is 22 bytes).
-pub const NAME_CAP: usize = 32;
-/// Longest parameter name (layer name + `.num_batches_tracked`).
-pub const PARAM_NAME_CAP: usize = 56;
-
-pub type LayerName = String<NAME_CAP>;
-pub type ParamName = String<PARAM_NAME_CAP>;
+pub use crate::name::{LayerName, ParamName, NAME_CAP, PARAM_NAME_CAP};
 
 /// Which parameter set the graph is expressed in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -382,6 +375,19 @@ impl ResNetConfig {
             node.for_each_param(&mut f);
             Ok(())
         });
+    }
+
+    /// The weight parameter of conv or linear layer `layer` (`[out, in, k, k]` or `[out, in]`,
+    /// the same in both forms); `None` if the graph has no such layer.
+    pub fn layer_weight(&self, layer: &str) -> Option<ParamSpec> {
+        let mut found = None;
+        self.for_each_param(Form::Folded, |p| {
+            let weight = matches!(p.kind, ParamKind::ConvWeight | ParamKind::LinearWeight);
+            if found.is_none() && weight && p.name.strip_suffix(".weight") == Some(layer) {
+                found = Some(p);
+            }
+        });
+        found
     }
 
     /// Trainable parameter count, as `sum(p.numel() for p in model.parameters())` in PyTorch.

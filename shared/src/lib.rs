@@ -7,7 +7,11 @@
 //! - [`preprocess`]: RGB8 / gray8 / YUYV frames -> resize shorter side (antialiased bilinear)
 //!   -> center crop -> normalize -> f32 CHW.
 //! - [`postprocess`]: softmax and top-k with labels.
-//! - [`weights`]: the compact weights format (spec: `docs/weights-format.md`).
+//! - [`weights`]: the compact weights format (spec: `docs/weights-format.md`), with an int8
+//!   layer's tensors as one record, [`weights::Int8Layer`].
+//! - `parity` (feature `std`): the parity file, reference inputs and logits for the device
+//!   (spec: `docs/parity-file.md`), its writer and its reader.
+//! - [`name`]: fixed-capacity layer and parameter names.
 //!
 //! The crate is `no_std` and allocation-free by default: features `alloc` (the weights writer,
 //! `Vec`-returning helpers) and `std` add conveniences, `defmt` derives `defmt::Format` for
@@ -22,6 +26,9 @@ pub mod config;
 pub mod error;
 pub mod fold;
 pub mod graph;
+pub mod name;
+#[cfg(feature = "std")]
+pub mod parity;
 pub mod postprocess;
 pub mod preprocess;
 pub mod weights;

@@ -324,27 +324,6 @@ pub fn resized_crop_scratch_len_exact(src_box: [u32; 4], out_w: u32, out_h: u32,
     }
 }
 
-/// [`resized_crop`] into a fresh vector of `channels * out_w * out_h` floats.
-#[cfg(feature = "alloc")]
-#[allow(clippy::too_many_arguments)]
-pub fn resized_crop_to_vec(
-    frame: &Frame<'_>,
-    src_box: [u32; 4],
-    out_w: u32,
-    out_h: u32,
-    flip: bool,
-    mean: [f32; 3],
-    std: [f32; 3],
-    channels: u8,
-) -> Result<alloc::vec::Vec<f32>, Error> {
-    check_norm(mean, std, channels)?;
-    let plan = Plan::new(src_box, out_w, out_h, [0, 0, out_w, out_h], channels as usize)?;
-    let mut scratch = alloc::vec![0.0; plan.scratch_len()?];
-    let mut out = alloc::vec![0.0; plan.out_len(channels as usize)?];
-    resized_crop(frame, src_box, out_w, out_h, flip, mean, std, channels, &mut scratch, &mut out)?;
-    Ok(out)
-}
-
 /// BT.601 limited-range ("TV range") YCbCr -> RGB on 0..255 floats, clamped to [0, 255], as
 /// ffmpeg's swscale does by default (without its 8-bit fixed-point rounding):
 ///

@@ -3,15 +3,20 @@
 //!
 //! Reading borrows the file's bytes: [`WeightsFile::parse`] validates everything once (magic,
 //! version, checksum, header, every tensor's bounds, size and alignment, the graph config), after
-//! which tensor views are zero-copy `&[f32]` / `&[i8]` / ... slices.
+//! which tensor views are zero-copy `&[f32]` / `&[i8]` / ... slices. An int8 layer's six
+//! tensors are read and written as one record, [`Int8Layer`], checked against the graph.
 
 use heapless::Vec as HVec;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ResNetConfig;
 use crate::error::Error;
-use crate::graph::{Form, ParamKind, ParamName};
+use crate::graph::{Form, ParamKind};
+use crate::name::{truncated, ParamName};
 use crate::preprocess::Preprocess;
+
+mod int8;
+pub use int8::Int8Layer;
 
 /// First 8 bytes of every weights file. The `\r\n` catches text-mode transfers, like PNG's.
 pub const MAGIC: [u8; 8] = *b"EVWTS\x00\r\n";
@@ -103,13 +108,7 @@ fn bad(name: &str, why: &'static str) -> Error {
 }
 
 fn truncated_name(name: &str) -> ParamName {
-    let mut n = ParamName::new();
-    for ch in name.chars() {
-        if n.push(ch).is_err() {
-            break;
-        }
-    }
-    n
+    truncated(name)
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> u32 {
