@@ -78,6 +78,14 @@ fn le_bytes<const N: usize, T: Copy>(v: &[T], to: impl Fn(T) -> [u8; N]) -> Vec<
 }
 
 impl Parity {
+    /// [`Parity::parse`] of the file at `path`; errors name the file.
+    pub fn read(path: impl AsRef<std::path::Path>) -> Result<Parity, ParityError> {
+        let path = path.as_ref();
+        let bytes =
+            std::fs::read(path).map_err(|e| err(format!("cannot read parity file {}: {e}", path.display())))?;
+        Self::parse(&bytes).map_err(|e| err(format!("parity file {}: {e}", path.display())))
+    }
+
     /// Reads and checks a parity file: a safetensors file whose `format` metadata (if any) is
     /// [`FORMAT`], with [`INPUTS`] `[N, C, H, W]` and [`LOGITS`] `[N, classes]` F32, and, if
     /// present, [`LOGITS_INT8`] of the logits' shape and [`LABELS`] I64 `[N]`.
@@ -215,6 +223,8 @@ mod tests {
         assert_eq!(e(Parity { logits: vec![0.0; 5], ..sample() }), "`logits` has 5 values for shape [2, 3]");
         assert_eq!(e(Parity { labels: Some(vec![1]), ..sample() }), "`labels` has 1 values for shape [2]");
         assert!(Parity::parse(b"not safetensors").unwrap_err().to_string().starts_with("not a safetensors file"));
+        let missing = Parity::read("/nonexistent/m.parity.safetensors").unwrap_err().to_string();
+        assert!(missing.starts_with("cannot read parity file /nonexistent/m.parity.safetensors: "), "{missing}");
         let data = [0u8; 4];
         let other = safetensors::serialize(
             [("inputs", TensorView::new(Dtype::F32, vec![1], &data).unwrap())],
