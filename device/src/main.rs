@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use device::bench::{self, BenchOptions};
+use device::commands::bench::{self, BenchOptions};
 use device::engine::{ComputePrecision, ConvAlgorithm, Engine, EngineOptions};
-use device::parity::{compare, Parity};
-use device::pipeline::{Image, Pipeline};
-use device::source::{open_source, StreamFormat};
-use device::{live, report};
+use device::commands::parity::{compare, Parity};
+use device::engine::pipeline::{Image, Pipeline};
+use device::io::source::{open_source, StreamFormat};
+use device::commands::{live, report};
 use shared::graph::Form;
 use shared::preprocess::{Frame, PixelFormat, Preprocess};
 use shared::weights::Precision;
@@ -355,11 +355,11 @@ fn live_cmd(a: LiveArgs) -> Result<()> {
 }
 
 type Gate = Box<dyn FnMut() -> Result<bool>>;
-type OnResult = Box<dyn FnMut(&device::pipeline::Classification) -> Result<()>>;
+type OnResult = Box<dyn FnMut(&device::engine::pipeline::Classification) -> Result<()>>;
 
 #[cfg(feature = "gpio")]
 fn gpio_hooks(a: &LiveArgs, led_class: Option<u32>) -> Result<(Gate, OnResult)> {
-    use device::gpio::{cdev, Button, ClassLed};
+    use device::io::gpio::{cdev, Button, ClassLed};
     let gate: Gate = match a.button_line {
         Some(line) => {
             let mut b = Button::new(cdev::input(&a.gpio_chip, line)?, true);
@@ -529,7 +529,7 @@ fn convert_cmd(a: ConvertArgs) -> Result<()> {
         .map(std::fs::read)
         .transpose()
         .context("cannot read --int8-params")?;
-    let opts = device::convert::ConvertOptions {
+    let opts = device::commands::convert::ConvertOptions {
         config,
         form,
         precision,
@@ -540,7 +540,7 @@ fn convert_cmd(a: ConvertArgs) -> Result<()> {
             std::env::args().skip(1).collect::<Vec<_>>().join(" ")
         ),
     };
-    let bytes = device::convert::convert(&sd, q.as_deref(), &opts)
+    let bytes = device::commands::convert::convert(&sd, q.as_deref(), &opts)
         .with_context(|| format!("converting {}", a.state_dict.display()))?;
     std::fs::write(&a.output, bytes)
         .with_context(|| format!("cannot write {}", a.output.display()))?;

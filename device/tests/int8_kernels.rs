@@ -6,8 +6,8 @@
 mod common;
 
 use device::engine::{Engine, EngineOptions};
-use device::import::{import, ImportOptions};
-use device::parity::Parity;
+use device::engine::import::{import, ImportOptions};
+use device::commands::parity::Parity;
 use shared::graph::Form;
 use shared::weights::{Precision, WeightsFile};
 use tract_core::internal::*;
@@ -25,9 +25,9 @@ fn matmuls(model: &TypedModel) -> Vec<(String, String, DatumType, Vec<DatumType>
                 .map(|i| model.outlet_fact(*i).unwrap().datum_type)
                 .collect();
             #[cfg(target_arch = "x86_64")]
-            if n.op_is::<device::vnni::VnniConv>() {
+            if n.op_is::<device::kernels::x86_64::vnni::VnniConv>() {
                 // u8 x i8 dot products into i32 accumulators, by construction.
-                let kernel = device::vnni::VnniConv::KERNEL.to_string();
+                let kernel = device::kernels::x86_64::vnni::VnniConv::KERNEL.to_string();
                 return Some((n.name.clone(), kernel, i32::datum_type(), inputs));
             }
             let op = n.op_as::<OptMatMul>()?;
@@ -103,8 +103,8 @@ fn check(arch: &str) {
         !plan.nodes().iter().any(|n| n.op.name() == "Conv"),
         "unlowered Conv op left"
     );
-    // The device's own glue replaced tract's (device::epilogue, im2col): no tract `Im2col` left.
-    // With AVX-512 VNNI, device::vnni took over every conv with an epilogue, 1x1 ones included.
+    // The device's own glue replaced tract's (device::ops::epilogue, im2col): no tract `Im2col` left.
+    // With AVX-512 VNNI, device::kernels::x86_64::vnni took over every conv with an epilogue, 1x1 ones included.
     let vnni = vnni_supported();
     let ops = if vnni {
         ["VnniConv", "VnniQuads"]
@@ -154,7 +154,7 @@ fn check(arch: &str) {
 
 fn vnni_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return device::vnni::supported();
+    return device::kernels::x86_64::vnni::supported();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use device::engine::{Engine, EngineOptions};
-use device::live::{self, LiveOptions, Mailbox};
-use device::pipeline::Pipeline;
-use device::source::{
+use device::commands::live::{self, LiveOptions, Mailbox};
+use device::engine::pipeline::Pipeline;
+use device::io::source::{
     open_source, FrameSource, MjpegStream, Next, OwnedFrame, RawStream, Reconnecting, StreamFormat,
 };
 use shared::graph::Form;

@@ -9,7 +9,7 @@ mod common;
 use device::engine::{
     cpu_has_fp16, Compute, ComputePrecision, ConvAlgorithm, Engine, EngineOptions,
 };
-use device::parity::{compare, Parity};
+use device::commands::parity::{compare, Parity};
 use shared::graph::Form;
 use shared::weights::Precision;
 
@@ -133,7 +133,7 @@ fn resnet50_fp32_within_1e4_of_the_host() {
     let model = common::compact(&dir, "resnet50", Form::Folded, Precision::F32);
     check_fp32(&model, &parity, 2);
     #[cfg(target_arch = "x86_64")]
-    if device::fp32::supported() {
+    if device::kernels::x86_64::fp32::supported() {
         let e = Engine::load(&model, &EngineOptions::default()).unwrap();
         assert_eq!(e.info().winograd_layers, 13);
         assert_eq!(e.info().direct_layers, 1);
@@ -153,7 +153,7 @@ fn resnet18_fp32_runs_the_devices_convs() {
     let model = common::compact(&dir, "resnet18", Form::Folded, Precision::F32);
     let e = Engine::load(&model, &EngineOptions::default()).unwrap();
     #[cfg(target_arch = "x86_64")]
-    if device::fp32::supported() {
+    if device::kernels::x86_64::fp32::supported() {
         let plan = e.optimized_model();
         let named = |op: &str| -> Vec<&str> {
             plan.nodes()

@@ -1,5 +1,5 @@
 //! Test fixtures: models from `tools/make_test_models.py` (generated on first use with the venv
-//! python, then cached) and compact files converted from them with `device::convert`.
+//! python, then cached) and compact files converted from them with `device::commands::convert`.
 //!
 //! - `DEVICE_FIXTURES`: fixture folder (default `<workspace>/target/device-fixtures`).
 //! - `DEVICE_TEST_PYTHON`: python with torch/onnxruntime (default `<workspace>/.venv/bin/python`).
@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use device::convert::{convert, ConvertOptions};
+use device::commands::convert::{convert, ConvertOptions};
 use shared::graph::Form;
 use shared::preprocess::Preprocess;
 use shared::weights::Precision;

@@ -1,9 +1,9 @@
 //! The fp32 plans' own convolutions, on x86 CPUs with AVX-512 F: [`prepare`] swaps them in
 //! for tract's `Conv` in the decluttered model, before tract's optimizer.
 //!
-//! - 3x3 stride-1 padding-1 convs: `crate::winograd` (Winograd F(4x4, 3x3) or F(2x2, 3x3): 4x
+//! - 3x3 stride-1 padding-1 convs: `crate::kernels::x86_64::winograd` (Winograd F(4x4, 3x3) or F(2x2, 3x3): 4x
 //!   or 2.25x fewer multiply-adds), with the residual addition and the ReLU that follow.
-//! - Convs with kernels of 5 and more (ResNet's 7x7/2 stem): `crate::direct`, with the ReLU.
+//! - Convs with kernels of 5 and more (ResNet's 7x7/2 stem): `crate::kernels::x86_64::direct`, with the ReLU.
 //! - Everything else (stride-2 3x3, 1x1) stays tract's: its im2col + matrix product runs
 //!   those at about the speed of ONNX Runtime's.
 //!
@@ -11,9 +11,9 @@
 //! W]` (or `[C, H, W]`) image and output channels a multiple of 8. `--conv direct` (`ConvAlgorithm::Direct`)
 //! keeps tract's everywhere.
 
-use crate::direct::DirectConv;
-use crate::im2col::ConvShape;
-use crate::winograd::WinogradConv;
+use crate::kernels::x86_64::direct::DirectConv;
+use crate::ops::im2col::ConvShape;
+use crate::kernels::x86_64::winograd::WinogradConv;
 use std::arch::x86_64::__mmask16;
 use tract_core::internal::*;
 use tract_core::ops::binary::TypedBinOp;

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::bench::{Metrics, Stats};
+use crate::commands::bench::{Metrics, Stats};
 use crate::engine::{Engine, ModelFormat};
 
 fn stats_json(s: &Stats) -> Value {

@@ -80,7 +80,7 @@ impl FastMaxPool {
     }
 }
 
-crate::simd::wide_fn! {
+crate::ops::simd::wide_fn! {
     fn pool_all(
         pool: &FastMaxPool,
         xs: &[f32],
@@ -191,7 +191,7 @@ fn plan(model: &TypedModel, node: &TypedNode, op: &OptMaxPool) -> TractResult<Op
 
 /// Replaces every 2-D f32 NCHW `OptMaxPool` of an optimized model; returns how many.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
-    crate::rewrite::replace_ops::<OptMaxPool>(model, |model, node, op| {
+    crate::plan::replace_ops::<OptMaxPool>(model, |model, node, op| {
         Ok(plan(model, node, op)?.map(|p| Box::new(p) as _))
     })
 }
@@ -199,7 +199,7 @@ pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::import::max_pool;
+    use crate::engine::import::max_pool;
 
     #[test]
     fn same_as_tract() {

@@ -2,7 +2,7 @@
 //! reused for every frame.
 //!
 //! Two inputs are accepted: the compact weights file `host export` writes (detected by its magic
-//! bytes; imported by walking the `shared` graph, see [`crate::import`]: no protobuf, no ONNX
+//! bytes; imported by walking the `shared` graph, see [`crate::engine::import`]: no protobuf, no ONNX
 //! parsing), and standard ONNX files through tract-onnx.
 
 use std::path::{Path, PathBuf};
@@ -18,7 +18,10 @@ use tract_core::internal::*;
 use tract_core::transform::ModelTransform;
 use tract_linalg::multithread::Executor;
 
-use crate::import::{import, ImportOptions};
+pub mod import;
+pub mod pipeline;
+
+use import::{import, ImportOptions};
 
 /// Which float precision to compute in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -68,7 +71,7 @@ impl Default for EngineOptions {
 /// How f32 plans compute their convolutions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvAlgorithm {
-    /// This crate's convs where the CPU has AVX-512 (x86: `crate::fp32`: Winograd F(4x4, 3x3)
+    /// This crate's convs where the CPU has AVX-512 (x86: `crate::kernels::x86_64::fp32`: Winograd F(4x4, 3x3)
     /// or F(2x2, 3x3) for 3x3 stride 1, a direct conv for the 7x7 stem), tract's im2col + matrix product
     /// elsewhere.
     #[default]
@@ -134,9 +137,9 @@ pub struct ModelInfo {
     pub preprocess: Preprocess,
     pub int8_layers: Vec<String>,
     pub float_layers: Vec<String>,
-    /// How many float convs run as Winograd (`crate::winograd`).
+    /// How many float convs run as Winograd (`crate::kernels::x86_64::winograd`).
     pub winograd_layers: usize,
-    /// How many float convs run as `crate::direct`'s (large kernels: the stem).
+    /// How many float convs run as `crate::kernels::x86_64::direct`'s (large kernels: the stem).
     pub direct_layers: usize,
     /// Things the user should know (fallbacks), printed by the CLI on stderr.
     pub notes: Vec<String>,
@@ -423,12 +426,12 @@ impl Engine {
         }
         #[cfg(target_arch = "x86_64")]
         if info.compute == Compute::F32 && opts.conv == ConvAlgorithm::Auto {
-            let replaced = crate::fp32::prepare(&mut model)?;
+            let replaced = crate::kernels::x86_64::fp32::prepare(&mut model)?;
             info.winograd_layers = replaced.winograd;
             info.direct_layers = replaced.direct;
         }
         let mut model = model.into_optimized()?;
-        crate::rewrite::speed_up(&mut model, info.compute == Compute::Int8)?;
+        crate::plan::speed_up(&mut model, info.compute == Compute::Int8)?;
         Ok(model)
     }
 

@@ -32,8 +32,8 @@
 //! AVX-512 F, BW, VL and VNNI (checked at run time). Elsewhere (aarch64 boards, older x86) the
 //! plan keeps tract's kernels. `--threads N` splits the output channels over tract's pool.
 
-use crate::epilogue::Int8Epilogue;
-use crate::im2col::{ConvShape, FastIm2Col};
+use crate::ops::epilogue::Int8Epilogue;
+use crate::ops::im2col::{ConvShape, FastIm2Col};
 use std::arch::x86_64::*;
 use std::ops::Range;
 use tract_core::internal::*;
@@ -153,7 +153,7 @@ unsafe impl Sync for Buffers {}
 
 impl VnniConv {
     /// The kernel, as `device inspect` and the tests name it.
-    pub const KERNEL: &'static str = "avx512vnni_i32_16x16 (device::vnni)";
+    pub const KERNEL: &'static str = "avx512vnni_i32_16x16 (device::kernels::x86_64::vnni)";
 
     /// The conv with weights `w` (`[m][k]`) computing `w . x + offsets` on `n` pixels, then
     /// `epilogue`.
@@ -366,7 +366,7 @@ impl VnniConv {
     }
 }
 
-/// `crate::quantize::quantize` on 16 lanes: `clamp(round_ties_even(clamp(v * scale, +-1024)) +
+/// `crate::ops::quantize::quantize` on 16 lanes: `clamp(round_ties_even(clamp(v * scale, +-1024)) +
 /// zero_point, -128, 127)`, NaN -> `zero_point`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
@@ -463,7 +463,7 @@ impl EvalOp for VnniConv {
         };
         // SAFETY: speed_up checked the CPU; eval checked the sizes above. Each range of
         // channel blocks writes its own rows of the outputs.
-        crate::parallel::for_ranges(self.m.div_ceil(CHANNELS), |blocks| unsafe {
+        crate::ops::parallel::for_ranges(self.m.div_ceil(CHANNELS), |blocks| unsafe {
             self.run(buf, blocks)
         });
         let outputs: TVec<Tensor> = f.into_iter().chain(i).collect();
@@ -481,7 +481,7 @@ impl TypedOp for VnniConv {
 
 /// The layout an implicit [`VnniConv`] reads: the input with its padding (the zero point)
 /// around it, split by row and column phase (`y % stride_y`, `x % stride_x`, as
-/// `crate::im2col` does) so that each kernel tap of consecutive output pixels is a contiguous
+/// `crate::ops::im2col` does) so that each kernel tap of consecutive output pixels is a contiguous
 /// run, channels in quads, 4 bytes `x ^ 0x80` per position. Per channel quad, per phase, a
 /// plane of `hq x wq` positions: padded position `(Y, X)` is at `(Y / sy) * wq + X / sx` of
 /// phase `(Y % sy, X % sx)`, byte `c % 4`. The planes cover the extent the kernel taps reach;
@@ -686,7 +686,7 @@ impl EvalOp for VnniQuads {
         // SAFETY: each range of planes writes its own bytes of `out`.
         unsafe impl Sync for Ptrs {}
         let p = unsafe { Ptrs(x.as_ptr_unchecked::<i8>(), out.as_ptr_mut_unchecked::<u8>()) };
-        crate::parallel::for_ranges(planes, |r| unsafe {
+        crate::ops::parallel::for_ranges(planes, |r| unsafe {
             let p = &p;
             self.quads.fill(p.0, pad, p.1, r)
         });
@@ -856,7 +856,7 @@ fn recognize(model: &TypedModel, epilogue: usize) -> Option<(VnniConv, usize, Bo
 
 /// Replaces every `FastIm2col -> OptMatMul -> Int8Epilogue` chain of an optimized model that
 /// [`VnniConv`] handles, on CPUs that have it; returns how many. Run after
-/// `crate::epilogue::speed_up`.
+/// `crate::ops::epilogue::speed_up`.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
     if !supported() {
         return Ok(0);
@@ -909,7 +909,7 @@ pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quantize::{quantize, FastQuantize};
+    use crate::ops::quantize::{quantize, FastQuantize};
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     fn random(seed: u64) -> impl FnMut() -> i8 {

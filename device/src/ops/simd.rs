@@ -1,7 +1,7 @@
 //! Wider vectors for the element-wise loops of the plan's own ops.
 //!
 //! The crate is compiled for the baseline of each target: SSE2 on x86_64 (4 f32 lanes), NEON on
-//! aarch64. The loops of [`crate::epilogue`], [`crate::quantize`] and [`crate::maxpool`] are
+//! aarch64. The loops of [`crate::ops::epilogue`], [`crate::ops::quantize`] and [`crate::ops::maxpool`] are
 //! written so that the compiler vectorizes them; [`wide_fn!`] compiles such a function a second
 //! time for AVX2 (8 lanes) and calls that copy on CPUs that have it. Same operations, same
 //! results: Rust never contracts `a * b + c` into an FMA, with or without the feature.

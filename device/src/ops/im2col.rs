@@ -31,7 +31,7 @@ enum Packing {
     /// row `kk` is at `(kk / 4) * 4r + 4m + kk % 4`; rows padded to a multiple of 4 with zeros.
     K4(PackedI8K4),
     /// The K4 layout 16 lanes wide, as unsigned bytes `x ^ 0x80` (= `x + 128`): the input of
-    /// `crate::vnni`'s kernel, a plain u8 tensor rather than one of tract's packed values.
+    /// `crate::kernels::x86_64::vnni`'s kernel, a plain u8 tensor rather than one of tract's packed values.
     Vnni,
 }
 
@@ -101,7 +101,7 @@ pub(crate) struct ConvShape {
 }
 
 /// The input split by row and column phase (`y % stride_y`, `x % stride_x`) that
-/// `crate::vnni` and `crate::direct` read instead of patches: per channel (or channel quad),
+/// `crate::kernels::x86_64::vnni` and `crate::kernels::x86_64::direct` read instead of patches: per channel (or channel quad),
 /// per phase, a plane of positions; padded position `(Y, X)` is at `(Y / sy) * wq + X / sx`
 /// of phase `(Y % sy, X % sx)`. Every kernel tap of consecutive output positions
 /// `q = y * wq + x` is then a run of consecutive positions; those with `x >= out_width` fall
@@ -403,7 +403,7 @@ fn fill(g: &Geometry, x: &[i8], pad_value: i8, buf: &mut [i8], r: usize, panel_l
         len: buf.len(),
     };
     // Blocks of rows on tract's threads (`--threads`): each writes its own rows of every panel.
-    crate::parallel::for_ranges(k_stored.div_ceil(ROW_BLOCK), |blocks| {
+    crate::ops::parallel::for_ranges(k_stored.div_ceil(ROW_BLOCK), |blocks| {
         let mut rows = vec![0i8; ROW_BLOCK * g.n];
         for start in blocks.map(|b| b * ROW_BLOCK) {
             let count = ROW_BLOCK.min(k_stored - start);
@@ -597,10 +597,10 @@ fn interleave16(a: &[i8; 16], b: &[i8; 16], c: &[i8; 16], d: &[i8; 16], dst: &mu
     }
 }
 
-// `crate::vnni` is x86-only; the layout is tested everywhere.
+// `crate::kernels::x86_64::vnni` is x86-only; the layout is tested everywhere.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl FastIm2Col {
-    /// The same patches in `crate::vnni`'s layout, if this writes a K4 layout for tract.
+    /// The same patches in `crate::kernels::x86_64::vnni`'s layout, if this writes a K4 layout for tract.
     pub(crate) fn for_vnni(&self) -> Option<FastIm2Col> {
         let mut geometry = self.geometry.clone();
         if !matches!(geometry.packing, Packing::K4(_)) {
@@ -612,7 +612,7 @@ impl FastIm2Col {
 
     /// The patches of a 1x1 stride-1 convolution over a `channels x height x width` input (a
     /// repacking of the input itself: tract lowers such convs to matrix products without an
-    /// `Im2col`), in `crate::vnni`'s layout.
+    /// `Im2col`), in `crate::kernels::x86_64::vnni`'s layout.
     pub(crate) fn pointwise_vnni(channels: usize, height: usize, width: usize) -> FastIm2Col {
         FastIm2Col {
             geometry: Geometry {
@@ -632,7 +632,7 @@ impl FastIm2Col {
     }
 
     /// The geometry of the convolution, if this writes a K4 layout for tract (the convs
-    /// `crate::vnni` runs on the padded input directly, without patches).
+    /// `crate::kernels::x86_64::vnni` runs on the padded input directly, without patches).
     pub(crate) fn conv_shape(&self) -> Option<ConvShape> {
         let g = &self.geometry;
         matches!(g.packing, Packing::K4(_)).then(|| ConvShape {
@@ -717,7 +717,7 @@ fn geometry(model: &TypedModel, node: &TypedNode, op: &Im2Col) -> TractResult<Op
 
 /// Replaces every `Im2col` of an optimized model that [`FastIm2Col`] handles; returns how many.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
-    crate::rewrite::replace_ops::<Im2Col>(model, |model, node, op| {
+    crate::plan::replace_ops::<Im2Col>(model, |model, node, op| {
         Ok(geometry(model, node, op)?.map(|geometry| Box::new(FastIm2Col { geometry }) as _))
     })
 }
@@ -725,11 +725,11 @@ pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::import::ConvGeometry;
+    use crate::engine::import::ConvGeometry;
     use tract_core::ops::cnn::conv::KernelFormat;
     use tract_core::ops::cnn::Conv;
 
-    /// A quantized conv like `crate::import` builds (i8 x i8 -> i32, input zero point `zp`).
+    /// A quantized conv like `crate::engine::import` builds (i8 x i8 -> i32, input zero point `zp`).
     fn conv_model(
         c: usize,
         hw: (usize, usize),
@@ -857,7 +857,7 @@ mod tests {
             .collect()
     }
 
-    /// `crate::vnni`'s patches are tract's plus 128 (as unsigned bytes), on the same odd
+    /// `crate::kernels::x86_64::vnni`'s patches are tract's plus 128 (as unsigned bytes), on the same odd
     /// geometries; and a 1x1 conv's are the input itself.
     #[test]
     fn vnni_patches_are_tracts_plus_128() {
@@ -914,7 +914,7 @@ mod tests {
             compared += 1;
         }
         #[cfg(target_arch = "x86_64")]
-        if crate::vnni::supported() {
+        if crate::kernels::x86_64::vnni::supported() {
             assert_eq!(compared, cases.len(), "tract packs K4 for its VNNI kernel");
         }
         if compared == 0 {

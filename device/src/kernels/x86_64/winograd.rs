@@ -22,14 +22,14 @@
 //! so that a block's transformed inputs and products stay in the L2 cache, and the blocks are
 //! split over `--threads`.
 //!
-//! `crate::fp32::prepare` swaps it in for tract's 3x3 stride-1 padding-1 float `Conv`s, before
+//! `crate::kernels::x86_64::fp32::prepare` swaps it in for tract's 3x3 stride-1 padding-1 float `Conv`s, before
 //! tract's optimizer. The output transform adds the bias, then (taken over from the ops that
 //! followed the conv) the residual and the ReLU, in registers.
 
 // The loops over the transforms index several arrays at once, like the formulas.
 #![allow(clippy::needless_range_loop)]
 
-use crate::fp32::{lane_mask, Epilogue, LANES};
+use crate::kernels::x86_64::fp32::{lane_mask, Epilogue, LANES};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -137,7 +137,7 @@ fn grow(v: &mut Vec<f32>, len: usize) {
 
 impl WinogradConv {
     /// The kernel, as `device inspect` and the tests name it.
-    pub const KERNEL: &'static str = "winograd_3x3_avx512 (device::winograd)";
+    pub const KERNEL: &'static str = "winograd_3x3_avx512 (device::kernels::x86_64::winograd)";
 
     /// The conv with weights `kernel` (`[k][c][3][3]`, OIHW) and `bias` (`k` values) on
     /// `h x w` inputs, then `epilogue`; F(4x4, 3x3) on large inputs, F(2x2, 3x3) elsewhere.
@@ -341,10 +341,10 @@ impl WinogradConv {
             let b = self.block(block, &mut s.borrow_mut());
             // SAFETY: as in `eval`; each range writes its own channels of `b.v`, its own
             // products of `b.m`, its own output channels.
-            crate::parallel::for_ranges(self.c, |r| unsafe { self.transform_input(buf, &b, r) });
+            crate::ops::parallel::for_ranges(self.c, |r| unsafe { self.transform_input(buf, &b, r) });
             let pairs = self.xi() * self.k / R;
-            crate::parallel::for_ranges(pairs, |r| unsafe { self.multiply(&b, r) });
-            crate::parallel::for_ranges(self.k, |r| unsafe { self.transform_output(buf, &b, r) });
+            crate::ops::parallel::for_ranges(pairs, |r| unsafe { self.multiply(&b, r) });
+            crate::ops::parallel::for_ranges(self.k, |r| unsafe { self.transform_output(buf, &b, r) });
         });
     }
 
@@ -751,7 +751,7 @@ impl EvalOp for WinogradConv {
         let x = &inputs[0];
         ensure!(
             x.datum_type() == f32::datum_type()
-                && x.shape() == &crate::fp32::shape(self.batched, [self.c, self.h, self.w])[..],
+                && x.shape() == &crate::kernels::x86_64::fp32::shape(self.batched, [self.c, self.h, self.w])[..],
             "WinogradConv: input {:?} {:?}, planned for [1, {}, {}, {}] f32",
             x.datum_type(),
             x.shape(),
@@ -759,7 +759,7 @@ impl EvalOp for WinogradConv {
             self.h,
             self.w
         );
-        let shape = crate::fp32::shape(self.batched, [self.k, self.h, self.w]);
+        let shape = crate::kernels::x86_64::fp32::shape(self.batched, [self.k, self.h, self.w]);
         let residual = if self.epilogue.residual {
             let r = inputs.get(1).context("WinogradConv: no residual input")?;
             ensure!(
@@ -784,10 +784,10 @@ impl EvalOp for WinogradConv {
             };
             // SAFETY: `prepare` checked the CPU, eval the sizes; threads write disjoint channels
             // of the split input, then disjoint tile rows of the output.
-            crate::parallel::for_ranges(self.c, |channels| unsafe { self.split(buf, channels) });
+            crate::ops::parallel::for_ranges(self.c, |channels| unsafe { self.split(buf, channels) });
             let blocks = self.th().div_ceil(self.rows_per_block());
-            if blocks >= crate::parallel::threads() {
-                crate::parallel::for_ranges(blocks, |blocks| unsafe { self.run(buf, blocks) });
+            if blocks >= crate::ops::parallel::threads() {
+                crate::ops::parallel::for_ranges(blocks, |blocks| unsafe { self.run(buf, blocks) });
             } else {
                 for block in 0..blocks {
                     self.run_split(buf, block);
@@ -802,7 +802,7 @@ impl TypedOp for WinogradConv {
     as_op!();
 
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(crate::fp32::shape(
+        Ok(tvec!(f32::fact(crate::kernels::x86_64::fp32::shape(
             self.batched,
             [self.k, self.h, self.w]
         ))))
@@ -812,7 +812,7 @@ impl TypedOp for WinogradConv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fp32::random;
+    use crate::kernels::x86_64::fp32::random;
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     /// The op against a direct float64 convolution on sizes with odd heights and widths, more
@@ -820,7 +820,7 @@ mod tests {
     /// ReLU, and on two threads (same bits).
     #[test]
     fn equals_direct_convolution() {
-        if !crate::fp32::supported() {
+        if !crate::kernels::x86_64::fp32::supported() {
             eprintln!("skipped: this CPU has no AVX-512 (the plan keeps tract's convs)");
             return;
         }

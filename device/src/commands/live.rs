@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::pipeline::{Classification, Pipeline};
-use crate::source::{FrameSource, Next, OwnedFrame};
+use crate::engine::pipeline::{Classification, Pipeline};
+use crate::io::source::{FrameSource, Next, OwnedFrame};
 
 #[derive(Default)]
 struct Slot {

@@ -4,16 +4,16 @@
 //! tract runs the stem as im2col + matrix product: 147 rows of patches per output pixel
 //! (3 channels x 7 x 7), 1.95 of 13.9 ms of ResNet-18 fp32 on a Zen 5 core, then a separate
 //! ReLU pass. [`DirectConv`] splits the padded input once by row and column phase (`x %
-//! stride`, as `crate::im2col` and `crate::vnni` do), so that one kernel tap of 16 neighbouring
+//! stride`, as `crate::ops::im2col` and `crate::kernels::x86_64::vnni` do), so that one kernel tap of 16 neighbouring
 //! output pixels is 16 contiguous floats, and runs a tile of 8 output channels (broadcast
 //! weights) by up to 48 positions of a plane row (three registers), over every (channel, tap)
 //! step. The positions that fall in the padding columns are computed and dropped; the rest
 //! are compressed to the output's order with the bias (and the ReLU that follows, fused by
-//! `crate::fp32`) applied in registers. The same products as tract's, summed in another
+//! `crate::kernels::x86_64::fp32`) applied in registers. The same products as tract's, summed in another
 //! order: the results differ by rounding only (unit test against float64; parity tests).
 
-use crate::fp32::{lane_mask, Epilogue, LANES};
-use crate::im2col::ConvShape;
+use crate::kernels::x86_64::fp32::{lane_mask, Epilogue, LANES};
+use crate::ops::im2col::ConvShape;
 use std::arch::x86_64::*;
 use std::ops::Range;
 use tract_core::internal::*;
@@ -95,7 +95,7 @@ unsafe impl Sync for Buffers {}
 
 impl DirectConv {
     /// The kernel, as `device inspect` names it.
-    pub const KERNEL: &'static str = "direct_f32_8x48_avx512 (device::direct)";
+    pub const KERNEL: &'static str = "direct_f32_8x48_avx512 (device::kernels::x86_64::direct)";
 
     /// The conv of geometry `g` with `k` output channels, weights `kernel` (`[k][c][kh][kw]`)
     /// and `bias` (`k` values), on `[1, C, H, W]` tensors if `batched` (else `[C, H, W]`).
@@ -135,11 +135,11 @@ impl DirectConv {
 
     fn input_shape(&self) -> TVec<usize> {
         let g = &self.g;
-        crate::fp32::shape(self.batched, [g.channels, g.height, g.width])
+        crate::kernels::x86_64::fp32::shape(self.batched, [g.channels, g.height, g.width])
     }
 
     fn output_shape(&self) -> TVec<usize> {
-        crate::fp32::shape(self.batched, [self.k, self.g.out_height, self.g.out_width])
+        crate::kernels::x86_64::fp32::shape(self.batched, [self.k, self.g.out_height, self.g.out_width])
     }
 
     /// Floats per input channel: one plane per phase.
@@ -266,9 +266,9 @@ impl EvalOp for DirectConv {
             split: split.as_ptr(),
             out: unsafe { out.as_ptr_mut_unchecked::<f32>() },
         };
-        // SAFETY: `crate::fp32::prepare` checked the CPU, eval the sizes; each group of
+        // SAFETY: `crate::kernels::x86_64::fp32::prepare` checked the CPU, eval the sizes; each group of
         // vectors writes its own output positions.
-        crate::parallel::for_ranges(self.vectors.len().div_ceil(NV), |groups| unsafe {
+        crate::ops::parallel::for_ranges(self.vectors.len().div_ceil(NV), |groups| unsafe {
             self.run(buf, groups)
         });
         Ok(tvec!(out.into_tvalue()))
@@ -286,14 +286,14 @@ impl TypedOp for DirectConv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fp32::random;
+    use crate::kernels::x86_64::fp32::random;
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     /// The op against a direct float64 convolution: the ResNet stem and smaller odd shapes,
     /// strides 1 to 3, with and without ReLU, on one and two threads (same bits).
     #[test]
     fn equals_float64_convolution() {
-        if !crate::fp32::supported() {
+        if !crate::kernels::x86_64::fp32::supported() {
             eprintln!("skipped: this CPU has no AVX-512 (the plan keeps tract's convs)");
             return;
         }

@@ -1,26 +1,26 @@
 //! The device's rewrites of tract's optimized plan, in the order they must run.
 //!
-//! Each swaps in an op of this crate where tract's own is slow on the plans `crate::import`
+//! Each swaps in an op of this crate where tract's own is slow on the plans `crate::engine::import`
 //! builds, computing the same values (each module says how that is tested):
-//! [`crate::const_fold`] (all plans), [`crate::maxpool`] and [`crate::downsample`] (all
+//! [`crate::ops::const_fold`] (all plans), [`crate::ops::maxpool`] and [`crate::ops::downsample`] (all
 //! plans), then for int8 plans
-//! [`crate::im2col`], [`crate::quantize`] and [`crate::epilogue`] (which looks for the
-//! quantizers `quantize` put in), then on x86 `crate::vnni` (which takes over the chains
+//! [`crate::ops::im2col`], [`crate::ops::quantize`] and [`crate::ops::epilogue`] (which looks for the
+//! quantizers `quantize` put in), then on x86 `crate::kernels::x86_64::vnni` (which takes over the chains
 //! `im2col -> tract's matrix product -> epilogue` where the CPU has AVX-512 VNNI).
 
 use tract_core::internal::*;
 
 /// Rewrites an optimized plan; `int8`: the plan holds the integer convs of an int8 import.
 pub fn speed_up(model: &mut TypedModel, int8: bool) -> TractResult<()> {
-    crate::const_fold::fold(model)?;
-    crate::maxpool::speed_up(model)?;
-    crate::downsample::speed_up(model)?;
+    crate::ops::const_fold::fold(model)?;
+    crate::ops::maxpool::speed_up(model)?;
+    crate::ops::downsample::speed_up(model)?;
     if int8 {
-        crate::im2col::speed_up(model)?;
-        crate::quantize::speed_up(model)?;
-        crate::epilogue::speed_up(model)?;
+        crate::ops::im2col::speed_up(model)?;
+        crate::ops::quantize::speed_up(model)?;
+        crate::ops::epilogue::speed_up(model)?;
         #[cfg(target_arch = "x86_64")]
-        crate::vnni::speed_up(model)?;
+        crate::kernels::x86_64::vnni::speed_up(model)?;
     }
     Ok(())
 }

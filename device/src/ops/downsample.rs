@@ -146,7 +146,7 @@ fn plan(
 /// Replaces every `Downsample` of an optimized model with a positive stride and a concrete
 /// input; returns how many.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
-    crate::rewrite::replace_ops::<Downsample>(model, |model, node, op| {
+    crate::plan::replace_ops::<Downsample>(model, |model, node, op| {
         Ok(plan(model, node, op)?.map(|p| Box::new(p) as _))
     })
 }

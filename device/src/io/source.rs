@@ -308,7 +308,7 @@ impl FrameSource for DirSource {
         };
         let index = self.pos as u64;
         self.pos += 1;
-        match crate::pipeline::Image::open(path) {
+        match crate::engine::pipeline::Image::open(path) {
             Ok(img) => Ok(Next::Frame(OwnedFrame {
                 data: img.data,
                 width: img.width,
@@ -326,7 +326,7 @@ impl FrameSource for DirSource {
 
 /// A V4L2 camera. Errors while streaming close it; [`Reconnecting`] reopens it.
 pub struct CameraSource {
-    camera: crate::v4l2::Camera,
+    camera: crate::io::v4l2::Camera,
     format: StreamFormat,
     index: u64,
     buf: Vec<u8>,
@@ -335,12 +335,12 @@ pub struct CameraSource {
 impl CameraSource {
     pub fn open(path: &Path, width: u32, height: u32, format: StreamFormat) -> Result<Self> {
         let fourcc = match format {
-            StreamFormat::Raw(PixelFormat::Yuyv) => crate::v4l2::PIX_FMT_YUYV,
-            StreamFormat::Raw(PixelFormat::Rgb8) => crate::v4l2::PIX_FMT_RGB24,
-            StreamFormat::Raw(PixelFormat::Gray8) => crate::v4l2::fourcc(b"GREY"),
-            StreamFormat::Mjpeg => crate::v4l2::PIX_FMT_MJPEG,
+            StreamFormat::Raw(PixelFormat::Yuyv) => crate::io::v4l2::PIX_FMT_YUYV,
+            StreamFormat::Raw(PixelFormat::Rgb8) => crate::io::v4l2::PIX_FMT_RGB24,
+            StreamFormat::Raw(PixelFormat::Gray8) => crate::io::v4l2::fourcc(b"GREY"),
+            StreamFormat::Mjpeg => crate::io::v4l2::PIX_FMT_MJPEG,
         };
-        let camera = crate::v4l2::Camera::open(path, width, height, fourcc)?;
+        let camera = crate::io::v4l2::Camera::open(path, width, height, fourcc)?;
         if (camera.width, camera.height) != (width, height) {
             eprintln!(
                 "note: {} delivers {}x{} instead of {width}x{height}",

@@ -1,6 +1,6 @@
 //! One pass for what follows each integer matrix product of an int8 plan.
 //!
-//! `crate::import` writes an int8 layer as: integer conv (i32 accumulators) -> `Cast` to f32 ->
+//! `crate::engine::import` writes an int8 layer as: integer conv (i32 accumulators) -> `Cast` to f32 ->
 //! `Mul` by the per-channel dequantization scale, then the graph goes on in f32: the residual
 //! `Add`, `Relu`, and the next layer's `QuantizeLinear` back to i8. tract's optimizer fuses the
 //! element-wise ops into one pass but keeps the `Cast` and the quantization apart: three passes
@@ -14,7 +14,7 @@
 //! pattern in an optimized plan (`OptMatMul` -> `Cast` i32 -> f32 -> [`IntoShape`] ->
 //! `OptBinChain` of `Mul` [, `Add`] [, `Max` 0] [-> `FastQuantizeLinearI8`]) and swaps it in.
 
-use crate::quantize::{quantize, quantize_all, FastQuantize};
+use crate::ops::quantize::{quantize, quantize_all, FastQuantize};
 use tract_core::internal::*;
 use tract_core::ops::binary::OptBinChain;
 use tract_core::ops::cast::Cast;
@@ -147,7 +147,7 @@ fn channel<T>(
     }
 }
 
-crate::simd::wide_fn! {
+crate::ops::simd::wide_fn! {
     /// The epilogue over all channels (`n` values each), into the f32 and/or i8 outputs.
     fn compute(
         scale: &[f32],
@@ -338,7 +338,7 @@ fn recognize(
 }
 
 /// Replaces the f32 glue after every integer matrix product of an optimized model that
-/// [`Int8Epilogue`] handles; returns how many. Run after `crate::quantize::speed_up`.
+/// [`Int8Epilogue`] handles; returns how many. Run after `crate::ops::quantize::speed_up`.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
     let casts: Vec<usize> = model
         .nodes()

@@ -1,6 +1,6 @@
 //! A vectorizable `QuantizeLinear` (f32 -> i8) for the int8 plans.
 //!
-//! Every int8 layer starts by quantizing its f32 input (`crate::import`). tract's
+//! Every int8 layer starts by quantizing its f32 input (`crate::engine::import`). tract's
 //! `QuantizeLinearI8` computes each value through a scalar, branchy `round_ties_to_even`: 9-13%
 //! of ResNet-18 int8 inference (x86, one thread). [`FastQuantize`] computes the same function
 //! with the add-and-subtract-2^23 rounding, which the compiler turns into SIMD, and [`speed_up`]
@@ -57,7 +57,7 @@ impl Op for FastQuantize {
     op_as_typed_op!();
 }
 
-crate::simd::wide_fn! {
+crate::ops::simd::wide_fn! {
     /// `ys[i] = quantize(xs[i], scale, zp)`.
     pub(crate) fn quantize_all(xs: &[f32], ys: &mut [i8], scale: f32, zp: i32) {
         for (x, y) in xs.iter().zip(ys.iter_mut()) {
@@ -95,7 +95,7 @@ impl TypedOp for FastQuantize {
 
 /// Replaces every f32 -> i8 `QuantizeLinearI8` of an optimized model; returns how many.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
-    crate::rewrite::replace_ops::<ElementWiseOp>(model, |model, node, op| {
+    crate::plan::replace_ops::<ElementWiseOp>(model, |model, node, op| {
         let Some(q) = op.0.downcast_ref::<QuantizeLinearI8>() else {
             return Ok(None);
         };

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use shared::preprocess::Frame;
 
-use crate::pipeline::{Pipeline, StageTimes};
+use crate::engine::pipeline::{Pipeline, StageTimes};
 
 #[derive(Clone, Copy, Debug)]
 pub struct BenchOptions {
