@@ -52,16 +52,18 @@
 //! aarch64 its `/proc/cpuinfo` says nothing about aarch64 features, so that check is skipped.
 
 mod board;
+mod release;
 mod report;
 mod ssh;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
-use sha2::{Digest, Sha256};
 
 use crate::cmd;
 pub use board::BoardKind;
+use board::Board;
+use release::{release_env, release_name, LocalRelease};
 use ssh::{sh_quote, Ssh, SshArgs};
 
 const UNIT_NAME: &str = "edge-vision.service";
@@ -173,99 +175,6 @@ fn check_remote_path(what: &str, p: &str) -> Result<String> {
     Ok(if p.is_empty() { "/".into() } else { p.to_string() })
 }
 
-/// A file name safe in scripts and the unit: the model's own name when it is plain, else
-/// `model.<ext>`.
-fn remote_file_name(local: &Path) -> String {
-    let name = local.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let plain = !name.is_empty()
-        && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
-        && !["device", "labels.txt", "release.env"].contains(&name);
-    if plain {
-        return name.to_string();
-    }
-    match local.extension().and_then(|e| e.to_str()).filter(|e| e.bytes().all(|b| b.is_ascii_alphanumeric())) {
-        Some(ext) => format!("model.{ext}"),
-        None => "model".into(),
-    }
-}
-
-/// The machine of an ELF file, as `uname -m` names it.
-fn elf_arch(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let mut head = [0u8; 20];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .with_context(|| format!("cannot read the device binary {}", path.display()))?;
-    ensure!(&head[..4] == b"\x7fELF", "{} is not an ELF executable", path.display());
-    let machine = if head[5] == 2 { u16::from_be_bytes([head[18], head[19]]) } else { u16::from_le_bytes([head[18], head[19]]) };
-    Ok(match (machine, head[4]) {
-        (183, _) => "aarch64".into(),
-        (62, _) => "x86_64".into(),
-        (3, _) => "i686".into(),
-        (40, _) => "armv7l".into(),
-        (243, 2) => "riscv64".into(),
-        (m, _) => format!("ELF machine {m}"),
-    })
-}
-
-/// A copy of the device binary without debug info, in a private temp directory removed on drop.
-struct Stripped {
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl Drop for Stripped {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// `strip --strip-debug` into a temp file; `None` (with a note) when no aarch64 strip is installed.
-fn strip_debug(binary: &Path) -> Result<Option<Stripped>> {
-    let Some(tool) = ["aarch64-linux-gnu-strip", "llvm-strip"].into_iter().find(|t| cmd::have(t)) else {
-        say("note: no aarch64-linux-gnu-strip or llvm-strip: uploading the binary with its debug info");
-        return Ok(None);
-    };
-    let pid = std::process::id();
-    let dir = (0..100)
-        .map(|n| std::env::temp_dir().join(format!("xtask-deploy-{pid}-{n}")))
-        .find(|d| std::fs::create_dir(d).is_ok())
-        .context("cannot create a temp directory")?;
-    let stripped = Stripped { path: dir.join("device"), dir };
-    cmd::output(std::process::Command::new(tool).arg("--strip-debug").arg("-o").arg(&stripped.path).arg(binary))
-        .with_context(|| format!("stripping {}", binary.display()))?;
-    Ok(Some(stripped))
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(format!("{:x}", h.finalize()))
-}
-
-/// Days since 1970-01-01 -> (year, month, day) (Howard Hinnant's civil_from_days).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// `20250102T030405Z` (UTC).
-fn utc_stamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", s / 3600, s / 60 % 60, s % 60)
-}
-
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -333,20 +242,6 @@ fn release_of(link: &Option<String>) -> Option<&str> {
     link.as_deref().map(|l| l.trim_end_matches('/').rsplit('/').next().unwrap_or(l))
 }
 
-/// One file of a release.
-struct Upload {
-    local: PathBuf,
-    name: String,
-    mode: &'static str,
-    size: u64,
-    sha256: String,
-}
-
-fn upload_entry(local: &Path, name: String, mode: &'static str) -> Result<Upload> {
-    let size = std::fs::metadata(local).with_context(|| format!("cannot read {}", local.display()))?.len();
-    Ok(Upload { local: local.to_path_buf(), name, mode, size, sha256: sha256_file(local)? })
-}
-
 /// The systemd unit. It names no release and no model: `release.env` of the current release does.
 fn unit_file(root: &str, runner: &str, source: &str) -> String {
     let runner = if runner.is_empty() { String::new() } else { format!("{runner} ") };
@@ -368,30 +263,6 @@ fn unit_file(root: &str, runner: &str, source: &str) -> String {
          [Install]\n\
          WantedBy=multi-user.target\n"
     )
-}
-
-/// `release.env`: what the unit (and people) need to know about a release.
-fn release_env(root: &str, name: &str, board: &str, model: &str, labels: bool, live_args: &[String], files: &[Upload]) -> String {
-    let git = cmd::output(std::process::Command::new("git").current_dir(cmd::root()).args(["describe", "--always", "--dirty"]))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let mut env = format!(
-        "# edge-vision release {name}, written by `cargo xtask deploy`\n\
-         EV_RELEASE={name}\nEV_BOARD={board}\nEV_MODEL={root}/current/{model}\n"
-    );
-    if !git.is_empty() {
-        env += &format!("EV_GIT={git}\n");
-    }
-    if labels {
-        env += &format!("EV_LABELS={root}/current/labels.txt\n");
-    }
-    // systemd's EnvironmentFile drops the quotes; the unit's unbraced `$EV_LIVE_ARGS` splits the
-    // value into words (`--live-arg` values are checked to hold no whitespace or quotes).
-    env += &format!("EV_LIVE_ARGS=\"{}\"\n", live_args.join(" "));
-    for f in files {
-        env += &format!("# sha256 {} {}\n", f.sha256, f.name);
-    }
-    env
 }
 
 /// systemctl steps after a switch (deploy or rollback).
@@ -417,167 +288,219 @@ fn restart_service(ssh: &Ssh, p: &Probe, unit_dir: &str, install: bool, on_failu
     Ok(())
 }
 
+/// `cargo xtask deploy`: the steps of the module doc, in order.
 pub fn run(args: &Args) -> Result<()> {
-    let board = args.board.profile();
-    let root = check_remote_path("--root", &args.layout.root)?;
-    let unit_dir = check_remote_path("--unit-dir", &args.layout.unit_dir)?;
-    ensure!(root != "/", "--root must not be /");
-    ensure!(args.keep >= 2, "--keep must be at least 2 (current and previous)");
-    ensure!(args.model.is_file(), "model {} does not exist", args.model.display());
-    let labels = match &args.labels {
-        Some(l) => {
-            ensure!(l.is_file(), "labels {} do not exist", l.display());
-            Some(l.clone())
+    let d = Deployment::new(args)?;
+    let local = LocalRelease::build(args, d.labels.as_deref())?;
+    let board = d.check_board(local.total)?;
+    let name = release_name(&local.files, &board.releases);
+    let bench = d.stage(&local, &name, &board)?;
+    let previous = d.switch(&name, &board)?;
+    d.prune(&name, &board, &previous);
+    d.service(&board)?;
+    d.report(&name, &previous, bench);
+    Ok(())
+}
+
+/// One deployment: its checked arguments and the connection, shared by the steps.
+struct Deployment<'a> {
+    args: &'a Args,
+    board: Board,
+    root: String,
+    unit_dir: String,
+    labels: Option<PathBuf>,
+    /// Command prefix for the device binary on the board (`--runner`, `qemu` expanded).
+    runner: String,
+    ssh: Ssh,
+    /// `user@address port P`, for messages.
+    host: String,
+}
+
+impl Probe {
+    /// What a failure before the switch leaves running, for messages.
+    fn keeps(&self) -> String {
+        match &self.current {
+            Some(c) => format!("{c} stays current"),
+            None => "nothing was deployed there".into(),
         }
-        None => args.model.parent().map(|d| d.join("labels.txt")).filter(|l| l.is_file()),
-    };
-    for (what, v) in std::iter::once(("--source", &args.source)).chain(args.live_args.iter().map(|a| ("--live-arg", a))) {
-        ensure!(
-            !v.is_empty() && !v.contains(|c: char| c.is_whitespace() || "\"'\\$%;".contains(c)),
-            "{what} `{v}` cannot go into the systemd unit: no spaces, quotes, \\, $, % or ;"
-        );
     }
-    let runner = if args.runner == "qemu" { cmd::qemu_runner(board.qemu_cpu) } else { args.runner.clone() };
-    let ssh = Ssh::new(&args.ssh)?;
+}
 
-    // 1. Locally: the binary and the hashes.
-    let binary = match &args.binary {
-        Some(b) => b.clone(),
-        None => cmd::cross_build_device(&args.profile)?,
-    };
-    let arch = elf_arch(&binary)?;
-    ensure!(
-        arch == "aarch64",
-        "{} is an {arch} executable, not aarch64: deploy the cross-built device (`cargo xtask cross`)",
-        binary.display()
-    );
-    let stripped = if args.no_strip { None } else { strip_debug(&binary)? };
-    let upload_binary = stripped.as_ref().map_or(binary.as_path(), |s| s.path.as_path());
-    let model_name = remote_file_name(&args.model);
-    let mut files = vec![upload_entry(upload_binary, "device".into(), "0755")?, upload_entry(&args.model, model_name.clone(), "0644")?];
-    if let Some(l) = &labels {
-        files.push(upload_entry(l, "labels.txt".into(), "0644")?);
-    }
-    let total: u64 = files.iter().map(|f| f.size).sum();
-
-    // 2. The board: architecture, CPU features, space.
-    let host = ssh.describe();
-    say(format!("checking {host} ({} profile: {}, {})", board.name, board.cpu, board.features.join(" ")));
-    let p = probe(&ssh, &root, &unit_dir)?;
-    let keeps = match &p.current {
-        Some(c) => format!("{c} stays current"),
-        None => "nothing was deployed there".into(),
-    };
-    if p.arch != args.expect_arch {
-        let hint = if p.arch.starts_with("armv") { " (a 32-bit OS: install the 64-bit one)" } else { "" };
-        let want = if args.expect_arch == "aarch64" {
-            "the device binary is built for aarch64".to_string()
-        } else {
-            format!("expected {} (--expect-arch)", args.expect_arch)
-        };
-        bail!("wrong architecture: {host} is {}{hint}, {want}; nothing was changed ({keeps})", p.arch);
-    }
-    if p.arch == "aarch64" {
-        match &p.cpuinfo_features {
-            Some(have) => {
-                let missing: Vec<_> = board.features.iter().filter(|f| !have.iter().any(|h| h == *f)).collect();
-                if !missing.is_empty() {
-                    let list = missing.iter().map(|f| format!("{f} ({})", board::feature_meaning(f))).collect::<Vec<_>>().join(", ");
-                    let msg = format!("{host} lacks CPU features the {} profile expects: {list}", board.name);
-                    if !args.force {
-                        bail!("{msg}; is --board right? (--force deploys anyway; nothing was changed, {keeps})");
-                    }
-                    say(format!("warning: {msg} (--force: deploying anyway)"));
-                }
-                let extra: Vec<_> =
-                    ["asimdhp", "asimddp"].into_iter().filter(|f| have.iter().any(|h| h == f) && !board.features.contains(f)).collect();
-                if !extra.is_empty() {
-                    say(format!("note: {host} also has {}: a pi5 / jetson-orin class CPU", extra.join(" ")));
-                }
+impl<'a> Deployment<'a> {
+    /// Checks the arguments (nothing is built or contacted yet).
+    fn new(args: &'a Args) -> Result<Self> {
+        let board = args.board.profile();
+        let root = check_remote_path("--root", &args.layout.root)?;
+        let unit_dir = check_remote_path("--unit-dir", &args.layout.unit_dir)?;
+        ensure!(root != "/", "--root must not be /");
+        ensure!(args.keep >= 2, "--keep must be at least 2 (current and previous)");
+        ensure!(args.model.is_file(), "model {} does not exist", args.model.display());
+        let labels = match &args.labels {
+            Some(l) => {
+                ensure!(l.is_file(), "labels {} do not exist", l.display());
+                Some(l.clone())
             }
-            None => say(format!("note: no Features line in /proc/cpuinfo on {host}: CPU features not checked")),
+            None => args.model.parent().map(|d| d.join("labels.txt")).filter(|l| l.is_file()),
+        };
+        for (what, v) in std::iter::once(("--source", &args.source)).chain(args.live_args.iter().map(|a| ("--live-arg", a))) {
+            ensure!(
+                !v.is_empty() && !v.contains(|c: char| c.is_whitespace() || "\"'\\$%;".contains(c)),
+                "{what} `{v}` cannot go into the systemd unit: no spaces, quotes, \\, $, % or ;"
+            );
         }
-    } else {
-        say(format!("note: {host} is {} (--expect-arch): aarch64 CPU features not checked", p.arch));
-    }
-    ensure!(!p.current_not_link, "{root}/current on {host} is not a symlink: move it away first");
-    ensure!(p.sha256sum, "{host} has no sha256sum (coreutils) to verify the upload with");
-    let reserve = args.min_free_mb * 1024 * 1024;
-    match p.free_kib {
-        Some(free) if free * 1024 < total + reserve => bail!(
-            "full disk: {host} has {} free under {root}, the release needs {} plus {} kept free (--min-free-mb); \
-             nothing was changed ({keeps})",
-            mib(free * 1024),
-            mib(total),
-            mib(reserve)
-        ),
-        Some(_) => {}
-        None => say(format!("note: could not read the free space under {root} on {host}")),
+        let runner = if args.runner == "qemu" { cmd::qemu_runner(board.qemu_cpu) } else { args.runner.clone() };
+        let ssh = Ssh::new(&args.ssh)?;
+        let host = ssh.describe();
+        Ok(Deployment { args, board, root, unit_dir, labels, runner, ssh, host })
     }
 
-    // 3. Upload into a fresh directory, verify, name it.
-    let hash = {
-        let mut h = Sha256::new();
-        for f in &files {
-            h.update(f.sha256.as_bytes());
-        }
-        format!("{:x}", h.finalize())[..8].to_string()
-    };
-    let mut name = format!("{}-{hash}", utc_stamp());
-    let mut n = 2;
-    while p.releases.contains(&name) {
-        name = format!("{}-{hash}-{n}", utc_stamp());
-        n += 1;
+    /// Step 2: one round trip reads the board; its architecture, CPU features, `current` link,
+    /// `sha256sum` and free space must do for a release of `total` bytes.
+    fn check_board(&self, total: u64) -> Result<Probe> {
+        let board = &self.board;
+        say(format!("checking {} ({} profile: {}, {})", self.host, board.name, board.cpu, board.features.join(" ")));
+        let p = probe(&self.ssh, &self.root, &self.unit_dir)?;
+        self.check_arch(&p)?;
+        ensure!(!p.current_not_link, "{}/current on {} is not a symlink: move it away first", self.root, self.host);
+        ensure!(p.sha256sum, "{} has no sha256sum (coreutils) to verify the upload with", self.host);
+        self.check_space(&p, total)?;
+        Ok(p)
     }
-    let release = format!("{root}/releases/{name}");
-    let incoming = format!("{root}/releases/.incoming-{name}");
-    say(format!("uploading {} to {host}:{release} ({} files)", mib(total), files.len()));
-    let staged = (|| -> Result<Option<serde_json::Value>> {
+
+    /// `uname -m` is `--expect-arch`; on aarch64 the `Features` the board profile expects are
+    /// there (else refused unless `--force`).
+    fn check_arch(&self, p: &Probe) -> Result<()> {
+        let (host, board, args) = (&self.host, &self.board, self.args);
+        if p.arch != args.expect_arch {
+            let hint = if p.arch.starts_with("armv") { " (a 32-bit OS: install the 64-bit one)" } else { "" };
+            let want = if args.expect_arch == "aarch64" {
+                "the device binary is built for aarch64".to_string()
+            } else {
+                format!("expected {} (--expect-arch)", args.expect_arch)
+            };
+            bail!("wrong architecture: {host} is {}{hint}, {want}; nothing was changed ({})", p.arch, p.keeps());
+        }
+        if p.arch != "aarch64" {
+            say(format!("note: {host} is {} (--expect-arch): aarch64 CPU features not checked", p.arch));
+            return Ok(());
+        }
+        let Some(have) = &p.cpuinfo_features else {
+            say(format!("note: no Features line in /proc/cpuinfo on {host}: CPU features not checked"));
+            return Ok(());
+        };
+        let missing: Vec<_> = board.features.iter().filter(|f| !have.iter().any(|h| h == *f)).collect();
+        if !missing.is_empty() {
+            let list = missing.iter().map(|f| format!("{f} ({})", board::feature_meaning(f))).collect::<Vec<_>>().join(", ");
+            let msg = format!("{host} lacks CPU features the {} profile expects: {list}", board.name);
+            if !args.force {
+                bail!("{msg}; is --board right? (--force deploys anyway; nothing was changed, {})", p.keeps());
+            }
+            say(format!("warning: {msg} (--force: deploying anyway)"));
+        }
+        let extra: Vec<_> = ["asimdhp", "asimddp"].into_iter().filter(|f| have.iter().any(|h| h == f) && !board.features.contains(f)).collect();
+        if !extra.is_empty() {
+            say(format!("note: {host} also has {}: a pi5 / jetson-orin class CPU", extra.join(" ")));
+        }
+        Ok(())
+    }
+
+    /// The release plus `--min-free-mb` fit in the free space under `--root`.
+    fn check_space(&self, p: &Probe, total: u64) -> Result<()> {
+        let (host, root) = (&self.host, &self.root);
+        let reserve = self.args.min_free_mb * 1024 * 1024;
+        match p.free_kib {
+            Some(free) if free * 1024 < total + reserve => bail!(
+                "full disk: {host} has {} free under {root}, the release needs {} plus {} kept free (--min-free-mb); \
+                 nothing was changed ({})",
+                mib(free * 1024),
+                mib(total),
+                mib(reserve),
+                p.keeps()
+            ),
+            Some(_) => {}
+            None => say(format!("note: could not read the free space under {root} on {host}")),
+        }
+        Ok(())
+    }
+
+    /// Steps 3 and 4: upload and verify into `releases/NAME`, then bench it (unless
+    /// `--no-bench`). On any failure the release is removed again and the error says what stays
+    /// current.
+    fn stage(&self, local: &LocalRelease, name: &str, p: &Probe) -> Result<Option<serde_json::Value>> {
+        let root = &self.root;
+        let release = format!("{root}/releases/{name}");
+        let incoming = format!("{root}/releases/.incoming-{name}");
+        say(format!("uploading {} to {}:{release} ({} files)", mib(local.total), self.host, local.files.len()));
+        let staged = self.upload(local, name, &incoming, &release).and_then(|()| {
+            if self.args.no_bench {
+                Ok(None)
+            } else {
+                self.bench(&release, &local.model_name).map(Some)
+            }
+        });
+        staged.map_err(|e| {
+            let cleanup = self.ssh.run("removing the failed release", &format!("rm -rf {} {}", sh_quote(&incoming), sh_quote(&release)));
+            let left = match cleanup {
+                Ok(_) => String::new(),
+                Err(_) => format!(" (the incomplete upload in {root}/releases may be left over; the next deploy removes it)"),
+            };
+            e.context(format!("deploying to {} failed before the switch: {}{left}", self.host, p.keeps()))
+        })
+    }
+
+    /// Step 3: the files and `release.env` into a fresh `incoming` directory, their SHA-256 sums
+    /// checked on the board, the directory renamed to `release`.
+    fn upload(&self, local: &LocalRelease, name: &str, incoming: &str, release: &str) -> Result<()> {
+        let (ssh, root, files) = (&self.ssh, &self.root, &local.files);
         ssh.run(
             "creating the release directory",
-            &format!("rm -rf {0}/releases/.incoming-* && mkdir -p {1}", sh_quote(&root), sh_quote(&incoming)),
+            &format!("rm -rf {0}/releases/.incoming-* && mkdir -p {1}", sh_quote(root), sh_quote(incoming)),
         )?;
-        for f in &files {
+        for f in files {
             ssh.upload(&f.local, &format!("{incoming}/{}", f.name), f.mode)?;
         }
-        let env = release_env(&root, &name, board.name, &model_name, labels.is_some(), &args.live_args, &files);
+        let env = release_env(root, name, self.board.name, &local.model_name, self.labels.is_some(), &self.args.live_args, files);
         ssh.write(&env, &format!("{incoming}/release.env"), "0644")?;
         let sums = ssh.run(
             "verifying the upload",
-            &format!("cd {} && sha256sum {}", sh_quote(&incoming), files.iter().map(|f| sh_quote(&f.name)).collect::<Vec<_>>().join(" ")),
+            &format!("cd {} && sha256sum {}", sh_quote(incoming), files.iter().map(|f| sh_quote(&f.name)).collect::<Vec<_>>().join(" ")),
         )?;
-        for f in &files {
+        for f in files {
             let remote = sums.lines().find_map(|l| {
                 let (sum, file) = l.split_once(char::is_whitespace)?;
                 (file.trim_start_matches([' ', '*']) == f.name).then_some(sum)
             });
             ensure!(
                 remote == Some(f.sha256.as_str()),
-                "{} arrived damaged on {host}: sha256 {} there, {} here",
+                "{} arrived damaged on {}: sha256 {} there, {} here",
                 f.name,
+                self.host,
                 remote.unwrap_or("missing"),
                 f.sha256
             );
         }
-        ssh.run("naming the release", &format!("mv -T {} {}", sh_quote(&incoming), sh_quote(&release)))?;
+        ssh.run("naming the release", &format!("mv -T {} {}", sh_quote(incoming), sh_quote(release)))?;
+        Ok(())
+    }
 
-        // 4. Smoke test and latency report, before anything points at the new release.
-        if args.no_bench {
-            return Ok(None);
-        }
+    /// Step 4: `device bench --json` from the new release, before anything points at it: the
+    /// smoke test, and the latency report.
+    fn bench(&self, release: &str, model_name: &str) -> Result<serde_json::Value> {
+        let (args, host) = (self.args, &self.host);
         let mut bench = format!(
-            "{runner} {release}/device bench --model {release}/{model_name} --json --iters {} --warmup {}",
+            "{} {release}/device bench --model {release}/{model_name} --json --iters {} --warmup {}",
+            self.runner,
             args.iters,
             args.warmup,
-            release = sh_quote(&release),
-            model_name = sh_quote(&model_name),
+            release = sh_quote(release),
+            model_name = sh_quote(model_name),
         );
         for a in &args.bench_args {
             bench += &format!(" {}", sh_quote(a));
         }
-        let bench = format!("cd {} && {}", sh_quote(&release), bench.trim_start());
+        let bench = format!("cd {} && {}", sh_quote(release), bench.trim_start());
         say(format!("running device bench on {host} ({} warm-up + {} timed runs)", args.warmup, args.iters));
-        let out = ssh.output("device bench", &bench)?;
+        let out = self.ssh.output("device bench", &bench)?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
@@ -588,81 +511,84 @@ pub fn run(args: &Args) -> Result<()> {
             eprintln!("  board: {line}");
         }
         match report::find_json(&stdout) {
-            Some(v) => Ok(Some(v)),
+            Some(v) => Ok(v),
             None => bail!("device bench printed no JSON report on {host}:\n{}", stdout.trim()),
         }
-    })();
-    let bench = match staged {
-        Ok(b) => b,
-        Err(e) => {
-            let cleanup = ssh.run("removing the failed release", &format!("rm -rf {} {}", sh_quote(&incoming), sh_quote(&release)));
-            let left = match cleanup {
-                Ok(_) => String::new(),
-                Err(_) => format!(" (the incomplete upload in {root}/releases may be left over; the next deploy removes it)"),
-            };
-            return Err(e.context(format!("deploying to {host} failed before the switch: {keeps}{left}")));
-        }
-    };
+    }
 
-    // 5. Switch atomically, remember the previous release, prune.
-    let switch = format!(
-        r#"set -e
+    /// Step 5: `current` -> the new release in one rename, `previous` -> the release that was
+    /// current. Returns the link `previous` now holds.
+    fn switch(&self, name: &str, p: &Probe) -> Result<Option<String>> {
+        let switch = format!(
+            r#"set -e
 cd {root}
 old=$(readlink current 2>/dev/null || true)
 ln -sfn releases/{name} .current.tmp
 mv -T .current.tmp current
 if [ -n "$old" ] && [ "$old" != releases/{name} ]; then ln -sfn "$old" .previous.tmp && mv -T .previous.tmp previous; fi
 "#,
-        root = sh_quote(&root),
-        name = name
-    );
-    ssh.run("switching to the new release", &switch)?;
-    let previous =
-        if p.current.is_some() && release_of(&p.current) != Some(name.as_str()) { p.current.clone() } else { p.previous.clone() };
-    // Newest first: the new release, then the others as `ls -t` listed them.
-    let newest_first: Vec<&str> = [name.as_str()].into_iter().chain(p.releases.iter().map(String::as_str).filter(|r| *r != name)).collect();
-    let protected = [Some(name.as_str()), release_of(&previous)];
-    let prune: Vec<&str> = newest_first.into_iter().skip(args.keep).filter(|r| !protected.contains(&Some(*r))).collect();
-    if !prune.is_empty() {
-        let dirs = prune.iter().map(|r| sh_quote(&format!("{root}/releases/{r}"))).collect::<Vec<_>>().join(" ");
-        if let Err(e) = ssh.run("pruning old releases", &format!("rm -rf {dirs}")) {
+            root = sh_quote(&self.root),
+            name = name
+        );
+        self.ssh.run("switching to the new release", &switch)?;
+        Ok(if p.current.is_some() && release_of(&p.current) != Some(name) { p.current.clone() } else { p.previous.clone() })
+    }
+
+    /// Step 5, last: removes releases beyond `--keep`, never `current` or `previous`. A failure
+    /// here is a warning: the deployment is done.
+    fn prune(&self, name: &str, p: &Probe, previous: &Option<String>) {
+        // Newest first: the new release, then the others as `ls -t` listed them.
+        let newest_first = [name].into_iter().chain(p.releases.iter().map(String::as_str).filter(|r| *r != name));
+        let protected = [Some(name), release_of(previous)];
+        let prune: Vec<&str> = newest_first.skip(self.args.keep).filter(|r| !protected.contains(&Some(*r))).collect();
+        if prune.is_empty() {
+            return;
+        }
+        let dirs = prune.iter().map(|r| sh_quote(&format!("{}/releases/{r}", self.root))).collect::<Vec<_>>().join(" ");
+        if let Err(e) = self.ssh.run("pruning old releases", &format!("rm -rf {dirs}")) {
             say(format!("warning: {e:#}"));
         } else {
             say(format!("pruned {}", prune.join(", ")));
         }
     }
 
-    // 6. The service.
-    if args.service {
-        let unit = unit_file(&root, &runner, &args.source);
-        let path = format!("{unit_dir}/{UNIT_NAME}");
-        ssh.run("creating the unit directory", &format!("mkdir -p {}", sh_quote(&unit_dir)))?;
-        ssh.write(&unit, &format!("{path}.tmp"), "0644")?;
-        ssh.run("installing the unit", &format!("mv -f {0}.tmp {0}", sh_quote(&path)))?;
-        say(format!("installed {path}"));
+    /// Step 6: with `--service` the unit is written and (re)started, else an installed one is
+    /// restarted.
+    fn service(&self, p: &Probe) -> Result<()> {
+        let (ssh, unit_dir) = (&self.ssh, &self.unit_dir);
+        if self.args.service {
+            let unit = unit_file(&self.root, &self.runner, &self.args.source);
+            let path = format!("{unit_dir}/{UNIT_NAME}");
+            ssh.run("creating the unit directory", &format!("mkdir -p {}", sh_quote(unit_dir)))?;
+            ssh.write(&unit, &format!("{path}.tmp"), "0644")?;
+            ssh.run("installing the unit", &format!("mv -f {0}.tmp {0}", sh_quote(&path)))?;
+            say(format!("installed {path}"));
+        }
+        restart_service(
+            ssh,
+            p,
+            unit_dir,
+            self.args.service,
+            "the new release is current but its service did not start; `cargo xtask rollback` returns to the previous one",
+        )
     }
-    restart_service(
-        &ssh,
-        &p,
-        &unit_dir,
-        args.service,
-        "the new release is current but its service did not start; `cargo xtask rollback` returns to the previous one",
-    )?;
 
-    // 7. The report.
-    let was = match &previous {
-        Some(prev) => format!("previous: {prev}; `cargo xtask rollback --host {}` returns to it", ssh.host()),
-        None => "first release there".into(),
-    };
-    say(format!("deployed {name} to {host}:{root}/current ({was})"));
-    if let Some(v) = bench {
-        println!("latency report: device bench on {host} ({}: {}, {}), release {name}", board.name, board.cpu, board.precisions);
-        print!("{}", report::pretty(&v));
-        if args.json {
-            println!("{v}");
+    /// Step 7: what was deployed and the bench's latency report.
+    fn report(&self, name: &str, previous: &Option<String>, bench: Option<serde_json::Value>) {
+        let (host, board) = (&self.host, &self.board);
+        let was = match previous {
+            Some(prev) => format!("previous: {prev}; `cargo xtask rollback --host {}` returns to it", self.ssh.host()),
+            None => "first release there".into(),
+        };
+        say(format!("deployed {name} to {host}:{}/current ({was})", self.root));
+        if let Some(v) = bench {
+            println!("latency report: device bench on {host} ({}: {}, {}), release {name}", board.name, board.cpu, board.precisions);
+            print!("{}", report::pretty(&v));
+            if self.args.json {
+                println!("{v}");
+            }
         }
     }
-    Ok(())
 }
 
 pub fn rollback(args: &RollbackArgs) -> Result<()> {
@@ -700,18 +626,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(utc_stamp().len(), 16);
-    }
-
-    #[test]
-    fn names_and_paths() {
-        assert_eq!(remote_file_name(Path::new("/x/model.evw")), "model.evw");
-        assert_eq!(remote_file_name(Path::new("/x/my model.onnx")), "model.onnx");
-        assert_eq!(remote_file_name(Path::new("/x/device")), "model");
+    fn paths() {
         assert!(check_remote_path("--root", "opt/x").is_err());
         assert!(check_remote_path("--root", "/opt/a b").is_err());
         assert_eq!(check_remote_path("--root", "/opt/edge-vision/").unwrap(), "/opt/edge-vision");

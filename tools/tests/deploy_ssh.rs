@@ -8,7 +8,8 @@
 
 mod support;
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use support::*;
 
@@ -21,18 +22,75 @@ fn deploy_args(sshd: &Sshd, root: &Path, model: &Path, extra: &[&str]) -> Vec<St
     a
 }
 
+/// `rollback` with the fixture's ssh options.
+fn rollback_args(sshd: &Sshd, root: &Path) -> Vec<String> {
+    let mut a = vec!["rollback".to_string()];
+    a.extend(sshd.ssh_args());
+    a.extend(["--root".into(), root.display().to_string()]);
+    a
+}
+
+/// `--binary` (the prebuilt device) and `--expect-arch x86_64` (this machine is the board, the
+/// binary runs under qemu), then `extra`.
+fn prebuilt<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["--binary", device_binary().to_str().unwrap(), "--expect-arch", "x86_64"];
+    a.extend_from_slice(extra);
+    a
+}
+
 /// A quick deploy of the prebuilt device binary (no bench), as the "old version".
 fn deploy_quick(sshd: &Sshd, root: &Path, model: &Path, extra: &[&str]) -> String {
-    let bin = device_binary().display().to_string();
-    let mut e = vec!["--binary", &bin, "--expect-arch", "x86_64", "--no-bench"];
-    e.extend_from_slice(extra);
-    let out = xtask(&deploy_args(sshd, root, model, &e));
+    let out = xtask(&deploy_args(sshd, root, model, &prebuilt(&[&["--no-bench"][..], extra].concat())));
     assert!(out.status.success(), "deploy failed: {}\nsshd log:\n{}", stderr(&out), sshd.log());
     link(root, "current").expect("current after a deploy")
 }
 
-fn release_dir(root: &Path, link_target: &str) -> std::path::PathBuf {
-    root.join(link_target)
+/// An sshd, a work directory and two models with labels: `m1` (seed 1), deployed first, and
+/// `m2` (seed 2).
+struct Fixture {
+    sshd: Sshd,
+    work: tempfile::TempDir,
+    m1: PathBuf,
+    m2: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let (m1, m2) = (model_dir(work.path(), "m1", 1, true), model_dir(work.path(), "m2", 2, true));
+        Fixture { sshd: Sshd::start(), work, m1, m2 }
+    }
+
+    /// `m1` deployed to `board` (`deploy_quick` with `extra`).
+    fn deployed(&self, board: PathBuf, extra: &[&str]) -> Deployed<'_> {
+        let v1 = deploy_quick(&self.sshd, &board, &self.m1, extra);
+        let before = snapshot(&board);
+        Deployed { f: self, board, v1, before }
+    }
+}
+
+/// A board root with one release deployed, for deployments that must fail and leave the board
+/// as it was.
+struct Deployed<'a> {
+    f: &'a Fixture,
+    board: PathBuf,
+    /// `releases/NAME` of the deployed release.
+    v1: String,
+    before: BTreeMap<String, String>,
+}
+
+impl Deployed<'_> {
+    /// The error line of `xtask ARGS`, which must fail and change nothing on the board.
+    fn refused<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
+        let e = error_line(&xtask(args));
+        assert_eq!(snapshot(&self.board), self.before, "the board changed: {e}");
+        e
+    }
+
+    /// `refused` for a deploy of `model` with `extra`.
+    fn deploy_refused(&self, model: &Path, extra: &[&str]) -> String {
+        self.refused(&deploy_args(&self.f.sshd, &self.board, model, extra))
+    }
 }
 
 #[test]
@@ -69,7 +127,7 @@ fn deploys_the_real_device_runs_bench_under_qemu_and_writes_the_unit() {
     let current = link(&board, "current").expect("current symlink");
     assert!(current.starts_with("releases/"), "{current}");
     assert_eq!(link(&board, "previous"), None);
-    let rel = release_dir(&board, &current);
+    let rel = board.join(&current);
     // device went up with its debug info stripped: an aarch64 ELF, smaller, its sum recorded.
     let deployed = std::fs::read(rel.join("device")).unwrap();
     assert_eq!(&deployed[..4], b"\x7fELF");
@@ -139,7 +197,7 @@ fn redeploy_keeps_the_previous_release_and_rollback_swaps_back() {
     let v2 = deploy_quick(&sshd, &board, &m2, &[]);
     assert_ne!(v1, v2);
     // --no-strip: the binary exactly as cargo built it.
-    assert_eq!(sha256(&board.join(&v1).join("device")), sha256(&device_binary()));
+    assert_eq!(sha256(&board.join(&v1).join("device")), sha256(device_binary()));
     assert_eq!(link(&board, "current").as_deref(), Some(v2.as_str()));
     assert_eq!(link(&board, "previous").as_deref(), Some(v1.as_str()));
     // Both releases complete and distinct.
@@ -149,9 +207,7 @@ fn redeploy_keeps_the_previous_release_and_rollback_swaps_back() {
     assert!(!board.join(&v2).join("labels.txt").exists());
     assert_eq!(sha256(&board.join("current/model.evw")), sha256(&m2));
 
-    let mut rollback = vec!["rollback".to_string()];
-    rollback.extend(sshd.ssh_args());
-    rollback.extend(["--root".into(), board.display().to_string()]);
+    let rollback = rollback_args(&sshd, &board);
     let out = xtask(&rollback);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), v1);
@@ -175,11 +231,7 @@ fn redeploy_keeps_the_previous_release_and_rollback_swaps_back() {
     assert_eq!(link(&board, "previous").as_deref(), Some(v3.as_str()));
 
     // Nothing to roll back to on a fresh board.
-    let empty = work.path().join("empty-board");
-    let mut rb = vec!["rollback".to_string()];
-    rb.extend(sshd.ssh_args());
-    rb.extend(["--root".into(), empty.display().to_string()]);
-    let e = error_line(&xtask(&rb));
+    let e = error_line(&xtask(&rollback_args(&sshd, &work.path().join("empty-board"))));
     assert!(e.contains("nothing to roll back to"), "{e}");
 }
 
@@ -188,7 +240,6 @@ fn unreachable_host_is_a_clear_error() {
     let work = tempfile::tempdir().unwrap();
     let model = model_dir(work.path(), "m", 1, true);
     let board = work.path().join("board");
-    let bin = device_binary().display().to_string();
     let port = closed_port().to_string();
     let out = xtask(&[
         "deploy",
@@ -203,7 +254,7 @@ fn unreachable_host_is_a_clear_error() {
         "--model",
         &model.display().to_string(),
         "--binary",
-        &bin,
+        device_binary().to_str().unwrap(),
     ]);
     let e = error_line(&out);
     assert!(e.contains(&format!("cannot reach root@127.0.0.1 port {port}: connection refused")), "{e}");
@@ -212,144 +263,89 @@ fn unreachable_host_is_a_clear_error() {
 
 #[test]
 fn a_key_the_board_does_not_accept_is_a_clear_error_and_changes_nothing() {
-    let sshd = Sshd::start();
-    let work = tempfile::tempdir().unwrap();
-    let board = work.path().join("board");
-    let m1 = model_dir(work.path(), "m1", 1, true);
-    let m2 = model_dir(work.path(), "m2", 2, true);
-    deploy_quick(&sshd, &board, &m1, &[]);
-    let before = snapshot(&board);
+    let f = Fixture::new();
+    let d = f.deployed(f.work.path().join("board"), &[]);
 
-    let stranger = work.path().join("stranger_ed25519");
+    let stranger = f.work.path().join("stranger_ed25519");
     keygen(&stranger);
-    let bin = device_binary().display().to_string();
     let mut args = vec!["deploy".to_string(), "--board".into(), "pi4".into()];
-    args.extend(sshd.ssh_args_with_key(&stranger));
-    args.extend(
-        ["--root", &board.display().to_string(), "--model", &m2.display().to_string(), "--binary", &bin, "--expect-arch", "x86_64"]
-            .map(String::from),
-    );
-    let e = error_line(&xtask(&args));
+    args.extend(f.sshd.ssh_args_with_key(&stranger));
+    args.extend(["--root", &d.board.display().to_string(), "--model", &f.m2.display().to_string()].map(String::from));
+    args.extend(prebuilt(&[]).into_iter().map(String::from));
+    let e = d.refused(&args);
     assert!(e.contains(&format!("rejected the key {}", stranger.display())), "{e}");
     assert!(e.contains("Permission denied"), "{e}");
-    assert_eq!(snapshot(&board), before);
 }
 
 #[test]
 fn wrong_architecture_is_refused_before_anything_changes() {
-    let sshd = Sshd::start();
-    let work = tempfile::tempdir().unwrap();
-    let board = work.path().join("board");
-    let m1 = model_dir(work.path(), "m1", 1, true);
-    let m2 = model_dir(work.path(), "m2", 2, true);
-    let v1 = deploy_quick(&sshd, &board, &m1, &[]);
-    let before = snapshot(&board);
+    let f = Fixture::new();
+    let d = f.deployed(f.work.path().join("board"), &[]);
 
     // The board (this machine) says x86_64; device is built for aarch64 boards.
-    let bin = device_binary().display().to_string();
-    let e = error_line(&xtask(&deploy_args(&sshd, &board, &m2, &["--binary", &bin])));
+    let e = d.deploy_refused(&f.m2, &["--binary", device_binary().to_str().unwrap()]);
     assert!(
         e.contains(&format!(
             "wrong architecture: {}@127.0.0.1 port {} is x86_64, the device binary is built for aarch64; nothing was changed",
-            sshd.user, sshd.port
+            f.sshd.user, f.sshd.port
         )),
         "{e}"
     );
-    assert!(e.contains(&format!("{v1} stays current")), "{e}");
-    assert_eq!(snapshot(&board), before);
+    assert!(e.contains(&format!("{} stays current", d.v1)), "{e}");
 
     // A binary for the wrong architecture is refused locally, before connecting.
-    let e = error_line(&xtask(&deploy_args(&sshd, &board, &m2, &["--binary", "/bin/true", "--expect-arch", "x86_64"])));
+    let e = d.deploy_refused(&f.m2, &["--binary", "/bin/true", "--expect-arch", "x86_64"]);
     assert!(e.contains("/bin/true is an x86_64 executable, not aarch64"), "{e}");
-    assert_eq!(snapshot(&board), before);
 }
 
 #[test]
 fn a_release_that_fails_its_bench_is_removed_and_current_stays() {
-    let sshd = Sshd::start();
-    let work = tempfile::tempdir().unwrap();
-    let board = work.path().join("board");
-    let m1 = model_dir(work.path(), "m1", 1, true);
-    let v1 = deploy_quick(&sshd, &board, &m1, &[]);
-    let before = snapshot(&board);
+    let f = Fixture::new();
+    let d = f.deployed(f.work.path().join("board"), &[]);
 
     // A model file device cannot load: the bench on the board fails, the switch never happens.
-    let bad = work.path().join("bad/model.evw");
+    let bad = f.work.path().join("bad/model.evw");
     std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
     std::fs::write(&bad, b"not a model").unwrap();
-    let bin = device_binary().display().to_string();
-    let out = xtask(&deploy_args(
-        &sshd,
-        &board,
-        &bad,
-        &["--binary", &bin, "--expect-arch", "x86_64", "--runner", "qemu", "--iters", "1", "--warmup", "0"],
-    ));
-    let e = error_line(&out);
+    let e = d.deploy_refused(&bad, &prebuilt(&["--runner", "qemu", "--iters", "1", "--warmup", "0"]));
     assert!(e.contains("failed before the switch"), "{e}");
     assert!(e.contains("device bench failed"), "{e}");
-    assert!(e.contains(&format!("{v1} stays current")), "{e}");
-    assert_eq!(snapshot(&board), before);
+    assert!(e.contains(&format!("{} stays current", d.v1)), "{e}");
 }
 
 #[test]
 fn full_disk_is_refused_and_current_stays() {
-    let sshd = Sshd::start();
-    let work = tempfile::tempdir().unwrap();
-    let m1 = model_dir(work.path(), "m1", 1, true);
-    let m2 = model_dir(work.path(), "m2", 2, true);
+    let f = Fixture::new();
+    // Deploying m2 with `--min-free-mb MIB`.
+    let no_room = |d: &Deployed, mib: &str| d.deploy_refused(&f.m2, &prebuilt(&["--min-free-mb", mib, "--no-bench"]));
     // A real small disk: a tmpfs that first takes one release, then shrinks to half a release more.
     match Tmpfs::mount("size=1g,nr_inodes=64") {
         Some(disk) => {
-            let board = disk.path().join("edge-vision");
-            let v1 = deploy_quick(&sshd, &board, &m1, &["--min-free-mb", "0"]);
+            let d = f.deployed(disk.path().join("edge-vision"), &["--min-free-mb", "0"]);
             let used = used_kib(disk.path());
             disk.remount(&format!("size={}k", used + used / 2));
             assert!(free_kib(disk.path()) < used, "the shrunk disk has no room for another release");
-            let before = snapshot(&board);
-            let e = error_line(&xtask(&deploy_args(
-                &sshd,
-                &board,
-                &m2,
-                &["--binary", &device_binary().display().to_string(), "--expect-arch", "x86_64", "--min-free-mb", "0", "--no-bench"],
-            )));
-            assert!(e.contains("full disk: ") && e.contains(&format!("under {}", board.display())), "{e}");
-            assert!(e.contains(&format!("nothing was changed ({v1} stays current)")), "{e}");
-            assert_eq!(snapshot(&board), before);
+            let e = no_room(&d, "0");
+            assert!(e.contains("full disk: ") && e.contains(&format!("under {}", d.board.display())), "{e}");
+            assert!(e.contains(&format!("nothing was changed ({} stays current)", d.v1)), "{e}");
 
             // The disk fills up during the upload (df said there was room): the partial release is
             // removed, current stays. A tmpfs out of inodes refuses new files with ENOSPC while
             // df still shows free blocks.
             drop(disk);
             let disk = Tmpfs::mount("size=1g,nr_inodes=12").unwrap();
-            let board = disk.path().join("edge-vision");
-            let v1 = deploy_quick(&sshd, &board, &m1, &["--min-free-mb", "0"]);
-            let before = snapshot(&board);
-            let e = error_line(&xtask(&deploy_args(
-                &sshd,
-                &board,
-                &m2,
-                &["--binary", &device_binary().display().to_string(), "--expect-arch", "x86_64", "--min-free-mb", "0", "--no-bench"],
-            )));
+            let d = f.deployed(disk.path().join("edge-vision"), &["--min-free-mb", "0"]);
+            let e = no_room(&d, "0");
             assert!(e.contains("full disk on ") && e.contains("No space left on device"), "{e}");
-            assert!(e.contains(&format!("{v1} stays current")), "{e}");
-            assert_eq!(snapshot(&board), before);
+            assert!(e.contains(&format!("{} stays current", d.v1)), "{e}");
         }
         None => {
             // No mount in this sandbox: make the same df check see too little room by asking to keep
             // more free than the disk has.
-            let board = work.path().join("board");
-            let v1 = deploy_quick(&sshd, &board, &m1, &[]);
-            let before = snapshot(&board);
-            let too_much = (free_kib(&board) / 1024 + 1).to_string();
-            let e = error_line(&xtask(&deploy_args(
-                &sshd,
-                &board,
-                &m2,
-                &["--binary", &device_binary().display().to_string(), "--expect-arch", "x86_64", "--min-free-mb", &too_much, "--no-bench"],
-            )));
+            let d = f.deployed(f.work.path().join("board"), &[]);
+            let e = no_room(&d, &(free_kib(&d.board) / 1024 + 1).to_string());
             assert!(e.contains("full disk: "), "{e}");
-            assert!(e.contains(&format!("nothing was changed ({v1} stays current)")), "{e}");
-            assert_eq!(snapshot(&board), before);
+            assert!(e.contains(&format!("nothing was changed ({} stays current)", d.v1)), "{e}");
         }
     }
 }

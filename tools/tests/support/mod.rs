@@ -137,7 +137,7 @@ impl Drop for Sshd {
 
 /// The real `device` binary, cross-built for aarch64 in the release profile (once per test run;
 /// `cargo xtask test` builds the same artifacts for the qemu tests).
-pub fn device_binary() -> PathBuf {
+pub fn device_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -162,7 +162,6 @@ pub fn device_binary() -> PathBuf {
             .find_map(|m| m["executable"].as_str().map(PathBuf::from))
             .expect("cargo built no device executable")
     })
-    .clone()
 }
 
 pub const LABELS: [&str; 10] = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
