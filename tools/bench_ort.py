@@ -10,10 +10,10 @@ Needs the fixtures of tools/make_test_models.py (resnet18) and a release build o
 - ORT int8 conv NAME.int8.onnx     (QDQ on Conv/Gemm inputs only: the compact int8 scheme)
 - ORT int8 int. NAME.int8.integer.onnx (the same in ConvInteger/MatMulInteger, what `host export
                 --onnx` writes for int8: ORT computes the device's logits exactly, but slowly)
-- tract ONNX    `device bench --conv direct` on NAME.onnx (tract-onnx import, tract's own convs)
+- tract ONNX    `device bench --conv tract` on NAME.onnx (tract-onnx import, tract's own convs)
 - device fp32   `device bench` on a compact Folded fp32 file: the default convs (on x86 with
                 AVX-512: Winograd F(2x2,3x3) for 3x3 stride 1, a direct conv for the stem:
-                device/src/fp32.rs), and `--conv direct` (tract's im2col + matrix product
+                device/src/fp32.rs), and `--conv tract` (tract's im2col + matrix product
                 everywhere, what ARM boards run)
 - device int8   `device bench` on the compact int8 file
 - device fp16   `device bench --precision f16` (only where the CPU has fp16 arithmetic)
@@ -103,9 +103,9 @@ def main():
         if path.exists():
             p50, mean = ort_bench(path, shape, args.warmup, args.iters, args.threads)
             rows.append((label, p50, mean, ""))
-    for label, model, extra in [("tract-onnx fp32 (device --conv direct on .onnx)", fx / f"{name}.onnx",
-                                 ["--conv", "direct"]),
-                                ("device fp32 (compact, --conv direct)", compact["f32"], ["--conv", "direct"]),
+    for label, model, extra in [("tract-onnx fp32 (device --conv tract on .onnx)", fx / f"{name}.onnx",
+                                 ["--conv", "tract"]),
+                                ("device fp32 (compact, --conv tract)", compact["f32"], ["--conv", "tract"]),
                                 ("device fp32 (compact, default convs)", compact["f32"], []),
                                 ("device int8 (compact)", compact["int8"], []),
                                 ("device fp16 (compact fp32, --precision f16)", compact["f32"], ["--precision", "f16"])]:

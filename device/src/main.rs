@@ -43,8 +43,8 @@ struct ModelArgs {
     #[arg(long, value_parser = parse_size)]
     input_size: Option<(u32, u32)>,
     /// Float convs: auto (on x86 with AVX-512: Winograd for 3x3 stride 1, a direct
-    /// conv for the 7x7 stem; tract's im2col + matrix product elsewhere) or direct (always
-    /// tract's).
+    /// conv for the 7x7 stem; tract's im2col + matrix product elsewhere) or tract (always
+    /// tract's im2col + matrix product; `direct` is accepted as the old name).
     #[arg(long, default_value = "auto")]
     conv: ConvAlgorithm,
 }

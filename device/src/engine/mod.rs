@@ -76,8 +76,14 @@ pub enum ConvAlgorithm {
     /// elsewhere.
     #[default]
     Auto,
-    /// Always tract's im2col + matrix product (the direct sum).
-    Direct,
+    /// Always tract's im2col + matrix product (`--conv tract`; `direct` is the old name).
+    Tract,
+}
+
+impl ConvAlgorithm {
+    /// The old name of [`ConvAlgorithm::Tract`], kept for callers written against it.
+    #[allow(non_upper_case_globals)]
+    pub const Direct: ConvAlgorithm = ConvAlgorithm::Tract;
 }
 
 impl std::str::FromStr for ConvAlgorithm {
@@ -85,8 +91,9 @@ impl std::str::FromStr for ConvAlgorithm {
     fn from_str(s: &str) -> Result<Self> {
         Ok(match s {
             "auto" => Self::Auto,
-            "direct" => Self::Direct,
-            _ => bail!("unknown conv algorithm `{s}` (expected auto or direct)"),
+            // `direct`: the old name, kept so existing scripts keep working.
+            "tract" | "direct" => Self::Tract,
+            _ => bail!("unknown conv algorithm `{s}` (expected auto or tract)"),
         })
     }
 }

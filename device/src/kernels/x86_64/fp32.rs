@@ -8,7 +8,7 @@
 //!   those at about the speed of ONNX Runtime's.
 //!
 //! Only for float convs with constant weights and bias, one group, no dilation, one `[1, C, H,
-//! W]` (or `[C, H, W]`) image and output channels a multiple of 8. `--conv direct` (`ConvAlgorithm::Direct`)
+//! W]` (or `[C, H, W]`) image and output channels a multiple of 8. `--conv tract` (`ConvAlgorithm::Tract`)
 //! keeps tract's everywhere.
 
 use crate::kernels::x86_64::direct::DirectConv;
