@@ -10,13 +10,17 @@ use shared::graph::Form;
 use shared::weights::Precision;
 
 /// Runs the `device` binary (through `DEVICE_TEST_RUNNER` in the qemu cross tests, see
-/// `common::device_command`). Always `Some`: a binary that cannot be spawned fails the test.
-fn device(args: &[&str]) -> Option<Output> {
+/// `common::device_command`); a binary that cannot be spawned fails the test.
+fn device(args: &[&str]) -> Output {
     let mut c = common::device_command(env!("CARGO_BIN_EXE_device"));
-    match c.args(args).output() {
-        Ok(o) => Some(o),
-        Err(e) => panic!("cannot run {c:?}: {e}"),
-    }
+    c.args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"))
+}
+
+/// `device COMMAND --model MODEL ARGS...`.
+fn run_on(command: &str, model: &Path, args: &[&str]) -> Output {
+    device(&[&[command, "--model", model.to_str().unwrap()][..], args].concat())
 }
 
 fn text(b: &[u8]) -> String {
@@ -35,24 +39,12 @@ fn image(dir: &Path, name: &str, w: u32, h: u32) -> String {
 
 #[test]
 fn classify_prints_top_k_with_labels_and_latency() {
-    let Some(dir) = common::fixtures("resnet8") else {
-        return;
-    };
+    let dir = common::fixtures("resnet8");
     let model = common::compact(&dir, "resnet8", Form::Folded, Precision::Int8);
     let tmp = tempfile::tempdir().unwrap();
     let a = image(tmp.path(), "a.png", 64, 48);
     let b = image(tmp.path(), "b.jpg", 28, 28);
-    let Some(o) = device(&[
-        "classify",
-        "--model",
-        model.to_str().unwrap(),
-        "--top-k",
-        "3",
-        &a,
-        &b,
-    ]) else {
-        return;
-    };
+    let o = run_on("classify", &model, &["--top-k", "3", &a, &b]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = text(&o.stdout);
     assert_eq!(
@@ -71,23 +63,10 @@ fn classify_prints_top_k_with_labels_and_latency() {
         6,
         "{out}"
     );
-    let labels = [
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ];
+    let labels = common::labels(&dir, "resnet8");
     assert!(labels.iter().any(|l| out.contains(l)), "{out}");
 
-    let Some(o) = device(&["classify", "--model", model.to_str().unwrap(), "--json", &a]) else {
-        return;
-    };
+    let o = run_on("classify", &model, &["--json", &a]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["top"].as_array().unwrap().len(), 5);
     let sum: f64 = v["top"]
@@ -101,22 +80,13 @@ fn classify_prints_top_k_with_labels_and_latency() {
 
 #[test]
 fn bench_json_has_every_metric() {
-    let Some(dir) = common::fixtures("resnet8") else {
-        return;
-    };
+    let dir = common::fixtures("resnet8");
     let model = common::compact(&dir, "resnet8", Form::Folded, Precision::F32);
-    let Some(o) = device(&[
+    let o = run_on(
         "bench",
-        "--model",
-        model.to_str().unwrap(),
-        "--warmup",
-        "2",
-        "--iters",
-        "10",
-        "--json",
-    ]) else {
-        return;
-    };
+        &model,
+        &["--warmup", "2", "--iters", "10", "--json"],
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     for k in ["p50", "p90", "p99", "mean"] {
@@ -134,21 +104,14 @@ fn bench_json_has_every_metric() {
 
 #[test]
 fn parity_command_reports_agreement() {
-    let Some(dir) = common::fixtures("resnet8") else {
-        return;
-    };
+    let dir = common::fixtures("resnet8");
     let model = common::compact(&dir, "resnet8", Form::Folded, Precision::F32);
     let parity = dir.join("resnet8.parity.safetensors");
-    let Some(o) = device(&[
+    let o = run_on(
         "parity",
-        "--model",
-        model.to_str().unwrap(),
-        "--parity",
-        parity.to_str().unwrap(),
-        "--json",
-    ]) else {
-        return;
-    };
+        &model,
+        &["--parity", parity.to_str().unwrap(), "--json"],
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(
@@ -160,9 +123,7 @@ fn parity_command_reports_agreement() {
 
 #[test]
 fn bad_model_files_fail_with_a_clear_message_and_nonzero_exit() {
-    let Some(dir) = common::fixtures("resnet8") else {
-        return;
-    };
+    let dir = common::fixtures("resnet8");
     let good = std::fs::read(common::compact(
         &dir,
         "resnet8",
@@ -203,9 +164,7 @@ fn bad_model_files_fail_with_a_clear_message_and_nonzero_exit() {
     for (name, bytes, want) in cases {
         let p = tmp.path().join(name);
         std::fs::write(&p, bytes).unwrap();
-        let Some(o) = device(&["classify", "--model", p.to_str().unwrap(), &img]) else {
-            return;
-        };
+        let o = device(&["classify", "--model", p.to_str().unwrap(), &img]);
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{name}: {err}");
         assert!(
@@ -214,33 +173,24 @@ fn bad_model_files_fail_with_a_clear_message_and_nonzero_exit() {
         );
         assert!(!err.contains("panicked"), "{name}: {err}");
     }
-    let Some(o) = device(&["classify", "--model", "/nonexistent/model.evw", &img]) else {
-        return;
-    };
+    let o = device(&["classify", "--model", "/nonexistent/model.evw", &img]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("cannot open model file /nonexistent/model.evw"));
 }
 
 #[test]
 fn live_from_a_folder_as_json_lines() {
-    let Some(dir) = common::fixtures("resnet8") else {
-        return;
-    };
+    let dir = common::fixtures("resnet8");
     let model = common::compact(&dir, "resnet8", Form::Folded, Precision::F32);
     let tmp = tempfile::tempdir().unwrap();
     for i in 0..4 {
         image(tmp.path(), &format!("{i:02}.png"), 40 + i, 30);
     }
-    let Some(o) = device(&[
+    let o = run_on(
         "live",
-        "--model",
-        model.to_str().unwrap(),
-        "--source",
-        tmp.path().to_str().unwrap(),
-        "--json",
-    ]) else {
-        return;
-    };
+        &model,
+        &["--source", tmp.path().to_str().unwrap(), "--json"],
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let lines: Vec<serde_json::Value> = text(&o.stdout)
         .lines()

@@ -5,9 +5,9 @@
 
 mod common;
 
-use device::engine::{Engine, EngineOptions};
-use device::engine::import::{import, ImportOptions};
 use device::commands::parity::Parity;
+use device::engine::import::{import, ImportOptions};
+use device::engine::{Engine, EngineOptions};
 use shared::graph::Form;
 use shared::weights::{Precision, WeightsFile};
 use tract_core::internal::*;
@@ -59,9 +59,7 @@ fn float_convs(model: &TypedModel) -> Vec<String> {
 }
 
 fn check(arch: &str) {
-    let Some(dir) = common::fixtures(arch) else {
-        return;
-    };
+    let dir = common::fixtures(arch);
     let model = common::compact(&dir, arch, Form::Folded, Precision::Int8);
     let e = Engine::load(&model, &EngineOptions::default()).unwrap();
     let plan = e.optimized_model();
@@ -112,26 +110,16 @@ fn check(arch: &str) {
         ["Int8Epilogue", "FastIm2col"]
     };
     if vnni {
-        let left: Vec<_> = plan
-            .nodes()
-            .iter()
-            .filter(|n| n.op.name() == "Int8Epilogue")
-            .map(|n| &n.name)
-            .collect();
+        let left = common::nodes_of(plan, "Int8Epilogue");
         assert!(left.is_empty(), "convs left to tract's kernels: {left:?}");
     }
     for op in ops {
         assert!(
-            plan.nodes().iter().any(|n| n.op.name() == op),
+            !common::nodes_of(plan, op).is_empty(),
             "no {op} in the int8 plan"
         );
     }
-    let left: Vec<_> = plan
-        .nodes()
-        .iter()
-        .filter(|n| n.op.name() == "Im2col")
-        .map(|n| &n.name)
-        .collect();
+    let left = common::nodes_of(plan, "Im2col");
     assert!(left.is_empty(), "tract Im2col left: {left:?}");
     // A conv followed by a fused element-wise chain always gets the one-pass epilogue.
     let consumer = |n: &TypedNode| {
@@ -163,9 +151,7 @@ fn vnni_supported() -> bool {
 /// maxpool, vnni}`) change no bit: the engine's logits equal those of tract's plain optimized plan
 /// of the same import, on the parity inputs.
 fn same_bits_as_tract(arch: &str, samples: usize) {
-    let Some(dir) = common::fixtures(arch) else {
-        return;
-    };
+    let dir = common::fixtures(arch);
     let model = common::compact(&dir, arch, Form::Folded, Precision::Int8);
     let bytes = std::fs::read(&model).unwrap();
     let file = WeightsFile::parse(&bytes).unwrap();
@@ -240,9 +226,7 @@ fn resnet18_int8_plan_holds_only_integer_matmuls() {
 
 #[test]
 fn fp32_plan_uses_float_kernels_and_tract_onnx_runs_qdq_in_float() {
-    let Some(dir) = common::fixtures("resnet8") else {
-        return;
-    };
+    let dir = common::fixtures("resnet8");
     let f32_model = common::compact(&dir, "resnet8", Form::Folded, Precision::F32);
     let e = Engine::load(&f32_model, &EngineOptions::default()).unwrap();
     let mms = matmuls(e.optimized_model());

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use device::engine::{Engine, EngineOptions};
 use device::commands::live::{self, LiveOptions, Mailbox};
 use device::engine::pipeline::Pipeline;
+use device::engine::{Engine, EngineOptions};
 use device::io::source::{
     open_source, FrameSource, MjpegStream, Next, OwnedFrame, RawStream, Reconnecting, StreamFormat,
 };
@@ -48,23 +48,43 @@ fn photo() -> PathBuf {
     p
 }
 
-fn ffmpeg(args: &[&str]) -> Option<Vec<u8>> {
-    let out = Command::new("ffmpeg")
-        .args(["-loglevel", "error"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    out.status.success().then_some(out.stdout)
+/// ffmpeg looping over the photo: `frames` frames scaled to `size` (`W:H`), written to stdout
+/// with the output options `out` (`-f rawvideo -pix_fmt rgb24`, `-f mjpeg`).
+fn ffmpeg(frames: usize, size: &str, out: &[&str]) -> Command {
+    let mut c = Command::new("ffmpeg");
+    c.args(["-loglevel", "error", "-loop", "1", "-i"])
+        .arg(photo())
+        .args([
+            "-frames:v",
+            &frames.to_string(),
+            "-vf",
+            &format!("scale={size}"),
+        ])
+        .args(out)
+        .arg("-")
+        .stdin(Stdio::null());
+    c
 }
 
-fn pipeline() -> Option<Pipeline> {
-    let dir = common::fixtures("resnet8")?;
+/// What `ffmpeg(frames, size, out)` writes. The tests need ffmpeg (`cargo xtask setup`
+/// installs it): without it they fail, they are not skipped.
+fn ffmpeg_output(frames: usize, size: &str, out: &[&str]) -> Vec<u8> {
+    let mut c = ffmpeg(frames, size, out);
+    let o = c.output().unwrap_or_else(|e| {
+        panic!("cannot run ffmpeg ({e}): apt-get install ffmpeg (or `cargo xtask setup`)")
+    });
+    assert!(
+        o.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+fn pipeline() -> Pipeline {
+    let dir = common::fixtures("resnet8");
     let model = common::compact(&dir, "resnet8", Form::Folded, Precision::F32);
-    Some(Pipeline::new(
-        Engine::load(model, &EngineOptions::default()).unwrap(),
-        3,
-    ))
+    Pipeline::new(Engine::load(model, &EngineOptions::default()).unwrap(), 3)
 }
 
 fn run(
@@ -89,28 +109,11 @@ fn run(
 
 #[test]
 fn ffmpeg_raw_yuyv_pipe_one_line_per_frame() {
-    let Some(mut p) = pipeline() else { return };
-    let img = photo();
-    let mut child = match Command::new("ffmpeg")
-        .args([
-            "-loglevel",
-            "error",
-            "-loop",
-            "1",
-            "-i",
-            img.to_str().unwrap(),
-            "-frames:v",
-            "6",
-            "-vf",
-            "scale=320:240",
-        ])
-        .args(["-f", "rawvideo", "-pix_fmt", "yuyv422", "-"])
+    let mut p = pipeline();
+    let mut child = ffmpeg(6, "320:240", &["-f", "rawvideo", "-pix_fmt", "yuyv422"])
         .stdout(Stdio::piped())
         .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return eprintln!("SKIPPED: no ffmpeg: {e}"),
-    };
+        .unwrap_or_else(|e| panic!("cannot run ffmpeg ({e}): apt-get install ffmpeg"));
     let stdout = child.stdout.take().unwrap();
     // As a replay (every frame processed), so the count is deterministic.
     let source = Box::new(RawStream::new(stdout, 320, 240, PixelFormat::Yuyv, false).unwrap());
@@ -137,25 +140,8 @@ fn ffmpeg_raw_yuyv_pipe_one_line_per_frame() {
 
 #[test]
 fn json_lines_and_latest_frame_wins_on_a_live_pipe() {
-    let Some(mut p) = pipeline() else { return };
-    let img = photo();
-    let Some(raw) = ffmpeg(&[
-        "-loop",
-        "1",
-        "-i",
-        img.to_str().unwrap(),
-        "-frames:v",
-        "40",
-        "-vf",
-        "scale=64:48",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "-",
-    ]) else {
-        return eprintln!("SKIPPED: no ffmpeg");
-    };
+    let mut p = pipeline();
+    let raw = ffmpeg_output(40, "64:48", &["-f", "rawvideo", "-pix_fmt", "rgb24"]);
     // A live source that produces faster than inference: frames may be dropped, none lost twice.
     let source = Box::new(
         RawStream::new(std::io::Cursor::new(raw), 64, 48, PixelFormat::Rgb8, true).unwrap(),
@@ -191,22 +177,8 @@ fn mailbox_keeps_only_the_latest_frame() {
     assert_eq!(m.counts(), (2, 0));
 }
 
-fn mjpeg_frames(n: usize) -> Option<Vec<Vec<u8>>> {
-    let img = photo();
-    let n = n.to_string();
-    let bytes = ffmpeg(&[
-        "-loop",
-        "1",
-        "-i",
-        img.to_str().unwrap(),
-        "-frames:v",
-        &n,
-        "-vf",
-        "scale=160:120",
-        "-f",
-        "mjpeg",
-        "-",
-    ])?;
+fn mjpeg_frames(n: usize) -> Vec<Vec<u8>> {
+    let bytes = ffmpeg_output(n, "160:120", &["-f", "mjpeg"]);
     let mut s = MjpegStream::new(std::io::Cursor::new(bytes.clone()), None, false);
     let mut out = vec![];
     // Split again to get each JPEG's bytes: the stream API decodes, so re-split by markers here.
@@ -222,15 +194,13 @@ fn mjpeg_frames(n: usize) -> Option<Vec<Vec<u8>>> {
         }
     }
     assert!(matches!(s.next().unwrap(), Next::Frame(_)));
-    Some(out)
+    out
 }
 
 #[test]
 fn corrupt_mjpeg_frames_are_skipped_and_counted() {
-    let Some(mut p) = pipeline() else { return };
-    let Some(frames) = mjpeg_frames(5) else {
-        return eprintln!("SKIPPED: no ffmpeg");
-    };
+    let mut p = pipeline();
+    let frames = mjpeg_frames(5);
     assert_eq!(frames.len(), 5);
     let mut stream = Vec::new();
     for (i, f) in frames.iter().enumerate() {
@@ -258,9 +228,7 @@ fn corrupt_mjpeg_frames_are_skipped_and_counted() {
 
 #[test]
 fn mjpeg_frames_of_the_wrong_size_are_an_error() {
-    let Some(frames) = mjpeg_frames(1) else {
-        return eprintln!("SKIPPED: no ffmpeg");
-    };
+    let frames = mjpeg_frames(1);
     let mut s = MjpegStream::new(
         std::io::Cursor::new(frames[0].clone()),
         Some((640, 480)),
@@ -359,7 +327,7 @@ fn a_camera_that_comes_back_is_reconnected() {
 
 #[test]
 fn a_camera_that_disappears_is_a_clear_error_after_retries() {
-    let Some(mut p) = pipeline() else { return };
+    let mut p = pipeline();
     let open = || -> Result<Box<dyn FrameSource>> { Ok(Box::new(Flaky(3))) };
     let mut opened = false;
     let open_once = move || -> Result<Box<dyn FrameSource>> {
@@ -385,7 +353,7 @@ fn a_camera_that_disappears_is_a_clear_error_after_retries() {
 
 #[test]
 fn folder_replay_classifies_every_image_and_skips_broken_ones() {
-    let Some(mut p) = pipeline() else { return };
+    let mut p = pipeline();
     let dir = tempfile::tempdir().unwrap();
     let img = image::open(photo()).unwrap().to_rgb8();
     for i in 0..3 {
@@ -406,25 +374,8 @@ fn folder_replay_classifies_every_image_and_skips_broken_ones() {
 
 #[test]
 fn raw_file_replay_reads_frames() {
-    let Some(mut p) = pipeline() else { return };
-    let img = photo();
-    let Some(raw) = ffmpeg(&[
-        "-loop",
-        "1",
-        "-i",
-        img.to_str().unwrap(),
-        "-frames:v",
-        "3",
-        "-vf",
-        "scale=32:32",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "gray",
-        "-",
-    ]) else {
-        return eprintln!("SKIPPED: no ffmpeg");
-    };
+    let mut p = pipeline();
+    let raw = ffmpeg_output(3, "32:32", &["-f", "rawvideo", "-pix_fmt", "gray"]);
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("clip.gray");
     std::fs::write(&f, &raw).unwrap();

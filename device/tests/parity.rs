@@ -6,10 +6,10 @@
 
 mod common;
 
+use device::commands::parity::{compare, Parity};
 use device::engine::{
     cpu_has_fp16, Compute, ComputePrecision, ConvAlgorithm, Engine, EngineOptions,
 };
-use device::commands::parity::{compare, Parity};
 use shared::graph::Form;
 use shared::weights::Precision;
 
@@ -69,9 +69,7 @@ fn samples() -> usize {
 
 #[test]
 fn resnet8_fp32_compact_both_forms() {
-    let Some(dir) = common::fixtures("resnet8") else {
-        return;
-    };
+    let dir = common::fixtures("resnet8");
     let parity = Parity::read(dir.join("resnet8.parity.safetensors")).unwrap();
     assert_eq!(parity.input_shape, [512, 1, 28, 28]);
     for form in [Form::Folded, Form::Training] {
@@ -85,9 +83,7 @@ fn resnet8_fp32_compact_both_forms() {
 
 #[test]
 fn resnet8_fp32_onnx_through_tract_onnx() {
-    let Some(dir) = common::fixtures("resnet8") else {
-        return;
-    };
+    let dir = common::fixtures("resnet8");
     let parity = Parity::read(dir.join("resnet8.parity.safetensors")).unwrap();
     check_fp32(&dir.join("resnet8.onnx"), &parity, 64);
     check_fp32(&dir.join("resnet8.torchvision.onnx"), &parity, 64);
@@ -95,9 +91,7 @@ fn resnet8_fp32_onnx_through_tract_onnx() {
 
 #[test]
 fn resnet18_fp32_compact_and_onnx() {
-    let Some(dir) = common::fixtures("resnet18") else {
-        return;
-    };
+    let dir = common::fixtures("resnet18");
     let parity = Parity::read(dir.join("resnet18.parity.safetensors")).unwrap();
     check_fp32(
         &common::compact(&dir, "resnet18", Form::Folded, Precision::F32),
@@ -126,9 +120,7 @@ fn resnet18_fp32_compact_and_onnx() {
     ignore = "slow under qemu; covered on x86"
 )]
 fn resnet50_fp32_within_1e4_of_the_host() {
-    let Some(dir) = common::fixtures("resnet50") else {
-        return;
-    };
+    let dir = common::fixtures("resnet50");
     let parity = Parity::read(dir.join("resnet50.parity.safetensors")).unwrap();
     let model = common::compact(&dir, "resnet50", Form::Folded, Precision::F32);
     check_fp32(&model, &parity, 2);
@@ -147,29 +139,20 @@ fn resnet50_fp32_within_1e4_of_the_host() {
 /// them (and without: `ConvAlgorithm::Direct`).
 #[test]
 fn resnet18_fp32_runs_the_devices_convs() {
-    let Some(dir) = common::fixtures("resnet18") else {
-        return;
-    };
+    let dir = common::fixtures("resnet18");
     let model = common::compact(&dir, "resnet18", Form::Folded, Precision::F32);
     let e = Engine::load(&model, &EngineOptions::default()).unwrap();
     #[cfg(target_arch = "x86_64")]
     if device::kernels::x86_64::fp32::supported() {
         let plan = e.optimized_model();
-        let named = |op: &str| -> Vec<&str> {
-            plan.nodes()
-                .iter()
-                .filter(|n| n.op.name() == op)
-                .map(|n| n.name.as_str())
-                .collect()
-        };
-        let winograd = named("WinogradConv");
+        let winograd = common::nodes_of(plan, "WinogradConv");
         assert_eq!(e.info().winograd_layers, 13, "{winograd:?}");
         assert_eq!(winograd.len(), 13, "{winograd:?}");
         assert!(winograd
             .iter()
             .all(|n| !n.contains(".0.conv1") || n.starts_with("layer1")));
         assert_eq!(e.info().direct_layers, 1);
-        assert_eq!(named("DirectConv"), ["conv1.direct"]);
+        assert_eq!(common::nodes_of(plan, "DirectConv"), ["conv1.direct"]);
         let elementwise: Vec<String> = plan
             .nodes()
             .iter()
@@ -198,9 +181,7 @@ fn logit_step(parity: &Parity) -> f32 {
 }
 
 fn check_int8(arch: &str, max_samples: usize, max_median_steps: f32) -> (usize, usize) {
-    let Some(dir) = common::fixtures(arch) else {
-        return (0, 0);
-    };
+    let dir = common::fixtures(arch);
     let parity = Parity::read(dir.join(format!("{arch}.parity.safetensors"))).unwrap();
     let model = common::compact(&dir, arch, Form::Folded, Precision::Int8);
     let mut e = Engine::load(&model, &EngineOptions::default()).unwrap();
@@ -245,12 +226,10 @@ fn check_int8(arch: &str, max_samples: usize, max_median_steps: f32) -> (usize, 
 #[test]
 fn resnet8_int8_matches_onnx_runtime_and_fp32_top1() {
     let (agree, n) = check_int8("resnet8", usize::MAX, 1.0);
-    if n > 0 {
-        assert!(
-            agree as f64 >= 0.99 * n as f64,
-            "int8 top-1 agreement {agree}/{n} < 99%"
-        );
-    }
+    assert!(
+        agree as f64 >= 0.99 * n as f64,
+        "int8 top-1 agreement {agree}/{n} < 99%"
+    );
 }
 
 #[test]
@@ -271,9 +250,7 @@ fn resnet18_int8_matches_onnx_runtime() {
 ///
 /// ONNX Runtime on the QDQ form, above, is a few steps away from both: it sums in float.
 fn check_int8_exact(arch: &str, which: &str, what: &str, max_samples: usize) {
-    let Some(dir) = common::fixtures(arch) else {
-        return;
-    };
+    let dir = common::fixtures(arch);
     let reference = Parity::read(dir.join(format!("{arch}.{which}.parity.safetensors"))).unwrap();
     let model = common::compact(&dir, arch, Form::Folded, Precision::Int8);
     let mut e = Engine::load(&model, &EngineOptions::default()).unwrap();
@@ -332,9 +309,7 @@ fn resnet18_int8_matches_the_exact_integer_reference() {
 
 #[test]
 fn fp16_runs_where_the_cpu_can_and_says_so_where_it_cannot() {
-    let Some(dir) = common::fixtures("resnet8") else {
-        return;
-    };
+    let dir = common::fixtures("resnet8");
     let parity = Parity::read(dir.join("resnet8.parity.safetensors")).unwrap();
     let f16_file = common::compact(&dir, "resnet8", Form::Folded, Precision::F16);
     let forced = EngineOptions {

@@ -3,10 +3,10 @@
 //!
 //! - `DEVICE_FIXTURES`: fixture folder (default `<workspace>/target/device-fixtures`).
 //! - `DEVICE_TEST_PYTHON`: python with torch/onnxruntime (default `<workspace>/.venv/bin/python`).
-//! - `DEVICE_REQUIRE_FIXTURES=1`: missing fixtures fail the tests instead of skipping them (CI).
 //!
-//! Under qemu (aarch64 cross tests) generate the fixtures first on the host:
-//! `.venv/bin/python tools/make_test_models.py` (or a native `cargo test -p device`).
+//! Missing fixtures that cannot be made fail the tests, naming the command that makes them. The
+//! aarch64 cross tests under qemu use the fixtures a native `cargo test -p device` made (or
+//! `.venv/bin/python tools/make_test_models.py`).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -33,9 +33,11 @@ pub fn fixtures_dir() -> PathBuf {
 
 static LOCK: Mutex<()> = Mutex::new(());
 
-/// The fixture folder with `arch`'s files, generating them if needed. None (test skipped) when
-/// they are missing and cannot be made, unless DEVICE_REQUIRE_FIXTURES is set.
-pub fn fixtures(arch: &str) -> Option<PathBuf> {
+/// The fixture folder with `arch`'s files, made by `tools/make_test_models.py` with the venv
+/// python when they are missing (one test process makes them, the others wait for it). Missing
+/// fixtures that cannot be made fail the test with the command that makes them: a test never
+/// passes without its fixtures.
+pub fn fixtures(arch: &str) -> PathBuf {
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let dir = fixtures_dir();
     // Written last by tools/make_test_models.py (and the integer-ONNX parity file, added later,
@@ -43,59 +45,112 @@ pub fn fixtures(arch: &str) -> Option<PathBuf> {
     let marker = dir.join(format!("{arch}.exact.parity.safetensors"));
     let integer = dir.join(format!("{arch}.integer.parity.safetensors"));
     let complete = || marker.exists() && integer.exists();
-    if !complete() {
-        let python = std::env::var_os("DEVICE_TEST_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace().join(".venv/bin/python"));
-        // A lock file so parallel test binaries generate once.
-        let lock = dir.join(format!(".{arch}.lock"));
-        let _ = std::fs::create_dir_all(&dir);
-        let mut owned = false;
-        for _ in 0..1200 {
-            if complete() {
-                break;
-            }
-            if std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&lock)
-                .is_ok()
-            {
-                owned = true;
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(500));
-        }
-        if owned {
+    if complete() {
+        return dir;
+    }
+    let python = std::env::var_os("DEVICE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv/bin/python"));
+    let script = workspace().join("tools/make_test_models.py");
+    let made = if python.exists() {
+        generate(&dir, arch, &complete, || {
             // An older folder: its marker goes first, so nobody takes it for complete meanwhile.
             let _ = std::fs::remove_file(&marker);
+            let started = std::time::Instant::now();
+            eprintln!("making the {arch} fixtures in {}", dir.display());
             let status = std::process::Command::new(&python)
-                .arg(workspace().join("tools/make_test_models.py"))
+                .arg(&script)
                 .args(["--out", dir.to_str().unwrap(), "--models", arch])
                 .status();
-            let _ = std::fs::remove_file(&lock);
-            if !matches!(status, Ok(s) if s.success()) {
-                eprintln!(
-                    "could not generate fixtures with {}: {status:?}",
-                    python.display()
-                );
+            eprintln!(
+                "{arch} fixtures: {status:?} after {:.0?}",
+                started.elapsed()
+            );
+            match status {
+                Ok(s) if s.success() => Ok(()),
+                Ok(s) => Err(format!("{} exited with {s}", script.display())),
+                Err(e) => Err(format!("cannot run {}: {e}", python.display())),
+            }
+        })
+    } else {
+        Err(format!("there is no {}", python.display()))
+    };
+    let why = match made {
+        Ok(()) if complete() => return dir,
+        Ok(()) => format!("{} wrote no {}", script.display(), marker.display()),
+        Err(why) => why,
+    };
+    panic!(
+        "the {arch} test fixtures are missing in {} and could not be made ({why}). Make them with\n  \
+         {} {} --out {} --models {arch}\n(`cargo xtask setup` makes the venv with torch and onnxruntime; \
+         DEVICE_TEST_PYTHON names another python)",
+        dir.display(),
+        python.display(),
+        script.display(),
+        dir.display()
+    )
+}
+
+/// Runs `make` unless another process is making the same fixtures: the lock file
+/// `DIR/.ARCH.lock` holds the pid of the one that makes them, and the others wait until the
+/// fixtures are `complete` or that process is gone (a lock left by a killed process is stale).
+fn generate(
+    dir: &Path,
+    arch: &str,
+    complete: &dyn Fn() -> bool,
+    make: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let lock = dir.join(format!(".{arch}.lock"));
+    loop {
+        if complete() {
+            return Ok(());
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(mut f) => {
+                let _ = write!(f, "{}", std::process::id());
+                drop(f);
+                let made = make();
+                let _ = std::fs::remove_file(&lock);
+                return made;
+            }
+            Err(_) => {
+                let holder = std::fs::read_to_string(&lock)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok());
+                let age = std::fs::metadata(&lock)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .unwrap_or_default();
+                let stale = match holder {
+                    Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
+                    // Created but its pid not written yet, or never written.
+                    None => age > std::time::Duration::from_secs(60),
+                };
+                if stale {
+                    eprintln!("removing the stale lock {}", lock.display());
+                    let _ = std::fs::remove_file(&lock);
+                } else {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
             }
         }
     }
-    if complete() {
-        Some(dir)
-    } else if std::env::var_os("DEVICE_REQUIRE_FIXTURES").is_some() {
-        panic!(
-            "fixtures for {arch} are missing in {} (run tools/make_test_models.py)",
-            dir.display()
-        );
-    } else {
-        eprintln!(
-            "SKIPPED: fixtures for {arch} missing in {} (run tools/make_test_models.py)",
-            dir.display()
-        );
-        None
-    }
+}
+
+/// The names of the nodes of `plan` whose op is called `op`.
+pub fn nodes_of<'a>(plan: &'a tract_core::prelude::TypedModel, op: &str) -> Vec<&'a str> {
+    plan.nodes()
+        .iter()
+        .filter(|n| n.op.name() == op)
+        .map(|n| n.name.as_str())
+        .collect()
 }
 
 /// A command running the binary `exe`. The aarch64 cross tests run under qemu-user, which cannot
@@ -126,6 +181,21 @@ pub fn config(arch: &str) -> (ResNetConfig, Preprocess) {
     }
 }
 
+/// The class labels `tools/make_test_models.py` wrote into `ARCH.json`.
+pub fn labels(dir: &Path, arch: &str) -> Vec<String> {
+    let path = dir.join(format!("{arch}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let json: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    json["labels"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}: no `labels` list", path.display()))
+        .iter()
+        .map(|l| l.as_str().expect("labels are strings").to_string())
+        .collect()
+}
+
 /// A compact weights file for `arch` (cached in the fixture folder).
 pub fn compact(dir: &Path, arch: &str, form: Form, precision: Precision) -> PathBuf {
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
@@ -134,25 +204,7 @@ pub fn compact(dir: &Path, arch: &str, form: Form, precision: Precision) -> Path
         return path;
     }
     let (config, preprocess) = config(arch);
-    let labels: Vec<String> = if arch == "resnet8" {
-        [
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    } else {
-        vec![]
-    };
+    let labels = labels(dir, arch);
     let sd = std::fs::read(dir.join(format!("{arch}.state_dict.safetensors"))).unwrap();
     let q = (precision == Precision::Int8)
         .then(|| std::fs::read(dir.join(format!("{arch}.int8.safetensors"))).unwrap());
