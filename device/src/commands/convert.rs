@@ -18,7 +18,7 @@ use safetensors::{Dtype, SafeTensors};
 use shared::fold::BatchNorm;
 use shared::graph::{Form, Node, ParamKind};
 use shared::preprocess::Preprocess;
-use shared::weights::{Precision, WeightsWriter};
+use shared::weights::{Int8Layer, Precision, WeightsWriter};
 use shared::ResNetConfig;
 
 #[derive(Clone, Debug)]
@@ -48,13 +48,6 @@ fn f32s(st: &SafeTensors<'_>, name: &str) -> Result<Vec<f32>> {
             .collect()),
         other => bail!("tensor `{name}` is {other:?}, expected F32 or F16"),
     }
-}
-
-fn shape_of(st: &SafeTensors<'_>, name: &str) -> Result<Vec<u32>> {
-    let t = st
-        .tensor(name)
-        .map_err(|_| anyhow::anyhow!("tensor `{name}` is missing"))?;
-    Ok(t.shape().iter().map(|&d| d as u32).collect())
 }
 
 /// BatchNorm `name`'s `weight`, `bias`, `running_mean` and `running_var`; [`bn_view`] checks them.
@@ -94,92 +87,54 @@ impl Out {
     }
 }
 
-/// Copies the int8 tensors of layer `layer` from `q`; false when `q` has none for it.
-fn copy_int8(
-    out: &mut Out,
-    q: &SafeTensors<'_>,
-    layer: &str,
-    weight_shape: &[u32],
-) -> Result<bool> {
+/// Little-endian values of tensor `name` of `q`, which must be `want`.
+fn le_values<T: bytemuck::Pod>(q: &SafeTensors<'_>, name: &str, want: Dtype) -> Result<Vec<T>> {
+    let t = q
+        .tensor(name)
+        .map_err(|_| anyhow::anyhow!("int8 file: `{name}` is missing"))?;
+    ensure!(
+        t.dtype() == want,
+        "int8 file: `{name}` is {:?}, expected {want:?}",
+        t.dtype()
+    );
+    // Little-endian on every target this crate builds for; the copy makes any alignment fine.
+    Ok(bytemuck::pod_collect_to_vec(t.data()))
+}
+
+/// Writes layer `layer`'s int8 record from the tensors of `q` (`shared::weights::Int8Layer`
+/// checks it against the graph); false when `q` has no int8 weight for it.
+fn copy_int8(out: &mut Out, q: &SafeTensors<'_>, layer: &str) -> Result<bool> {
     let wname = format!("{layer}.weight");
-    let Ok(w) = q.tensor(&wname) else {
+    if q.tensor(&wname).is_err() {
         return Ok(false);
+    }
+    let get_f32 = |leaf: &str| le_values::<f32>(q, &format!("{layer}.{leaf}"), Dtype::F32);
+    let get_i8 = |leaf: &str| le_values::<i8>(q, &format!("{layer}.{leaf}"), Dtype::I8);
+    fn scalar<T: Copy>(v: Vec<T>, layer: &str, leaf: &str) -> Result<T> {
+        match v[..] {
+            [x] => Ok(x),
+            _ => bail!("int8 file: `{layer}.{leaf}` must be a scalar"),
+        }
+    }
+    let weight = le_values::<i8>(q, &wname, Dtype::I8)?;
+    let weight_scale = get_f32("weight_scale")?;
+    ensure!(
+        get_i8("weight_zero_point")?.iter().all(|&z| z == 0),
+        "int8 file: `{layer}.weight_zero_point` must be all 0 (symmetric weights)"
+    );
+    let input_scale = scalar(get_f32("input_scale")?, layer, "input_scale")?;
+    let input_zero_point = scalar(get_i8("input_zero_point")?, layer, "input_zero_point")?;
+    let bias = le_values::<i32>(q, &format!("{layer}.bias"), Dtype::I32)?;
+    let record = Int8Layer {
+        weight: &weight,
+        weight_scale: &weight_scale,
+        input_scale,
+        input_zero_point,
+        bias: &bias,
     };
-    ensure!(
-        w.dtype() == Dtype::I8,
-        "int8 file: `{wname}` is {:?}, expected I8",
-        w.dtype()
-    );
-    let shape = shape_of(q, &wname)?;
-    let numel: u32 = weight_shape.iter().product();
-    ensure!(
-        shape.iter().product::<u32>() == numel,
-        "int8 file: `{wname}` has shape {shape:?}, the graph needs {weight_shape:?}"
-    );
-    let raw = |name: &str, want: Dtype| -> Result<(Vec<u32>, Vec<u8>)> {
-        let t = q
-            .tensor(name)
-            .map_err(|_| anyhow::anyhow!("int8 file: `{name}` is missing"))?;
-        ensure!(
-            t.dtype() == want,
-            "int8 file: `{name}` is {:?}, expected {want:?}",
-            t.dtype()
-        );
-        Ok((
-            t.shape().iter().map(|&d| d as u32).collect(),
-            t.data().to_vec(),
-        ))
-    };
-    use shared::weights::DType;
-    let add = |out: &mut Out, name: String, dt: DType, shape: &[u32], data: Vec<u8>| {
-        out.w
-            .add_raw(&name, dt, shape, data)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-    };
-    let o = weight_shape[0];
-    add(
-        out,
-        wname.clone(),
-        DType::I8,
-        weight_shape,
-        w.data().to_vec(),
-    )?;
-    let (s, d) = raw(&format!("{layer}.weight_scale"), Dtype::F32)?;
-    ensure!(
-        s.iter().product::<u32>() == o,
-        "int8 file: `{layer}.weight_scale` must have {o} values"
-    );
-    add(out, format!("{layer}.weight_scale"), DType::F32, &[o], d)?;
-    let (s, d) = raw(&format!("{layer}.weight_zero_point"), Dtype::I8)?;
-    ensure!(
-        s.iter().product::<u32>() == o,
-        "int8 file: `{layer}.weight_zero_point` must have {o} values"
-    );
-    add(
-        out,
-        format!("{layer}.weight_zero_point"),
-        DType::I8,
-        &[o],
-        d,
-    )?;
-    let (_, d) = raw(&format!("{layer}.input_scale"), Dtype::F32)?;
-    ensure!(
-        d.len() == 4,
-        "int8 file: `{layer}.input_scale` must be a scalar"
-    );
-    add(out, format!("{layer}.input_scale"), DType::F32, &[], d)?;
-    let (_, d) = raw(&format!("{layer}.input_zero_point"), Dtype::I8)?;
-    ensure!(
-        d.len() == 1,
-        "int8 file: `{layer}.input_zero_point` must be a scalar"
-    );
-    add(out, format!("{layer}.input_zero_point"), DType::I8, &[], d)?;
-    let (s, d) = raw(&format!("{layer}.bias"), Dtype::I32)?;
-    ensure!(
-        s.iter().product::<u32>() == o,
-        "int8 file: `{layer}.bias` must have {o} values"
-    );
-    add(out, format!("{layer}.bias"), DType::I32, &[o], d)?;
+    out.w
+        .add_int8_layer(layer, &record)
+        .map_err(|e| anyhow::anyhow!("int8 file: {e}"))?;
     Ok(true)
 }
 
@@ -239,7 +194,7 @@ pub fn convert(state_dict: &[u8], int8: Option<&[u8]>, opts: &ConvertOptions) ->
             } => {
                 let shape = [out_channels, in_channels, kernel, kernel];
                 if let Some(q) = &q {
-                    if copy_int8(&mut out, q, name, &shape)? {
+                    if copy_int8(&mut out, q, name)? {
                         return Ok(());
                     }
                 }
@@ -273,7 +228,7 @@ pub fn convert(state_dict: &[u8], int8: Option<&[u8]>, opts: &ConvertOptions) ->
             } => {
                 let shape = [out_features, in_features];
                 if let Some(q) = &q {
-                    if copy_int8(&mut out, q, name, &shape)? {
+                    if copy_int8(&mut out, q, name)? {
                         return Ok(());
                     }
                 }

@@ -23,7 +23,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use shared::fold::BatchNorm;
 use shared::graph::{Form, Node};
-use shared::weights::{DType, TensorView, WeightsFile};
+use shared::weights::{DType, Int8Layer, TensorView, WeightsFile};
 use tract_core::internal::*;
 use tract_core::ops::cast::cast;
 use tract_core::ops::cnn::conv::KernelFormat;
@@ -145,8 +145,8 @@ impl<'f> Builder<'_, 'f> {
             "tensor `{name}.weight` has {} elements, the graph needs {kshape:?}",
             w.numel()
         );
-        if w.dtype == DType::I8 {
-            return self.conv_int8(name, input, g, &w);
+        if let Some(q) = Int8Layer::read(self.file, name).map_err(|e| anyhow::anyhow!("{e}"))? {
+            return self.conv_int8(name, input, g, &q);
         }
         self.float_layers.push(name.to_string());
         let kernel = tensor_f32(&w, &kshape)?;
@@ -168,88 +168,40 @@ impl<'f> Builder<'_, 'f> {
         Ok(self.model.wire_node(name, op, &[input, k, b])?[0])
     }
 
+    /// An int8 layer (its record read and checked by [`Int8Layer::read`]): quantize the input,
+    /// integer conv with i32 accumulators and bias, then `* input_scale * weight_scale[o]` in f32.
     fn conv_int8(
         &mut self,
         name: &str,
         input: OutletId,
         g: ConvGeometry,
-        w: &TensorView<'_>,
+        q: &Int8Layer<'_>,
     ) -> Result<OutletId> {
-        let file = self.file;
-        let get = |suffix: &str| {
-            file.tensor(&format!("{name}.{suffix}"))
-                .map_err(|e| anyhow::anyhow!("int8 layer `{name}`: {e}"))
-        };
-        let w_scale = get("weight_scale")?
-            .as_f32()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .to_vec();
-        let w_zp = get("weight_zero_point")?
-            .as_i8()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .to_vec();
-        let x_scale = get("input_scale")?
-            .as_f32()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .to_vec();
-        let x_zp = get("input_zero_point")?
-            .as_i8()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .to_vec();
-        let bias = get("bias")?;
-        let bias = bias
-            .as_i32()
-            .map_err(|e| anyhow::anyhow!("int8 layer `{name}`: bias must be I32: {e}"))?
-            .to_vec();
-        ensure!(
-            w_scale.len() == g.out_channels,
-            "int8 layer `{name}`: weight_scale has {} values, expected {}",
-            w_scale.len(),
-            g.out_channels
-        );
-        ensure!(
-            bias.len() == g.out_channels,
-            "int8 layer `{name}`: bias has {} values, expected {}",
-            bias.len(),
-            g.out_channels
-        );
-        ensure!(
-            w_zp.iter().all(|&z| z == 0),
-            "int8 layer `{name}`: weight zero points must be 0 (symmetric weights)"
-        );
-        ensure!(
-            x_scale.len() == 1 && x_zp.len() == 1,
-            "int8 layer `{name}`: input scale and zero point must be scalars"
-        );
-        let (s_x, zp) = (x_scale[0], x_zp[0]);
-        ensure!(
-            s_x.is_finite() && s_x > 0.0,
-            "int8 layer `{name}`: input_scale {s_x} is not a positive number"
-        );
-        ensure!(
-            w_scale.iter().all(|s| s.is_finite() && *s > 0.0),
-            "int8 layer `{name}`: a weight_scale is not a positive number"
-        );
         self.int8_layers.push(name.to_string());
-
         let m = &mut self.model;
         let xq = m.wire_node(
             format!("{name}.quantize"),
-            tract_core::ops::quant::quantize_linear_i8(s_x.recip(), zp),
+            tract_core::ops::quant::quantize_linear_i8(q.input_scale.recip(), q.input_zero_point),
             &[input],
         )?[0];
         let kshape = [g.out_channels, g.in_channels, g.kernel, g.kernel];
-        let kernel = Tensor::from_shape(&kshape, w.as_i8().map_err(|e| anyhow::anyhow!("{e}"))?)?;
-        let k = m.add_const(format!("{name}.weight"), kernel)?;
+        let k = m.add_const(
+            format!("{name}.weight"),
+            Tensor::from_shape(&kshape, q.weight)?,
+        )?;
         let b = m.add_const(
             format!("{name}.bias"),
-            Tensor::from_shape(&[g.out_channels], &bias)?,
+            Tensor::from_shape(&[g.out_channels], q.bias)?,
         )?;
-        let x0 = scalar_i32(m, format!("{name}.x_zero_point"), i32::from(zp))?;
+        let x0 = scalar_i32(
+            m,
+            format!("{name}.x_zero_point"),
+            i32::from(q.input_zero_point),
+        )?;
         let one = scalar_f32(m, format!("{name}.unit_scale"), 1.0)?;
         let zero = scalar_i32(m, format!("{name}.zero_point"), 0)?;
         // Integer accumulation only: scales of 1 make tract's requantization an identity, the
-        // real scales are applied in f32 below (the QDQ semantics of the format).
+        // real scales are applied in f32 below (the format's arithmetic).
         let op = Conv::new(
             g.pool_spec(),
             KernelFormat::OIHW,
@@ -262,7 +214,7 @@ impl<'f> Builder<'_, 'f> {
             &[xq, k, b, x0, one, zero, one, zero, one],
         )?[0];
         let accf = m.wire_node(format!("{name}.to_f32"), cast(f32::datum_type()), &[acc])?[0];
-        let scales: Vec<f32> = w_scale.iter().map(|s| s * s_x).collect();
+        let scales: Vec<f32> = q.output_scales().collect();
         let s = per_channel(m, format!("{name}.dequant_scale"), &scales)?;
         Ok(m.wire_node(format!("{name}.dequantize"), math::mul(), &[accf, s])?[0])
     }
@@ -294,18 +246,18 @@ impl<'f> Builder<'_, 'f> {
         f32_vec(&t)
     }
 
+    /// Wires one graph node: a dispatch to the step for its kind.
     fn node(
         &mut self,
         node: &Node<'_>,
         input_hw: (usize, usize),
         channels_in: usize,
     ) -> Result<()> {
-        match *node {
+        let (output, y) = match *node {
             Node::Input { output, channels } => {
                 ensure!(channels as usize == channels_in, "input channels mismatch");
                 let fact = f32::fact([1, channels as usize, input_hw.0, input_hw.1]);
-                let x = self.model.add_source("input", fact)?;
-                self.set(output, x);
+                (output, self.model.add_source("input", fact)?)
             }
             Node::Conv {
                 name,
@@ -318,7 +270,6 @@ impl<'f> Builder<'_, 'f> {
                 padding,
                 bias,
             } => {
-                let x = self.value(input)?;
                 let g = ConvGeometry {
                     in_channels: in_channels as usize,
                     out_channels: out_channels as usize,
@@ -326,30 +277,18 @@ impl<'f> Builder<'_, 'f> {
                     stride: stride as usize,
                     padding: padding as usize,
                 };
+                let x = self.value(input)?;
                 let y = self
                     .conv(name, x, g, bias)
                     .with_context(|| format!("layer `{name}`"))?;
-                self.set(output, y);
+                (output, y)
             }
             Node::BatchNorm {
                 name,
                 input,
                 output,
                 channels,
-            } => {
-                let c = channels as usize;
-                let w = self.channel_vec(&format!("{name}.weight"), c)?;
-                let b = self.channel_vec(&format!("{name}.bias"), c)?;
-                let mean = self.channel_vec(&format!("{name}.running_mean"), c)?;
-                let var = self.channel_vec(&format!("{name}.running_var"), c)?;
-                let (mut scale, mut shift) = (vec![0.0; c], vec![0.0; c]);
-                BatchNorm::new(&w, &b, &mean, &var)
-                    .and_then(|bn| bn.to_affine(&mut scale, &mut shift))
-                    .map_err(|e| anyhow::anyhow!("`{name}`: {e}"))?;
-                let x = self.value(input)?;
-                let y = self.affine(name, x, &scale, &shift)?;
-                self.set(output, y);
-            }
+            } => (output, self.batch_norm(name, input, channels as usize)?),
             Node::Affine {
                 name,
                 input,
@@ -360,95 +299,125 @@ impl<'f> Builder<'_, 'f> {
                 let scale = self.channel_vec(&format!("{name}.weight"), c)?;
                 let shift = self.channel_vec(&format!("{name}.bias"), c)?;
                 let x = self.value(input)?;
-                let y = self.affine(name, x, &scale, &shift)?;
-                self.set(output, y);
+                (output, self.affine(name, x, &scale, &shift)?)
             }
-            Node::Relu { input, output } => {
-                let x = self.value(input)?;
-                let rank = self.model.outlet_fact(x)?.rank();
-                let zero = tensor0(0f32).broadcast_into_rank(rank)?;
-                let n = self.model.nodes().len();
-                let z = self.model.add_const(format!("relu{n}.zero"), zero)?;
-                let y = self
-                    .model
-                    .wire_node(format!("relu{n}"), math::max(), &[x, z])?[0];
-                self.set(output, y);
-            }
+            Node::Relu { input, output } => (output, self.relu(input)?),
             Node::MaxPool {
                 input,
                 output,
                 kernel,
                 stride,
                 padding,
-            } => {
-                let x = self.value(input)?;
-                let c = self.model.outlet_fact(x)?.shape[1].to_usize()?;
-                let op = max_pool(c, kernel as usize, stride as usize, padding as usize);
-                let n = self.model.nodes().len();
-                let y = self.model.wire_node(format!("maxpool{n}"), op, &[x])?[0];
-                self.set(output, y);
-            }
+            } => (output, self.max_pool(input, kernel, stride, padding)?),
             Node::Add { lhs, rhs, output } => {
                 let (a, b) = (self.value(lhs)?, self.value(rhs)?);
                 let n = self.model.nodes().len();
-                let y = self
-                    .model
-                    .wire_node(format!("add{n}"), math::add(), &[a, b])?[0];
-                self.set(output, y);
+                (
+                    output,
+                    self.model
+                        .wire_node(format!("add{n}"), math::add(), &[a, b])?[0],
+                )
             }
-            Node::GlobalAvgPool { input, output } => {
-                let x = self.value(input)?;
-                let shape = self
-                    .model
-                    .outlet_fact(x)?
-                    .shape
-                    .as_concrete()
-                    .context("symbolic pool input")?
-                    .to_vec();
-                let hw = (shape[2] * shape[3]) as f32;
-                let m = &mut self.model;
-                let s =
-                    m.wire_node("avgpool.sum", Reduce::new(tvec!(2, 3), Reducer::Sum), &[x])?[0];
-                let k = m.add_const("avgpool.inv_hw", tensor0(1.0 / hw).broadcast_into_rank(4)?)?;
-                let y = m.wire_node("avgpool.mean", math::mul(), &[s, k])?[0];
-                let y = m.wire_node("avgpool.rm_w", AxisOp::Rm(3), &[y])?[0];
-                let y = m.wire_node("avgpool.flatten", AxisOp::Rm(2), &[y])?[0];
-                self.set(output, y);
-            }
+            Node::GlobalAvgPool { input, output } => (output, self.global_avg_pool(input)?),
             Node::Linear {
                 name,
                 input,
                 output,
                 in_features,
                 out_features,
-            } => {
-                let x = self.value(input)?;
-                let x = self
-                    .model
-                    .wire_node(format!("{name}.as_nchw.h"), AxisOp::Add(2), &[x])?[0];
-                let x = self
-                    .model
-                    .wire_node(format!("{name}.as_nchw.w"), AxisOp::Add(3), &[x])?[0];
-                let g = ConvGeometry {
-                    in_channels: in_features as usize,
-                    out_channels: out_features as usize,
-                    kernel: 1,
-                    stride: 1,
-                    padding: 0,
-                };
-                let y = self
-                    .conv(name, x, g, true)
-                    .with_context(|| format!("layer `{name}`"))?;
-                let y = self
-                    .model
-                    .wire_node(format!("{name}.rm_w"), AxisOp::Rm(3), &[y])?[0];
-                let y = self
-                    .model
-                    .wire_node(format!("{name}.flatten"), AxisOp::Rm(2), &[y])?[0];
-                self.set(output, y);
-            }
-        }
+            } => (
+                output,
+                self.linear(name, input, in_features as usize, out_features as usize)?,
+            ),
+        };
+        self.set(output, y);
         Ok(())
+    }
+
+    /// A BatchNorm (Training form) as the per-channel affine it computes in eval mode.
+    fn batch_norm(&mut self, name: &str, input: shared::ValueId, c: usize) -> Result<OutletId> {
+        let w = self.channel_vec(&format!("{name}.weight"), c)?;
+        let b = self.channel_vec(&format!("{name}.bias"), c)?;
+        let mean = self.channel_vec(&format!("{name}.running_mean"), c)?;
+        let var = self.channel_vec(&format!("{name}.running_var"), c)?;
+        let (mut scale, mut shift) = (vec![0.0; c], vec![0.0; c]);
+        BatchNorm::new(&w, &b, &mean, &var)
+            .and_then(|bn| bn.to_affine(&mut scale, &mut shift))
+            .map_err(|e| anyhow::anyhow!("`{name}`: {e}"))?;
+        let x = self.value(input)?;
+        self.affine(name, x, &scale, &shift)
+    }
+
+    /// `max(x, 0)`.
+    fn relu(&mut self, input: shared::ValueId) -> Result<OutletId> {
+        let x = self.value(input)?;
+        let rank = self.model.outlet_fact(x)?.rank();
+        let zero = tensor0(0f32).broadcast_into_rank(rank)?;
+        let n = self.model.nodes().len();
+        let z = self.model.add_const(format!("relu{n}.zero"), zero)?;
+        Ok(self
+            .model
+            .wire_node(format!("relu{n}"), math::max(), &[x, z])?[0])
+    }
+
+    fn max_pool(
+        &mut self,
+        input: shared::ValueId,
+        kernel: u32,
+        stride: u32,
+        padding: u32,
+    ) -> Result<OutletId> {
+        let x = self.value(input)?;
+        let c = self.model.outlet_fact(x)?.shape[1].to_usize()?;
+        let op = max_pool(c, kernel as usize, stride as usize, padding as usize);
+        let n = self.model.nodes().len();
+        Ok(self.model.wire_node(format!("maxpool{n}"), op, &[x])?[0])
+    }
+
+    /// Sum over H and W, times 1 / (H W), H and W dropped: `[N, C]`.
+    fn global_avg_pool(&mut self, input: shared::ValueId) -> Result<OutletId> {
+        let x = self.value(input)?;
+        let shape = self
+            .model
+            .outlet_fact(x)?
+            .shape
+            .as_concrete()
+            .context("symbolic pool input")?
+            .to_vec();
+        let hw = (shape[2] * shape[3]) as f32;
+        let m = &mut self.model;
+        let s = m.wire_node("avgpool.sum", Reduce::new(tvec!(2, 3), Reducer::Sum), &[x])?[0];
+        let k = m.add_const("avgpool.inv_hw", tensor0(1.0 / hw).broadcast_into_rank(4)?)?;
+        let y = m.wire_node("avgpool.mean", math::mul(), &[s, k])?[0];
+        let y = m.wire_node("avgpool.rm_w", AxisOp::Rm(3), &[y])?[0];
+        Ok(m.wire_node("avgpool.flatten", AxisOp::Rm(2), &[y])?[0])
+    }
+
+    /// The classifier as a 1x1 conv on `[N, C, 1, 1]` (float or int8, as a conv), flattened back.
+    fn linear(
+        &mut self,
+        name: &str,
+        input: shared::ValueId,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<OutletId> {
+        let x = self.value(input)?;
+        let m = &mut self.model;
+        let x = m.wire_node(format!("{name}.as_nchw.h"), AxisOp::Add(2), &[x])?[0];
+        let x = m.wire_node(format!("{name}.as_nchw.w"), AxisOp::Add(3), &[x])?[0];
+        let g = ConvGeometry {
+            in_channels: in_features,
+            out_channels: out_features,
+            kernel: 1,
+            stride: 1,
+            padding: 0,
+        };
+        let y = self
+            .conv(name, x, g, true)
+            .with_context(|| format!("layer `{name}`"))?;
+        let m = &mut self.model;
+        let y = m.wire_node(format!("{name}.rm_w"), AxisOp::Rm(3), &[y])?[0];
+        Ok(m.wire_node(format!("{name}.flatten"), AxisOp::Rm(2), &[y])?[0])
     }
 }
 
