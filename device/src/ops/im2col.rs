@@ -742,13 +742,7 @@ mod tests {
     ) -> TypedModel {
         let mut m = TypedModel::default();
         let x = m.add_source("x", i8::fact([1, c, hw.0, hw.1])).unwrap();
-        let mut rng = seed;
-        let mut next = || {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (rng >> 33) as i8
-        };
+        let mut next = crate::ops::test_util::random_i8(seed);
         let w: Vec<i8> = (0..o * c * kernel * kernel).map(|_| next()).collect();
         let b: Vec<i32> = (0..o).map(|i| i as i32 * 7 - 20).collect();
         let k = m

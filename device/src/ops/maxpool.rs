@@ -212,13 +212,10 @@ mod tests {
             (2, 15, 10, 5, 3, 2),
             (1, 7, 7, 7, 1, 0),
         ];
-        let mut seed = 11u64;
+        let mut lcg = crate::ops::test_util::Lcg::new(11);
         for (c, h, w, k, s, p) in cases {
             let mut x: Vec<f32> = (0..c * h * w)
-                .map(|_| {
-                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 10.0
-                })
+                .map(|_| (lcg.unit() - 0.5) * 10.0)
                 .collect();
             // Edge values: NaN, infinities, all-equal windows.
             x[0] = f32::NAN;

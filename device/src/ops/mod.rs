@@ -14,3 +14,5 @@ pub mod maxpool;
 pub(crate) mod parallel;
 pub mod quantize;
 pub(crate) mod simd;
+#[cfg(test)]
+pub(crate) mod test_util;

@@ -137,10 +137,9 @@ mod tests {
                 f32::from_bits(t.to_bits().wrapping_sub(1)),
             ]);
         }
-        let mut seed = 7u64;
+        let mut lcg = crate::ops::test_util::Lcg::new(7);
         for _ in 0..100_000 {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-            xs.push(((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 700.0);
+            xs.push((lcg.unit() - 0.5) * 700.0);
         }
         for (scale, zp) in [(1.0f32, 0i8), (37.3, -128), (0.013, 5), (250.0, 127)] {
             for &x in &xs {

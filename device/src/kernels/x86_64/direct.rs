@@ -286,7 +286,7 @@ impl TypedOp for DirectConv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::x86_64::fp32::random;
+    use crate::ops::test_util::random_f32 as random;
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     /// The op against a direct float64 convolution: the ResNet stem and smaller odd shapes,

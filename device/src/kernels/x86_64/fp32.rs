@@ -52,18 +52,6 @@ pub(crate) fn shape(batched: bool, chw: [usize; 3]) -> TVec<usize> {
     }
 }
 
-/// Test data: a deterministic stream of floats in [-1, 1).
-#[cfg(test)]
-pub(crate) fn random(seed: u64) -> impl FnMut() -> f32 {
-    let mut state = seed;
-    move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
 /// Whether this CPU runs this crate's fp32 convs.
 pub fn supported() -> bool {
     is_x86_feature_detected!("avx512f")

@@ -912,15 +912,7 @@ mod tests {
     use crate::ops::quantize::{quantize, FastQuantize};
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
-    fn random(seed: u64) -> impl FnMut() -> i8 {
-        let mut state = seed;
-        move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) as i8
-        }
-    }
+    use crate::ops::test_util::random_i8 as random;
 
     /// `x` (`[k][n]`) in the kernel's patch layout: per panel of 16 pixels, per step of 4
     /// rows, 16 x 4 bytes `x ^ 0x80`; zeros past `k` and past `n`.

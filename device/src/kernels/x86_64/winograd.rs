@@ -812,7 +812,7 @@ impl TypedOp for WinogradConv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::x86_64::fp32::random;
+    use crate::ops::test_util::random_f32 as random;
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     /// The op against a direct float64 convolution on sizes with odd heights and widths, more
