@@ -16,11 +16,12 @@ use serde::Serialize;
 use shared::{ResNetConfig, Stem};
 use tch::{nn, Kind, Tensor};
 
-use crate::device::{self, Amp, DeviceArg};
+use crate::device::{self, Amp};
 use crate::loss_scale::{LossScaleConfig, LossScaler};
 use crate::model::{ModelOptions, ResNet};
 use crate::optim::{Sgd, SgdConfig};
-use crate::train::{Criterion, StemArg, Trainer, LR_PER_256, REFERENCE_BATCH};
+use crate::args::{RuntimeArgs, StemArg};
+use crate::train::{Criterion, Trainer, LR_PER_256, REFERENCE_BATCH};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -45,18 +46,14 @@ pub struct BenchArgs {
     /// NHWC (channels-last) memory format.
     #[arg(long)]
     pub channels_last: bool,
-    /// Device: auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceArg,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Untimed steps first.
     #[arg(long, default_value_t = 20)]
     pub warmup_steps: usize,
     /// Timed steps.
     #[arg(long, default_value_t = 100)]
     pub steps: usize,
-    /// libtorch threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
     /// Seed of the weights and the synthetic batch.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -91,12 +88,12 @@ pub fn measure(args: &BenchArgs) -> Result<BenchResult> {
     if args.steps == 0 || args.batch_size == 0 {
         bail!("--steps and --batch-size must be at least 1");
     }
-    let device = args.device.resolve()?;
+    let device = args.runtime.device.resolve()?;
     device::configure(device);
-    device::set_threads(args.threads);
+    device::set_threads(args.runtime.threads);
     let stem = match args.stem {
-        Some(StemArg::Small) => Stem::Small,
-        _ => Stem::ImageNet,
+        Some(s) => s.into(),
+        None => Stem::ImageNet,
     };
     let config = ResNetConfig::from_name(&args.arch)
         .ok_or_else(|| anyhow!("unknown architecture `{}`", args.arch))?

@@ -12,9 +12,10 @@ use tch::nn;
 
 use crate::checkpoint::{config_from_metadata, read_safetensors, write_atomic, RunDir};
 use crate::data::{DataOptions, Dataset, DatasetSpec};
-use crate::device::{self, DeviceArg};
+use crate::device;
 use crate::model::{ModelOptions, ResNet};
-use crate::train::{evaluate, model_config, Criterion, StemArg, TrainArgs};
+use crate::args::{RuntimeArgs, StemArg};
+use crate::train::{evaluate, model_config, Criterion, TrainArgs};
 
 /// Result file written next to the checkpoint (or to `--out`).
 pub const EVAL_FILE: &str = "eval.json";
@@ -42,12 +43,8 @@ pub struct EvalArgs {
     /// Network input side (default: the run's, else the dataset's).
     #[arg(long)]
     pub image_size: Option<u32>,
-    /// Device: auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceArg,
-    /// libtorch threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Where to write the JSON result (default: eval.json in the run directory, or next to the file).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -70,9 +67,9 @@ pub fn main(args: EvalArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let device = args.device.resolve()?;
+    let device = args.runtime.device.resolve()?;
     device::configure(device);
-    device::set_threads(args.threads);
+    device::set_threads(args.runtime.threads);
 
     // What to evaluate: a run directory brings its dataset, config and preprocessing.
     let (weights, run_args, run_config, run_preprocess, out_dir): (PathBuf, Option<TrainArgs>, _, Option<Preprocess>, PathBuf) =

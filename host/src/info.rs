@@ -5,7 +5,7 @@ use anyhow::{anyhow, Result};
 use clap::builder::PossibleValuesParser;
 use shared::{Form, Node, ResNetConfig, Stem};
 
-use crate::train::StemArg;
+use crate::args::StemArg;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct InfoArgs {
@@ -84,10 +84,8 @@ pub fn layer_table(config: &ResNetConfig, side: u32) -> Result<Vec<LayerRow>> {
 
 pub fn main(args: InfoArgs) -> Result<()> {
     let mut config = ResNetConfig::from_name(&args.arch).ok_or_else(|| anyhow!("unknown architecture `{}`", args.arch))?;
-    match args.stem {
-        Some(StemArg::Small) => config = config.with_stem(Stem::Small),
-        Some(StemArg::Imagenet) => config = config.with_stem(Stem::ImageNet),
-        None => {}
+    if let Some(stem) = args.stem {
+        config = config.with_stem(stem.into());
     }
     if let Some(c) = args.in_channels {
         config = config.with_in_channels(c);

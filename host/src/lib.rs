@@ -1,11 +1,13 @@
 //! `host`: train, evaluate and benchmark the `shared` ResNet graph on libtorch (`tch`).
 //!
 //! The binary (`src/main.rs`) is only the command line; everything it runs lives here so the
-//! integration tests (and later `host export`) can call it directly.
+//! integration tests can call it directly.
 //!
 //! | module | holds |
 //! |---|---|
+//! | [`args`] | command-line argument groups shared by the subcommands (`--device`/`--threads`, `--stem`) |
 //! | [`model`] | the network, built by walking `shared::ResNetConfig::walk`, torchvision names |
+//! | [`image`] | a decoded image (owned 8-bit pixels): what sources produce and transforms read |
 //! | [`data`] | Fashion-MNIST idx, ImageFolder, synthetic sources and the prefetching batch loader |
 //! | [`presets`] | train and eval transforms, in one place (eval is always `shared` `Preprocess`) |
 //! | [`optim`] | SGD with momentum on tch tensors, weight-decay groups from `ParamKind` |
@@ -18,12 +20,14 @@
 //! | [`bench`] | `host bench-train` |
 //! | [`info`] | `host info` |
 
+pub mod args;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod eval;
 pub mod export;
+pub mod image;
 pub mod info;
 pub mod loss_scale;
 pub mod model;

@@ -15,7 +15,7 @@
 use anyhow::{anyhow, bail, Result};
 use shared::preprocess::{resized_crop, resized_crop_scratch_len, Frame, PixelFormat, Preprocess};
 
-use crate::data::Image;
+use crate::image::Image;
 use crate::rng::Rng;
 
 /// ImageNet training crop side (the eval preprocess is `Resize(256) + CenterCrop(224)`).

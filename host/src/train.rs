@@ -17,9 +17,10 @@ use shared::preprocess::Preprocess;
 use shared::{ResNetConfig, Stem};
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::args::{RuntimeArgs, StemArg};
 use crate::checkpoint::{RunDir, RunState, RUN_FORMAT};
 use crate::data::{DataOptions, Dataset, DatasetSpec, LoaderSpec, Source};
-use crate::device::{self, Amp, DeviceArg};
+use crate::device::{self, Amp};
 use crate::loss_scale::{LossScaleConfig, LossScaler};
 use crate::model::{ModelOptions, ResNet};
 use crate::optim::{Sgd, SgdConfig};
@@ -38,16 +39,6 @@ pub const LR_PER_256: f64 = 0.256;
 pub const REFERENCE_BATCH: f64 = 256.0;
 /// Progress-bar refresh interval in steps (each refresh reads the loss back from the device).
 const PROGRESS_EVERY: u64 = 10;
-
-/// `--stem`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum StemArg {
-    /// 3x3 stride-1 conv, no max pool (28-32 px images).
-    Small,
-    /// 7x7 stride-2 conv + 3x3 stride-2 max pool (224 px images).
-    Imagenet,
-}
 
 /// `host train` flags. Recipe defaults are NVIDIA's ResNet-50 v1.5 recipe.
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
@@ -97,9 +88,9 @@ pub struct TrainArgs {
     /// Seed of weight init, data order, augmentation and mixup.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Device: auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceArg,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub runtime: RuntimeArgs,
     /// Mixed precision: off, fp16 (with dynamic loss scaling) or bf16.
     #[arg(long, value_enum, default_value_t = Amp::Off)]
     pub amp: Amp,
@@ -135,9 +126,6 @@ pub struct TrainArgs {
     /// Network input side (default: 28 for fashion-mnist, 224 for imagefolder, 32 for synthetic).
     #[arg(long)]
     pub image_size: Option<u32>,
-    /// libtorch threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
     /// Image decode / augmentation threads (default: all cores).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -189,8 +177,7 @@ impl TrainArgs {
 pub fn model_config(arch: &str, stem: Option<StemArg>, spec: &DatasetSpec, classes: usize, in_channels: u8) -> Result<ResNetConfig> {
     let base = ResNetConfig::from_name(arch).ok_or_else(|| anyhow!("unknown architecture `{arch}`"))?;
     let stem = match stem {
-        Some(StemArg::Small) => Stem::Small,
-        Some(StemArg::Imagenet) => Stem::ImageNet,
+        Some(s) => s.into(),
         None if matches!(spec, DatasetSpec::FashionMnist(_)) => Stem::Small,
         None => Stem::ImageNet,
     };
@@ -475,9 +462,9 @@ fn append_metrics(run: &RunDir, m: &EpochMetrics) -> Result<()> {
     writeln!(f, "{}", serde_json::to_string(m)?).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// `host train`. `explicit` lists the flags given on the command line (clap ids), which
-/// `--resume` needs to tell overrides from defaults.
-pub fn main(args: TrainArgs, explicit: &[String]) -> Result<()> {
+/// The run directory of `args.out` and the flags to train with: for `--resume`, its saved state
+/// and the saved flags with the explicit overridable ones applied; otherwise a fresh directory.
+fn open_run(args: TrainArgs, explicit: &[String]) -> Result<(RunDir, TrainArgs, Option<RunState>)> {
     let run = RunDir::new(&args.out);
     let resumed = if args.resume {
         if !run.has_checkpoint() {
@@ -500,33 +487,25 @@ pub fn main(args: TrainArgs, explicit: &[String]) -> Result<()> {
     if args.batch_size == 0 || args.eval_batch_size == Some(0) {
         bail!("--batch-size must be at least 1");
     }
+    Ok((run, args, resumed))
+}
 
-    let device = args.device.resolve()?;
-    device::configure(device);
-    let threads = device::set_threads(args.threads);
-    crate::data::init_workers(args.workers);
-
-    // Data.
-    let data = load_data(&args)?;
-    let steps_per_epoch = (data.train.len() / args.batch_size) as u64;
-    if steps_per_epoch == 0 {
-        bail!("--batch-size {} is larger than the {} training images", args.batch_size, data.train.len());
-    }
-
-    // Model.
-    let config = model_config(&args.arch, args.stem, &args.dataset, data.classes.len(), data.in_channels)?;
+/// The network, seeded by `--seed`, initialised from `--init-from` unless resuming.
+fn build_model(args: &TrainArgs, vs: &nn::VarStore, config: &ResNetConfig, resuming: bool) -> Result<ResNet> {
     tch::manual_seed(args.seed as i64);
-    let vs = nn::VarStore::new(device);
     let options =
         ModelOptions { zero_init_residual: args.zero_init_residual, channels_last: args.channels_last, amp: args.amp };
-    let model = ResNet::new(&vs, &config, options)?;
-    if let (Some(path), None) = (&args.init_from, &resumed) {
+    let model = ResNet::new(vs, config, options)?;
+    if let (Some(path), false) = (&args.init_from, resuming) {
         crate::checkpoint::load_weights(path, &model, &args.init_exclude)?;
     }
+    Ok(model)
+}
 
-    // Criterion, optimizer, schedule, loss scaler.
+/// Criterion, optimizer, loss scaler (in the [`Trainer`]) and the learning-rate schedule.
+fn build_trainer<'a>(args: &TrainArgs, model: &'a ResNet, steps_per_epoch: u64) -> (Trainer<'a>, WarmupCosine) {
     let criterion = Criterion { label_smoothing: args.label_smoothing };
-    let opt = Sgd::new(&model, SgdConfig { momentum: args.momentum, weight_decay: args.weight_decay });
+    let opt = Sgd::new(model, SgdConfig { momentum: args.momentum, weight_decay: args.weight_decay });
     let warmup_steps = (args.warmup_epochs * steps_per_epoch as f64).round() as u64;
     let schedule = WarmupCosine::new(args.base_lr(), warmup_steps, steps_per_epoch * u64::from(args.epochs));
     let scale_config = LossScaleConfig {
@@ -535,28 +514,27 @@ pub fn main(args: TrainArgs, explicit: &[String]) -> Result<()> {
         ..LossScaleConfig::default()
     };
     let scaler = LossScaler::new(scale_config, args.amp.needs_loss_scaling());
-    let mut trainer = Trainer { model: &model, opt, scaler, criterion };
+    (Trainer { model, opt, scaler, criterion }, schedule)
+}
 
-    // Resume.
-    let (mut epoch, mut step, mut train_seconds) = (0u32, 0u64, 0.0f64);
-    if let Some(state) = &resumed {
-        if state.config != config {
-            bail!("{}: the saved network config differs from the one these flags build", run.args().display());
-        }
-        run.restore(state, &model, &mut trainer.opt, &mut trainer.scaler)?;
-        (epoch, step, train_seconds) = (state.epoch, state.step, state.train_seconds);
-        truncate_metrics(&run, epoch)?;
-    } else {
+/// Restores a resumed run's weights, optimizer and loss scaler (or creates the run directory);
+/// returns the (epoch, step, training seconds) to continue from.
+fn resume(run: &RunDir, resumed: Option<&RunState>, config: &ResNetConfig, trainer: &mut Trainer<'_>) -> Result<(u32, u64, f64)> {
+    let Some(state) = resumed else {
         std::fs::create_dir_all(&run.dir).with_context(|| format!("cannot create {}", run.dir.display()))?;
-    }
-    crate::checkpoint::write_atomic(&run.labels(), (data.classes.join("\n") + "\n").as_bytes())?;
-
-    let end = match args.run_epochs {
-        Some(n) => args.epochs.min(epoch + n),
-        None => args.epochs,
+        return Ok((0, 0, 0.0));
     };
-    let eval_batch = args.eval_batch_size.unwrap_or(args.batch_size);
-    println!(
+    if state.config != *config {
+        bail!("{}: the saved network config differs from the one these flags build", run.args().display());
+    }
+    run.restore(state, trainer.model, &mut trainer.opt, &mut trainer.scaler)?;
+    truncate_metrics(run, state.epoch)?;
+    Ok((state.epoch, state.step, state.train_seconds))
+}
+
+/// The line `host train` prints first: network, data, batch, device, epochs.
+fn describe(args: &TrainArgs, config: &ResNetConfig, data: &Dataset, device: Device, threads: usize, first: u32, end: u32) -> String {
+    format!(
         "train {} ({} params) on {} ({} train / {} test images, {} classes), {} on {}, {threads} threads, amp {}{}, epochs {}..{} of {}",
         args.arch,
         config.num_params(),
@@ -568,10 +546,60 @@ pub fn main(args: TrainArgs, explicit: &[String]) -> Result<()> {
         device::device_name(device),
         args.amp.name(),
         if args.channels_last { ", channels-last" } else { "" },
-        epoch + 1,
+        first,
         end,
         args.epochs
+    )
+}
+
+/// The line printed after each epoch.
+fn epoch_line(m: &EpochMetrics, epochs: u32, first_skip: Option<&str>) -> String {
+    let mut line = format!(
+        "epoch {}/{epochs}  train_loss {:.4}  test_top1 {:.2}%  test_top5 {:.2}%  {:.0} img/s  train {:.1}s  eval {:.1}s  total {:.1}s",
+        m.epoch, m.train_loss, m.test_top1, m.test_top5, m.images_per_sec, m.train_seconds, m.eval_seconds,
+        m.elapsed_train_seconds
     );
+    if m.skipped_images > 0 {
+        line += &format!("  skipped {} unreadable image(s)", m.skipped_images);
+        if let Some(why) = first_skip {
+            line += &format!(" (first: {why})");
+        }
+    }
+    if m.skipped_steps > 0 {
+        line += &format!("  {} overflow step(s) skipped, loss scale {}", m.skipped_steps, m.loss_scale);
+    }
+    line
+}
+
+/// `host train`: data -> model -> criterion, optimizer, schedule -> resume -> epoch loop (train,
+/// evaluate, checkpoint, metrics). `explicit` lists the flags given on the command line (clap
+/// ids), which `--resume` needs to tell overrides from defaults.
+pub fn main(args: TrainArgs, explicit: &[String]) -> Result<()> {
+    let (run, args, resumed) = open_run(args, explicit)?;
+    let device = args.runtime.device.resolve()?;
+    device::configure(device);
+    let threads = device::set_threads(args.runtime.threads);
+    crate::data::init_workers(args.workers);
+
+    let data = load_data(&args)?;
+    let steps_per_epoch = (data.train.len() / args.batch_size) as u64;
+    if steps_per_epoch == 0 {
+        bail!("--batch-size {} is larger than the {} training images", args.batch_size, data.train.len());
+    }
+    let config = model_config(&args.arch, args.stem, &args.dataset, data.classes.len(), data.in_channels)?;
+    let vs = nn::VarStore::new(device);
+    let model = build_model(&args, &vs, &config, resumed.is_some())?;
+    let (mut trainer, schedule) = build_trainer(&args, &model, steps_per_epoch);
+    let criterion = trainer.criterion;
+    let (mut epoch, mut step, mut train_seconds) = resume(&run, resumed.as_ref(), &config, &mut trainer)?;
+    crate::checkpoint::write_atomic(&run.labels(), (data.classes.join("\n") + "\n").as_bytes())?;
+
+    let end = match args.run_epochs {
+        Some(n) => args.epochs.min(epoch + n),
+        None => args.epochs,
+    };
+    let eval_batch = args.eval_batch_size.unwrap_or(args.batch_size);
+    println!("{}", describe(&args, &config, &data, device, threads, epoch + 1, end));
     let train_transform = Transform::Train(data.presets.train.clone());
     let command: Vec<String> = std::env::args().collect();
     while epoch < end {
@@ -620,21 +648,7 @@ pub fn main(args: TrainArgs, explicit: &[String]) -> Result<()> {
             step,
         };
         append_metrics(&run, &m)?;
-        let mut line = format!(
-            "epoch {epoch}/{}  train_loss {:.4}  test_top1 {:.2}%  test_top5 {:.2}%  {:.0} img/s  train {:.1}s  eval {:.1}s  total {:.1}s",
-            args.epochs, m.train_loss, m.test_top1, m.test_top5, m.images_per_sec, m.train_seconds, m.eval_seconds,
-            m.elapsed_train_seconds
-        );
-        if m.skipped_images > 0 {
-            line += &format!("  skipped {} unreadable image(s)", m.skipped_images);
-            if let Some(why) = &stats.first_skip {
-                line += &format!(" (first: {why})");
-            }
-        }
-        if m.skipped_steps > 0 {
-            line += &format!("  {} overflow step(s) skipped, loss scale {}", m.skipped_steps, m.loss_scale);
-        }
-        println!("{line}");
+        println!("{}", epoch_line(&m, args.epochs, stats.first_skip.as_deref()));
     }
     println!("checkpoint: {}", run.checkpoint().display());
     Ok(())

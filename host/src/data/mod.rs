@@ -18,33 +18,16 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::mpsc;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use shared::preprocess::{Frame, PixelFormat};
 
+pub use crate::image::Image;
 use crate::presets::{Presets, Transform};
 use crate::rng::{Purpose, Rng};
 
 /// Batches the loader prepares ahead of the one being trained on.
 pub const PREFETCH_BATCHES: usize = 2;
-
-/// A decoded image: 8-bit pixels, rows top to bottom, no padding.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Image {
-    pub data: Vec<u8>,
-    pub width: u32,
-    pub height: u32,
-    /// [`PixelFormat::Gray8`] or [`PixelFormat::Rgb8`].
-    pub format: PixelFormat,
-}
-
-impl Image {
-    /// A `shared` frame view of the pixels.
-    pub fn frame(&self) -> Result<Frame<'_>> {
-        Frame::new(&self.data, self.width, self.height, self.format).map_err(|e| anyhow!("{e}"))
-    }
-}
 
 /// A labelled collection of images.
 pub trait Source: Send + Sync {

@@ -11,8 +11,8 @@
 //! | fold every BatchNorm into its conv (lone pre-activation BNs become `Affine`) | [`fold`] |
 //! | int8: observe every conv/linear input on N training batches, pick per-tensor scales | [`calibrate`] |
 //! | store f32 / f16 / int8 tensors in the compact format (`docs/weights-format.md`) | [`quantize`] |
-//! | parse the bytes back and build the network *from the file* (int8: exact QDQ fake quantization) | [`net`] |
-//! | ONNX (opset 13; int8 as QDQ) from the same parsed file | [`onnx`] |
+//! | parse the bytes back and build the network *from the file* (int8: the file's arithmetic as exact fake quantization) | [`net`] |
+//! | ONNX (opset 13; int8 as integer ops, `ConvInteger`/`MatMulInteger`, or `--onnx-int8 qdq` QuantizeLinear/DequantizeLinear) from the same parsed file | [`onnx`] |
 //! | evaluate checkpoint vs file on the test set; parity file; ONNX Runtime cross-check | [`parity`] |
 //!
 //! Every output goes to `<path>.tmp` first and is renamed into place only when everything,
@@ -26,7 +26,7 @@ pub mod outputs;
 pub mod parity;
 pub mod quantize;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -34,7 +34,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use shared::preprocess::Preprocess;
 use shared::weights::WeightsWriter;
-use shared::{Form, ParamKind, Precision, ResNetConfig, WeightsFile};
+use shared::{Form, ParamKind, Precision, ResNetConfig, ValueId, WeightsFile};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint::{read_safetensors, RunDir, CHECKPOINT_FILE};
@@ -50,10 +50,12 @@ use parity::{Agreement, Ort, ParityData};
 
 /// Default ONNX Runtime tolerance for fp32/fp16 ONNX vs the host: `max |ort - host| / max |host|`.
 pub const ORT_FP32_REL_TOL: f64 = 1e-4;
-/// int8 ONNX on ONNX Runtime (`basic` optimizations: the QDQ graph as written) vs the host's
+/// int8 ONNX on ONNX Runtime (`basic` optimizations: the graph as written) vs the host's
 /// simulation of the file: the largest logit difference allowed, in int8 steps of the logits
-/// (`(max - min) / 255`), and the least top-1 agreement. Both compute the same QDQ arithmetic;
-/// they differ where a float convolution summed in another order (MLAS vs oneDNN) puts a value
+/// (`(max - min) / 255`), and the least top-1 agreement. The default integer-op form
+/// (`ConvInteger`/`MatMulInteger`) is the file's arithmetic; the host simulates it with float
+/// convolutions, and the QDQ form (`--onnx-int8 qdq`) has ORT sum float products too. They
+/// differ where a float convolution summed in another order (MLAS vs oneDNN) puts a value
 /// on the other side of a rounding boundary at the next QuantizeLinear, which then moves by one
 /// activation step. Measured on the 5-epoch ResNet-8 Fashion-MNIST demo: a handful of such flips
 /// per 64 images, at most 0.76 logit steps over 2000 test images, top-1 always equal. The bound
@@ -479,7 +481,129 @@ pub fn main(args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs the export; nothing is left at the output paths on error.
+/// Where `host export` writes: the weights file, the ONNX (optional), the parity file and the
+/// JSON report, all staged before any work so that a bad path fails first.
+struct Paths {
+    parity: PathBuf,
+    report: PathBuf,
+}
+
+fn stage_outputs(args: &ExportArgs, outputs: &mut Outputs) -> Result<Paths> {
+    outputs.stage(&args.out)?;
+    if let Some(o) = &args.onnx {
+        outputs.stage(o)?;
+    }
+    let parity = parity::parity_path(&args.out);
+    if args.onnx.as_deref() == Some(parity.as_path()) {
+        bail!("--onnx {} is the parity file's path", parity.display());
+    }
+    outputs.stage(&parity)?;
+    let report = args.out.with_extension("export.json");
+    outputs.stage(&report)?;
+    Ok(Paths { parity, report })
+}
+
+/// The run's test split, checked against the network (classes, and channels after the eval
+/// preprocessing).
+fn open_test(run: &Run, data_opts: &DataOptions) -> Result<SplitSet> {
+    let test = SplitSet::open(&run.dataset, Split::Test, data_opts)?;
+    if test.classes.len() != run.config.num_classes as usize {
+        bail!("{}: {} classes, the network has {}", run.dataset, test.classes.len(), run.config.num_classes);
+    }
+    let transform = Transform::Eval(run.preprocess);
+    let channels = transform.sample_shape()[0];
+    if channels != i64::from(run.config.in_channels) {
+        bail!("the run's preprocessing makes {channels} channels, the network takes {}", run.config.in_channels);
+    }
+    Ok(test)
+}
+
+/// int8: every quantized layer's input range, observed on `--calib-batches` training batches
+/// (eval preprocessing); returns the activations and the number of images used.
+fn calibrate_int8(
+    args: &ExportArgs,
+    run: &Run,
+    folded: &fold::Folded,
+    keep_float: &BTreeSet<String>,
+    data_opts: &DataOptions,
+    device: Device,
+) -> Result<(BTreeMap<ValueId, Calibrated>, usize)> {
+    let train = SplitSet::open(&run.dataset, Split::Train, data_opts)?;
+    let need = args.calib_batches * args.calib_batch_size;
+    if train.source.len() < need {
+        bail!(
+            "too few calibration images: --calib-batches {} x --calib-batch-size {} needs {need} training images, {} has {}",
+            args.calib_batches,
+            args.calib_batch_size,
+            run.dataset,
+            train.source.len()
+        );
+    }
+    let mut order = epoch_order(train.source.len(), args.seed, 0);
+    order.truncate(need);
+    let float_net = Net::from_folded(folded, device)?;
+    let quantized: Vec<String> =
+        float_net.layer_inputs().into_iter().map(|l| l.layer).filter(|l| !keep_float.contains(l)).collect();
+    let (source, transform) = (train.source.as_ref(), Transform::Eval(run.preprocess));
+    let shape = transform.sample_shape();
+    let for_each_batch = |f: &mut dyn FnMut(Tensor) -> Result<()>| -> Result<()> {
+        let loader = eval_loader(source, &transform, order.clone(), args.calib_batch_size);
+        loader.for_each(|batch| {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            f(batch_tensor(&batch.images, batch.len(), shape, device))
+        })
+    };
+    let activations = calibrate::calibrate(&float_net, &quantized, &for_each_batch, args.calib_method, args.percentile)?;
+    Ok((activations, need))
+}
+
+/// ONNX Runtime on the written ONNX vs the host on the parity inputs; for int8 its logits go
+/// into the parity file (rewritten). Returns the report, or why the check did not run.
+#[allow(clippy::too_many_arguments)]
+fn ort_check(
+    args: &ExportArgs,
+    precision: Precision,
+    outputs: &mut Outputs,
+    paths: &Paths,
+    cmp: &mut Comparison,
+    arch: &str,
+    producer: &str,
+) -> Result<(Option<OrtReport>, Option<String>)> {
+    let o = match (&args.onnx, args.no_ort) {
+        (None, _) => return Ok((None, Some("no --onnx".to_string()))),
+        (Some(_), true) => return Ok((None, Some("--no-ort".to_string()))),
+        (Some(o), false) => o,
+    };
+    let python = parity::find_python(args.python.as_deref());
+    let onnx_tmp = outputs.tmp_of(o).ok_or_else(|| anyhow!("{} was not staged", o.display()))?.to_path_buf();
+    let parity_tmp = outputs.tmp_of(&paths.parity).ok_or_else(|| anyhow!("parity file not staged"))?.to_path_buf();
+    let scratch = outputs.scratch(outputs::tmp_path(&paths.parity)?.with_extension("ort.tmp"));
+    let level = if precision == Precision::Int8 { ORT_INT8_OPT_LEVEL } else { ORT_FLOAT_OPT_LEVEL };
+    let ort = match parity::ort_logits(&python, &onnx_tmp, &parity_tmp, &scratch, level)? {
+        Ort::Unavailable(why) => {
+            eprintln!("warning: ONNX Runtime check skipped: {why}");
+            return Ok((None, Some(why)));
+        }
+        Ort::Logits(ort) => ort,
+    };
+    let (against, a) = match precision {
+        Precision::F32 => ("host fp32", parity::agreement(&ort, &cmp.parity.logits)),
+        Precision::F16 => ("host fp16", parity::agreement(&ort, &cmp.parity_exported)),
+        Precision::Int8 => ("host int8", parity::agreement(&ort, &cmp.parity_exported)),
+    };
+    check_ort(precision, &a, o)?;
+    if precision == Precision::Int8 {
+        cmp.parity.logits_int8 = Some(ort);
+        outputs.write(&paths.parity, &cmp.parity.to_bytes(arch, producer)?)?;
+    }
+    Ok((Some(OrtReport { against: against.to_string(), opt_level: level.to_string(), agreement: a }), None))
+}
+
+/// Runs the export: read the run -> fold -> (int8) calibrate -> the compact file -> the network
+/// from its parsed bytes -> ONNX -> checkpoint vs file on the test set, parity file -> ONNX
+/// Runtime check -> report. Nothing is left at the output paths on error.
 pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     let start = Instant::now();
     check_args(args)?;
@@ -487,69 +611,19 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     let device = args.device.resolve()?;
     device::configure(device);
     device::set_threads(args.threads);
-
-    // Reserve the outputs first: a bad path fails before any work.
     let mut outputs = Outputs::default();
-    outputs.stage(&args.out)?;
-    if let Some(o) = &args.onnx {
-        outputs.stage(o)?;
-    }
-    let parity_path = parity::parity_path(&args.out);
-    if args.onnx.as_deref() == Some(parity_path.as_path()) {
-        bail!("--onnx {} is the parity file's path", parity_path.display());
-    }
-    outputs.stage(&parity_path)?;
-    let report_path = args.out.with_extension("export.json");
-    outputs.stage(&report_path)?;
+    let paths = stage_outputs(args, &mut outputs)?;
 
     let run = load_run(&args.checkpoint, args.dataset.as_ref(), device)?;
     let folded = fold::fold(&run.model).with_context(|| format!("checkpoint {}", run.checkpoint.display()))?;
     let data_opts = DataOptions { limit_train: None, limit_test: args.limit_test, image_size: run.image_size };
-    let test = SplitSet::open(&run.dataset, Split::Test, &data_opts)?;
-    if test.classes.len() != run.config.num_classes as usize {
-        bail!("{}: {} classes, the network has {}", run.dataset, test.classes.len(), run.config.num_classes);
-    }
-    let transform = Transform::Eval(run.preprocess);
-    let shape = transform.sample_shape();
-    if shape[0] != i64::from(run.config.in_channels) {
-        bail!("the run's preprocessing makes {} channels, the network takes {}", shape[0], run.config.in_channels);
-    }
-
-    // int8: calibrate on training images.
+    let test = open_test(&run, &data_opts)?;
     let keep_float = if args.int8 { keep_float_layers(&run.config, &args.keep_float)? } else { BTreeSet::new() };
-    let mut activations = Default::default();
-    let mut calib_images = 0;
-    if args.int8 {
-        let train = SplitSet::open(&run.dataset, Split::Train, &data_opts)?;
-        let need = args.calib_batches * args.calib_batch_size;
-        if train.source.len() < need {
-            bail!(
-                "too few calibration images: --calib-batches {} x --calib-batch-size {} needs {need} training images, {} has {}",
-                args.calib_batches,
-                args.calib_batch_size,
-                run.dataset,
-                train.source.len()
-            );
-        }
-        let mut order = epoch_order(train.source.len(), args.seed, 0);
-        order.truncate(need);
-        let float_net = Net::from_folded(&folded, device)?;
-        let quantized: Vec<String> =
-            float_net.layer_inputs().into_iter().map(|l| l.layer).filter(|l| !keep_float.contains(l)).collect();
-        let source = train.source.as_ref();
-        let for_each_batch = |f: &mut dyn FnMut(Tensor) -> Result<()>| -> Result<()> {
-            let loader = eval_loader(source, &transform, order.clone(), args.calib_batch_size);
-            loader.for_each(|batch| {
-                if batch.is_empty() {
-                    return Ok(());
-                }
-                f(batch_tensor(&batch.images, batch.len(), shape, device))
-            })
-        };
-        activations =
-            calibrate::calibrate(&float_net, &quantized, &for_each_batch, args.calib_method, args.percentile)?;
-        calib_images = need;
-    }
+    let (activations, calib_images) = if args.int8 {
+        calibrate_int8(args, &run, &folded, &keep_float, &data_opts, device)?
+    } else {
+        Default::default()
+    };
 
     // The compact file, then everything else from its parsed bytes.
     let producer = producer();
@@ -566,59 +640,16 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
         outputs.write(o, &onnx::encode(&model))?;
     }
 
-    // Evaluate checkpoint vs file.
-    let cmp = compare_on_test(
-        &run.model,
-        &exported,
-        test.source.as_ref(),
-        &run.preprocess,
-        args.batch_size,
-        args.parity_samples,
-        device,
-    )?;
-    let mut parity = cmp.parity;
-    outputs.write(&parity_path, &parity.to_bytes(&run.arch, &producer)?)?;
-
-    // ONNX Runtime on the written ONNX.
-    let (mut ort_report, mut ort_skipped) = (None, None);
-    match (&args.onnx, args.no_ort) {
-        (None, _) => ort_skipped = Some("no --onnx".to_string()),
-        (Some(_), true) => ort_skipped = Some("--no-ort".to_string()),
-        (Some(o), false) => {
-            let python = parity::find_python(args.python.as_deref());
-            let onnx_tmp = outputs.tmp_of(o).ok_or_else(|| anyhow!("{} was not staged", o.display()))?.to_path_buf();
-            let parity_tmp =
-                outputs.tmp_of(&parity_path).ok_or_else(|| anyhow!("parity file not staged"))?.to_path_buf();
-            let scratch = outputs.scratch(outputs::tmp_path(&parity_path)?.with_extension("ort.tmp"));
-            let level = if precision == Precision::Int8 { ORT_INT8_OPT_LEVEL } else { ORT_FLOAT_OPT_LEVEL };
-            match parity::ort_logits(&python, &onnx_tmp, &parity_tmp, &scratch, level)? {
-                Ort::Unavailable(why) => {
-                    eprintln!("warning: ONNX Runtime check skipped: {why}");
-                    ort_skipped = Some(why);
-                }
-                Ort::Logits(ort) => {
-                    let (against, a) = match precision {
-                        Precision::F32 => ("host fp32", parity::agreement(&ort, &parity.logits)),
-                        Precision::F16 => ("host fp16", parity::agreement(&ort, &cmp.parity_exported)),
-                        Precision::Int8 => ("host int8", parity::agreement(&ort, &cmp.parity_exported)),
-                    };
-                    check_ort(precision, &a, o)?;
-                    if precision == Precision::Int8 {
-                        parity.logits_int8 = Some(ort);
-                        outputs.write(&parity_path, &parity.to_bytes(&run.arch, &producer)?)?;
-                    }
-                    ort_report =
-                        Some(OrtReport { against: against.to_string(), opt_level: level.to_string(), agreement: a });
-                }
-            }
-        }
-    }
+    let mut cmp =
+        compare_on_test(&run.model, &exported, test.source.as_ref(), &run.preprocess, args.batch_size, args.parity_samples, device)?;
+    outputs.write(&paths.parity, &cmp.parity.to_bytes(&run.arch, &producer)?)?;
+    let (ort, ort_skipped) = ort_check(args, precision, &mut outputs, &paths, &mut cmp, &run.arch, &producer)?;
 
     let report = ExportReport {
         out: args.out.display().to_string(),
         producer: producer.clone(),
         onnx: args.onnx.as_ref().map(|o| o.display().to_string()),
-        parity: parity_path.display().to_string(),
+        parity: paths.parity.display().to_string(),
         precision: precision_name(precision),
         bytes: bytes.len(),
         calib_method: args.int8.then_some(args.calib_method),
@@ -630,13 +661,13 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
         exported_top1: cmp.exp_top1,
         top1_agreement: cmp.agreement,
         max_rel_diff: cmp.max_rel_diff,
-        parity_samples: parity.inputs.size()[0] as usize,
-        ort: ort_report,
+        parity_samples: cmp.parity.inputs.size()[0] as usize,
+        ort,
         ort_skipped,
         activations: activations.into_values().collect(),
         seconds: start.elapsed().as_secs_f64(),
     };
-    outputs.write(&report_path, format!("{}\n", serde_json::to_string_pretty(&report)?).as_bytes())?;
+    outputs.write(&paths.report, format!("{}\n", serde_json::to_string_pretty(&report)?).as_bytes())?;
     outputs.commit()?;
     Ok(report)
 }

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context, Result};
-use shared::weights::TensorView;
+use shared::weights::{Int8Layer, TensorView};
 use shared::{DType, Form, Node, ResNetConfig, ValueId, WeightsFile};
 use tch::{Device, Kind, Tensor};
 
@@ -161,39 +161,16 @@ impl Net {
         Self::build(
             file.config(),
             &mut |name| {
-                let w = tensor(&format!("{name}.weight"))?;
                 let bias_name = format!("{name}.bias");
-                let b = if file.contains(&bias_name) { Some(tensor(&bias_name)?) } else { None };
-                let layer = match w.dtype {
-                    DType::I8 => {
-                        let in_scale = scalar_f32(&tensor(&format!("{name}.input_scale"))?)?;
-                        let in_zp = decode_i8(&tensor(&format!("{name}.input_zero_point"))?)?;
-                        let in_zp = *in_zp.first().ok_or_else(|| anyhow!("`{name}.input_zero_point` is empty"))?;
-                        let w_scale = decode_f32(&tensor(&format!("{name}.weight_scale"))?)?;
-                        let w_zp = decode_i8(&tensor(&format!("{name}.weight_zero_point"))?)?;
-                        let q = decode_i8(&w)?;
-                        let b = b.ok_or_else(|| anyhow!("int8 layer `{name}` has no `{bias_name}`"))?;
-                        let bias_q = decode_i32(&b)?;
-                        dequantize_layer(
-                            name,
-                            &w,
-                            &q,
-                            &w_scale,
-                            &w_zp,
-                            &bias_q,
-                            ActQuant { scale: in_scale, zero_point: in_zp },
-                            device,
-                        )?
-                    }
-                    DType::F32 | DType::F16 => Layer {
-                        name: name.to_string(),
-                        weight: to_tensor(&w, device)?,
-                        bias: b.map(|b| to_tensor(&b, device)).transpose()?,
-                        input_quant: None,
-                    },
-                    other => bail!("`{name}.weight` has dtype {other:?}"),
-                };
-                Ok(layer)
+                if let Some(q) = Int8Layer::read(file, name).map_err(|e| anyhow!("{e}"))? {
+                    return dequantize_layer(name, tensor(&format!("{name}.weight"))?.shape(), &q, device);
+                }
+                Ok(Layer {
+                    name: name.to_string(),
+                    weight: to_tensor(&tensor(&format!("{name}.weight"))?, device)?,
+                    bias: if file.contains(&bias_name) { Some(to_tensor(&tensor(&bias_name)?, device)?) } else { None },
+                    input_quant: None,
+                })
             },
             &mut |name| {
                 Ok((
@@ -272,39 +249,19 @@ impl Net {
     }
 }
 
-/// A float layer from int8 tensors: `W = q * s_w[o]`, `b = float(bias_q) * (s_in * s_w[o])`,
-/// each product in f32 as ONNX DequantizeLinear computes it.
-#[allow(clippy::too_many_arguments)]
-pub fn dequantize_layer(
-    name: &str,
-    w: &TensorView<'_>,
-    q: &[i8],
-    w_scale: &[f32],
-    w_zp: &[i8],
-    bias_q: &[i32],
-    input: ActQuant,
-    device: Device,
-) -> Result<Layer> {
-    let out = w.shape().first().copied().unwrap_or(0) as usize;
-    if out == 0 || w_scale.len() != out || w_zp.len() != out || bias_q.len() != out || q.len() % out != 0 {
-        bail!("`{name}`: int8 tensors have inconsistent sizes");
-    }
-    if !(input.scale.is_finite() && input.scale > 0.0) || w_scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-        bail!("`{name}`: quantization scales must be finite and positive");
-    }
-    let per = q.len() / out;
-    let weight: Vec<f32> = q
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (i32::from(v) - i32::from(w_zp[i / per])) as f32 * w_scale[i / per])
-        .collect();
-    let bias: Vec<f32> = bias_q.iter().zip(w_scale).map(|(&b, &s)| b as f32 * (input.scale * s)).collect();
-    let shape: Vec<i64> = w.shape().iter().map(|&d| i64::from(d)).collect();
+/// The float layer an int8 layer stands for: `W' = q * s_w[o]`, `b' = float(bias_q) * (s_in *
+/// s_w[o])`, input quantization `(s_in, zp)`. `shape` is the weight's (`[out, in, k, k]` or
+/// `[out, in]`); [`Int8Layer::read`] checked the record against it.
+pub fn dequantize_layer(name: &str, shape: &[u32], q: &Int8Layer<'_>, device: Device) -> Result<Layer> {
+    let per = q.weight.len() / q.out_channels().max(1);
+    let weight: Vec<f32> = q.weight.iter().enumerate().map(|(i, &v)| f32::from(v) * q.weight_scale[i / per]).collect();
+    let bias: Vec<f32> = q.bias.iter().zip(q.output_scales()).map(|(&b, s)| b as f32 * s).collect();
+    let shape: Vec<i64> = shape.iter().map(|&d| i64::from(d)).collect();
     Ok(Layer {
         name: name.to_string(),
         weight: Tensor::from_slice(&weight).view(shape.as_slice()).to_device(device),
         bias: Some(Tensor::from_slice(&bias).to_device(device)),
-        input_quant: Some(input),
+        input_quant: Some(ActQuant { scale: q.input_scale, zero_point: q.input_zero_point }),
     })
 }
 
@@ -313,24 +270,6 @@ pub fn decode_f32(t: &TensorView<'_>) -> Result<Vec<f32>> {
         DType::F32 | DType::F16 => Ok(t.to_f32_vec()),
         other => bail!("`{}` is {other:?}, expected a float tensor", t.name),
     }
-}
-
-pub fn decode_i8(t: &TensorView<'_>) -> Result<Vec<i8>> {
-    match t.dtype {
-        DType::I8 => Ok(t.data.iter().map(|&b| b as i8).collect()),
-        other => bail!("`{}` is {other:?}, expected I8", t.name),
-    }
-}
-
-pub fn decode_i32(t: &TensorView<'_>) -> Result<Vec<i32>> {
-    match t.dtype {
-        DType::I32 => Ok(t.data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-        other => bail!("`{}` is {other:?}, expected I32", t.name),
-    }
-}
-
-fn scalar_f32(t: &TensorView<'_>) -> Result<f32> {
-    decode_f32(t)?.first().copied().ok_or_else(|| anyhow!("`{}` is empty", t.name))
 }
 
 /// A float file tensor (F32 or F16, widened exactly to f32) as a tch tensor of its shape.

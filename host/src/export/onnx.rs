@@ -34,6 +34,7 @@ use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Result};
 use prost::Message;
+use shared::weights::Int8Layer;
 use shared::{DType, Form, Node, Preprocess, ValueId, WeightsFile};
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
@@ -41,7 +42,6 @@ use tract_onnx::pb::{
     ValueInfoProto,
 };
 
-use super::net::{decode_f32, decode_i32, decode_i8};
 
 /// The opset the exported graphs use (per-axis DequantizeLinear needs 13).
 pub const OPSET: i64 = 13;
@@ -142,18 +142,6 @@ impl ConvAttrs {
     }
 }
 
-/// One quantized layer's numbers, from the file.
-struct Quantized {
-    /// Weight dims (`[out, in, k, k]` or `[out, in]`) and bytes (int8).
-    dims: Vec<i64>,
-    weight: Vec<u8>,
-    weight_scale: Vec<f32>,
-    weight_zero_point: Vec<i8>,
-    input_scale: f32,
-    input_zero_point: i8,
-    bias: Vec<i32>,
-}
-
 impl<'a> Builder<'_, 'a> {
     fn view(&self, name: &str) -> Result<shared::weights::TensorView<'a>> {
         self.file.tensor(name).map_err(|e| anyhow!("{e}"))
@@ -230,26 +218,13 @@ impl<'a> Builder<'_, 'a> {
         (base, true)
     }
 
-    /// The numbers of layer `name` if the file quantized it.
-    fn quantized(&self, name: &str) -> Result<Option<Quantized>> {
-        let w = self.view(&format!("{name}.weight"))?;
-        if w.dtype != DType::I8 {
+    /// Layer `name`'s int8 record and weight dims (`[out, in, k, k]` or `[out, in]`) if the
+    /// file quantized it.
+    fn quantized(&self, name: &str) -> Result<Option<(Int8Layer<'a>, Vec<i64>)>> {
+        let Some(q) = Int8Layer::read(self.file, name).map_err(|e| anyhow!("{e}"))? else {
             return Ok(None);
-        }
-        let first = |t: &str| -> Result<shared::weights::TensorView<'a>> { self.view(&format!("{name}.{t}")) };
-        Ok(Some(Quantized {
-            dims: Self::dims(&w),
-            weight: w.data.to_vec(),
-            weight_scale: decode_f32(&first("weight_scale")?)?,
-            weight_zero_point: decode_i8(&first("weight_zero_point")?)?,
-            input_scale: *decode_f32(&first("input_scale")?)?
-                .first()
-                .ok_or_else(|| anyhow!("`{name}.input_scale` is empty"))?,
-            input_zero_point: *decode_i8(&first("input_zero_point")?)?
-                .first()
-                .ok_or_else(|| anyhow!("`{name}.input_zero_point` is empty"))?,
-            bias: decode_i32(&first("bias")?)?,
-        }))
+        };
+        Ok(Some((q, Self::dims(&self.view(&format!("{name}.weight"))?))))
     }
 
     /// Layer `name` in integer ops (see the module doc).
@@ -260,9 +235,9 @@ impl<'a> Builder<'_, 'a> {
         input: ValueId,
         output: &str,
         conv: Option<ConvAttrs>,
-        q: Quantized,
+        (q, dims): (Int8Layer<'_>, Vec<i64>),
     ) -> Result<()> {
-        let out = q.dims[0];
+        let out = dims[0];
         // The per-channel operands broadcast along the channel axis of the output.
         let channel_dims: Vec<i64> = if conv.is_some() { vec![1, out, 1, 1] } else { vec![out] };
         // Input: quantized once per (value, quantization).
@@ -281,32 +256,27 @@ impl<'a> Builder<'_, 'a> {
         let wq = format!("{name}.weight_quantized");
         let op = match conv {
             Some(_) => {
-                self.init.push(tensor(&wq, DataType::Int8, &q.dims, q.weight.clone()));
+                self.init.push(tensor(&wq, DataType::Int8, &dims, q.weight.iter().map(|&v| v as u8).collect()));
                 "ConvInteger"
             }
             None => {
                 // MatMulInteger multiplies `x [N, in]` by `[in, out]`: the weights transposed.
-                let (rows, cols) = (out as usize, q.dims[1] as usize);
-                let t: Vec<u8> = (0..cols * rows).map(|i| q.weight[(i % rows) * cols + i / rows]).collect();
-                self.init.push(tensor(&wq, DataType::Int8, &[q.dims[1], out], t));
+                let (rows, cols) = (out as usize, dims[1] as usize);
+                let t: Vec<u8> = (0..cols * rows).map(|i| q.weight[(i % rows) * cols + i / rows] as u8).collect();
+                self.init.push(tensor(&wq, DataType::Int8, &[dims[1], out], t));
                 "MatMulInteger"
             }
         };
         let acc = format!("{name}_acc");
-        let mut inputs = vec![xq, wq, zp];
-        if q.weight_zero_point.iter().any(|&z| z != 0) {
-            let wz = format!("{name}.weight_zero_point");
-            self.init.push(tensor(&wz, DataType::Int8, &[out], q.weight_zero_point.iter().map(|&z| z as u8).collect()));
-            inputs.push(wz);
-        }
-        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        // Symmetric weights: no weight zero point operand (ONNX's default is 0).
+        let inputs = [xq.as_str(), wq.as_str(), zp.as_str()];
         let attrs = conv.map(ConvAttrs::attributes).unwrap_or_default();
         self.nodes.push(node(op, &format!("{name}_{op}"), &inputs, &[&acc], attrs));
         // + bias (int32), to float, * input_scale * weight_scale (in f32, as the device).
         let (bq, biased, float, scale) =
             (format!("{name}.bias_quantized"), format!("{name}_biased"), format!("{name}_float"), format!("{name}.scale"));
         self.init.push(tensor(&bq, DataType::Int32, &channel_dims, q.bias.iter().flat_map(|b| b.to_le_bytes()).collect()));
-        let s: Vec<f32> = q.weight_scale.iter().map(|&w| q.input_scale * w).collect();
+        let s: Vec<f32> = q.output_scales().collect();
         self.init.push(f32_tensor(&scale, &channel_dims, &s));
         self.nodes.push(node("Add", &format!("{name}_AddBias"), &[&acc, &bq], &[&biased], vec![]));
         self.nodes.push(node("Cast", &format!("{name}_Cast"), &[&biased], &[&float], vec![attr_int("to", DataType::Float as i64)]));
@@ -314,59 +284,43 @@ impl<'a> Builder<'_, 'a> {
         Ok(())
     }
 
+    /// `DequantizeLinear(quantized, scale, zero point)` along axis 0 of the quantized tensor
+    /// `{base}_quantized` (`dtype`, `dims`, little-endian `values`), zero points 0; returns the
+    /// name of `{base}_dequantized`.
+    fn dequantize_per_channel(&mut self, base: &str, dtype: DataType, dims: &[i64], values: Vec<u8>, scale: &[f32]) -> String {
+        let out = dims[0];
+        let (q, s, z, d) =
+            (format!("{base}_quantized"), format!("{base}_scale"), format!("{base}_zero_point"), format!("{base}_dequantized"));
+        let zero_bytes = if dtype == DataType::Int32 { 4 } else { 1 };
+        self.init.push(tensor(&q, dtype, dims, values));
+        self.init.push(f32_tensor(&s, &[out], scale));
+        self.init.push(tensor(&z, dtype, &[out], vec![0; out as usize * zero_bytes]));
+        self.nodes.push(node("DequantizeLinear", &format!("{base}_DequantizeLinear"), &[&q, &s, &z], &[&d], vec![attr_int("axis", 0)]));
+        d
+    }
+
     /// `[x, weight, bias]` names for the QDQ form of quantized layer `name` reading value `x`.
-    fn qdq_inputs(&mut self, name: &str, x: &str, input: ValueId, q: Quantized) -> Result<Vec<String>> {
+    fn qdq_inputs(&mut self, name: &str, x: &str, input: ValueId, (q, wdims): (Int8Layer<'_>, Vec<i64>)) -> Result<Vec<String>> {
         let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
-        let Quantized {
-            dims: wdims,
-            weight: q_w,
-            weight_scale: w_scale,
-            weight_zero_point: w_zp,
-            input_scale: in_scale,
-            input_zero_point: in_zp,
-            bias: bias_q,
-        } = q;
+        let (in_scale, in_zp) = (q.input_scale, q.input_zero_point);
         let out = wdims[0];
 
         // Input: one Q/DQ pair per (value, quantization).
         let (base, new) = self.quantized_input(name, x, input, in_scale, in_zp);
         let xdq = format!("{base}_dequantized");
         if new {
-            let (s, zp, q) = (format!("{base}_scale"), format!("{base}_zero_point"), format!("{base}_quantized"));
+            let (s, zp, xq) = (format!("{base}_scale"), format!("{base}_zero_point"), format!("{base}_quantized"));
             self.init.push(f32_tensor(&s, &[], &[in_scale]));
             self.init.push(tensor(&zp, DataType::Int8, &[], vec![in_zp as u8]));
-            self.nodes.push(node("QuantizeLinear", &format!("{base}_QuantizeLinear"), &[x, &s, &zp], &[&q], vec![]));
-            self.nodes.push(node("DequantizeLinear", &format!("{base}_DequantizeLinear"), &[&q, &s, &zp], &[&xdq], vec![]));
+            self.nodes.push(node("QuantizeLinear", &format!("{base}_QuantizeLinear"), &[x, &s, &zp], &[&xq], vec![]));
+            self.nodes.push(node("DequantizeLinear", &format!("{base}_DequantizeLinear"), &[&xq, &s, &zp], &[&xdq], vec![]));
         }
 
-        // Weight, per output channel.
-        let (wq, ws, wz, wd) =
-            (format!("{wn}_quantized"), format!("{wn}_scale"), format!("{wn}_zero_point"), format!("{wn}_dequantized"));
-        self.init.push(tensor(&wq, DataType::Int8, &wdims, q_w));
-        self.init.push(f32_tensor(&ws, &[out], &w_scale));
-        self.init.push(tensor(&wz, DataType::Int8, &[out], w_zp.iter().map(|&z| z as u8).collect()));
-        self.nodes.push(node(
-            "DequantizeLinear",
-            &format!("{wn}_DequantizeLinear"),
-            &[&wq, &ws, &wz],
-            &[&wd],
-            vec![attr_int("axis", 0)],
-        ));
-
-        // Bias: int32 with scale input_scale * weight_scale.
-        let b_scale: Vec<f32> = w_scale.iter().map(|&s| in_scale * s).collect();
-        let (bq, bs, bz, bd) =
-            (format!("{bn}_quantized"), format!("{bn}_scale"), format!("{bn}_zero_point"), format!("{bn}_dequantized"));
-        self.init.push(tensor(&bq, DataType::Int32, &[out], bias_q.iter().flat_map(|b| b.to_le_bytes()).collect()));
-        self.init.push(f32_tensor(&bs, &[out], &b_scale));
-        self.init.push(tensor(&bz, DataType::Int32, &[out], vec![0; out as usize * 4]));
-        self.nodes.push(node(
-            "DequantizeLinear",
-            &format!("{bn}_DequantizeLinear"),
-            &[&bq, &bs, &bz],
-            &[&bd],
-            vec![attr_int("axis", 0)],
-        ));
+        // Weight, per output channel; bias: int32 with scale input_scale * weight_scale.
+        let wd = self.dequantize_per_channel(&wn, DataType::Int8, &wdims, q.weight.iter().map(|&v| v as u8).collect(), q.weight_scale);
+        let b_scale: Vec<f32> = q.output_scales().collect();
+        let bias = q.bias.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let bd = self.dequantize_per_channel(&bn, DataType::Int32, &[out], bias, &b_scale);
         Ok(vec![xdq, wd, bd])
     }
 }

@@ -1,4 +1,5 @@
-//! The parity file (`docs/parity-file.md`) and the ONNX Runtime cross-check.
+//! The parity file (`docs/parity-file.md`, format in `shared::parity`) and the ONNX Runtime
+//! cross-check.
 //!
 //! ONNX Runtime runs in the project's Python venv through `tools/ort_parity.py` and the
 //! `tools/ort_common.py` it imports, both embedded in the binary (so an installed `host` needs
@@ -12,7 +13,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use tch::Tensor;
 
-use crate::checkpoint::{read_safetensors, to_safetensors_bytes};
+use shared::parity::Parity;
+
+use super::net::to_vec_f32;
+use crate::checkpoint::read_safetensors;
 
 /// `tools/ort_parity.py`, run with `python -c` after `ORT_PRELUDE`.
 pub const ORT_SCRIPT: &str = include_str!("../../../tools/ort_parity.py");
@@ -23,10 +27,6 @@ pub const ORT_COMMON: &str = include_str!("../../../tools/ort_common.py");
 const ORT_PRELUDE: &str = "import os, sys, types\n\
     ort_common = sys.modules['ort_common'] = types.ModuleType('ort_common')\n\
     exec(compile(os.environ.pop('ORT_COMMON_SOURCE'), 'ort_common.py', 'exec'), ort_common.__dict__)\n";
-/// `format` metadata of a parity file.
-pub const FORMAT: &str = "device-parity";
-pub const VERSION: &str = "1";
-
 /// `<dir>/<file name up to its first dot>.parity.safetensors`: `model.int8.evw` ->
 /// `model.parity.safetensors` (where `device parity` looks by default).
 pub fn parity_path(model: &Path) -> PathBuf {
@@ -35,13 +35,14 @@ pub fn parity_path(model: &Path) -> PathBuf {
     model.with_file_name(format!("{stem}.parity.safetensors"))
 }
 
-/// What a parity file holds.
+/// What a parity file holds, as tch tensors; written through `shared::parity`, the one
+/// definition of the format.
 pub struct ParityData {
     /// `[N, C, H, W]` preprocessed inputs.
     pub inputs: Tensor,
     /// `[N, classes]` host fp32 logits (PyTorch, eval mode).
     pub logits: Tensor,
-    /// `[N, classes]` ONNX Runtime's logits on the int8 QDQ ONNX.
+    /// `[N, classes]` ONNX Runtime's logits on the int8 ONNX export (integer ops by default).
     pub logits_int8: Option<Tensor>,
     /// `[N]` ground truth.
     pub labels: Tensor,
@@ -49,21 +50,24 @@ pub struct ParityData {
 
 impl ParityData {
     pub fn to_bytes(&self, arch: &str, producer: &str) -> Result<Vec<u8>> {
-        let mut tensors = vec![
-            ("inputs".to_string(), self.inputs.shallow_clone()),
-            ("logits".to_string(), self.logits.shallow_clone()),
-        ];
-        if let Some(l) = &self.logits_int8 {
-            tensors.push(("logits_int8".to_string(), l.shallow_clone()));
-        }
-        tensors.push(("labels".to_string(), self.labels.shallow_clone()));
-        let meta = HashMap::from([
-            ("format".to_string(), FORMAT.to_string()),
-            ("version".to_string(), VERSION.to_string()),
-            ("arch".to_string(), arch.to_string()),
-            ("producer".to_string(), producer.to_string()),
-        ]);
-        to_safetensors_bytes(&tensors, meta)
+        let size = self.inputs.size();
+        let &[n, c, h, w] = size.as_slice() else {
+            bail!("parity inputs must be [N, C, H, W], got {size:?}");
+        };
+        let logits = to_vec_f32(&self.logits)?;
+        let parity = Parity {
+            input_shape: [n, c, h, w].map(|d| d as usize),
+            inputs: to_vec_f32(&self.inputs)?,
+            num_classes: self.logits.size().last().copied().unwrap_or(0) as usize,
+            logits,
+            logits_int8: self.logits_int8.as_ref().map(to_vec_f32).transpose()?,
+            labels: Some(Vec::<i64>::try_from(&self.labels.to_device(tch::Device::Cpu).to_kind(tch::Kind::Int64).contiguous().view(-1))?),
+            metadata: HashMap::from([
+                ("arch".to_string(), arch.to_string()),
+                ("producer".to_string(), producer.to_string()),
+            ]),
+        };
+        Ok(parity.to_bytes()?)
     }
 }
 

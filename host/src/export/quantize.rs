@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, bail, Result};
-use shared::weights::WeightsWriter;
+use shared::weights::{Int8Layer, WeightsWriter};
 use shared::{Form, Node, Precision, ValueId};
 
 use super::calibrate::Calibrated;
@@ -22,6 +22,19 @@ pub struct QuantLayer {
     pub weight_scale: Vec<f32>,
     pub bias: Vec<i32>,
     pub input: ActQuant,
+}
+
+impl QuantLayer {
+    /// The layer as the weights file stores it.
+    pub fn record(&self) -> Int8Layer<'_> {
+        Int8Layer {
+            weight: &self.q,
+            weight_scale: &self.weight_scale,
+            input_scale: self.input.scale,
+            input_zero_point: self.input.zero_point,
+            bias: &self.bias,
+        }
+    }
 }
 
 /// Quantizes one conv/linear layer, `weight` `[out, ...]` flat and `bias` `[out]`:
@@ -129,13 +142,7 @@ pub fn add_tensors(w: &mut WeightsWriter, folded: &Folded, opts: &StoreOptions) 
                     // Every int8 layer stores an I32 bias (zeros for a conv without one).
                     let bv = bias.unwrap_or_else(|| vec![0.0; out as usize]);
                     let ql = quantize_layer(name, &wv, &bv, act)?;
-                    let out = [out];
-                    w.add_i8(&wn, &wshape, &ql.q).map_err(e)?;
-                    w.add_f32(&format!("{name}.weight_scale"), &out, &ql.weight_scale).map_err(e)?;
-                    w.add_i8(&format!("{name}.weight_zero_point"), &out, &vec![0; out[0] as usize]).map_err(e)?;
-                    w.add_f32(&format!("{name}.input_scale"), &[], &[act.scale]).map_err(e)?;
-                    w.add_i8(&format!("{name}.input_zero_point"), &[], &[act.zero_point]).map_err(e)?;
-                    w.add_i32(&bn, &out, &ql.bias).map_err(e)?;
+                    w.add_int8_layer(name, &ql.record()).map_err(e)?;
                 }
             }
             Ok(())
