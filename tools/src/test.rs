@@ -3,9 +3,11 @@
 //! Everything builds in the release profile, so the demo and the benchmarks reuse the same
 //! artifacts instead of building the world twice.
 
-use anyhow::Result;
+use std::process::Command;
 
-use crate::cmd::{self, cargo, qemu_runner, AARCH64};
+use anyhow::{Context, Result};
+
+use crate::cmd::{self, cargo, qemu_runner, root, AARCH64};
 use crate::setup;
 
 #[derive(clap::Args)]
@@ -29,6 +31,10 @@ pub const QEMU_CPUS: &[(&str, &str)] = &[
     ("max", "fp16, dotprod, SVE"),
 ];
 
+/// The fuzz targets in fuzz/ (docs/fuzzing.md), each run for [`FUZZ_SECONDS`] from its seeds.
+pub const FUZZ_TARGETS: &[&str] = &["weights", "parity", "mjpeg", "raw"];
+pub const FUZZ_SECONDS: u32 = 20;
+
 pub fn run(args: &Args) -> Result<()> {
     if !args.no_setup {
         setup::run(&setup::Args { no_apt: false })?;
@@ -50,6 +56,25 @@ pub fn run(args: &Args) -> Result<()> {
                 .env("DEVICE_TEST_RUNNER", qemu_runner(cpu)))?;
         }
     }
+    // 4. A short coverage-guided run of each fuzz target (cargo-fuzz, libFuzzer); a crash fails.
+    for target in FUZZ_TARGETS {
+        cmd::run(&mut fuzz(target)?)?;
+    }
     eprintln!("all tests passed");
     Ok(())
+}
+
+/// `cargo fuzz run TARGET` for [`FUZZ_SECONDS`], on the stable toolchain: without a sanitizer
+/// (it needs nightly's -Zsanitizer) and with 16 codegen units, which keeps the instrumented build
+/// of tract (linked in through `device`, never run) short. New inputs go to the ignored
+/// fuzz/corpus/TARGET, the committed seeds are read from fuzz/seeds/TARGET.
+fn fuzz(target: &str) -> Result<Command> {
+    let corpus = root().join("fuzz/corpus").join(target);
+    std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    let mut c = cargo();
+    c.args(["fuzz", "run", "--sanitizer", "none", "--codegen-units", "16", target])
+        .arg(corpus)
+        .arg(root().join("fuzz/seeds").join(target))
+        .args(["--", &format!("-max_total_time={FUZZ_SECONDS}")]);
+    Ok(c)
 }
