@@ -10,7 +10,10 @@ use device::commands::bench::{self, BenchOptions};
 use device::engine::{ComputePrecision, ConvAlgorithm, Engine, EngineOptions};
 use device::commands::parity::{compare, Parity};
 use device::engine::pipeline::{Image, Pipeline};
-use device::io::source::{open_source, StreamFormat};
+use device::commands::flags::{self, int_in};
+use device::engine::pipeline::MAX_TOP_K;
+use device::io::decode::DecodeLimits;
+use device::io::source::{open_source_with_limits, StreamFormat};
 use device::commands::{live, report};
 use shared::graph::Form;
 use shared::preprocess::{Frame, PixelFormat, Preprocess};
@@ -33,14 +36,14 @@ struct ModelArgs {
     /// Model: a compact weights file from `host export`, or an ONNX file.
     #[arg(long, short)]
     model: PathBuf,
-    /// Worker threads for tract's matrix products.
-    #[arg(long, default_value_t = 1)]
+    /// Worker threads for tract's matrix products (1..=256).
+    #[arg(long, default_value_t = 1, value_parser = int_in::<usize>(1, 256))]
     threads: usize,
     /// Float precision: auto (f16 for fp16 files on CPUs with fp16 arithmetic), f32 or f16.
     #[arg(long, default_value = "auto")]
     precision: ComputePrecision,
-    /// Input size HxW (default: the model's own).
-    #[arg(long, value_parser = parse_size)]
+    /// Input size HxW, each side 16..=4096 (default: the model's own).
+    #[arg(long, value_parser = flags::input_size)]
     input_size: Option<(u32, u32)>,
     /// Float convs: auto (on x86 with AVX-512: Winograd for 3x3 stride 1, a direct
     /// conv for the 7x7 stem; tract's im2col + matrix product elsewhere) or tract (always
@@ -67,21 +70,40 @@ impl ModelArgs {
     }
 }
 
-fn parse_size(s: &str) -> Result<(u32, u32), String> {
-    let (h, w) = s.split_once('x').ok_or("expected HxW, e.g. 224x224")?;
-    Ok((
-        h.parse().map_err(|_| "bad height")?,
-        w.parse().map_err(|_| "bad width")?,
-    ))
+/// How large an image `classify`, `bench --image` and `live` decode.
+#[derive(Args, Clone, Copy)]
+struct DecodeArgs {
+    /// Largest image or frame to decode, in megapixels (1..=1024): larger ones are an error
+    /// (classify) or skipped as corrupt (live), before their pixels take memory.
+    #[arg(long, default_value_t = DecodeLimits::DEFAULT_MEGAPIXELS,
+        value_parser = int_in::<u32>(1, u64::from(DecodeLimits::MAX_MEGAPIXELS)))]
+    max_megapixels: u32,
+}
+
+impl DecodeArgs {
+    fn limits(self) -> DecodeLimits {
+        DecodeLimits::megapixels(self.max_megapixels)
+    }
+}
+
+/// `--top-k`: 1 to what the pipeline ranks.
+fn top_k() -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync + 'static {
+    int_in::<usize>(1, MAX_TOP_K as u64)
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Classify image files: top-k labels and scores, and the latency per image.
+    /// Classify image files: top-k labels and scores, and the latency per image. An image that
+    /// cannot be decoded (truncated, corrupt, over --max-megapixels) is reported and skipped;
+    /// the exit code is then 1.
+    #[command(allow_negative_numbers = true)]
     Classify {
         #[command(flatten)]
         model: ModelArgs,
-        #[arg(long, default_value_t = 5)]
+        #[command(flatten)]
+        decode: DecodeArgs,
+        /// Classes to print per image (1..=20).
+        #[arg(long, default_value_t = 5, value_parser = top_k())]
         top_k: usize,
         /// One JSON object per image.
         #[arg(long)]
@@ -90,14 +112,23 @@ enum Command {
         images: Vec<PathBuf>,
     },
     /// Classify a live stream: a V4L2 camera, raw frames on stdin (`-`), a folder or a file.
+    /// The closing line on stderr counts the frames and says how the run ended (an error line
+    /// starts with it); a stream that breaks off in the middle of a frame (a producer killed) is
+    /// an error (exit code 1).
+    #[command(allow_negative_numbers = true)]
     Live(LiveArgs),
     /// Measure latency, throughput, load time, peak RSS and per-stage time.
+    #[command(allow_negative_numbers = true)]
     Bench {
         #[command(flatten)]
         model: ModelArgs,
-        #[arg(long, default_value_t = 5)]
+        #[command(flatten)]
+        decode: DecodeArgs,
+        /// Untimed runs first (0..=100000).
+        #[arg(long, default_value_t = 5, value_parser = int_in::<usize>(0, 100_000))]
         warmup: usize,
-        #[arg(long, default_value_t = 50)]
+        /// Timed runs (1..=1000000).
+        #[arg(long, default_value_t = 50, value_parser = int_in::<usize>(1, 1_000_000))]
         iters: usize,
         /// Frame to classify (default: a synthetic 640x480 RGB frame).
         #[arg(long)]
@@ -106,6 +137,7 @@ enum Command {
         json: bool,
     },
     /// Compare the model's logits with a parity file from `host export`.
+    #[command(allow_negative_numbers = true)]
     Parity {
         #[command(flatten)]
         model: ModelArgs,
@@ -116,6 +148,7 @@ enum Command {
         json: bool,
     },
     /// Print the optimized plan's matrix-product nodes and their kernels (integer or float).
+    #[command(allow_negative_numbers = true)]
     Inspect {
         #[command(flatten)]
         model: ModelArgs,
@@ -127,6 +160,7 @@ enum Command {
         plan: bool,
     },
     /// Convert a torchvision state_dict (safetensors) into a compact weights file.
+    #[command(allow_negative_numbers = true)]
     Convert(ConvertArgs),
 }
 
@@ -134,37 +168,43 @@ enum Command {
 struct LiveArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
     /// /dev/videoN, `-` (raw or MJPEG frames on stdin), a folder of images, or a file.
     #[arg(long)]
     source: String,
-    #[arg(long, default_value_t = 0)]
-    width: u32,
-    #[arg(long, default_value_t = 0)]
-    height: u32,
+    /// Frame width (1..=16384): raw frames and cameras need it.
+    #[arg(long, value_parser = int_in::<u32>(1, 16384))]
+    width: Option<u32>,
+    /// Frame height (1..=16384).
+    #[arg(long, value_parser = int_in::<u32>(1, 16384))]
+    height: Option<u32>,
     /// yuyv, rgb24, gray or mjpeg.
     #[arg(long, default_value = "yuyv")]
     format: StreamFormat,
-    #[arg(long, default_value_t = 1)]
+    /// Classes to print per frame (1..=20).
+    #[arg(long, default_value_t = 1, value_parser = top_k())]
     top_k: usize,
     /// JSON lines instead of text.
     #[arg(long)]
     json: bool,
-    /// Stop after this many frames.
-    #[arg(long)]
+    /// Stop after this many frames (at least 1).
+    #[arg(long, value_parser = int_in::<u64>(1, u64::MAX))]
     max_frames: Option<u64>,
     /// GPIO chip for --led-line / --button-line (feature `gpio`).
     #[arg(long, default_value = "/dev/gpiochip0")]
     gpio_chip: String,
-    /// Light this GPIO line while --led-class is the top-1 class.
-    #[arg(long)]
+    /// Light this GPIO line (0..=65535) while --led-class is the top-1 class.
+    #[arg(long, value_parser = int_in::<u32>(0, 65535))]
     led_line: Option<u32>,
     /// Class index or label that lights the LED.
     #[arg(long)]
     led_class: Option<String>,
-    #[arg(long, default_value_t = 0.5)]
+    /// Lowest top-1 score (0..=1) that lights the LED.
+    #[arg(long, default_value_t = 0.5, value_parser = flags::float_in(0.0, 1.0))]
     led_min_score: f32,
-    /// Classify only when the button on this GPIO line (active low) is pressed.
-    #[arg(long)]
+    /// Classify only when the button on this GPIO line (0..=65535, active low) is pressed.
+    #[arg(long, value_parser = int_in::<u32>(0, 65535))]
     button_line: Option<u32>,
 }
 
@@ -175,9 +215,11 @@ struct ConvertArgs {
     /// Architecture preset: resnet8, resnet18, resnet20, resnet34, resnet50, ...
     #[arg(long)]
     arch: String,
-    #[arg(long)]
+    /// Input channels: 1 or 3.
+    #[arg(long, value_parser = flags::channels)]
     in_channels: Option<u8>,
-    #[arg(long)]
+    /// Output classes (1..=100000).
+    #[arg(long, value_parser = int_in::<u32>(1, 100_000))]
     classes: Option<u32>,
     /// training (conv + BatchNorm) or folded.
     #[arg(long, default_value = "folded")]
@@ -210,18 +252,20 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Classify {
             model,
+            decode,
             top_k,
             json,
             images,
-        } => classify(&model, top_k, json, &images),
+        } => classify(&model, &decode.limits(), top_k, json, &images),
         Command::Live(args) => live_cmd(args),
         Command::Bench {
             model,
+            decode,
             warmup,
             iters,
             image,
             json,
-        } => bench_cmd(&model, warmup, iters, image, json),
+        } => bench_cmd(&model, &decode.limits(), warmup, iters, image, json),
         Command::Parity {
             model,
             parity,
@@ -287,11 +331,32 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn classify(model: &ModelArgs, top_k: usize, json: bool, images: &[PathBuf]) -> Result<()> {
+fn classify(
+    model: &ModelArgs,
+    limits: &DecodeLimits,
+    top_k: usize,
+    json: bool,
+    images: &[PathBuf],
+) -> Result<()> {
     let mut pipeline = Pipeline::new(model.load()?, top_k);
     let mut out = std::io::stdout().lock();
+    let mut unreadable = vec![];
     for path in images {
-        let img = Image::open(path)?;
+        // Reported (a JSON object with "error", or a warning) and counted: the others are
+        // still classified, the exit code says that not all were.
+        let img = match Image::open_with_limits(path, limits) {
+            Ok(img) => img,
+            Err(e) => {
+                if json {
+                    let line = serde_json::json!({"image": path.display().to_string(), "error": format!("{e:#}")});
+                    writeln!(out, "{line}")?;
+                } else {
+                    eprintln!("warning: skipped: {e:#}");
+                }
+                unreadable.push(path.display().to_string());
+                continue;
+            }
+        };
         let c = pipeline
             .classify(&img.frame()?)
             .with_context(|| format!("image {}", path.display()))?;
@@ -312,12 +377,25 @@ fn classify(model: &ModelArgs, top_k: usize, json: bool, images: &[PathBuf]) -> 
             }
         }
     }
+    anyhow::ensure!(
+        unreadable.is_empty(),
+        "{} of {} images could not be classified (unreadable, corrupt or over --max-megapixels): {}",
+        unreadable.len(),
+        images.len(),
+        unreadable.join(", ")
+    );
     Ok(())
 }
 
 fn live_cmd(a: LiveArgs) -> Result<()> {
     let mut pipeline = Pipeline::new(a.model.load()?, a.top_k);
-    let source = open_source(&a.source, a.width, a.height, a.format)?;
+    let source = open_source_with_limits(
+        &a.source,
+        a.width.unwrap_or(0),
+        a.height.unwrap_or(0),
+        a.format,
+        a.decode.limits(),
+    )?;
     let led_class = match &a.led_class {
         None => None,
         Some(c) => Some(match c.parse::<u32>() {
@@ -339,7 +417,7 @@ fn live_cmd(a: LiveArgs) -> Result<()> {
         json: a.json,
         max_frames: a.max_frames,
     };
-    let s = live::run(
+    let summary = live::run(
         &mut pipeline,
         source,
         &opts,
@@ -347,10 +425,7 @@ fn live_cmd(a: LiveArgs) -> Result<()> {
         &mut *gate,
         &mut *on_result,
     )?;
-    eprintln!(
-        "{} frames, {} dropped (inference slower than the source), {} corrupt skipped, {:.1} fps",
-        s.frames, s.dropped, s.skipped, s.mean_fps
-    );
+    eprintln!("{}", summary.line(false));
     Ok(())
 }
 
@@ -388,6 +463,7 @@ fn gpio_hooks(a: &LiveArgs, _led_class: Option<u32>) -> Result<(Gate, OnResult)>
 
 fn bench_cmd(
     model: &ModelArgs,
+    limits: &DecodeLimits,
     warmup: usize,
     iters: usize,
     image: Option<PathBuf>,
@@ -398,7 +474,7 @@ fn bench_cmd(
     let mut pipeline = Pipeline::new(model.load()?, 5);
     let _ = start;
     let img = match image {
-        Some(p) => Image::open(&p)?,
+        Some(p) => Image::open_with_limits(&p, limits)?,
         None => {
             // A deterministic synthetic camera frame.
             let (w, h) = (640u32, 480u32);

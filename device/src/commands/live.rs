@@ -155,6 +155,26 @@ pub struct LiveSummary {
     pub dropped: u64,
     pub skipped: u64,
     pub mean_fps: f64,
+    /// Stopped at `max_frames` rather than at the end of the stream.
+    pub reached_max_frames: bool,
+}
+
+impl LiveSummary {
+    /// The closing line: the counts and how the run ended. `failed`: an error stopped it (the
+    /// error says what: a stream that broke off mid-frame, a camera gone, ...).
+    pub fn line(&self, failed: bool) -> String {
+        let how = if failed {
+            "stopped by an error"
+        } else if self.reached_max_frames {
+            "stopped at --max-frames"
+        } else {
+            "end of stream"
+        };
+        format!(
+            "{} frames, {} dropped (inference slower than the source), {} corrupt skipped, {:.1} fps; {how}",
+            self.frames, self.dropped, self.skipped, self.mean_fps
+        )
+    }
 }
 
 /// One output line for a classified frame.
@@ -199,7 +219,9 @@ pub fn format_line(
 
 /// Classifies frames from `source` until it ends (or `max_frames`), writing one line per frame
 /// to `out`. `gate` decides per frame whether to classify it (a button); `on_result` sees every
-/// classification (an LED).
+/// classification (an LED). A source whose every frame was corrupt is an error too. An error
+/// carries the summary line (what was classified before, say, a stream broke off) as its
+/// outermost context.
 pub fn run(
     pipeline: &mut Pipeline,
     source: Box<dyn FrameSource>,
@@ -213,6 +235,7 @@ pub fn run(
     let mut fps = RollingFps::new(30);
     let start = Instant::now();
     let mut frames = 0u64;
+    let mut reached_max_frames = false;
     let result = (|| -> Result<()> {
         while let Some(f) = mailbox.take()? {
             if !gate()? {
@@ -233,6 +256,7 @@ pub fn run(
             out.flush()?;
             on_result(&c)?;
             if opts.max_frames.is_some_and(|m| frames >= m) {
+                reached_max_frames = true;
                 break;
             }
         }
@@ -249,6 +273,17 @@ pub fn run(
         dropped,
         skipped,
         mean_fps: frames as f64 / elapsed.as_secs_f64(),
+        reached_max_frames,
     };
-    result.map(|_| summary)
+    result
+        .and_then(|_| {
+            anyhow::ensure!(
+                frames > 0 || skipped == 0,
+                "none of the {skipped} frames of the source could be decoded (all corrupt or over \
+                 the size limit): check --format and the source"
+            );
+            Ok(())
+        })
+        .map_err(|e| e.context(summary.line(true)))
+        .map(|_| summary)
 }

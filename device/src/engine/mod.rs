@@ -197,18 +197,16 @@ impl Engine {
         let path = path.as_ref();
         let start = Instant::now();
         ensure!(opts.threads >= 1, "--threads must be at least 1");
-        let file = std::fs::File::open(path)
+        // Read once into memory, not mapped: the CRC is checked on the very bytes that are
+        // parsed, and a file truncated or rewritten meanwhile (a deploy copying over it) is at
+        // worst a checksum error, never a SIGBUS or a half-old, half-new model.
+        let bytes = std::fs::read(path)
             .with_context(|| format!("cannot open model file {}", path.display()))?;
-        // SAFETY: the map is read-only and private; a file truncated by someone else while we
-        // parse could fault, as with any mmap reader. Everything is copied into tract tensors.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .with_context(|| format!("cannot map model file {}", path.display()))?;
-        let bytes: &[u8] = &map;
         let (model, mut info) = if bytes.starts_with(&MAGIC[..4]) {
-            Self::import_compact(path, bytes, opts)
+            Self::import_compact(path, &bytes, opts)
                 .with_context(|| format!("model file {}", path.display()))?
-        } else if is_onnx(path, bytes) {
-            Self::import_onnx(path, opts)
+        } else if is_onnx(path, &bytes) {
+            Self::import_onnx(path, &bytes, opts)
                 .with_context(|| format!("model file {} (ONNX)", path.display()))?
         } else {
             bail!(
@@ -216,7 +214,7 @@ impl Engine {
                 path.display()
             );
         };
-        drop(map);
+        drop(bytes);
         let model = Self::optimize(model, &mut info, opts)
             .with_context(|| format!("optimizing {}", path.display()))?;
         let input_dt = model.input_fact(0)?.datum_type;
@@ -292,10 +290,26 @@ impl Engine {
         Ok((imported.model, info))
     }
 
-    fn import_onnx(path: &Path, opts: &EngineOptions) -> Result<(TypedModel, ModelInfo)> {
-        use tract_onnx::prelude::{Framework, InferenceModelExt};
+    fn import_onnx(
+        path: &Path,
+        bytes: &[u8],
+        opts: &EngineOptions,
+    ) -> Result<(TypedModel, ModelInfo)> {
+        use prost::Message;
+        use tract_onnx::prelude::InferenceModelExt;
         use tract_onnx::tract_hir::infer::Factoid;
-        let mut model = tract_onnx::onnx().model_for_path(path)?;
+        let proto = tract_onnx::pb::ModelProto::decode(bytes).context("not an ONNX protobuf")?;
+        let mut onnx = tract_onnx::onnx();
+        // Tensors in side files (external data) are read too, not mapped.
+        onnx.provider = Arc::new(tract_onnx::data_resolver::FopenDataResolver);
+        let parsed = onnx.parse(&proto, path.parent().and_then(|d| d.to_str()))?;
+        drop(proto);
+        ensure!(
+            parsed.unresolved_inputs.is_empty(),
+            "inputs {:?} are used but never defined",
+            parsed.unresolved_inputs
+        );
+        let mut model = parsed.model;
         ensure!(
             model.input_outlets()?.len() == 1,
             "expected one input, found {}",

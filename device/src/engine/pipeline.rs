@@ -4,10 +4,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use shared::preprocess::{Frame, PixelFormat, Preprocess};
 
 use crate::engine::Engine;
+use crate::io::decode::DecodeLimits;
 
 /// Most classes a caller can ask for.
 pub const MAX_TOP_K: usize = 20;
@@ -144,14 +145,14 @@ pub struct Image {
 }
 
 impl Image {
+    /// Decodes `path` within the default [`DecodeLimits`].
     pub fn open(path: &Path) -> Result<Image> {
-        let img = image::ImageReader::open(path)
-            .with_context(|| format!("cannot open image {}", path.display()))?
-            .with_guessed_format()
-            .with_context(|| format!("cannot read image {}", path.display()))?
-            .decode()
-            .with_context(|| format!("cannot decode image {}", path.display()))?
-            .to_rgb8();
+        Self::open_with_limits(path, &DecodeLimits::default())
+    }
+
+    /// Decodes `path`: an error for a truncated JPEG or an image over `limits`.
+    pub fn open_with_limits(path: &Path, limits: &DecodeLimits) -> Result<Image> {
+        let img = crate::io::decode::open_image(path, limits)?;
         let (width, height) = img.dimensions();
         Ok(Image {
             data: img.into_raw(),

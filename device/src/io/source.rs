@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use shared::preprocess::PixelFormat;
 
+use crate::io::decode::DecodeLimits;
+
 /// How the bytes of a stream encode frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamFormat {
@@ -62,10 +64,12 @@ pub trait FrameSource: Send {
     fn is_live(&self) -> bool;
 }
 
-fn decode_jpeg(bytes: &[u8], index: u64) -> Result<OwnedFrame, String> {
-    let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
-        .map_err(|e| format!("frame {index}: {e}"))?;
-    let rgb = img.to_rgb8();
+fn decode_jpeg(bytes: &[u8], index: u64, limits: &DecodeLimits) -> Result<OwnedFrame, String> {
+    // A decoder panic is a corrupt frame too (zune-jpeg 0.5.15 overflows i32 on some crafted
+    // frames, a panic where overflow checks are on: fuzz/seeds/mjpeg, docs/fuzzing.md).
+    let rgb = std::panic::catch_unwind(|| crate::io::decode::decode_jpeg(bytes, limits))
+        .map_err(|_| format!("frame {index}: the JPEG decoder failed (panicked)"))?
+        .map_err(|e| format!("frame {index}: {e:#}"))?;
     let (width, height) = rgb.dimensions();
     Ok(OwnedFrame {
         data: rgb.into_raw(),
@@ -163,6 +167,9 @@ pub struct MjpegStream<R> {
     live: bool,
     /// The size every frame must have (from --width/--height), if given.
     expect: Option<(u32, u32)>,
+    limits: DecodeLimits,
+    /// Bytes skipped while looking for the first JPEG.
+    skipped_bytes: u64,
 }
 
 impl<R: Read + Send> MjpegStream<R> {
@@ -173,7 +180,26 @@ impl<R: Read + Send> MjpegStream<R> {
             index: 0,
             live,
             expect,
+            limits: DecodeLimits::default(),
+            skipped_bytes: 0,
         }
+    }
+
+    /// Frames over `limits` are skipped as corrupt.
+    pub fn with_limits(mut self, limits: DecodeLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The end of the stream outside a frame: an error when no JPEG was ever found (raw frames
+    /// given as `--format mjpeg`), the end otherwise.
+    fn end(&self) -> Result<Option<Vec<u8>>> {
+        ensure!(
+            self.index > 0 || self.skipped_bytes == 0,
+            "no JPEG found in {} bytes (no FF D8 FF start of image): not an MJPEG stream, check --format",
+            self.skipped_bytes
+        );
+        Ok(None)
     }
 
     /// Next JPEG's bytes, or None at the end of the stream.
@@ -183,7 +209,7 @@ impl<R: Read + Send> MjpegStream<R> {
         loop {
             let chunk = self.reader.fill_buf().context("reading the MJPEG stream")?;
             if chunk.is_empty() {
-                return Ok(None);
+                return self.end();
             }
             let mut start = None;
             for (i, &b) in chunk.iter().enumerate() {
@@ -196,11 +222,13 @@ impl<R: Read + Send> MjpegStream<R> {
             match start {
                 Some(n) => {
                     self.reader.consume(n);
+                    self.skipped_bytes += n as u64;
                     break;
                 }
                 None => {
                     let n = chunk.len();
                     self.reader.consume(n);
+                    self.skipped_bytes += n as u64;
                 }
             }
         }
@@ -210,8 +238,18 @@ impl<R: Read + Send> MjpegStream<R> {
         loop {
             let chunk = self.reader.fill_buf().context("reading the MJPEG stream")?;
             if chunk.is_empty() {
-                // Truncated last frame: hand it over, the decoder will call it corrupt.
-                return Ok(Some(std::mem::take(&mut self.buf)));
+                // FF D8 without a marker after it is not a JPEG, only bytes that look like one.
+                if self.buf.get(2) != Some(&0xFF) {
+                    self.skipped_bytes += self.buf.len() as u64;
+                    return self.end();
+                }
+                // A producer that stopped (or was killed) in the middle of a frame.
+                bail!(
+                    "the stream ended in the middle of MJPEG frame {}: {} bytes without the end-of-image \
+                     marker (FF D9)",
+                    self.index,
+                    self.buf.len()
+                );
             }
             let mut end = None;
             let mut last = *self.buf.last().unwrap_or(&0);
@@ -250,7 +288,7 @@ impl<R: Read + Send> FrameSource for MjpegStream<R> {
         };
         let index = self.index;
         self.index += 1;
-        match decode_jpeg(&jpeg, index) {
+        match decode_jpeg(&jpeg, index, &self.limits) {
             Ok(mut f) => {
                 if let Some((w, h)) = self.expect {
                     ensure!(
@@ -275,6 +313,7 @@ impl<R: Read + Send> FrameSource for MjpegStream<R> {
 pub struct DirSource {
     files: Vec<PathBuf>,
     pos: usize,
+    limits: DecodeLimits,
 }
 
 impl DirSource {
@@ -297,7 +336,17 @@ impl DirSource {
             "folder {} holds no images (png, jpg, jpeg, bmp, ppm)",
             dir.display()
         );
-        Ok(DirSource { files, pos: 0 })
+        Ok(DirSource {
+            files,
+            pos: 0,
+            limits: DecodeLimits::default(),
+        })
+    }
+
+    /// Images over `limits` are skipped as corrupt.
+    pub fn with_limits(mut self, limits: DecodeLimits) -> Self {
+        self.limits = limits;
+        self
     }
 }
 
@@ -308,11 +357,11 @@ impl FrameSource for DirSource {
         };
         let index = self.pos as u64;
         self.pos += 1;
-        match crate::engine::pipeline::Image::open(path) {
+        match crate::io::decode::open_image(path, &self.limits) {
             Ok(img) => Ok(Next::Frame(OwnedFrame {
-                data: img.data,
-                width: img.width,
-                height: img.height,
+                width: img.width(),
+                height: img.height(),
+                data: img.into_raw(),
                 format: PixelFormat::Rgb8,
                 index,
             })),
@@ -364,7 +413,7 @@ impl FrameSource for CameraSource {
         let index = self.index;
         self.index += 1;
         match self.format {
-            StreamFormat::Mjpeg => Ok(match decode_jpeg(&self.buf, index) {
+            StreamFormat::Mjpeg => Ok(match decode_jpeg(&self.buf, index, &DecodeLimits::default()) {
                 Ok(f) => Next::Frame(f),
                 Err(why) => Next::Skipped(why),
             }),
@@ -465,18 +514,34 @@ impl<F: FnMut() -> Result<Box<dyn FrameSource>> + Send> FrameSource for Reconnec
 }
 
 /// Opens `--source`: `-` (stdin), a folder, a `/dev/video*` camera, or a file (MJPEG/AVI by
-/// extension or `--format mjpeg`, raw frames otherwise).
+/// extension or `--format mjpeg`, raw frames otherwise), with the default [`DecodeLimits`].
 pub fn open_source(
     source: &str,
     width: u32,
     height: u32,
     format: StreamFormat,
 ) -> Result<Box<dyn FrameSource>> {
+    open_source_with_limits(source, width, height, format, DecodeLimits::default())
+}
+
+/// [`open_source`] with `limits` on decoded images and on the raw frame size.
+pub fn open_source_with_limits(
+    source: &str,
+    width: u32,
+    height: u32,
+    format: StreamFormat,
+    limits: DecodeLimits,
+) -> Result<Box<dyn FrameSource>> {
     let size = (width > 0 && height > 0).then_some((width, height));
+    if let (Some((w, h)), StreamFormat::Raw(_)) = (size, format) {
+        limits
+            .check_size(w, h)
+            .context("raw frames of --width x --height")?;
+    }
     if source == "-" {
         let stdin = std::io::stdin();
         return Ok(match format {
-            StreamFormat::Mjpeg => Box::new(MjpegStream::new(stdin, size, true)),
+            StreamFormat::Mjpeg => Box::new(MjpegStream::new(stdin, size, true).with_limits(limits)),
             StreamFormat::Raw(f) => Box::new(RawStream::new(stdin, width, height, f, true)?),
         });
     }
@@ -496,7 +561,7 @@ pub fn open_source(
     }
     let meta = std::fs::metadata(path).with_context(|| format!("cannot open source {source}"))?;
     if meta.is_dir() {
-        return Ok(Box::new(DirSource::new(path)?));
+        return Ok(Box::new(DirSource::new(path)?.with_limits(limits)));
     }
     let ext = path
         .extension()
@@ -507,7 +572,7 @@ pub fn open_source(
     if format == StreamFormat::Mjpeg
         || matches!(ext.as_str(), "mjpeg" | "mjpg" | "avi" | "jpg" | "jpeg")
     {
-        return Ok(Box::new(MjpegStream::new(file, size, false)));
+        return Ok(Box::new(MjpegStream::new(file, size, false).with_limits(limits)));
     }
     let StreamFormat::Raw(pf) = format else {
         unreachable!()
