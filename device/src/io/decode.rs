@@ -2,6 +2,7 @@
 //! 20000x20000 grayscale PNG is 1.8 MB on disk and 1.2 GB as RGB; a board with 1-4 GB would meet
 //! the OOM killer), and only when the JPEG is complete (the JPEG decoder fills a truncated image
 //! with grey and reports nothing, so a truncated file would be classified as if it were fine).
+//! A decoder that panics on crafted input gives an error as well.
 //!
 //! Used by `device classify` and `bench --image` (files), the folder source and the MJPEG
 //! stream and camera frames of `device live`.
@@ -119,7 +120,13 @@ fn decode(bytes: &[u8], format: Option<ImageFormat>, limits: &DecodeLimits) -> R
         decoder.total_bytes(),
         limits.max_bytes()
     );
-    Ok(DynamicImage::from_decoder(decoder)?.into_rgb8())
+    // A decoder panic is a corrupt image too (zune-jpeg 0.5.15 overflows i32 on some crafted
+    // JPEGs, a panic where overflow checks are on: fuzz/seeds/mjpeg, docs/fuzzing.md).
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        DynamicImage::from_decoder(decoder)
+    }))
+    .map_err(|_| anyhow::anyhow!("the {format:?} decoder failed (panicked)"))?;
+    Ok(decoded?.into_rgb8())
 }
 
 /// Checks that `jpeg` is a whole JPEG: a start marker, marker segments that fit, and an

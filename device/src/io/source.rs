@@ -65,10 +65,8 @@ pub trait FrameSource: Send {
 }
 
 fn decode_jpeg(bytes: &[u8], index: u64, limits: &DecodeLimits) -> Result<OwnedFrame, String> {
-    // A decoder panic is a corrupt frame too (zune-jpeg 0.5.15 overflows i32 on some crafted
-    // frames, a panic where overflow checks are on: fuzz/seeds/mjpeg, docs/fuzzing.md).
-    let rgb = std::panic::catch_unwind(|| crate::io::decode::decode_jpeg(bytes, limits))
-        .map_err(|_| format!("frame {index}: the JPEG decoder failed (panicked)"))?
+    // Decoder panics are errors too (io::decode).
+    let rgb = crate::io::decode::decode_jpeg(bytes, limits)
         .map_err(|e| format!("frame {index}: {e:#}"))?;
     let (width, height) = rgb.dimensions();
     Ok(OwnedFrame {
