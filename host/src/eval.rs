@@ -10,7 +10,7 @@ use shared::preprocess::Preprocess;
 use shared::ResNetConfig;
 use tch::nn;
 
-use crate::checkpoint::{config_from_metadata, read_safetensors, write_atomic, RunDir};
+use crate::checkpoint::{check_finite, config_from_metadata, read_safetensors, write_atomic, RunDir};
 use crate::data::{DataOptions, Dataset, DatasetSpec};
 use crate::device;
 use crate::model::{ModelOptions, ResNet};
@@ -71,24 +71,25 @@ pub fn main(args: EvalArgs) -> Result<()> {
     device::configure(device);
     device::set_threads(args.runtime.threads);
 
-    // What to evaluate: a run directory brings its dataset, config and preprocessing.
-    let (weights, run_args, run_config, run_preprocess, out_dir): (PathBuf, Option<TrainArgs>, _, Option<Preprocess>, PathBuf) =
-        if args.checkpoint.is_dir() {
-            let run = RunDir::new(&args.checkpoint);
-            if !run.checkpoint().exists() {
-                bail!("{}: no {} in this directory", args.checkpoint.display(), crate::checkpoint::CHECKPOINT_FILE);
-            }
-            let state = run.load_state()?;
-            let train_args: TrainArgs = serde_json::from_value(state.args.clone())
-                .map_err(|e| anyhow!("{}: cannot read the run's flags: {e}", run.args().display()))?;
-            (run.checkpoint(), Some(train_args), Some(state.config), Some(state.preprocess), run.dir.clone())
-        } else if args.checkpoint.is_file() {
-            let dir = args.checkpoint.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-            (args.checkpoint.clone(), None, None, None, dir)
-        } else {
-            bail!("--checkpoint {}: no such file or directory", args.checkpoint.display());
-        };
-    let (tensors, meta) = read_safetensors(&weights)?;
+    // What to evaluate: a run directory (or its checkpoint.safetensors) brings its dataset,
+    // config and preprocessing, and every file is checked against its run.json.
+    let (weights, run_args, run_config, run_preprocess, out_dir): (PathBuf, Option<TrainArgs>, _, Option<Preprocess>, PathBuf);
+    let (tensors, meta) = if let Some(run) = RunDir::of(&args.checkpoint) {
+        let state = run.load_state()?;
+        let train_args: TrainArgs = serde_json::from_value(state.args.clone())
+            .map_err(|e| anyhow!("{}: cannot read the run's flags: {e}", run.args().display()))?;
+        (weights, run_args, run_config, run_preprocess) =
+            (run.checkpoint(), Some(train_args), Some(state.config), Some(state.preprocess));
+        out_dir = run.dir.clone();
+        run.read_checkpoint()?
+    } else if args.checkpoint.is_file() {
+        out_dir = args.checkpoint.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        (weights, run_args, run_config, run_preprocess) = (args.checkpoint.clone(), None, None, None);
+        read_safetensors(&weights)?
+    } else {
+        bail!("--checkpoint {}: no such file or directory", args.checkpoint.display());
+    };
+    check_finite(&weights, &tensors)?;
 
     let spec = match (&args.dataset, &run_args) {
         (Some(d), _) => d.clone(),

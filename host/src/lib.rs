@@ -13,7 +13,7 @@
 //! | [`optim`] | SGD with momentum on tch tensors, weight-decay groups from `ParamKind` |
 //! | [`schedule`] | linear warm-up then cosine learning rate, per step |
 //! | [`loss_scale`] | dynamic loss scaling for fp16 |
-//! | [`checkpoint`] | atomic safetensors checkpoints, optimizer state, `args.json` |
+//! | [`checkpoint`] | the run directory: checkpoint, optimizer state, `args.json`, saved as a unit under `run.json` with checksums |
 //! | [`train`] | `load_data`, `train_one_epoch`, `evaluate`, `main` |
 //! | [`eval`] | `host eval` |
 //! | [`export`] | `host export`: BN folding, int8 calibration, compact weights, ONNX, parity file |

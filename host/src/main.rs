@@ -15,7 +15,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a network; writes checkpoint, optimizer state, args.json, metrics.jsonl and labels.txt to --out.
+    /// Train a network; writes checkpoint, optimizer state, args.json, metrics.jsonl, labels.txt and run.json to --out.
     Train(host::train::TrainArgs),
     /// Top-1/top-5 of a checkpoint (run directory or safetensors file) on a dataset's test split.
     Eval(host::eval::EvalArgs),

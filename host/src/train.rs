@@ -3,8 +3,6 @@
 //! criterion -> optimizer -> schedule -> resume -> epoch loop (train, evaluate, checkpoint,
 //! metrics line).
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -114,7 +112,7 @@ pub struct TrainArgs {
     /// fine-tune on a different number of classes). Repeatable.
     #[arg(long)]
     pub init_exclude: Vec<String>,
-    /// Run directory: checkpoint, optimizer state, args.json, metrics.jsonl, labels.txt.
+    /// Run directory: checkpoint, optimizer state, args.json, metrics.jsonl, labels.txt, run.json.
     #[arg(long)]
     pub out: PathBuf,
     /// Train on the first N training images only.
@@ -436,43 +434,23 @@ pub struct EpochMetrics {
     pub step: u64,
 }
 
-/// Drops `metrics.jsonl` lines of epochs after `epoch` (left by a run interrupted between its
-/// metrics line and its checkpoint).
-fn truncate_metrics(run: &RunDir, epoch: u32) -> Result<()> {
-    let path = run.metrics();
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| serde_json::from_str::<EpochMetrics>(l).is_ok_and(|m| m.epoch <= epoch))
-        .collect();
-    let mut out = kept.join("\n");
-    if !out.is_empty() {
-        out.push('\n');
-    }
-    crate::checkpoint::write_atomic(&path, out.as_bytes())
-}
-
-fn append_metrics(run: &RunDir, m: &EpochMetrics) -> Result<()> {
-    let path = run.metrics();
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    writeln!(f, "{}", serde_json::to_string(m)?).with_context(|| format!("cannot write {}", path.display()))
-}
-
 /// The run directory of `args.out` and the flags to train with: for `--resume`, its saved state
 /// and the saved flags with the explicit overridable ones applied; otherwise a fresh directory.
+/// A save a kill interrupted is first finished or rolled back ([`RunDir::recover`]).
 fn open_run(args: TrainArgs, explicit: &[String]) -> Result<(RunDir, TrainArgs, Option<RunState>)> {
     let run = RunDir::new(&args.out);
+    let committed = run.recover()?;
     let resumed = if args.resume {
-        if !run.has_checkpoint() {
-            bail!("--resume: no checkpoint in {} ({} not found)", run.dir.display(), run.checkpoint().display());
+        if committed.is_none() {
+            bail!(
+                "--resume: no checkpoint in {} ({} not found: no epoch was saved yet; start the run without --resume)",
+                run.dir.display(),
+                run.manifest().display()
+            );
         }
         Some(run.load_state()?)
     } else {
-        if run.has_checkpoint() {
+        if committed.is_some() {
             bail!(
                 "{} already holds a checkpoint; pass --resume to continue it or choose another --out",
                 run.dir.display()
@@ -486,6 +464,9 @@ fn open_run(args: TrainArgs, explicit: &[String]) -> Result<(RunDir, TrainArgs, 
     };
     if args.batch_size == 0 || args.eval_batch_size == Some(0) {
         bail!("--batch-size must be at least 1");
+    }
+    if args.epochs == 0 || args.run_epochs == Some(0) {
+        bail!("--epochs and --run-epochs must be at least 1: an epoch is the unit a run directory is saved in");
     }
     Ok((run, args, resumed))
 }
@@ -528,7 +509,6 @@ fn resume(run: &RunDir, resumed: Option<&RunState>, config: &ResNetConfig, train
         bail!("{}: the saved network config differs from the one these flags build", run.args().display());
     }
     run.restore(state, trainer.model, &mut trainer.opt, &mut trainer.scaler)?;
-    truncate_metrics(run, state.epoch)?;
     Ok((state.epoch, state.step, state.train_seconds))
 }
 
@@ -592,7 +572,6 @@ pub fn main(args: TrainArgs, explicit: &[String]) -> Result<()> {
     let (mut trainer, schedule) = build_trainer(&args, &model, steps_per_epoch);
     let criterion = trainer.criterion;
     let (mut epoch, mut step, mut train_seconds) = resume(&run, resumed.as_ref(), &config, &mut trainer)?;
-    crate::checkpoint::write_atomic(&run.labels(), (data.classes.join("\n") + "\n").as_bytes())?;
 
     let end = match args.run_epochs {
         Some(n) => args.epochs.min(epoch + n),
@@ -630,7 +609,6 @@ pub fn main(args: TrainArgs, explicit: &[String]) -> Result<()> {
             command: command.clone(),
             host_version: env!("CARGO_PKG_VERSION").into(),
         };
-        run.save(&model, &trainer.opt, &trainer.scaler, &state)?;
         let m = EpochMetrics {
             epoch,
             train_loss: stats.loss,
@@ -647,9 +625,12 @@ pub fn main(args: TrainArgs, explicit: &[String]) -> Result<()> {
             loss_scale: trainer.scaler.scale,
             step,
         };
-        append_metrics(&run, &m)?;
+        // Weights, optimizer state, args.json and this metrics line: saved as one unit.
+        run.save(&model, &trainer.opt, &trainer.scaler, &state, &serde_json::to_string(&m)?)?;
         println!("{}", epoch_line(&m, args.epochs, stats.first_skip.as_deref()));
     }
-    println!("checkpoint: {}", run.checkpoint().display());
+    if run.has_checkpoint() {
+        println!("checkpoint: {}", run.checkpoint().display());
+    }
     Ok(())
 }

@@ -1,20 +1,18 @@
-//! A run directory and its files, all written atomically (temporary file, fsync, rename), so an
-//! interrupted run never leaves a broken file behind:
+//! A run directory and its files. Each save switches the whole directory from one complete
+//! state to the next through one manifest ([`manifest`]), so a kill at any instant leaves a state
+//! `--resume` continues exactly, and every read is checked against the recorded checksums:
 //!
 //! | file | holds |
 //! |---|---|
+//! | `run.json` | the [`Manifest`]: epoch, step, and the size and CRC-32 of each file below; the one record of the state |
 //! | `checkpoint.safetensors` | the model's `state_dict` (torchvision names, fp32, running stats, `num_batches_tracked`); metadata `format: pt`, `host.epoch`, `host.step`, `host.config` |
 //! | `train_state.safetensors` | `momentum_buffer.<param>` tensors; metadata: epoch, step, loss scale and its growth tracker |
 //! | `args.json` | [`RunState`]: epoch and step done, every flag, the seed, the network config, the eval `Preprocess`, class names |
 //! | `metrics.jsonl` | one JSON object per epoch |
 //! | `labels.txt` | class names, one per line |
-//!
-//! The three state files are written in that order and each carries the epoch; resuming checks
-//! they agree, so a crash between two renames is reported instead of resumed wrongly.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -27,6 +25,10 @@ use tch::{Device, Kind, Tensor};
 use crate::loss_scale::LossScaler;
 use crate::model::ResNet;
 use crate::optim::Sgd;
+
+pub mod manifest;
+
+pub use manifest::{Manifest, FAIL_AFTER_ENV, MANIFEST_FILE};
 
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const TRAIN_STATE_FILE: &str = "train_state.safetensors";
@@ -67,27 +69,16 @@ pub struct RunState {
 /// Writes `bytes` to `path` atomically: `path.tmp`, fsync, rename over `path`, fsync the
 /// directory. On failure the temporary file is removed and any previous `path` is intact.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let file_name = path.file_name().ok_or_else(|| anyhow!("{}: not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!("{}.tmp", file_name.to_string_lossy()));
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
+    if path.file_name().is_none() {
+        bail!("{}: not a file path", path.display());
+    }
+    let tmp = manifest::staged(path);
+    let result = manifest::write_synced(&tmp, bytes).and_then(|()| manifest::rename(&tmp, path));
+    if result.is_err() && tmp.is_file() {
         let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
     }
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()));
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Persist the rename; not all filesystems allow opening a directory, so best effort.
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
+    result?;
+    manifest::sync_dir(path.parent().unwrap_or(Path::new(".")));
     Ok(())
 }
 
@@ -163,8 +154,13 @@ pub fn to_safetensors_bytes(tensors: &[(String, Tensor)], metadata: HashMap<Stri
 /// A safetensors file's tensors (on the CPU) and metadata. Errors name the file.
 pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    parse_safetensors(path, &bytes)
+}
+
+/// Tensors (on the CPU) and metadata of safetensors `bytes` read from `path` (named in errors).
+pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
     let mut map = HashMap::new();
     for (name, view) in st.tensors() {
@@ -178,6 +174,11 @@ pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap
     Ok((map, metadata))
 }
 
+/// The files of a state, in the order a save stages them.
+pub const STATE_FILES: [&str; 5] = [CHECKPOINT_FILE, TRAIN_STATE_FILE, ARGS_FILE, METRICS_FILE, LABELS_FILE];
+/// Files whose presence without `run.json` marks a run directory of an older host.
+const LEGACY_FILES: [&str; 4] = [CHECKPOINT_FILE, TRAIN_STATE_FILE, ARGS_FILE, METRICS_FILE];
+
 /// Where a run directory's files are.
 #[derive(Clone, Debug)]
 pub struct RunDir {
@@ -187,6 +188,17 @@ pub struct RunDir {
 impl RunDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
+    }
+    /// `RUN_DIR` itself, or the run directory of `RUN_DIR/checkpoint.safetensors` (where it has
+    /// a `run.json`); `None` for anything else (e.g. a bare weights file).
+    pub fn of(path: &Path) -> Option<Self> {
+        if path.is_dir() {
+            return Some(Self::new(path));
+        }
+        let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        (path.file_name().is_some_and(|n| n == CHECKPOINT_FILE) && dir.join(MANIFEST_FILE).is_file())
+            .then(|| Self::new(dir))
     }
     pub fn checkpoint(&self) -> PathBuf {
         self.dir.join(CHECKPOINT_FILE)
@@ -203,13 +215,85 @@ impl RunDir {
     pub fn labels(&self) -> PathBuf {
         self.dir.join(LABELS_FILE)
     }
-    /// Whether a checkpoint (or its run state) exists here.
+    pub fn manifest(&self) -> PathBuf {
+        self.dir.join(MANIFEST_FILE)
+    }
+    /// Whether a save was committed here (`run.json` exists).
     pub fn has_checkpoint(&self) -> bool {
-        self.checkpoint().exists() || self.args().exists()
+        self.manifest().is_file()
     }
 
-    /// Saves model, optimizer state and `args.json` (in that order, each atomically).
-    pub fn save(&self, model: &ResNet, opt: &Sgd, scaler: &LossScaler, state: &RunState) -> Result<()> {
+    /// Start-up of `host train` here: finishes or rolls back an interrupted save (see
+    /// [`manifest::recover`]) and returns the committed manifest, `None` where no save was
+    /// committed (a run killed during its first save starts over). Refuses a directory holding
+    /// run files but no `run.json` (an older host's run) rather than overwrite it.
+    pub fn recover(&self) -> Result<Option<Manifest>> {
+        let m = manifest::recover(&self.dir, &STATE_FILES)?;
+        if m.is_none() {
+            if let Some(f) = LEGACY_FILES.iter().map(|f| self.dir.join(f)).find(|p| p.exists()) {
+                bail!(
+                    "{} holds {} but no {MANIFEST_FILE} (a run directory of an older host): it cannot be resumed \
+                     or overwritten; choose another --out",
+                    self.dir.display(),
+                    f.display()
+                );
+            }
+        }
+        Ok(m)
+    }
+
+    /// The committed manifest; an error where none was committed.
+    pub fn committed(&self) -> Result<Manifest> {
+        Manifest::load(&self.dir)?.ok_or_else(|| {
+            anyhow!(
+                "{}: no {MANIFEST_FILE}: not a `host train` run directory with a checkpoint (none saved yet, or \
+                 written by an older host)",
+                self.dir.display()
+            )
+        })
+    }
+
+    /// The bytes of the state file `name`, checked against `run.json` (an error names the file
+    /// and says it is corrupt). Retried where a save commits between the two reads (an eval
+    /// while the run trains).
+    pub fn read_verified(&self, name: &str) -> Result<Vec<u8>> {
+        let mut m = self.committed()?;
+        for _ in 0..10 {
+            match m.read(&self.dir, name) {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => match Manifest::load(&self.dir)? {
+                    Some(now) if now != m => m = now,
+                    _ => return Err(e),
+                },
+            }
+        }
+        m.read(&self.dir, name)
+    }
+
+    /// The checkpoint's tensors and metadata, checked against `run.json`.
+    pub fn read_checkpoint(&self) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+        parse_safetensors(&self.checkpoint(), &self.read_verified(CHECKPOINT_FILE)?)
+    }
+
+    /// `labels.txt`, checked against `run.json`.
+    pub fn read_labels(&self) -> Result<Vec<String>> {
+        let text = String::from_utf8(self.read_verified(LABELS_FILE)?)
+            .map_err(|_| anyhow!("{}: not UTF-8 text", self.labels().display()))?;
+        Ok(text.lines().map(|l| l.trim_end_matches('\r').to_string()).filter(|l| !l.is_empty()).collect())
+    }
+
+    /// Saves the state after an epoch as one unit ([`manifest::commit`]): model, optimizer
+    /// state, `args.json`, the committed metrics plus `metrics_line`, and the labels.
+    pub fn save(&self, model: &ResNet, opt: &Sgd, scaler: &LossScaler, state: &RunState, metrics_line: &str) -> Result<()> {
+        let mut metrics = if self.has_checkpoint() {
+            String::from_utf8(self.read_verified(METRICS_FILE)?)
+                .map_err(|_| anyhow!("{}: not UTF-8 text", self.metrics().display()))?
+        } else {
+            String::new()
+        };
+        metrics.push_str(metrics_line);
+        metrics.push('\n');
+
         let epoch = state.epoch.to_string();
         let step = state.step.to_string();
         let meta = HashMap::from([
@@ -218,27 +302,31 @@ impl RunDir {
             (META_STEP.to_string(), step.clone()),
             (META_CONFIG.to_string(), serde_json::to_string(&model.config)?),
         ]);
-        let bytes = to_safetensors_bytes(&model.state_dict(), meta)?;
-        write_atomic(&self.checkpoint(), &bytes)?;
-
+        let checkpoint = to_safetensors_bytes(&model.state_dict(), meta)?;
         let meta = HashMap::from([
             (META_EPOCH.to_string(), epoch),
             (META_STEP.to_string(), step),
             (META_LOSS_SCALE.to_string(), scaler.scale.to_string()),
             (META_GROWTH_TRACKER.to_string(), scaler.growth_tracker.to_string()),
         ]);
-        let bytes = to_safetensors_bytes(&opt.state(), meta)?;
-        write_atomic(&self.train_state(), &bytes)?;
-
-        write_atomic(&self.args(), serde_json::to_string_pretty(state)?.as_bytes())
+        let train_state = to_safetensors_bytes(&opt.state(), meta)?;
+        let files = [
+            (CHECKPOINT_FILE, checkpoint),
+            (TRAIN_STATE_FILE, train_state),
+            (ARGS_FILE, serde_json::to_string_pretty(state)?.into_bytes()),
+            (METRICS_FILE, metrics.into_bytes()),
+            (LABELS_FILE, (state.classes.join("\n") + "\n").into_bytes()),
+        ];
+        manifest::commit(&self.dir, state.epoch, state.step, &files)?;
+        Ok(())
     }
 
-    /// Reads `args.json`.
+    /// Reads `args.json`, checked against `run.json`.
     pub fn load_state(&self) -> Result<RunState> {
         let path = self.args();
-        let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = self.read_verified(ARGS_FILE)?;
         let state: RunState =
-            serde_json::from_str(&text).with_context(|| format!("{}: not a host run state", path.display()))?;
+            serde_json::from_slice(&bytes).with_context(|| format!("{}: not a host run state", path.display()))?;
         if state.format != RUN_FORMAT {
             bail!("{}: format `{}` is not `{RUN_FORMAT}`", path.display(), state.format);
         }
@@ -246,16 +334,27 @@ impl RunDir {
     }
 
     /// Restores model weights, optimizer state and loss scaler for `state` (from
-    /// [`load_state`](Self::load_state)), checking the three files belong to the same epoch.
+    /// [`load_state`](Self::load_state)); all three are checked against `run.json`, so they are
+    /// one saved state by construction.
     pub fn restore(&self, state: &RunState, model: &ResNet, opt: &mut Sgd, scaler: &mut LossScaler) -> Result<()> {
+        let m = self.committed()?;
+        if (m.epoch, m.step) != (state.epoch, state.step) {
+            bail!(
+                "{}: epoch {} step {}, but {} says epoch {} step {}",
+                self.manifest().display(),
+                m.epoch,
+                m.step,
+                self.args().display(),
+                state.epoch,
+                state.step
+            );
+        }
         let ck = self.checkpoint();
-        let (tensors, meta) = read_safetensors(&ck)?;
-        check_epoch(&ck, &meta, state)?;
+        let (tensors, _) = self.read_checkpoint()?;
         model.load_state_dict(&tensors, &ck, &[])?;
 
         let ts = self.train_state();
-        let (tensors, meta) = read_safetensors(&ts)?;
-        check_epoch(&ts, &meta, state)?;
+        let (tensors, meta) = parse_safetensors(&ts, &self.read_verified(TRAIN_STATE_FILE)?)?;
         opt.load_state(&tensors, &ts)?;
         let parse = |key: &str| -> Result<&String> {
             meta.get(key).ok_or_else(|| anyhow!("{}: metadata `{key}` is missing", ts.display()))
@@ -267,17 +366,18 @@ impl RunDir {
     }
 }
 
-fn check_epoch(path: &Path, meta: &HashMap<String, String>, state: &RunState) -> Result<()> {
-    let epoch = meta.get(META_EPOCH).and_then(|e| e.parse::<u32>().ok());
-    let step = meta.get(META_STEP).and_then(|e| e.parse::<u64>().ok());
-    if epoch != Some(state.epoch) || step != Some(state.step) {
-        bail!(
-            "{} is from epoch {epoch:?} step {step:?} but {ARGS_FILE} says epoch {} step {}: the run was \
-             interrupted while saving; it cannot be resumed exactly",
-            path.display(),
-            state.epoch,
-            state.step
-        );
+/// Every floating-point tensor is finite; the error names the file and the tensor.
+pub fn check_finite(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &tensors[name];
+        if t.is_floating_point() {
+            let bad = t.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]);
+            if bad > 0 {
+                bail!("{}: tensor `{name}` has {bad} non-finite values (NaN or infinity)", path.display());
+            }
+        }
     }
     Ok(())
 }
@@ -288,8 +388,11 @@ pub fn config_from_metadata(meta: &HashMap<String, String>) -> Option<ResNetConf
 }
 
 /// Loads a `state_dict`-named safetensors file (torchvision/timm style, or a host checkpoint)
-/// into `model`, except tensors under the `exclude` prefixes.
+/// into `model`, except tensors under the `exclude` prefixes. A run directory (or its `checkpoint.safetensors`) is read checked against its `run.json`.
 pub fn load_weights(path: &Path, model: &ResNet, exclude: &[String]) -> Result<()> {
-    let (tensors, _) = read_safetensors(path)?;
+    let (tensors, _) = match RunDir::of(path) {
+        Some(run) => run.read_checkpoint()?,
+        None => read_safetensors(path)?,
+    };
     model.load_state_dict(&tensors, path, exclude)
 }

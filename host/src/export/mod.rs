@@ -37,7 +37,7 @@ use shared::weights::WeightsWriter;
 use shared::{Form, ParamKind, Precision, ResNetConfig, ValueId, WeightsFile};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::checkpoint::{read_safetensors, RunDir, CHECKPOINT_FILE};
+use crate::checkpoint::{check_finite, RunDir, CHECKPOINT_FILE, MANIFEST_FILE};
 use crate::data::{DataOptions, DatasetSpec, LoaderSpec, Source, Split, SplitSet};
 use crate::device::{self, DeviceArg};
 use crate::model::{ModelOptions, ResNet};
@@ -254,8 +254,12 @@ fn load_run(path: &Path, dataset: Option<&DatasetSpec>, device: Device) -> Resul
         bail!("--checkpoint {}: not a run directory (from `host train --out`)", path.display());
     };
     let run = RunDir::new(&dir);
-    if !run.args().exists() {
-        bail!("--checkpoint {}: no args.json in {}: not a `host train` run directory", path.display(), dir.display());
+    if !run.has_checkpoint() {
+        bail!(
+            "--checkpoint {}: no {MANIFEST_FILE} in {}: not a `host train` run directory with a saved epoch",
+            path.display(),
+            dir.display()
+        );
     }
     let state = run.load_state()?;
     let config = state.config;
@@ -270,10 +274,7 @@ fn load_run(path: &Path, dataset: Option<&DatasetSpec>, device: Device) -> Resul
             None => DatasetSpec::default(),
         },
     };
-    let labels: Vec<String> = match std::fs::read_to_string(run.labels()) {
-        Ok(text) => text.lines().map(|l| l.trim_end_matches('\r').to_string()).filter(|l| !l.is_empty()).collect(),
-        Err(_) => state.classes.clone(),
-    };
+    let labels = run.read_labels()?;
     if labels.len() != config.num_classes as usize {
         bail!("{}: {} labels for a network with {} classes", run.labels().display(), labels.len(), config.num_classes);
     }
@@ -282,7 +283,7 @@ fn load_run(path: &Path, dataset: Option<&DatasetSpec>, device: Device) -> Resul
     }
 
     let ck = run.checkpoint();
-    let (tensors, _) = read_safetensors(&ck)?;
+    let (tensors, _) = run.read_checkpoint()?;
     check_checkpoint(&ck, &tensors, &config, &arch)?;
     let vs = nn::VarStore::new(device);
     let model = ResNet::new(&vs, &config, ModelOptions { zero_init_residual: false, ..Default::default() })?;
@@ -307,15 +308,8 @@ fn check_checkpoint(path: &Path, tensors: &HashMap<String, Tensor>, config: &Res
                 path.display()
             );
         }
-        let t = &tensors[name];
-        if t.is_floating_point() {
-            let bad = t.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]);
-            if bad > 0 {
-                bail!("{}: tensor `{name}` has {bad} non-finite values (NaN or infinity)", path.display());
-            }
-        }
     }
-    Ok(())
+    check_finite(path, tensors)
 }
 
 /// `first`, `last` and layer names -> the conv/linear layer names.
