@@ -306,6 +306,13 @@ fn run_measured(args: &[&str], dir: &Path) -> (i32, String, f64) {
     (libc::WEXITSTATUS(status), err, usage.ru_maxrss as f64 / 1024.0)
 }
 
+/// Peak RSS allowed for the refused 400-megapixel PNG (decoding it took 1,541 MiB before the
+/// limit). Under qemu the measured process is the emulator, whose own code cache adds to it.
+fn rss_bound() -> f64 {
+    let emulated = std::env::var("DEVICE_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty());
+    if emulated { 600.0 } else { 200.0 }
+}
+
 #[test]
 fn a_20000x20000_png_is_refused_at_low_rss() {
     let model = model();
@@ -319,7 +326,7 @@ fn a_20000x20000_png_is_refused_at_low_rss() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("huge.png") && err.contains("20000x20000 is 400.0 megapixels"), "{err}");
     assert!(err.contains("--max-megapixels"), "{err}");
-    assert!(rss < 200.0, "peak RSS {rss:.0} MiB");
+    assert!(rss < rss_bound(), "peak RSS {rss:.0} MiB");
     // The folder source skips it as corrupt and classifies the rest.
     std::fs::write(tmp.path().join("small.jpg"), jpeg(40, 30)).unwrap();
     let dir = tmp.path().to_str().unwrap();
@@ -327,7 +334,7 @@ fn a_20000x20000_png_is_refused_at_low_rss() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("400.0 megapixels") && err.contains("1 frames, 0 dropped"), "{err}");
     assert!(err.contains("1 corrupt skipped"), "{err}");
-    assert!(rss < 200.0, "peak RSS {rss:.0} MiB");
+    assert!(rss < rss_bound(), "peak RSS {rss:.0} MiB");
 }
 
 #[test]
