@@ -14,7 +14,7 @@ use device::commands::flags::{self, int_in};
 use device::engine::pipeline::MAX_TOP_K;
 use device::io::decode::DecodeLimits;
 use device::io::source::{open_source_with_limits, StreamFormat};
-use device::commands::{live, report};
+use device::commands::{inspect, live, report};
 use shared::graph::Form;
 use shared::preprocess::{Frame, PixelFormat, Preprocess};
 use shared::weights::Precision;
@@ -201,7 +201,7 @@ struct LiveArgs {
     #[arg(long)]
     led_class: Option<String>,
     /// Lowest top-1 score (0..=1) that lights the LED.
-    #[arg(long, default_value_t = 0.5, value_parser = flags::float_in(0.0, 1.0))]
+    #[arg(long, default_value_t = 0.5, value_parser = flags::float_in(0.0f32, 1.0))]
     led_min_score: f32,
     /// Classify only when the button on this GPIO line (0..=65535, active low) is pressed.
     #[arg(long, value_parser = int_in::<u32>(0, 65535))]
@@ -275,58 +275,7 @@ fn run(cli: Cli) -> Result<()> {
             model,
             profile,
             plan,
-        } => {
-            let mut engine = model.load()?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report::model_json(&engine))?
-            );
-            for k in engine.matmul_kernels() {
-                println!("{k}");
-            }
-            if plan {
-                let m = engine.optimized_model();
-                for n in m.nodes() {
-                    let inputs: Vec<String> =
-                        n.inputs.iter().map(|i| format!("{}", i.node)).collect();
-                    println!(
-                        "#{} {} [{}] <- [{}] -> {:?}",
-                        n.id,
-                        n.name,
-                        n.op.name(),
-                        inputs.join(","),
-                        n.outputs[0].fact
-                    );
-                }
-            }
-            if profile {
-                let input = vec![0.5f32; engine.info().input_len()];
-                engine.run(&input)?;
-                let times = engine.profile(&input)?;
-                let total: f64 = times.iter().map(|t| t.2.as_secs_f64()).sum();
-                println!("profile: {:.2} ms in {} nodes", total * 1e3, times.len());
-                let mut by_op: Vec<(String, f64, usize)> = vec![];
-                for (_, op, t) in &times {
-                    match by_op.iter_mut().find(|e| e.0 == *op) {
-                        Some(e) => (e.1, e.2) = (e.1 + t.as_secs_f64(), e.2 + 1),
-                        None => by_op.push((op.clone(), t.as_secs_f64(), 1)),
-                    }
-                }
-                by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
-                for (op, t, n) in &by_op {
-                    println!(
-                        "{:9.3} ms {:5.1}%  {op} ({n} nodes)",
-                        t * 1e3,
-                        100.0 * t / total
-                    );
-                }
-                println!("slowest nodes:");
-                for (name, op, t) in times.iter().take(25) {
-                    println!("{:9.3} ms  {op:<20} {name}", t.as_secs_f64() * 1e3);
-                }
-            }
-            Ok(())
-        }
+        } => inspect::run(&mut model.load()?, inspect::Show { plan, profile }),
         Command::Convert(args) => convert_cmd(args),
     }
 }

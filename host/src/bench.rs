@@ -20,7 +20,7 @@ use crate::device::{self, Amp};
 use crate::loss_scale::{LossScaleConfig, LossScaler};
 use crate::model::{ModelOptions, ResNet};
 use crate::optim::{Sgd, SgdConfig};
-use crate::args::{RuntimeArgs, StemArg};
+use crate::args::{int_in, RuntimeArgs, StemArg, MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE};
 use crate::train::{Criterion, Trainer, LR_PER_256, REFERENCE_BATCH};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -29,13 +29,13 @@ pub struct BenchArgs {
     #[arg(long, default_value = "resnet50", value_parser = PossibleValuesParser::new(ResNetConfig::NAMES))]
     pub arch: String,
     /// Images per step.
-    #[arg(short = 'b', long, default_value_t = 256)]
+    #[arg(short = 'b', long, default_value_t = 256, value_parser = int_in::<usize>(1, MAX_BATCH))]
     pub batch_size: usize,
     /// Input side.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = int_in::<u32>(MIN_IMAGE_SIDE, MAX_IMAGE_SIDE))]
     pub image_size: u32,
     /// Classes of the classifier.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = int_in::<u32>(1, MAX_CLASSES))]
     pub num_classes: u32,
     /// Stem (default: imagenet).
     #[arg(long, value_enum)]
@@ -49,10 +49,10 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Untimed steps first.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = int_in::<usize>(0, 1_000_000))]
     pub warmup_steps: usize,
     /// Timed steps.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = int_in::<usize>(1, 1_000_000))]
     pub steps: usize,
     /// Seed of the weights and the synthetic batch.
     #[arg(long, default_value_t = 0)]

@@ -14,7 +14,7 @@ use crate::checkpoint::{check_finite, config_from_metadata, read_safetensors, wr
 use crate::data::{DataOptions, Dataset, DatasetSpec};
 use crate::device;
 use crate::model::{ModelOptions, ResNet};
-use crate::args::{RuntimeArgs, StemArg};
+use crate::args::{int_in, RuntimeArgs, StemArg, MAX_BATCH, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE};
 use crate::train::{evaluate, model_config, Criterion, TrainArgs};
 
 /// Result file written next to the checkpoint (or to `--out`).
@@ -35,13 +35,13 @@ pub struct EvalArgs {
     #[arg(long, value_enum)]
     pub stem: Option<StemArg>,
     /// Images per batch.
-    #[arg(short = 'b', long, default_value_t = 256)]
+    #[arg(short = 'b', long, default_value_t = 256, value_parser = int_in::<usize>(1, MAX_BATCH))]
     pub batch_size: usize,
     /// Evaluate on the first N test images only.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, u64::MAX))]
     pub limit_test: Option<usize>,
     /// Network input side (default: the run's, else the dataset's).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<u32>(MIN_IMAGE_SIDE, MAX_IMAGE_SIDE))]
     pub image_size: Option<u32>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,

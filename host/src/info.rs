@@ -5,7 +5,7 @@ use anyhow::{anyhow, Result};
 use clap::builder::PossibleValuesParser;
 use shared::{Form, Node, ResNetConfig, Stem};
 
-use crate::args::StemArg;
+use crate::args::{int_in, StemArg, MAX_CLASSES, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct InfoArgs {
@@ -16,13 +16,13 @@ pub struct InfoArgs {
     #[arg(long, value_enum)]
     pub stem: Option<StemArg>,
     /// Input channels.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<u8>(1, 4))]
     pub in_channels: Option<u8>,
     /// Classes.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<u32>(1, MAX_CLASSES))]
     pub num_classes: Option<u32>,
     /// Input side for the shape column (default: 224 for the imagenet stem, 32 for the small one).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<u32>(MIN_IMAGE_SIDE, MAX_IMAGE_SIDE))]
     pub image_size: Option<u32>,
 }
 

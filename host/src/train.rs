@@ -15,7 +15,10 @@ use shared::preprocess::Preprocess;
 use shared::{ResNetConfig, Stem};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::args::{RuntimeArgs, StemArg};
+use crate::args::{
+    float_in, float_within, int_in, Bounds, RuntimeArgs, StemArg, MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIDE,
+    MAX_THREADS, MIN_IMAGE_SIDE,
+};
 use crate::checkpoint::{RunDir, RunState, RUN_FORMAT};
 use crate::data::{DataOptions, Dataset, DatasetSpec, LoaderSpec, Source};
 use crate::device::{self, Amp};
@@ -53,32 +56,32 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     pub stem: Option<StemArg>,
     /// Total training epochs (sets the length of the cosine schedule).
-    #[arg(long, default_value_t = DEFAULT_EPOCHS)]
+    #[arg(long, default_value_t = DEFAULT_EPOCHS, value_parser = int_in::<u32>(1, MAX_EPOCHS))]
     pub epochs: u32,
     /// Stop after this many epochs in this invocation (continue later with --resume).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<u32>(1, MAX_EPOCHS))]
     pub run_epochs: Option<u32>,
     /// Images per optimizer step.
-    #[arg(short = 'b', long, default_value_t = DEFAULT_BATCH_SIZE)]
+    #[arg(short = 'b', long, default_value_t = DEFAULT_BATCH_SIZE, value_parser = int_in::<usize>(1, MAX_BATCH))]
     pub batch_size: usize,
     /// Peak learning rate; default 0.256 x batch-size / 256.
-    #[arg(long)]
+    #[arg(long, value_parser = float_within(Bounds { lo: 0.0f64, hi: 100.0, open_lo: true, open_hi: false }))]
     pub lr: Option<f64>,
     /// SGD momentum.
-    #[arg(long, default_value_t = 0.875)]
+    #[arg(long, default_value_t = 0.875, value_parser = float_within(Bounds { lo: 0.0f64, hi: 1.0, open_lo: false, open_hi: true }))]
     pub momentum: f64,
     /// Weight decay (conv and linear weights only; not BatchNorm, not biases).
-    #[arg(long, default_value_t = 1.0 / 32768.0)]
+    #[arg(long, default_value_t = 1.0 / 32768.0, value_parser = float_in(0.0f64, 1.0))]
     pub weight_decay: f64,
     /// Label smoothing of the cross-entropy loss.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = float_within(Bounds { lo: 0.0f64, hi: 1.0, open_lo: false, open_hi: true }))]
     pub label_smoothing: f64,
     /// Mixup alpha (0: off; NVIDIA uses 0.2 for long runs).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = float_in(0.0f64, 100.0))]
     pub mixup: f64,
     /// Epochs of linear learning-rate warm-up before the cosine decay (fractions allowed;
     /// NVIDIA uses 8 for 90+ epoch ImageNet runs).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = float_in(0.0f64, MAX_EPOCHS as f64))]
     pub warmup_epochs: f64,
     /// Zero-initialise the last BatchNorm weight of each residual block (true/false).
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
@@ -96,10 +99,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub channels_last: bool,
     /// Initial fp16 loss scale.
-    #[arg(long, default_value_t = 65536.0)]
+    #[arg(long, default_value_t = 65536.0, value_parser = float_within(Bounds { lo: 0.0f64, hi: 1e9, open_lo: true, open_hi: false }))]
     pub loss_scale: f64,
     /// Finite fp16 steps before the loss scale doubles.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = int_in::<u64>(1, u64::MAX))]
     pub loss_scale_growth_interval: u64,
     /// Continue the run in --out from its last checkpoint (flags come from its args.json;
     /// only --epochs, --run-epochs, --device, --threads, --workers and --eval-batch-size may change).
@@ -116,19 +119,19 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Train on the first N training images only.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, u64::MAX))]
     pub limit_train: Option<usize>,
     /// Evaluate on the first N test images only.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, u64::MAX))]
     pub limit_test: Option<usize>,
     /// Network input side (default: 28 for fashion-mnist, 224 for imagefolder, 32 for synthetic).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<u32>(MIN_IMAGE_SIDE, MAX_IMAGE_SIDE))]
     pub image_size: Option<u32>,
     /// Image decode / augmentation threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_THREADS))]
     pub workers: Option<usize>,
     /// Evaluation batch size (default: the training batch size).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_BATCH))]
     pub eval_batch_size: Option<usize>,
 }
 

@@ -24,6 +24,8 @@ extern crate alloc;
 
 pub mod config;
 pub mod error;
+#[cfg(feature = "alloc")]
+pub mod flags;
 pub mod fold;
 pub mod graph;
 pub mod name;

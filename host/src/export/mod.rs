@@ -37,6 +37,7 @@ use shared::weights::WeightsWriter;
 use shared::{Form, ParamKind, Precision, ResNetConfig, ValueId, WeightsFile};
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::args::{float_within, int_in, Bounds, MAX_BATCH, MAX_THREADS};
 use crate::checkpoint::{check_finite, RunDir, CHECKPOINT_FILE, MANIFEST_FILE};
 use crate::data::{DataOptions, DatasetSpec, LoaderSpec, Source, Split, SplitSet};
 use crate::device::{self, DeviceArg};
@@ -97,16 +98,16 @@ pub struct ExportArgs {
     #[arg(long)]
     pub json: bool,
     /// int8: calibration batches drawn from the training split (eval preprocessing).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = int_in::<usize>(1, 100_000))]
     pub calib_batches: usize,
     /// int8: images per calibration batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = int_in::<usize>(1, MAX_BATCH))]
     pub calib_batch_size: usize,
     /// int8: how activation ranges are chosen from the calibration data.
     #[arg(long, value_enum, default_value_t = CalibMethod::Percentile)]
     pub calib_method: CalibMethod,
     /// int8 with --calib-method percentile: the percentile kept (the rest is clipped).
-    #[arg(long, default_value_t = 99.99)]
+    #[arg(long, default_value_t = 99.99, value_parser = float_within(Bounds { lo: 0.0f64, hi: 100.0, open_lo: true, open_hi: false }))]
     pub percentile: f64,
     /// int8: layers kept in float, comma-separated: `first` (the stem conv), `last` (the
     /// classifier) or layer names (`layer1.0.conv1`).
@@ -116,13 +117,13 @@ pub struct ExportArgs {
     #[arg(long)]
     pub dataset: Option<DatasetSpec>,
     /// Evaluate on the first N test images only.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, u64::MAX))]
     pub limit_test: Option<usize>,
     /// Test images stored in the parity file.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = int_in::<usize>(1, MAX_BATCH))]
     pub parity_samples: usize,
     /// Evaluation batch size.
-    #[arg(short = 'b', long, default_value_t = 256)]
+    #[arg(short = 'b', long, default_value_t = 256, value_parser = int_in::<usize>(1, MAX_BATCH))]
     pub batch_size: usize,
     /// Seed of the calibration image draw.
     #[arg(long, default_value_t = 0)]
@@ -131,7 +132,7 @@ pub struct ExportArgs {
     #[arg(long, default_value = "cpu")]
     pub device: DeviceArg,
     /// libtorch threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_THREADS))]
     pub threads: Option<usize>,
     /// Python with onnx + onnxruntime for the ONNX Runtime check (default: $VIRTUAL_ENV, the
     /// workspace .venv, python3).
