@@ -93,6 +93,18 @@ pub fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     decode(bytes, Some(ImageFormat::Jpeg), limits)
 }
 
+/// The width and height a JPEG's header claims, read without decoding a pixel (an MJPEG frame
+/// of the wrong size is refused before its decode costs anything).
+pub fn jpeg_dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
+    dimensions(bytes, ImageFormat::Jpeg)
+}
+
+fn dimensions(bytes: &[u8], format: ImageFormat) -> Result<(u32, u32)> {
+    let mut probe = ImageReader::with_format(Cursor::new(bytes), format);
+    probe.no_limits();
+    Ok(probe.into_dimensions()?)
+}
+
 fn decode(bytes: &[u8], format: Option<ImageFormat>, limits: &DecodeLimits) -> Result<RgbImage> {
     let mut reader = ImageReader::new(Cursor::new(bytes));
     match format {
@@ -107,9 +119,7 @@ fn decode(bytes: &[u8], format: Option<ImageFormat>, limits: &DecodeLimits) -> R
     }
     // The size from the header first (no pixel is allocated), so that an image over the budget
     // gets this error rather than a decoder's.
-    let mut probe = ImageReader::with_format(Cursor::new(bytes), format);
-    probe.no_limits();
-    let (w, h) = probe.into_dimensions()?;
+    let (w, h) = dimensions(bytes, format)?;
     limits.check_size(w, h)?;
     reader.limits(limits.image_limits());
     let decoder = reader.into_decoder()?;

@@ -286,12 +286,22 @@ impl<R: Read + Send> FrameSource for MjpegStream<R> {
         };
         let index = self.index;
         self.index += 1;
+        if let Some((w, h)) = self.expect {
+            // The header's size first: a frame of the wrong size is not decoded at all.
+            match crate::io::decode::jpeg_dimensions(&jpeg) {
+                Ok((fw, fh)) => ensure!(
+                    (fw, fh) == (w, h),
+                    "MJPEG frame {index} is {fw}x{fh}, but --width/--height say {w}x{h}"
+                ),
+                Err(e) => return Ok(Next::Skipped(format!("frame {index}: {e:#}"))),
+            }
+        }
         match decode_jpeg(&jpeg, index, &self.limits) {
             Ok(mut f) => {
                 if let Some((w, h)) = self.expect {
                     ensure!(
                         (f.width, f.height) == (w, h),
-                        "MJPEG frame {index} is {}x{}, but --width/--height say {w}x{h}",
+                        "MJPEG frame {index} decoded to {}x{}, but --width/--height say {w}x{h}",
                         f.width,
                         f.height
                     );
