@@ -5,18 +5,20 @@
 //! `commands -> engine -> plan -> ops / kernels`:
 //! - [`engine`]: model file -> tract plan (import from the `shared` graph) -> optimized, rewritten
 //!   plan + state, built once, run per frame; [`engine::pipeline`] adds preprocessing and top-k.
-//! - [`plan`]: the rewrites of tract's optimized plan, run in order.
+//! - [`plan`]: the rewrites of tract's plans, one named list run in order.
+//! - [`cpu`]: the CPU's features, detected once; [`kernels::Kernels`] plugs kernels by them.
 //! - [`ops`]: portable ops the rewrites swap in (im2col, quantize, epilogue, max pool, downsample,
 //!   constant folding) and their helpers (thread splitting, wider vectors).
-//! - [`kernels`]: per-architecture kernels ([`kernels::x86_64`]: AVX-512 F/VNNI convs;
-//!   [`kernels::aarch64`]: the dispatch entry, no kernels yet).
+//! - [`kernels`]: per-architecture kernels and their plug point ([`kernels::x86_64`]: AVX-512
+//!   F/VNNI convs; [`kernels::aarch64`]: the dispatch entry, no kernels yet).
 //! - [`io`]: frame sources (stdin, files, folders, V4L2 cameras) and GPIO.
-//! - [`commands`]: what the CLI subcommands do (live, bench, report, convert, parity).
+//! - [`commands`]: what the CLI subcommands do (live, bench, report, inspect, convert, parity).
 
 // tract-onnx without its default `transformers` feature (see the workspace Cargo.toml).
 extern crate tract_onnx_cnn as tract_onnx;
 
 pub mod commands;
+pub mod cpu;
 pub mod engine;
 pub mod io;
 pub mod kernels;

@@ -141,10 +141,7 @@ fn check(arch: &str) {
 }
 
 fn vnni_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return device::kernels::x86_64::vnni::supported();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    device::cpu::Cpu::get().avx512_vnni
 }
 
 /// The device's own ops in the int8 plan (`device::{const_fold, im2col, quantize, epilogue,

@@ -8,7 +8,7 @@ mod common;
 
 use device::commands::parity::{compare, Parity};
 use device::engine::{
-    cpu_has_fp16, Compute, ComputePrecision, ConvAlgorithm, Engine, EngineOptions,
+    Compute, ComputePrecision, ConvAlgorithm, Engine, EngineOptions,
 };
 use shared::graph::Form;
 use shared::weights::Precision;
@@ -125,7 +125,7 @@ fn resnet50_fp32_within_1e4_of_the_host() {
     let model = common::compact(&dir, "resnet50", Form::Folded, Precision::F32);
     check_fp32(&model, &parity, 2);
     #[cfg(target_arch = "x86_64")]
-    if device::kernels::x86_64::fp32::supported() {
+    if device::cpu::Cpu::get().avx512f {
         let e = Engine::load(&model, &EngineOptions::default()).unwrap();
         assert_eq!(e.info().winograd_layers, 13);
         assert_eq!(e.info().direct_layers, 1);
@@ -143,7 +143,7 @@ fn resnet18_fp32_runs_the_devices_convs() {
     let model = common::compact(&dir, "resnet18", Form::Folded, Precision::F32);
     let e = Engine::load(&model, &EngineOptions::default()).unwrap();
     #[cfg(target_arch = "x86_64")]
-    if device::kernels::x86_64::fp32::supported() {
+    if device::cpu::Cpu::get().avx512f {
         let plan = e.optimized_model();
         let winograd = common::nodes_of(plan, "WinogradConv");
         assert_eq!(e.info().winograd_layers, 13, "{winograd:?}");
@@ -316,7 +316,7 @@ fn fp16_runs_where_the_cpu_can_and_says_so_where_it_cannot() {
         precision: ComputePrecision::F16,
         ..Default::default()
     };
-    if cpu_has_fp16() {
+    if device::cpu::Cpu::get().fp16 {
         let mut e = Engine::load(&f16_file, &forced).unwrap();
         assert_eq!(e.info().compute, Compute::F16);
         let n = 128;

@@ -252,7 +252,7 @@ fn numeric_flags_out_of_range_name_the_flag_and_the_range() {
         (vec!["live", "-m", m, "--source", "-", "--width", "0"], &["--width", "1..=16384"]),
         (vec!["live", "-m", m, "--source", "-", "--height", "99999"], &["--height", "1..=16384"]),
         (vec!["live", "-m", m, "--source", "-", "--top-k", "0"], &["--top-k", "1..=20"]),
-        (vec!["live", "-m", m, "--source", "-", "--led-min-score", "1.5"], &["--led-min-score", "0..=1"]),
+        (vec!["live", "-m", m, "--source", "-", "--led-min-score", "1.5"], &["--led-min-score", "[0, 1]"]),
         (vec!["live", "-m", m, "--source", "-", "--led-min-score", "NaN"], &["--led-min-score"]),
         (vec!["convert", "--state-dict", m, "--arch", "resnet18", "-o", "/tmp/x", "--classes", "0"], &["--classes", "1.."]),
         (vec!["convert", "--state-dict", m, "--arch", "resnet18", "-o", "/tmp/x", "--in-channels", "2"], &["--in-channels", "1 or 3"]),

@@ -2,12 +2,14 @@
 //!
 //! - [`live`]: the latest-frame-wins camera loop; [`bench`] measures, [`report`] reports.
 //! - [`parity`]: the parity file format (docs/parity-file.md) and the comparison against it.
+//! - [`inspect`]: what runs for a model on this CPU (kernels plugged, passes, plan, profile).
 //! - [`convert`]: torchvision state_dict -> compact weights.
-//! - [`flags`]: the range checks of the numeric flags.
+//! - [`flags`]: the parsers of structured flags (`--input-size`, `--in-channels`).
 
 pub mod bench;
 pub mod convert;
 pub mod flags;
+pub mod inspect;
 pub mod live;
 pub mod parity;
 pub mod report;

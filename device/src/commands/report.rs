@@ -3,7 +3,9 @@
 use serde_json::{json, Value};
 
 use crate::commands::bench::{Metrics, Stats};
+use crate::cpu::Cpu;
 use crate::engine::{Engine, ModelFormat};
+use crate::kernels::Kernels;
 
 fn stats_json(s: &Stats) -> Value {
     json!({"mean": s.mean, "p50": s.p50, "p90": s.p90, "p99": s.p99, "min": s.min, "max": s.max})
@@ -32,7 +34,26 @@ pub fn model_json(engine: &Engine) -> Value {
         "winograd_layers": i.winograd_layers,
         "direct_layers": i.direct_layers,
         "threads": i.threads,
+        "cpu": Cpu::get().feature_names(),
+        "kernels": Kernels::get().report(),
+        "passes": i.passes,
     })
+}
+
+/// One line per kernel pass offered for this build's architecture: plugged or not, and why.
+pub fn kernels_text() -> Vec<String> {
+    let cpu = Cpu::get().feature_names();
+    let mut lines = vec![format!("cpu features: {}", if cpu.is_empty() { "none detected".into() } else { cpu.join(" ") })];
+    let kernels = Kernels::get();
+    if kernels.plugs.is_empty() {
+        lines.push(format!("kernels: none for {} yet: tract's own run behind the portable passes", std::env::consts::ARCH));
+    }
+    for p in &kernels.plugs {
+        let state = if p.plugged { "plugged:    " } else { "not plugged:" };
+        let why = if p.plugged { "the CPU has" } else { "the CPU lacks" };
+        lines.push(format!("{state} {} ({why} {}): {}", p.pass.name, p.needs, p.pass.what));
+    }
+    lines
 }
 
 /// The `device bench --json` document.

@@ -82,8 +82,9 @@ struct Builder<'a, 'f> {
     float_layers: Vec<String>,
 }
 
-/// A square NCHW window: convolution or pooling.
-pub(crate) struct ConvGeometry {
+/// A square NCHW window, convolution or pooling, as the graph gives it (before the input's size
+/// is known; `crate::ops::im2col::ConvShape` is a window resolved for a concrete input).
+pub(crate) struct Window {
     pub in_channels: usize,
     pub out_channels: usize,
     pub kernel: usize,
@@ -91,7 +92,7 @@ pub(crate) struct ConvGeometry {
     pub padding: usize,
 }
 
-impl ConvGeometry {
+impl Window {
     /// tract's description of the window (symmetric explicit padding, no dilation).
     pub(crate) fn pool_spec(&self) -> PoolSpec {
         PoolSpec {
@@ -135,7 +136,7 @@ impl<'f> Builder<'_, 'f> {
         &mut self,
         name: &str,
         input: OutletId,
-        g: ConvGeometry,
+        g: Window,
         has_bias: bool,
     ) -> Result<OutletId> {
         let w = self.tensor(&format!("{name}.weight"))?;
@@ -174,7 +175,7 @@ impl<'f> Builder<'_, 'f> {
         &mut self,
         name: &str,
         input: OutletId,
-        g: ConvGeometry,
+        g: Window,
         q: &Int8Layer<'_>,
     ) -> Result<OutletId> {
         self.int8_layers.push(name.to_string());
@@ -270,7 +271,7 @@ impl<'f> Builder<'_, 'f> {
                 padding,
                 bias,
             } => {
-                let g = ConvGeometry {
+                let g = Window {
                     in_channels: in_channels as usize,
                     out_channels: out_channels as usize,
                     kernel: kernel as usize,
@@ -405,7 +406,7 @@ impl<'f> Builder<'_, 'f> {
         let m = &mut self.model;
         let x = m.wire_node(format!("{name}.as_nchw.h"), AxisOp::Add(2), &[x])?[0];
         let x = m.wire_node(format!("{name}.as_nchw.w"), AxisOp::Add(3), &[x])?[0];
-        let g = ConvGeometry {
+        let g = Window {
             in_channels: in_features,
             out_channels: out_features,
             kernel: 1,
@@ -423,7 +424,7 @@ impl<'f> Builder<'_, 'f> {
 
 /// The graph's `MaxPool` over `channels` channels: square kernel, stride and padding.
 pub(crate) fn max_pool(channels: usize, kernel: usize, stride: usize, padding: usize) -> MaxPool {
-    let pool_spec = ConvGeometry {
+    let pool_spec = Window {
         in_channels: channels,
         out_channels: channels,
         kernel,

@@ -18,6 +18,10 @@ use tract_core::internal::*;
 use tract_core::transform::ModelTransform;
 use tract_linalg::multithread::Executor;
 
+use crate::cpu::Cpu;
+use crate::kernels::Kernels;
+use crate::plan::{self, PlanKind, Stage};
+
 pub mod import;
 pub mod pipeline;
 
@@ -144,6 +148,8 @@ pub struct ModelInfo {
     pub preprocess: Preprocess,
     pub int8_layers: Vec<String>,
     pub float_layers: Vec<String>,
+    /// The plan passes that ran (`crate::plan`), in order, and how many nodes each replaced.
+    pub passes: Vec<crate::plan::Applied>,
     /// How many float convs run as Winograd (`crate::kernels::x86_64::winograd`).
     pub winograd_layers: usize,
     /// How many float convs run as `crate::kernels::x86_64::direct`'s (large kernels: the stem).
@@ -177,11 +183,6 @@ impl std::fmt::Debug for Engine {
             .field("info", &self.info)
             .finish_non_exhaustive()
     }
-}
-
-/// Whether the running CPU computes in f16 natively (aarch64 FEAT_FP16).
-pub fn cpu_has_fp16() -> bool {
-    tract_linalg::isa::native().fp16_arithmetic()
 }
 
 fn is_onnx(path: &Path, bytes: &[u8]) -> bool {
@@ -281,6 +282,7 @@ impl Engine {
             preprocess: header.preprocess,
             int8_layers: imported.int8_layers,
             float_layers: imported.float_layers,
+            passes: vec![],
             winograd_layers: 0,
             direct_layers: 0,
             notes: vec![],
@@ -395,6 +397,7 @@ impl Engine {
             preprocess,
             int8_layers: vec![],
             float_layers: vec![],
+            passes: vec![],
             winograd_layers: 0,
             direct_layers: 0,
             notes: vec![],
@@ -424,14 +427,14 @@ impl Engine {
                     "--precision f16 does not apply to an int8 model"
                 );
                 ensure!(
-                    cpu_has_fp16(),
+                    Cpu::get().fp16,
                     "--precision f16: this CPU has no fp16 arithmetic (aarch64 FEAT_FP16, e.g. Cortex-A55/A76: \
                      Raspberry Pi 5, Jetson Orin; not the Pi 4's Cortex-A72); tract would only emulate it. \
                      Use --precision f32"
                 );
                 true
             }
-            ComputePrecision::Auto if f16_file && !cpu_has_fp16() => {
+            ComputePrecision::Auto if f16_file && !Cpu::get().fp16 => {
                 info.notes.push(
                     "fp16 weights: this CPU has no fp16 arithmetic, computing in f32 (weights upcast exactly)".into(),
                 );
@@ -445,14 +448,21 @@ impl Engine {
                 .transform(&mut model)?;
             info.compute = Compute::F16;
         }
-        #[cfg(target_arch = "x86_64")]
-        if info.compute == Compute::F32 && opts.conv == ConvAlgorithm::Auto {
-            let replaced = crate::kernels::x86_64::fp32::prepare(&mut model)?;
-            info.winograd_layers = replaced.winograd;
-            info.direct_layers = replaced.direct;
-        }
+        let passes = Kernels::get().plan_passes();
+        let kind = PlanKind {
+            int8: info.compute == Compute::Int8,
+            f32_convs: info.compute == Compute::F32 && opts.conv == ConvAlgorithm::Auto,
+        };
+        info.passes = plan::run(&passes, Stage::Decluttered, kind, &mut model)?;
         let mut model = model.into_optimized()?;
-        crate::plan::speed_up(&mut model, info.compute == Compute::Int8)?;
+        info.passes.extend(plan::run(&passes, Stage::Optimized, kind, &mut model)?);
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::kernels::x86_64::{direct::DirectConv, winograd::WinogradConv};
+            let count = |f: fn(&TypedNode) -> bool| model.nodes().iter().filter(|n| f(n)).count();
+            info.winograd_layers = count(|n| n.op_is::<WinogradConv>());
+            info.direct_layers = count(|n| n.op_is::<DirectConv>());
+        }
         Ok(model)
     }
 

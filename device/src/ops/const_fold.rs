@@ -5,7 +5,7 @@
 //! `Reduce<Sum>` of the kernel constant, and its own constant propagation declines to fold them
 //! when the kernel is over its memory budget and has a second user (the weight packing) or when a
 //! step grows the data (the cast to i32). So the large layers recompute their kernel sums on every
-//! inference: 5.2 ms of 31 ms in ResNet-18 (x86, one thread). [`fold`] evaluates every node whose
+//! inference (device/README.md, "Why each op exists"). [`fold`] evaluates every node whose
 //! inputs are all constants once, at load time, and drops what nothing uses any more.
 
 use tract_core::internal::*;

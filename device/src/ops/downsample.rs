@@ -2,7 +2,7 @@
 //!
 //! tract subsamples the input of a stride-2 1x1 conv (ResNet's downsample shortcuts) with
 //! `Downsample` ops, one per axis, which slice through a generic array view and copy element by
-//! element: 6 of them took 0.26-0.35 ms of ResNet-18 (x86, Zen 5, one thread, int8 and fp32).
+//! element (what that cost: device/README.md, "Why each op exists").
 //! [`FastDownsample`] copies the kept rows whole (`memcpy`) and, along the last axis, every
 //! `stride`-th element in a plain loop: the same values, any element size.
 
@@ -146,7 +146,7 @@ fn plan(
 /// Replaces every `Downsample` of an optimized model with a positive stride and a concrete
 /// input; returns how many.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
-    crate::plan::replace_ops::<Downsample>(model, |model, node, op| {
+    crate::ops::matching::replace_ops::<Downsample>(model, |model, node, op| {
         Ok(plan(model, node, op)?.map(|p| Box::new(p) as _))
     })
 }

@@ -4,7 +4,7 @@
 //! `Mul` by the per-channel dequantization scale, then the graph goes on in f32: the residual
 //! `Add`, `Relu`, and the next layer's `QuantizeLinear` back to i8. tract's optimizer fuses the
 //! element-wise ops into one pass but keeps the `Cast` and the quantization apart: three passes
-//! over every activation, 6 of 28 ms of ResNet-18 int8 (x86, one thread).
+//! over every activation (device/README.md, "Why each op exists").
 //!
 //! [`Int8Epilogue`] does it all in one pass: `y = max(acc as f32 * scale[c] + residual, 0)`,
 //! straight to the next layer's i8 input when its quantizer is the only consumer, or both f32

@@ -19,6 +19,7 @@
 
 use tract_core::internal::*;
 use tract_core::ops::cnn::conv::Im2Col;
+use tract_core::ops::cnn::PoolSpec;
 use tract_linalg::mmm::{EagerPackedInput, MMMInputFormat, PackedExoticFact, PackedMatrixStorage};
 use tract_linalg::pack::{PackedFormat, PackedI8K4};
 
@@ -67,18 +68,11 @@ impl Packing {
     }
 }
 
-/// Geometry of one convolution's im2col, resolved for the plan's concrete input shape.
+/// Geometry of one convolution's im2col, resolved for the plan's concrete input shape: the
+/// convolution's [`ConvShape`] and the patch matrix tract's kernel reads.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Geometry {
-    channels: usize,
-    height: usize,
-    width: usize,
-    kernel: (usize, usize),
-    stride: (usize, usize),
-    /// Padding before (top, left).
-    pad: (usize, usize),
-    out_height: usize,
-    out_width: usize,
+    conv: ConvShape,
     /// Rows of the packed matrix: channels x kernel height x kernel width.
     k: usize,
     /// Columns: output pixels.
@@ -98,6 +92,25 @@ pub(crate) struct ConvShape {
     pub pad: (usize, usize),
     pub out_height: usize,
     pub out_width: usize,
+}
+
+impl ConvShape {
+    /// The shape of tract's 2-D window `spec` (a `Conv`'s or `Im2col`'s pool spec) over a
+    /// `channels x height x width` input.
+    pub fn of_window(spec: &PoolSpec, channels: usize, height: usize, width: usize) -> ConvShape {
+        let padding = spec.computed_padding(&[height, width]);
+        let strides = spec.strides();
+        ConvShape {
+            channels,
+            height,
+            width,
+            kernel: (spec.kernel_shape[0], spec.kernel_shape[1]),
+            stride: (strides[0], strides[1]),
+            pad: (padding[0].pad_before, padding[1].pad_before),
+            out_height: padding[0].convoluted,
+            out_width: padding[1].convoluted,
+        }
+    }
 }
 
 /// The input split by row and column phase (`y % stride_y`, `x % stride_x`) that
@@ -180,12 +193,12 @@ impl Op for FastIm2Col {
         let g = &self.geometry;
         Ok(vec![format!(
             "{}x{}x{} kernel {:?} stride {:?} pad {:?} -> k={} n={} r={}",
-            g.channels,
-            g.height,
-            g.width,
-            g.kernel,
-            g.stride,
-            g.pad,
+            g.conv.channels,
+            g.conv.height,
+            g.conv.width,
+            g.conv.kernel,
+            g.conv.stride,
+            g.conv.pad,
             g.k,
             g.n,
             g.packing.r()
@@ -202,13 +215,13 @@ impl EvalOp for FastIm2Col {
         let g = &self.geometry;
         let x = &inputs[0];
         ensure!(
-            x.len() == g.channels * g.height * g.width
-                && x.shape().ends_with(&[g.channels, g.height, g.width]),
+            x.len() == g.conv.channels * g.conv.height * g.conv.width
+                && x.shape().ends_with(&[g.conv.channels, g.conv.height, g.conv.width]),
             "FastIm2col: input shape {:?}, planned for [1, {}, {}, {}]",
             x.shape(),
-            g.channels,
-            g.height,
-            g.width
+            g.conv.channels,
+            g.conv.height,
+            g.conv.width
         );
         let pad_value = match inputs.get(1) {
             Some(t) => t.cast_to_scalar::<i8>()?,
@@ -290,23 +303,23 @@ struct Padded {
 
 impl Padded {
     fn new(g: &Geometry, x: &[i8], pad_value: i8) -> Padded {
-        let (kh, kw) = g.kernel;
-        let (sh, sw) = g.stride;
+        let (kh, kw) = g.conv.kernel;
+        let (sh, sw) = g.conv.stride;
         // The extent the taps cover.
-        let height = (g.out_height - 1) * sh + kh;
-        let full_width = (g.out_width - 1) * sw + kw;
+        let height = (g.conv.out_height - 1) * sh + kh;
+        let full_width = (g.conv.out_width - 1) * sw + kw;
         let width = full_width.div_ceil(sw);
-        let mut data = vec![pad_value; g.channels * sw * height * width];
+        let mut data = vec![pad_value; g.conv.channels * sw * height * width];
         // Input rows/columns that land inside the extent.
-        let (top, left) = g.pad;
-        let rows = g.height.min(height.saturating_sub(top));
-        let cols = g.width.min(full_width.saturating_sub(left));
+        let (top, left) = g.conv.pad;
+        let rows = g.conv.height.min(height.saturating_sub(top));
+        let cols = g.conv.width.min(full_width.saturating_sub(left));
         for (dst, src) in data
             .chunks_exact_mut(sw * height * width)
-            .zip(x.chunks_exact(g.height * g.width))
+            .zip(x.chunks_exact(g.conv.height * g.conv.width))
         {
             for y in 0..rows {
-                let line = &src[y * g.width..][..cols];
+                let line = &src[y * g.conv.width..][..cols];
                 if sw == 1 {
                     let d = (top + y) * width + left;
                     dst[d..d + cols].copy_from_slice(line);
@@ -379,8 +392,8 @@ fn copy_run(dst: &mut [i8], src: &[i8]) {
 /// Writes one row of the unpacked im2col matrix: tap (`ky`, `kx`) of channel `c` for every
 /// output pixel.
 fn unpacked_row(g: &Geometry, padded: &Padded, c: usize, ky: usize, kx: usize, row: &mut [i8]) {
-    let (sh, sw) = g.stride;
-    for (yo, out) in row.chunks_exact_mut(g.out_width).enumerate() {
+    let (sh, sw) = g.conv.stride;
+    for (yo, out) in row.chunks_exact_mut(g.conv.out_width).enumerate() {
         let line = padded.row(c, kx % sw, yo * sh + ky);
         copy_run(out, &line[kx / sw..]);
     }
@@ -451,7 +464,7 @@ unsafe fn fill_block(
     r: usize,
     panel_len: usize,
 ) {
-    let (kh, kw) = g.kernel;
+    let (kh, kw) = g.conv.kernel;
     let n = g.n;
     for (q, row) in rows.chunks_exact_mut(n).take(count).enumerate() {
         let kk = start + q;
@@ -616,14 +629,16 @@ impl FastIm2Col {
     pub(crate) fn pointwise_vnni(channels: usize, height: usize, width: usize) -> FastIm2Col {
         FastIm2Col {
             geometry: Geometry {
-                channels,
-                height,
-                width,
-                kernel: (1, 1),
-                stride: (1, 1),
-                pad: (0, 0),
-                out_height: height,
-                out_width: width,
+                conv: ConvShape {
+                    channels,
+                    height,
+                    width,
+                    kernel: (1, 1),
+                    stride: (1, 1),
+                    pad: (0, 0),
+                    out_height: height,
+                    out_width: width,
+                },
                 k: channels,
                 n: height * width,
                 packing: Packing::Vnni,
@@ -635,16 +650,7 @@ impl FastIm2Col {
     /// `crate::kernels::x86_64::vnni` runs on the padded input directly, without patches).
     pub(crate) fn conv_shape(&self) -> Option<ConvShape> {
         let g = &self.geometry;
-        matches!(g.packing, Packing::K4(_)).then(|| ConvShape {
-            channels: g.channels,
-            height: g.height,
-            width: g.width,
-            kernel: g.kernel,
-            stride: g.stride,
-            pad: g.pad,
-            out_height: g.out_height,
-            out_width: g.out_width,
-        })
+        matches!(g.packing, Packing::K4(_)).then(|| g.conv.clone())
     }
 
     /// Rows (`channels x kernel height x kernel width`) and columns (output pixels) of the
@@ -691,33 +697,18 @@ fn geometry(model: &TypedModel, node: &TypedNode, op: &Im2Col) -> TractResult<Op
     } else {
         return Ok(None);
     };
-    let (height, width) = (shape[1], shape[2]);
-    let padding = spec.computed_padding(&[height, width]);
-    let strides = spec.strides();
-    let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
-    let (out_height, out_width) = (padding[0].convoluted, padding[1].convoluted);
-    let k = shape[0] * kh * kw;
-    if packed.k != k || packed.mn != (out_height * out_width).to_dim() {
+    let conv = ConvShape::of_window(spec, shape[0], shape[1], shape[2]);
+    let k = conv.channels * conv.kernel.0 * conv.kernel.1;
+    let n = conv.out_height * conv.out_width;
+    if packed.k != k || packed.mn != n.to_dim() {
         return Ok(None);
     }
-    Ok(Some(Geometry {
-        channels: shape[0],
-        height,
-        width,
-        kernel: (kh, kw),
-        stride: (strides[0], strides[1]),
-        pad: (padding[0].pad_before, padding[1].pad_before),
-        out_height,
-        out_width,
-        k,
-        n: out_height * out_width,
-        packing,
-    }))
+    Ok(Some(Geometry { conv, k, n, packing }))
 }
 
 /// Replaces every `Im2col` of an optimized model that [`FastIm2Col`] handles; returns how many.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
-    crate::plan::replace_ops::<Im2Col>(model, |model, node, op| {
+    crate::ops::matching::replace_ops::<Im2Col>(model, |model, node, op| {
         Ok(geometry(model, node, op)?.map(|geometry| Box::new(FastIm2Col { geometry }) as _))
     })
 }
@@ -725,7 +716,7 @@ pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::import::ConvGeometry;
+    use crate::engine::import::Window;
     use tract_core::ops::cnn::conv::KernelFormat;
     use tract_core::ops::cnn::Conv;
 
@@ -757,7 +748,7 @@ mod tests {
         let x0 = m.add_const("x0", tensor0(zp as i32)).unwrap();
         let one = m.add_const("one", tensor0(1f32)).unwrap();
         let zero = m.add_const("zero", tensor0(0i32)).unwrap();
-        let spec = ConvGeometry {
+        let spec = Window {
             in_channels: c,
             out_channels: o,
             kernel,
@@ -908,7 +899,7 @@ mod tests {
             compared += 1;
         }
         #[cfg(target_arch = "x86_64")]
-        if crate::kernels::x86_64::vnni::supported() {
+        if crate::cpu::Cpu::get().avx512_vnni {
             assert_eq!(compared, cases.len(), "tract packs K4 for its VNNI kernel");
         }
         if compared == 0 {

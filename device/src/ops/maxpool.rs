@@ -1,7 +1,7 @@
 //! A separable max pool for f32 NCHW plans.
 //!
-//! tract's `OptMaxPool` visits every tap of every output pixel: 1.5 ms for ResNet's 3x3/2 pool
-//! on 64 x 112 x 112 (x86, one thread), 6% of int8 ResNet-18. [`FastMaxPool`] takes the
+//! tract's `OptMaxPool` visits every tap of every output pixel (device/README.md, "Why each op
+//! exists"). [`FastMaxPool`] takes the
 //! maximum across the rows of each window first, then along the row, both as element-wise
 //! passes over contiguous runs (SIMD). Same result bit for bit: maxima of the same values,
 //! starting from `f32::MIN` and skipping NaN as tract's does (tests below); only the sign of a
@@ -191,7 +191,7 @@ fn plan(model: &TypedModel, node: &TypedNode, op: &OptMaxPool) -> TractResult<Op
 
 /// Replaces every 2-D f32 NCHW `OptMaxPool` of an optimized model; returns how many.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
-    crate::plan::replace_ops::<OptMaxPool>(model, |model, node, op| {
+    crate::ops::matching::replace_ops::<OptMaxPool>(model, |model, node, op| {
         Ok(plan(model, node, op)?.map(|p| Box::new(p) as _))
     })
 }

@@ -95,7 +95,7 @@ impl TypedOp for FastQuantize {
 
 /// Replaces every f32 -> i8 `QuantizeLinearI8` of an optimized model; returns how many.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
-    crate::plan::replace_ops::<ElementWiseOp>(model, |model, node, op| {
+    crate::ops::matching::replace_ops::<ElementWiseOp>(model, |model, node, op| {
         let Some(q) = op.0.downcast_ref::<QuantizeLinearI8>() else {
             return Ok(None);
         };

@@ -23,7 +23,7 @@ macro_rules! wide_fn {
                 fn avx2($($arg: $ty),*) {
                     body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2") {
+                if $crate::cpu::Cpu::get().avx2 {
                     // SAFETY: the CPU has AVX2.
                     return unsafe { avx2($($arg),*) };
                 }

@@ -2,8 +2,7 @@
 //! directly, on x86 CPUs with AVX-512 F.
 //!
 //! tract runs the stem as im2col + matrix product: 147 rows of patches per output pixel
-//! (3 channels x 7 x 7), 1.95 of 13.9 ms of ResNet-18 fp32 on a Zen 5 core, then a separate
-//! ReLU pass. [`DirectConv`] splits the padded input once by row and column phase (`x %
+//! (3 channels x 7 x 7), then a separate ReLU pass (device/README.md, "Why each op exists"). [`DirectConv`] splits the padded input once by row and column phase (`x %
 //! stride`, as `crate::ops::im2col` and `crate::kernels::x86_64::vnni` do), so that one kernel tap of 16 neighbouring
 //! output pixels is 16 contiguous floats, and runs a tile of 8 output channels (broadcast
 //! weights) by up to 48 positions of a plane row (three registers), over every (channel, tap)
@@ -12,7 +11,7 @@
 //! `crate::kernels::x86_64::fp32`) applied in registers. The same products as tract's, summed in another
 //! order: the results differ by rounding only (unit test against float64; parity tests).
 
-use crate::kernels::x86_64::fp32::{lane_mask, Epilogue, LANES};
+use crate::kernels::x86_64::avx512::{lane_mask, shape, Epilogue, LANES};
 use crate::ops::im2col::ConvShape;
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -135,11 +134,11 @@ impl DirectConv {
 
     fn input_shape(&self) -> TVec<usize> {
         let g = &self.g;
-        crate::kernels::x86_64::fp32::shape(self.batched, [g.channels, g.height, g.width])
+        shape(self.batched, [g.channels, g.height, g.width])
     }
 
     fn output_shape(&self) -> TVec<usize> {
-        crate::kernels::x86_64::fp32::shape(self.batched, [self.k, self.g.out_height, self.g.out_width])
+        shape(self.batched, [self.k, self.g.out_height, self.g.out_width])
     }
 
     /// Floats per input channel: one plane per phase.
@@ -293,7 +292,7 @@ mod tests {
     /// strides 1 to 3, with and without ReLU, on one and two threads (same bits).
     #[test]
     fn equals_float64_convolution() {
-        if !crate::kernels::x86_64::fp32::supported() {
+        if !crate::cpu::Cpu::get().avx512f {
             eprintln!("skipped: this CPU has no AVX-512 (the plan keeps tract's convs)");
             return;
         }

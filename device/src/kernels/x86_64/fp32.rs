@@ -11,51 +11,15 @@
 //! W]` (or `[C, H, W]`) image and output channels a multiple of 8. `--conv tract` (`ConvAlgorithm::Tract`)
 //! keeps tract's everywhere.
 
+use crate::kernels::x86_64::avx512::{shape, Epilogue};
 use crate::kernels::x86_64::direct::DirectConv;
 use crate::ops::im2col::ConvShape;
 use crate::kernels::x86_64::winograd::WinogradConv;
-use std::arch::x86_64::__mmask16;
 use tract_core::internal::*;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::cnn::conv::KernelFormat;
 use tract_core::ops::cnn::Conv;
 use tract_core::ops::nn::DataFormat;
-
-/// f32 lanes of a 512-bit register.
-pub(crate) const LANES: usize = 16;
-
-/// The mask of the first `n` lanes (all for `n >= 16`).
-#[inline]
-pub(crate) fn lane_mask(n: usize) -> __mmask16 {
-    if n >= LANES {
-        !0
-    } else {
-        (1u16 << n) - 1
-    }
-}
-
-/// What a conv op applies after its bias, taken over from the element-wise ops that followed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Epilogue {
-    /// Adds the op's second input, of the output's shape.
-    pub residual: bool,
-    /// Then `max(0, .)`.
-    pub relu: bool,
-}
-
-/// `[1, C, H, W]` or `[C, H, W]`.
-pub(crate) fn shape(batched: bool, chw: [usize; 3]) -> TVec<usize> {
-    if batched {
-        tvec![1, chw[0], chw[1], chw[2]]
-    } else {
-        chw.into_iter().collect()
-    }
-}
-
-/// Whether this CPU runs this crate's fp32 convs.
-pub fn supported() -> bool {
-    is_x86_feature_detected!("avx512f")
-}
 
 /// How many convs [`prepare`] gave to each op.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,18 +68,7 @@ fn float_conv(model: &TypedModel, node: &TypedNode, conv: &Conv) -> Option<Float
     {
         return None;
     }
-    let padding = spec.computed_padding(&[h, w]);
-    let strides = spec.strides();
-    let g = ConvShape {
-        channels: c,
-        height: h,
-        width: w,
-        kernel: (spec.kernel_shape[0], spec.kernel_shape[1]),
-        stride: (strides[0], strides[1]),
-        pad: (padding[0].pad_before, padding[1].pad_before),
-        out_height: padding[0].convoluted,
-        out_width: padding[1].convoluted,
-    };
+    let g = ConvShape::of_window(spec, c, h, w);
     let konst = |i: usize| -> Option<Vec<f32>> {
         let k = model.outlet_fact(node.inputs[i]).ok()?.konst.clone()?;
         Some(k.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec())
@@ -138,10 +91,12 @@ fn float_conv(model: &TypedModel, node: &TypedNode, conv: &Conv) -> Option<Float
 }
 
 /// Replaces every float `Conv` of a decluttered model that an op of this crate computes (see
-/// the module doc), on CPUs with AVX-512 F. Run before tract's optimizer, on f32 plans only.
+/// the module doc). Plugged (`crate::kernels::x86_64::plug`) on CPUs with AVX-512 F; runs before
+/// tract's optimizer, on f32 plans only.
 pub fn prepare(model: &mut TypedModel) -> TractResult<Replaced> {
     let mut replaced = Replaced::default();
-    if !supported() {
+    // The ops run AVX-512 instructions: never wired in on a CPU without them, whoever calls.
+    if !crate::cpu::Cpu::get().avx512f {
         return Ok(replaced);
     }
     for id in 0..model.nodes().len() {

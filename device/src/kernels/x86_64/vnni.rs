@@ -2,8 +2,7 @@
 //! one op, in 512-bit registers.
 //!
 //! tract's own kernel there (`avx512vnni_mmm_i32_8x8`) runs the dot-product instruction on
-//! 256-bit registers with an 8x8 tile: 13.8 of 19.1 ms of ResNet-18 int8 (x86, one thread),
-//! about 130 GMAC/s. [`VnniConv`] runs `vpdpbusd` on 512-bit registers: a tile is 16 output
+//! 256-bit registers with an 8x8 tile (device/README.md, "Why each op exists"). [`VnniConv`] runs `vpdpbusd` on 512-bit registers: a tile is 16 output
 //! pixels (the lanes, one register of patch bytes per step of 4 along k) by 16 output channels
 //! (a broadcast of 4 weight bytes each), 16 accumulators. It then finishes the tile where it
 //! is, in registers: the integer offsets, the per-channel scale, the residual, ReLU and the
@@ -22,16 +21,16 @@
 //! contiguous bytes at any stride), 4 channels per 32-bit lane; a tile runs over 16 consecutive
 //! positions of a padded row (the lanes that fall in the padding are computed and dropped, the
 //! rest compressed to the output's order). The sums are the same integers in another order.
-//! Patches were 9 times the input for 3x3 convs: `FastIm2col` took 1.9 of 7.0 ms of ResNet-18
-//! int8 on a Zen 5 core, `VnniQuads` takes 0.2. Other convs (the RGB stem: 3 channels) read
+//! Patches were 9 times the input for 3x3 convs; `VnniQuads` writes the input once. Other convs (the RGB stem: 3 channels) read
 //! [`FastIm2Col`]'s patches in the kernel's layout.
 //!
 //! [`speed_up`] swaps it in for every `FastIm2col -> OptMatMul -> Int8Epilogue` chain of an
 //! optimized int8 plan, and for the 1x1 stride-1 convs tract lowers to `OptMatMulPack ->
 //! OptMatMul -> Int8Epilogue` (their patches are the input itself, repacked), on CPUs with
-//! AVX-512 F, BW, VL and VNNI (checked at run time). Elsewhere (aarch64 boards, older x86) the
-//! plan keeps tract's kernels. `--threads N` splits the output channels over tract's pool.
+//! AVX-512 F, BW, VL and VNNI (`crate::kernels::x86_64::plug` plugs it by `crate::cpu::Cpu`).
+//! Elsewhere (aarch64 boards, older x86) the plan keeps tract's kernels. `--threads N` splits the output channels over tract's pool.
 
+use crate::kernels::x86_64::avx512::lane_mask;
 use crate::ops::epilogue::Int8Epilogue;
 use crate::ops::im2col::{ConvShape, FastIm2Col};
 use std::arch::x86_64::*;
@@ -46,7 +45,7 @@ use tract_linalg::BinOp;
 /// Output channels per tile: one accumulator register each.
 const CHANNELS: usize = 16;
 /// Output pixels per tile: the 16 i32 lanes of a register.
-const PIXELS: usize = 16;
+const PIXELS: usize = crate::kernels::x86_64::avx512::LANES;
 /// Implicit tiles: output channels (half a block of weights) and panels of 16 positions.
 const HALF: usize = 8;
 const IMPLICIT_PANELS: usize = 3;
@@ -334,11 +333,7 @@ impl VnniConv {
         buf: Buffers,
     ) {
         let e = &self.epilogue;
-        let mask: __mmask16 = if lanes == PIXELS {
-            !0
-        } else {
-            (1 << lanes) - 1
-        };
+        let mask = lane_mask(lanes);
         let zero = _mm512_setzero_ps();
         for (j, acc) in acc.iter().enumerate().take(self.m.saturating_sub(c0)) {
             let c = c0 + j;
@@ -544,11 +539,7 @@ impl Quads {
                 let row = dst.add((py * plane + yy * wq + left) * 4);
                 for x0 in (0..cols).step_by(PIXELS) {
                     let lanes = PIXELS.min(cols - x0);
-                    let m: __mmask16 = if lanes == PIXELS {
-                        !0
-                    } else {
-                        (1 << lanes) - 1
-                    };
+                    let m = lane_mask(lanes);
                     let mut v = _mm512_set1_epi32(i32::from_ne_bytes([pad; 4]));
                     for (j, c) in channels.clone().enumerate() {
                         let src = x.add((c * g.height + y) * g.width + x0);
@@ -612,11 +603,7 @@ impl Quads {
             for (h, half) in halves.iter().enumerate() {
                 // Lanes i with input column x0 + 2i + h < cols.
                 let lanes = (n + 1 - h) / 2;
-                let m: __mmask16 = if lanes == PIXELS {
-                    !0
-                } else {
-                    (1 << lanes) - 1
-                };
+                let m = lane_mask(lanes);
                 let phase = (h + left) % 2;
                 let at = phase * plane + yy * wq + (x0 + left + h) / 2;
                 _mm512_mask_storeu_epi32(planes.add(at * 4) as *mut _, m, *half);
@@ -702,14 +689,6 @@ impl TypedOp for VnniQuads {
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         Ok(tvec!(u8::fact([self.quads.len()])))
     }
-}
-
-/// Whether this CPU runs [`VnniConv`].
-pub fn supported() -> bool {
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512vnni")
 }
 
 /// The weights of an `OptMatMul` operand as `[m][k]` i8, if they are a constant in tract's
@@ -855,10 +834,12 @@ fn recognize(model: &TypedModel, epilogue: usize) -> Option<(VnniConv, usize, Bo
 }
 
 /// Replaces every `FastIm2col -> OptMatMul -> Int8Epilogue` chain of an optimized model that
-/// [`VnniConv`] handles, on CPUs that have it; returns how many. Run after
+/// [`VnniConv`] handles; returns how many. Plugged by `crate::kernels::x86_64::plug` where the CPU
+/// has AVX-512 VNNI (and a no-op on one without). Run after
 /// `crate::ops::epilogue::speed_up`.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
-    if !supported() {
+    // The op runs AVX-512 VNNI instructions: never wired in on a CPU without them, whoever calls.
+    if !crate::cpu::Cpu::get().avx512_vnni {
         return Ok(0);
     }
     let epilogues: Vec<usize> = model
@@ -934,7 +915,7 @@ mod tests {
     /// and 7, paddings 0 to 3, on one and two threads.
     #[test]
     fn implicit_kernel_equals_scalar_convolution() {
-        if !supported() {
+        if !crate::cpu::Cpu::get().avx512_vnni {
             eprintln!("skipped: this CPU has no AVX-512 VNNI (the plan keeps tract's kernels)");
             return;
         }
@@ -1048,7 +1029,7 @@ mod tests {
     /// every epilogue variant, and on two threads.
     #[test]
     fn kernel_equals_scalar_reference() {
-        if !supported() {
+        if !crate::cpu::Cpu::get().avx512_vnni {
             eprintln!("skipped: this CPU has no AVX-512 VNNI (the plan keeps tract's kernels)");
             return;
         }

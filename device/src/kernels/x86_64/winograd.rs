@@ -29,7 +29,7 @@
 // The loops over the transforms index several arrays at once, like the formulas.
 #![allow(clippy::needless_range_loop)]
 
-use crate::kernels::x86_64::fp32::{lane_mask, Epilogue, LANES};
+use crate::kernels::x86_64::avx512::{lane_mask, shape, Epilogue, LANES};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -751,7 +751,7 @@ impl EvalOp for WinogradConv {
         let x = &inputs[0];
         ensure!(
             x.datum_type() == f32::datum_type()
-                && x.shape() == &crate::kernels::x86_64::fp32::shape(self.batched, [self.c, self.h, self.w])[..],
+                && x.shape() == &shape(self.batched, [self.c, self.h, self.w])[..],
             "WinogradConv: input {:?} {:?}, planned for [1, {}, {}, {}] f32",
             x.datum_type(),
             x.shape(),
@@ -759,7 +759,7 @@ impl EvalOp for WinogradConv {
             self.h,
             self.w
         );
-        let shape = crate::kernels::x86_64::fp32::shape(self.batched, [self.k, self.h, self.w]);
+        let shape = shape(self.batched, [self.k, self.h, self.w]);
         let residual = if self.epilogue.residual {
             let r = inputs.get(1).context("WinogradConv: no residual input")?;
             ensure!(
@@ -802,7 +802,7 @@ impl TypedOp for WinogradConv {
     as_op!();
 
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(crate::kernels::x86_64::fp32::shape(
+        Ok(tvec!(f32::fact(shape(
             self.batched,
             [self.k, self.h, self.w]
         ))))
@@ -820,7 +820,7 @@ mod tests {
     /// ReLU, and on two threads (same bits).
     #[test]
     fn equals_direct_convolution() {
-        if !crate::kernels::x86_64::fp32::supported() {
+        if !crate::cpu::Cpu::get().avx512f {
             eprintln!("skipped: this CPU has no AVX-512 (the plan keeps tract's convs)");
             return;
         }
