@@ -40,7 +40,7 @@ struct ModelArgs {
     #[arg(long, default_value_t = 1, value_parser = int_in::<usize>(1, 256))]
     threads: usize,
     /// Float precision: auto (f16 for fp16 files on CPUs with fp16 arithmetic), f32 or f16.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, value_enum, default_value_t = ComputePrecision::Auto)]
     precision: ComputePrecision,
     /// Input size HxW, each side 16..=4096 (default: the model's own).
     #[arg(long, value_parser = flags::input_size)]
@@ -48,7 +48,7 @@ struct ModelArgs {
     /// Float convs: auto (on x86 with AVX-512: Winograd for 3x3 stride 1, a direct
     /// conv for the 7x7 stem; tract's im2col + matrix product elsewhere) or tract (always
     /// tract's im2col + matrix product; `direct` is accepted as the old name).
-    #[arg(long, default_value = "auto")]
+    #[arg(long, value_enum, default_value_t = ConvAlgorithm::Auto)]
     conv: ConvAlgorithm,
 }
 
@@ -147,7 +147,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the optimized plan's matrix-product nodes and their kernels (integer or float).
+    /// Print what runs for a model on this CPU: its features, the kernels plugged and why, the
+    /// plan passes and what they replaced, the matrix-product nodes and their kernels.
     #[command(allow_negative_numbers = true)]
     Inspect {
         #[command(flatten)]

@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 use shared::Stem;
 
-use crate::device::DeviceArg;
+use crate::data::DatasetSpec;
+use crate::device::{Amp, DeviceArg};
+use crate::model::ModelOptions;
 
 pub use shared::flags::{float_in, float_within, int_in, Bounds};
 
@@ -32,6 +34,38 @@ pub struct RuntimeArgs {
     /// libtorch threads (default: all cores).
     #[arg(long, value_parser = int_in::<usize>(1, MAX_THREADS))]
     pub threads: Option<usize>,
+}
+
+/// How the network computes (`host train`, `host bench-train`).
+#[derive(clap::Args, Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct ComputeArgs {
+    /// Mixed precision: off, fp16 (with dynamic loss scaling) or bf16.
+    #[arg(long, value_enum, default_value_t = Amp::Off)]
+    pub amp: Amp,
+    /// Use NHWC (channels-last) memory format for activations and conv weights.
+    #[arg(long)]
+    pub channels_last: bool,
+}
+
+impl ComputeArgs {
+    pub fn model_options(&self, zero_init_residual: bool) -> ModelOptions {
+        ModelOptions { zero_init_residual, channels_last: self.channels_last, amp: self.amp }
+    }
+}
+
+/// The test data a finished run is measured on (`host eval`, `host export`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct EvalDataArgs {
+    /// Dataset, as for `host train` (default: the run's; `host export` also calibrates on its
+    /// training split).
+    #[arg(long)]
+    pub dataset: Option<DatasetSpec>,
+    /// Evaluate on the first N test images only.
+    #[arg(long, value_parser = int_in::<usize>(1, u64::MAX))]
+    pub limit_test: Option<usize>,
+    /// Images per evaluation batch.
+    #[arg(short = 'b', long, default_value_t = 256, value_parser = int_in::<usize>(1, MAX_BATCH))]
+    pub batch_size: usize,
 }
 
 /// `--stem`.

@@ -16,11 +16,11 @@ use serde::Serialize;
 use shared::{ResNetConfig, Stem};
 use tch::{nn, Kind, Tensor};
 
-use crate::device::{self, Amp};
+use crate::device;
 use crate::loss_scale::{LossScaleConfig, LossScaler};
-use crate::model::{ModelOptions, ResNet};
+use crate::model::ResNet;
 use crate::optim::{Sgd, SgdConfig};
-use crate::args::{int_in, RuntimeArgs, StemArg, MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE};
+use crate::args::{int_in, ComputeArgs, RuntimeArgs, StemArg, MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE};
 use crate::train::{Criterion, Trainer, LR_PER_256, REFERENCE_BATCH};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -40,12 +40,8 @@ pub struct BenchArgs {
     /// Stem (default: imagenet).
     #[arg(long, value_enum)]
     pub stem: Option<StemArg>,
-    /// Mixed precision: off, fp16 (with dynamic loss scaling) or bf16.
-    #[arg(long, value_enum, default_value_t = Amp::Off)]
-    pub amp: Amp,
-    /// NHWC (channels-last) memory format.
-    #[arg(long)]
-    pub channels_last: bool,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Untimed steps first.
@@ -103,16 +99,16 @@ pub fn measure(args: &BenchArgs) -> Result<BenchResult> {
 
     tch::manual_seed(args.seed as i64);
     let vs = nn::VarStore::new(device);
-    let options = ModelOptions { zero_init_residual: true, channels_last: args.channels_last, amp: args.amp };
+    let options = args.compute.model_options(true);
     let model = ResNet::new(&vs, &config, options)?;
     let opt = Sgd::new(&model, SgdConfig { momentum: 0.875, weight_decay: 1.0 / 32768.0 });
-    let scaler = LossScaler::new(LossScaleConfig::default(), args.amp.needs_loss_scaling());
+    let scaler = LossScaler::new(LossScaleConfig::default(), args.compute.amp.needs_loss_scaling());
     let mut trainer = Trainer { model: &model, opt, scaler, criterion: Criterion { label_smoothing: 0.1 } };
     let lr = LR_PER_256 * args.batch_size as f64 / REFERENCE_BATCH;
 
     let side = i64::from(args.image_size);
     let x = Tensor::randn([args.batch_size as i64, 3, side, side], (Kind::Float, device));
-    let x = if args.channels_last { device::to_channels_last(&x) } else { x };
+    let x = if args.compute.channels_last { device::to_channels_last(&x) } else { x };
     let y = Tensor::randint(i64::from(args.num_classes), [args.batch_size as i64], (Kind::Int64, device));
 
     for _ in 0..args.warmup_steps {
@@ -136,8 +132,8 @@ pub fn measure(args: &BenchArgs) -> Result<BenchResult> {
         arch: args.arch.clone(),
         batch_size: args.batch_size,
         image_size: args.image_size,
-        amp: args.amp.name().into(),
-        channels_last: args.channels_last,
+        amp: args.compute.amp.name().into(),
+        channels_last: args.compute.channels_last,
         device: device::device_name(device),
         warmup_steps: args.warmup_steps,
         steps: args.steps,

@@ -14,7 +14,7 @@ use crate::checkpoint::{check_finite, config_from_metadata, read_safetensors, wr
 use crate::data::{DataOptions, Dataset, DatasetSpec};
 use crate::device;
 use crate::model::{ModelOptions, ResNet};
-use crate::args::{int_in, RuntimeArgs, StemArg, MAX_BATCH, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE};
+use crate::args::{int_in, EvalDataArgs, RuntimeArgs, StemArg, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE};
 use crate::train::{evaluate, model_config, Criterion, TrainArgs};
 
 /// Result file written next to the checkpoint (or to `--out`).
@@ -25,21 +25,14 @@ pub struct EvalArgs {
     /// A run directory (from `host train --out`) or a safetensors state_dict file.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Dataset (as for `host train`); default: the run's dataset.
-    #[arg(long)]
-    pub dataset: Option<DatasetSpec>,
+    #[command(flatten)]
+    pub data: EvalDataArgs,
     /// Architecture, for a bare weights file without host metadata (e.g. torchvision's).
     #[arg(long, value_parser = PossibleValuesParser::new(ResNetConfig::NAMES))]
     pub arch: Option<String>,
     /// Stem, for a bare weights file (default as for `host train`).
     #[arg(long, value_enum)]
     pub stem: Option<StemArg>,
-    /// Images per batch.
-    #[arg(short = 'b', long, default_value_t = 256, value_parser = int_in::<usize>(1, MAX_BATCH))]
-    pub batch_size: usize,
-    /// Evaluate on the first N test images only.
-    #[arg(long, value_parser = int_in::<usize>(1, u64::MAX))]
-    pub limit_test: Option<usize>,
     /// Network input side (default: the run's, else the dataset's).
     #[arg(long, value_parser = int_in::<u32>(MIN_IMAGE_SIDE, MAX_IMAGE_SIDE))]
     pub image_size: Option<u32>,
@@ -64,7 +57,7 @@ struct EvalReport<'a> {
 }
 
 pub fn main(args: EvalArgs) -> Result<()> {
-    if args.batch_size == 0 {
+    if args.data.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
     let device = args.runtime.device.resolve()?;
@@ -91,13 +84,13 @@ pub fn main(args: EvalArgs) -> Result<()> {
     };
     check_finite(&weights, &tensors)?;
 
-    let spec = match (&args.dataset, &run_args) {
+    let spec = match (&args.data.dataset, &run_args) {
         (Some(d), _) => d.clone(),
         (None, Some(a)) => a.dataset.clone(),
         (None, None) => DatasetSpec::default(),
     };
     let image_size = args.image_size.or(run_args.as_ref().and_then(|a| a.image_size));
-    let data = Dataset::open_test(&spec, &DataOptions { limit_test: args.limit_test, image_size, ..Default::default() })?;
+    let data = Dataset::open_test(&spec, &DataOptions { limit_test: args.data.limit_test, image_size, ..Default::default() })?;
 
     let config = match (run_config.or_else(|| config_from_metadata(&meta)), &args.arch) {
         (Some(c), None) => c,
@@ -117,7 +110,7 @@ pub fn main(args: EvalArgs) -> Result<()> {
         );
     }
     let preprocess = match run_preprocess {
-        Some(p) if args.image_size.is_none() && args.dataset.is_none() => p,
+        Some(p) if args.image_size.is_none() && args.data.dataset.is_none() => p,
         _ => data.presets.eval,
     };
 
@@ -125,7 +118,7 @@ pub fn main(args: EvalArgs) -> Result<()> {
     let model = ResNet::new(&vs, &config, ModelOptions::default())?;
     model.load_state_dict(&tensors, &weights, &[])?;
     let criterion = Criterion { label_smoothing: 0.0 };
-    let ev = evaluate(&model, &criterion, data.test.as_ref(), &preprocess, args.batch_size, device)?;
+    let ev = evaluate(&model, &criterion, data.test.as_ref(), &preprocess, args.data.batch_size, device)?;
     let report = EvalReport {
         checkpoint: weights.display().to_string(),
         dataset: spec.to_string(),

@@ -16,14 +16,14 @@ use shared::{ResNetConfig, Stem};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::args::{
-    float_in, float_within, int_in, Bounds, RuntimeArgs, StemArg, MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIDE,
+    float_in, float_within, int_in, Bounds, ComputeArgs, RuntimeArgs, StemArg, MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIDE,
     MAX_THREADS, MIN_IMAGE_SIDE,
 };
 use crate::checkpoint::{RunDir, RunState, RUN_FORMAT};
 use crate::data::{DataOptions, Dataset, DatasetSpec, LoaderSpec, Source};
-use crate::device::{self, Amp};
+use crate::device;
 use crate::loss_scale::{LossScaleConfig, LossScaler};
-use crate::model::{ModelOptions, ResNet};
+use crate::model::ResNet;
 use crate::optim::{Sgd, SgdConfig};
 use crate::presets::Transform;
 use crate::rng::{epoch_order, Purpose, Rng};
@@ -92,12 +92,9 @@ pub struct TrainArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub runtime: RuntimeArgs,
-    /// Mixed precision: off, fp16 (with dynamic loss scaling) or bf16.
-    #[arg(long, value_enum, default_value_t = Amp::Off)]
-    pub amp: Amp,
-    /// Use NHWC (channels-last) memory format for activations and conv weights.
-    #[arg(long)]
-    pub channels_last: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub compute: ComputeArgs,
     /// Initial fp16 loss scale.
     #[arg(long, default_value_t = 65536.0, value_parser = float_within(Bounds { lo: 0.0f64, hi: 1e9, open_lo: true, open_hi: false }))]
     pub loss_scale: f64,
@@ -477,8 +474,7 @@ fn open_run(args: TrainArgs, explicit: &[String]) -> Result<(RunDir, TrainArgs, 
 /// The network, seeded by `--seed`, initialised from `--init-from` unless resuming.
 fn build_model(args: &TrainArgs, vs: &nn::VarStore, config: &ResNetConfig, resuming: bool) -> Result<ResNet> {
     tch::manual_seed(args.seed as i64);
-    let options =
-        ModelOptions { zero_init_residual: args.zero_init_residual, channels_last: args.channels_last, amp: args.amp };
+    let options = args.compute.model_options(args.zero_init_residual);
     let model = ResNet::new(vs, config, options)?;
     if let (Some(path), false) = (&args.init_from, resuming) {
         crate::checkpoint::load_weights(path, &model, &args.init_exclude)?;
@@ -497,7 +493,7 @@ fn build_trainer<'a>(args: &TrainArgs, model: &'a ResNet, steps_per_epoch: u64) 
         growth_interval: args.loss_scale_growth_interval,
         ..LossScaleConfig::default()
     };
-    let scaler = LossScaler::new(scale_config, args.amp.needs_loss_scaling());
+    let scaler = LossScaler::new(scale_config, args.compute.amp.needs_loss_scaling());
     (Trainer { model, opt, scaler, criterion }, schedule)
 }
 
@@ -527,8 +523,8 @@ fn describe(args: &TrainArgs, config: &ResNetConfig, data: &Dataset, device: Dev
         data.classes.len(),
         if args.batch_size == 1 { "1 image/step".to_string() } else { format!("batch {}", args.batch_size) },
         device::device_name(device),
-        args.amp.name(),
-        if args.channels_last { ", channels-last" } else { "" },
+        args.compute.amp.name(),
+        if args.compute.channels_last { ", channels-last" } else { "" },
         first,
         end,
         args.epochs

@@ -67,7 +67,13 @@ pub fn have(program: &str) -> bool {
 
 /// The qemu runner for aarch64 binaries with a given CPU model.
 pub fn qemu_runner(cpu: &str) -> String {
-    format!("qemu-aarch64 -L {QEMU_SYSROOT} -cpu {cpu}")
+    // Under qemu-user /proc/cpuinfo is the x86 host's, and tract picks its fp16 kernels from it
+    // (device reads HWCAP, which follows -cpu). For CPU models with FEAT_FP16, tell tract what a
+    // board's /proc/cpuinfo would: its kind `a75` means fp16 + dotprod to it and nothing else.
+    // Without it an f16 plan runs tract's generic f16 code (3x slower under qemu, same results).
+    let fp16 = matches!(cpu, "cortex-a55" | "cortex-a76" | "neoverse-n1" | "max");
+    let tract_kind = if fp16 { " -E TRACT_CPU_AARCH64_KIND=a75" } else { "" };
+    format!("qemu-aarch64 -L {QEMU_SYSROOT} -cpu {cpu}{tract_kind}")
 }
 
 /// Cargo's target directory (`CARGO_TARGET_DIR` or `<root>/target`).

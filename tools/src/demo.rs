@@ -254,7 +254,7 @@ fn print_latency(report: &[(&&str, String)]) -> Result<()> {
     }
     if let Some((_, json)) = report.first() {
         let b: serde_json::Value = serde_json::from_str(json)?;
-        println!("CPU features tract detected: {}", b["cpu"]["features"]);
+        println!("CPU features (CPUID / HWCAP): {}; tract's kernel set: {}", b["cpu"]["features"], b["cpu"]["tract"]["isa_level"]);
     }
     Ok(())
 }

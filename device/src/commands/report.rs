@@ -31,12 +31,26 @@ pub fn model_json(engine: &Engine) -> Value {
         "classes": i.num_classes,
         "int8_layers": i.int8_layers.len(),
         "float_layers": i.float_layers.len(),
-        "winograd_layers": i.winograd_layers,
-        "direct_layers": i.direct_layers,
+        "winograd_layers": i.plan.winograd_layers,
+        "direct_layers": i.plan.direct_layers,
         "threads": i.threads,
-        "cpu": Cpu::get().feature_names(),
         "kernels": Kernels::get().report(),
-        "passes": i.passes,
+        "passes": i.plan.passes,
+    })
+}
+
+/// The CPU: its features (`crate::cpu::Cpu`, what this crate's decisions read) and, apart, what
+/// tract detected for its own kernel choice (tract reads /proc/cpuinfo on aarch64, which is the
+/// host's under qemu-user).
+pub fn cpu_json() -> Value {
+    let cpu = Cpu::get();
+    let isa = tract_linalg::isa::native();
+    let tract_features: Vec<&str> = isa.iter().map(|i| i.name()).collect();
+    json!({
+        "arch": std::env::consts::ARCH,
+        "features": cpu.feature_names(),
+        "fp16_arithmetic": cpu.fp16,
+        "tract": {"isa_level": isa.nickname(), "features": tract_features},
     })
 }
 
@@ -77,7 +91,7 @@ pub fn bench_json(
             "postprocess": stats_json(&m.postprocess),
         },
         "peak_rss_kib": peak_rss_kib,
-        "cpu": crate::engine::cpu_report(),
+        "cpu": cpu_json(),
         "notes": engine.info().notes,
     })
 }
@@ -89,7 +103,7 @@ pub fn bench_text(
     frame: (u32, u32),
 ) -> String {
     let i = engine.info();
-    let cpu = crate::engine::cpu_report();
+    let cpu = cpu_json();
     let line = |name: &str, s: &Stats| {
         format!(
             "{name:<12} mean {:8.3}  p50 {:8.3}  p90 {:8.3}  p99 {:8.3} ms\n",
@@ -97,7 +111,7 @@ pub fn bench_text(
         )
     };
     let mut out = format!(
-        "model        {} ({}, {} threads, input 1x{}x{}x{})\nload         {:.1} ms\ncpu          {} {} [{}]\n",
+        "model        {} ({}, {} threads, input 1x{}x{}x{})\nload         {:.1} ms\ncpu          {} [{}], tract's kernel set {}\n",
         i.path.display(),
         i.compute.name(),
         i.threads,
@@ -106,8 +120,8 @@ pub fn bench_text(
         i.width,
         i.load_time.as_secs_f64() * 1e3,
         cpu["arch"].as_str().unwrap_or(""),
-        cpu["isa_level"].as_str().unwrap_or(""),
-        cpu["features"].as_array().map(|f| f.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+        Cpu::get().feature_names().join(","),
+        cpu["tract"]["isa_level"].as_str().unwrap_or(""),
     );
     out += &format!(
         "frame        {}x{} RGB8, {} warm-up + {} timed runs\n",

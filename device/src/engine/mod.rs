@@ -27,27 +27,17 @@ pub mod pipeline;
 
 use import::{import, ImportOptions};
 
-/// Which float precision to compute in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// Which float precision to compute in (`--precision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ComputePrecision {
     /// f16 for fp16 weights files on CPUs with fp16 arithmetic, f32 otherwise (with a note).
     #[default]
     Auto,
+    #[value(alias = "fp32")]
     F32,
     /// tract's f32 -> f16 transform; an error on CPUs without fp16 arithmetic.
+    #[value(alias = "fp16")]
     F16,
-}
-
-impl std::str::FromStr for ComputePrecision {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "auto" => Self::Auto,
-            "f32" | "fp32" => Self::F32,
-            "f16" | "fp16" => Self::F16,
-            _ => bail!("unknown precision `{s}` (expected auto, f32 or f16)"),
-        })
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -72,34 +62,18 @@ impl Default for EngineOptions {
     }
 }
 
-/// How f32 plans compute their convolutions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How f32 plans compute their convolutions (`--conv`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ConvAlgorithm {
     /// This crate's convs where the CPU has AVX-512 (x86: `crate::kernels::x86_64::fp32`: Winograd F(4x4, 3x3)
     /// or F(2x2, 3x3) for 3x3 stride 1, a direct conv for the 7x7 stem), tract's im2col + matrix product
     /// elsewhere.
     #[default]
     Auto,
-    /// Always tract's im2col + matrix product (`--conv tract`; `direct` is the old name).
+    /// Always tract's im2col + matrix product (`--conv tract`; `direct`, the old name, is still
+    /// accepted so that existing scripts keep working).
+    #[value(alias = "direct")]
     Tract,
-}
-
-impl ConvAlgorithm {
-    /// The old name of [`ConvAlgorithm::Tract`], kept for callers written against it.
-    #[allow(non_upper_case_globals)]
-    pub const Direct: ConvAlgorithm = ConvAlgorithm::Tract;
-}
-
-impl std::str::FromStr for ConvAlgorithm {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "auto" => Self::Auto,
-            // `direct`: the old name, kept so existing scripts keep working.
-            "tract" | "direct" => Self::Tract,
-            _ => bail!("unknown conv algorithm `{s}` (expected auto or tract)"),
-        })
-    }
 }
 
 /// What kind of file the model came from.
@@ -148,17 +122,24 @@ pub struct ModelInfo {
     pub preprocess: Preprocess,
     pub int8_layers: Vec<String>,
     pub float_layers: Vec<String>,
-    /// The plan passes that ran (`crate::plan`), in order, and how many nodes each replaced.
-    pub passes: Vec<crate::plan::Applied>,
-    /// How many float convs run as Winograd (`crate::kernels::x86_64::winograd`).
-    pub winograd_layers: usize,
-    /// How many float convs run as `crate::kernels::x86_64::direct`'s (large kernels: the stem).
-    pub direct_layers: usize,
+    /// What the plan passes did (filled when the plan is built).
+    pub plan: PlanFacts,
     /// Things the user should know (fallbacks), printed by the CLI on stderr.
     pub notes: Vec<String>,
     /// Reading, importing and optimizing the model.
     pub load_time: Duration,
     pub threads: usize,
+}
+
+/// What the plan passes did to a model's plan.
+#[derive(Clone, Debug, Default)]
+pub struct PlanFacts {
+    /// The passes that ran (`crate::plan`), in order, and how many nodes each replaced.
+    pub passes: Vec<crate::plan::Applied>,
+    /// How many float convs run as Winograd (`crate::kernels::x86_64::winograd`).
+    pub winograd_layers: usize,
+    /// How many float convs run as `crate::kernels::x86_64::direct`'s (large kernels: the stem).
+    pub direct_layers: usize,
 }
 
 impl ModelInfo {
@@ -282,9 +263,7 @@ impl Engine {
             preprocess: header.preprocess,
             int8_layers: imported.int8_layers,
             float_layers: imported.float_layers,
-            passes: vec![],
-            winograd_layers: 0,
-            direct_layers: 0,
+            plan: PlanFacts::default(),
             notes: vec![],
             load_time: Duration::ZERO,
             threads: 1,
@@ -397,9 +376,7 @@ impl Engine {
             preprocess,
             int8_layers: vec![],
             float_layers: vec![],
-            passes: vec![],
-            winograd_layers: 0,
-            direct_layers: 0,
+            plan: PlanFacts::default(),
             notes: vec![],
             load_time: Duration::ZERO,
             threads: 1,
@@ -453,15 +430,15 @@ impl Engine {
             int8: info.compute == Compute::Int8,
             f32_convs: info.compute == Compute::F32 && opts.conv == ConvAlgorithm::Auto,
         };
-        info.passes = plan::run(&passes, Stage::Decluttered, kind, &mut model)?;
+        info.plan.passes = plan::run(&passes, Stage::Decluttered, kind, &mut model)?;
         let mut model = model.into_optimized()?;
-        info.passes.extend(plan::run(&passes, Stage::Optimized, kind, &mut model)?);
+        info.plan.passes.extend(plan::run(&passes, Stage::Optimized, kind, &mut model)?);
         #[cfg(target_arch = "x86_64")]
         {
             use crate::kernels::x86_64::{direct::DirectConv, winograd::WinogradConv};
             let count = |f: fn(&TypedNode) -> bool| model.nodes().iter().filter(|n| f(n)).count();
-            info.winograd_layers = count(|n| n.op_is::<WinogradConv>());
-            info.direct_layers = count(|n| n.op_is::<DirectConv>());
+            info.plan.winograd_layers = count(|n| n.op_is::<WinogradConv>());
+            info.plan.direct_layers = count(|n| n.op_is::<DirectConv>());
         }
         Ok(model)
     }
@@ -578,14 +555,3 @@ pub fn matmul_kernels(model: &TypedModel) -> Vec<String> {
         .collect()
 }
 
-/// The CPU features tract detected and the matrix kernels it can pick from.
-pub fn cpu_report() -> serde_json::Value {
-    let isa = tract_linalg::isa::native();
-    let features: Vec<&str> = isa.iter().map(|i| i.name()).collect();
-    serde_json::json!({
-        "arch": std::env::consts::ARCH,
-        "isa_level": isa.nickname(),
-        "features": features,
-        "fp16_arithmetic": isa.fp16_arithmetic(),
-    })
-}

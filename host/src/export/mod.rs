@@ -37,7 +37,7 @@ use shared::weights::WeightsWriter;
 use shared::{Form, ParamKind, Precision, ResNetConfig, ValueId, WeightsFile};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::args::{float_within, int_in, Bounds, MAX_BATCH, MAX_THREADS};
+use crate::args::{float_within, int_in, Bounds, EvalDataArgs, MAX_BATCH, MAX_THREADS};
 use crate::checkpoint::{check_finite, RunDir, CHECKPOINT_FILE, MANIFEST_FILE};
 use crate::data::{DataOptions, DatasetSpec, LoaderSpec, Source, Split, SplitSet};
 use crate::device::{self, DeviceArg};
@@ -113,18 +113,11 @@ pub struct ExportArgs {
     /// classifier) or layer names (`layer1.0.conv1`).
     #[arg(long, value_delimiter = ',')]
     pub keep_float: Vec<String>,
-    /// Dataset for calibration and evaluation (default: the run's).
-    #[arg(long)]
-    pub dataset: Option<DatasetSpec>,
-    /// Evaluate on the first N test images only.
-    #[arg(long, value_parser = int_in::<usize>(1, u64::MAX))]
-    pub limit_test: Option<usize>,
+    #[command(flatten)]
+    pub data: EvalDataArgs,
     /// Test images stored in the parity file.
     #[arg(long, default_value_t = 64, value_parser = int_in::<usize>(1, MAX_BATCH))]
     pub parity_samples: usize,
-    /// Evaluation batch size.
-    #[arg(short = 'b', long, default_value_t = 256, value_parser = int_in::<usize>(1, MAX_BATCH))]
-    pub batch_size: usize,
     /// Seed of the calibration image draw.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -220,7 +213,7 @@ fn precision_name(p: Precision) -> &'static str {
 
 /// Flag checks that need no file.
 fn check_args(args: &ExportArgs) -> Result<()> {
-    if args.batch_size == 0 {
+    if args.data.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
     if args.parity_samples == 0 {
@@ -609,9 +602,9 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     let mut outputs = Outputs::default();
     let paths = stage_outputs(args, &mut outputs)?;
 
-    let run = load_run(&args.checkpoint, args.dataset.as_ref(), device)?;
+    let run = load_run(&args.checkpoint, args.data.dataset.as_ref(), device)?;
     let folded = fold::fold(&run.model).with_context(|| format!("checkpoint {}", run.checkpoint.display()))?;
-    let data_opts = DataOptions { limit_train: None, limit_test: args.limit_test, image_size: run.image_size };
+    let data_opts = DataOptions { limit_train: None, limit_test: args.data.limit_test, image_size: run.image_size };
     let test = open_test(&run, &data_opts)?;
     let keep_float = if args.int8 { keep_float_layers(&run.config, &args.keep_float)? } else { BTreeSet::new() };
     let (activations, calib_images) = if args.int8 {
@@ -636,7 +629,7 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     }
 
     let mut cmp =
-        compare_on_test(&run.model, &exported, test.source.as_ref(), &run.preprocess, args.batch_size, args.parity_samples, device)?;
+        compare_on_test(&run.model, &exported, test.source.as_ref(), &run.preprocess, args.data.batch_size, args.parity_samples, device)?;
     outputs.write(&paths.parity, &cmp.parity.to_bytes(&run.arch, &producer)?)?;
     let (ort, ort_skipped) = ort_check(args, precision, &mut outputs, &paths, &mut cmp, &run.arch, &producer)?;
 
