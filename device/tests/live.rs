@@ -241,6 +241,38 @@ fn mjpeg_frames_of_the_wrong_size_are_an_error() {
     );
 }
 
+/// `jpeg` with an APP1 (EXIF) segment after its start marker that holds `thumbnail`, a whole
+/// JPEG with its own end-of-image marker, as cameras and phones write them.
+fn with_exif_thumbnail(jpeg: &[u8], thumbnail: &[u8]) -> Vec<u8> {
+    let payload: Vec<u8> = b"Exif\0\0".iter().chain(thumbnail).copied().collect();
+    let len = u16::try_from(payload.len() + 2).unwrap();
+    let mut out = vec![0xFF, 0xD8, 0xFF, 0xE1];
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend(payload);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+#[test]
+fn an_mjpeg_frame_with_an_exif_thumbnail_is_one_frame() {
+    let frames = mjpeg_frames(2);
+    let thumb = ffmpeg_output(1, "16:12", &["-f", "mjpeg"]);
+    assert!(thumb.ends_with(&[0xFF, 0xD9]));
+    let mut stream = with_exif_thumbnail(&frames[0], &thumb);
+    stream.extend_from_slice(&frames[1]);
+    // The first frame's bytes still decode as a JPEG (the thumbnail is an APP1 payload).
+    assert_eq!(image::load_from_memory(&stream[..stream.len() - frames[1].len()]).unwrap().width(), 160);
+    let mut s = MjpegStream::new(std::io::Cursor::new(stream), Some((160, 120)), false);
+    for i in 0..2 {
+        match s.next().unwrap() {
+            Next::Frame(f) => assert_eq!((f.width, f.height), (160, 120), "frame {i}"),
+            Next::Skipped(why) => panic!("frame {i} skipped: {why}"),
+            Next::End => panic!("the stream ended after {i} frames"),
+        }
+    }
+    assert!(matches!(s.next().unwrap(), Next::End));
+}
+
 #[test]
 fn raw_frames_of_the_wrong_size_are_an_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -370,6 +402,21 @@ fn folder_replay_classifies_every_image_and_skips_broken_ones() {
     let (r, _) = run(&mut p, source, false);
     let s = r.unwrap();
     assert_eq!((s.frames, s.skipped, s.dropped), (3, 1, 0));
+}
+
+#[test]
+fn folder_replay_reads_bmp_and_pnm_images() {
+    let mut p = pipeline();
+    let dir = tempfile::tempdir().unwrap();
+    let img = image::open(photo()).unwrap();
+    img.to_rgb8().save(dir.path().join("a.bmp")).unwrap();
+    img.to_rgb8().save(dir.path().join("b.ppm")).unwrap();
+    img.to_luma8().save(dir.path().join("c.pgm")).unwrap();
+    std::fs::copy(dir.path().join("b.ppm"), dir.path().join("d.pnm")).unwrap();
+    let source = open_source(dir.path().to_str().unwrap(), 0, 0, StreamFormat::Raw(PixelFormat::Rgb8)).unwrap();
+    let (r, out) = run(&mut p, source, false);
+    let s = r.unwrap();
+    assert_eq!((s.frames, s.skipped), (4, 0), "{out}");
 }
 
 #[test]

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{assert_error, fashion_mnist_dir, host, python, stderr, stdout, TempDir};
+use common::{assert_error, assert_usage_error, fashion_mnist_dir, host, python, stderr, stdout, TempDir};
 use safetensors::SafeTensors;
 use shared::{DType, Form, Precision, Preprocess, WeightsFile};
 
@@ -497,7 +497,7 @@ fn bad_inputs_fail_clearly_and_leave_no_file() {
         &exp(run_str(), &["--int8", "--calib-batches", "1000", "--calib-batch-size", "64"]),
         &["too few calibration images", "64000"],
     );
-    assert_error(&exp(run_str(), &["--int8", "--calib-batches", "0"]), &["--calib-batches"]);
+    assert_usage_error(&exp(run_str(), &["--int8", "--calib-batches", "0"]), &["--calib-batches", "1..="]);
     assert_empty(out_dir.path());
 
     // Unwritable outputs: a missing directory, a path under a regular file.

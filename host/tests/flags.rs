@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{host, stderr, TempDir};
+use common::{assert_usage_error, host, TempDir};
 
 #[test]
 fn numeric_flags_out_of_range_name_the_flag_and_the_range() {
@@ -44,14 +44,7 @@ fn numeric_flags_out_of_range_name_the_flag_and_the_range() {
     ];
     for (args, want) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let o = host(&args);
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        let first = err.lines().next().unwrap_or("");
-        assert!(first.starts_with("error: "), "{args:?}: {err}");
-        for w in want {
-            assert!(first.contains(w), "{args:?}: wanted `{w}` in the first line: {err}");
-        }
+        assert_usage_error(&host(&args), want);
     }
     assert!(!tmp.join("run").exists(), "a refused command created its run directory");
 }

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use common::{assert_error, host, stderr, stdout, TempDir};
+use common::{assert_error, assert_usage_error, host, stderr, stdout, TempDir};
 use host::checkpoint::{read_safetensors, to_safetensors_bytes, FAIL_AFTER_ENV, MANIFEST_FILE};
 
 /// A tiny synthetic run: 64 training images of 16 px, batch 32 (2 steps an epoch), 2 epochs.
@@ -171,10 +171,7 @@ fn epochs_zero_is_refused_and_claims_no_file() {
         let mut args: Vec<String> = tiny_args(&out).into_iter().filter(|a| a != "--epochs" && a != "2").collect();
         args.extend([flag.to_string(), "0".to_string()]);
         let o = run_host(&args, None);
-        // clap's usage error (exit 2), naming the flag and its range.
-        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-        let first = stderr(&o).lines().next().unwrap_or("").to_string();
-        assert!(first.starts_with("error: ") && first.contains(flag) && first.contains("1..=100000"), "{first}");
+        assert_usage_error(&o, &[flag, "1..=100000"]);
         assert!(!stdout(&o).contains("checkpoint:"), "{}", stdout(&o));
         assert!(!out.join("checkpoint.safetensors").exists() && !out.join(MANIFEST_FILE).exists());
     }

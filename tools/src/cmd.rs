@@ -65,14 +65,21 @@ pub fn have(program: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
 }
 
+/// Whether a qemu `-cpu` model has FEAT_FP16 (f16 arithmetic).
+pub fn qemu_cpu_has_fp16(cpu: &str) -> bool {
+    matches!(cpu, "cortex-a55" | "cortex-a76" | "neoverse-n1" | "max")
+}
+
+/// Guest environment for qemu CPU models with FEAT_FP16. Under qemu-user /proc/cpuinfo is the x86
+/// host's, and tract picks its fp16 kernels from it (device reads HWCAP, which follows -cpu):
+/// tell tract what a board's /proc/cpuinfo would: its kind `a75` means fp16 + dotprod to it and
+/// nothing else. Without it an f16 plan runs tract's generic f16 code (3x slower under qemu, same
+/// results).
+pub const TRACT_FP16_ENV: &str = "TRACT_CPU_AARCH64_KIND=a75";
+
 /// The qemu runner for aarch64 binaries with a given CPU model.
 pub fn qemu_runner(cpu: &str) -> String {
-    // Under qemu-user /proc/cpuinfo is the x86 host's, and tract picks its fp16 kernels from it
-    // (device reads HWCAP, which follows -cpu). For CPU models with FEAT_FP16, tell tract what a
-    // board's /proc/cpuinfo would: its kind `a75` means fp16 + dotprod to it and nothing else.
-    // Without it an f16 plan runs tract's generic f16 code (3x slower under qemu, same results).
-    let fp16 = matches!(cpu, "cortex-a55" | "cortex-a76" | "neoverse-n1" | "max");
-    let tract_kind = if fp16 { " -E TRACT_CPU_AARCH64_KIND=a75" } else { "" };
+    let tract_kind = if qemu_cpu_has_fp16(cpu) { format!(" -E {TRACT_FP16_ENV}") } else { String::new() };
     format!("qemu-aarch64 -L {QEMU_SYSROOT} -cpu {cpu}{tract_kind}")
 }
 
@@ -90,8 +97,13 @@ pub fn profile_dir(target: Option<&str>, profile: &str) -> PathBuf {
     }
 }
 
-/// Cross-builds `device` for aarch64 and returns the binary's path.
-pub fn cross_build_device(profile: &str) -> Result<PathBuf> {
-    run(cargo().args(["build", "-p", "device", "--target", AARCH64, "--profile", profile]))?;
+/// Cross-builds `device` for aarch64 with `features` (e.g. `gpio`) and returns the binary's path.
+pub fn cross_build_device(profile: &str, features: &[&str]) -> Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "-p", "device", "--target", AARCH64, "--profile", profile]);
+    if !features.is_empty() {
+        c.args(["--features", &features.join(",")]);
+    }
+    run(&mut c)?;
     Ok(profile_dir(Some(AARCH64), profile).join("device"))
 }

@@ -76,7 +76,7 @@ pub fn run(args: &Args) -> Result<()> {
         None
     } else {
         let _s = step("cross-build device for aarch64");
-        Some(cmd::cross_build_device("release")?)
+        Some(cmd::cross_build_device("release", &[])?)
     };
 
     if !(args.skip_train && out.join("checkpoint.safetensors").exists()) {

@@ -110,6 +110,10 @@ pub struct Args {
     /// Deploy this aarch64 device binary instead of cross-building one.
     #[arg(long)]
     pub binary: Option<PathBuf>,
+    /// Cross-build with the GPIO LED/button support (`--features gpio`); implied when a
+    /// `--live-arg` passes `--gpio-chip`, `--led-line` or `--button-line`.
+    #[arg(long)]
+    pub gpio: bool,
     /// Upload the binary as built. By default its debug info is stripped first
     /// (`aarch64-linux-gnu-strip --strip-debug`: symbols stay, so backtraces keep function names;
     /// the release profile's line tables make the binary several times larger).
@@ -150,6 +154,14 @@ pub struct Args {
     /// x86_64 machine with `--expect-arch x86_64 --runner qemu`.
     #[arg(long, default_value = "aarch64")]
     pub expect_arch: String,
+}
+
+impl Args {
+    /// Whether the cross-build needs `--features gpio`.
+    pub fn wants_gpio(&self) -> bool {
+        const GPIO_FLAGS: [&str; 3] = ["--gpio-chip", "--led-line", "--button-line"];
+        self.gpio || self.live_args.iter().any(|a| GPIO_FLAGS.iter().any(|f| a.split('=').next() == Some(*f)))
+    }
 }
 
 #[derive(clap::Args)]
@@ -624,6 +636,24 @@ mv -T .previous.tmp previous
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpio_build_when_asked_or_when_the_service_uses_gpio() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let parse = |extra: &[&str]| {
+            let base = ["deploy", "--board", "pi5", "--host", "pi@b", "--model", "m.evw"];
+            <Cli as clap::Parser>::try_parse_from(base.iter().chain(extra)).unwrap().args.wants_gpio()
+        };
+        assert!(!parse(&[]));
+        assert!(parse(&["--gpio"]));
+        assert!(parse(&["--live-arg=--led-line=17", "--live-arg=--led-class=cat"]));
+        assert!(parse(&["--live-arg", "--button-line"]));
+        assert!(!parse(&["--live-arg=--threads=4"]));
+    }
 
     #[test]
     fn paths() {

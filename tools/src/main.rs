@@ -30,6 +30,9 @@ enum Command {
         /// Build profile.
         #[arg(long, default_value = "release")]
         profile: String,
+        /// With the GPIO LED/button support (`--features gpio`).
+        #[arg(long)]
+        gpio: bool,
     },
     /// Cross-build device, copy it and a model to a board over SSH, switch atomically, bench there.
     Deploy(Box<deploy::Args>),
@@ -43,7 +46,10 @@ fn main() {
         Command::Setup(args) => setup::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
-        Command::Cross { profile } => cmd::cross_build_device(&profile).map(|path| println!("{}", path.display())),
+        Command::Cross { profile, gpio } => {
+            let features: &[&str] = if gpio { &["gpio"] } else { &[] };
+            cmd::cross_build_device(&profile, features).map(|path| println!("{}", path.display()))
+        }
         Command::Deploy(args) => deploy::run(&args),
         Command::Rollback(args) => deploy::rollback(&args),
     };

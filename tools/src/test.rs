@@ -41,7 +41,10 @@ pub fn run(args: &Args) -> Result<()> {
     }
     // 1. The whole workspace on x86, host (libtorch) included. The device tests make their
     //    fixtures with the venv (tools/make_test_models.py) when they are missing.
-    cmd::run(cargo().args(["test", "--workspace", "--release", "--no-fail-fast"]))?;
+    //    With device's `gpio` feature (LED and button on real GPIO lines), so that it is built
+    //    and its tests run; in one build with the rest (the feature changes libc's features, so a
+    //    separate build would compile tract again).
+    cmd::run(cargo().args(["test", "--workspace", "--release", "--no-fail-fast", "--features", "device/gpio"]))?;
     // 2. shared stays no_std on a bare-metal target.
     cmd::run(cargo().args(["check", "-p", "shared", "--target", "thumbv7em-none-eabihf", "--no-default-features"]))?;
     cmd::run(cargo().args(["check", "-p", "shared", "--target", "thumbv7em-none-eabihf", "--no-default-features", "--features", "defmt"]))?;

@@ -112,7 +112,7 @@ fn decode(bytes: &[u8], format: Option<ImageFormat>, limits: &DecodeLimits) -> R
         None => reader = reader.with_guessed_format().context("reading the header")?,
     }
     let Some(format) = reader.format() else {
-        bail!("not an image format this build decodes (PNG or JPEG)");
+        bail!("not an image format this build decodes (PNG, JPEG, BMP, PPM/PGM)");
     };
     if format == ImageFormat::Jpeg {
         check_jpeg_complete(bytes)?;
@@ -144,20 +144,39 @@ fn decode(bytes: &[u8], format: Option<ImageFormat>, limits: &DecodeLimits) -> R
 /// data (where `FF` is followed by `00` or a restart marker), so an `FF D9` inside an embedded
 /// thumbnail or in the middle of truncated data does not count.
 pub fn check_jpeg_complete(jpeg: &[u8]) -> Result<()> {
+    match walk_jpeg(jpeg)? {
+        JpegWalk::Complete(_) => Ok(()),
+        JpegWalk::InSegment(_) | JpegWalk::Truncated => bail!(
+            "corrupt JPEG: truncated, the data ends at byte {} before the end-of-image marker (FF D9)",
+            jpeg.len()
+        ),
+    }
+}
+
+/// Where the JPEG at the start of some bytes ends, as far as they go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JpegWalk {
+    /// A whole JPEG of this many bytes, through its end-of-image marker.
+    Complete(usize),
+    /// The bytes end inside the marker segment with this code (`0xE1`: APP1, where EXIF keeps
+    /// a thumbnail, itself a JPEG with its own `FF D9`).
+    InSegment(u8),
+    /// The bytes end elsewhere before the JPEG does.
+    Truncated,
+}
+
+/// Walks the JPEG at the start of `jpeg`: its marker segments, then its entropy-coded data
+/// (where `FF` is followed by `00` or a restart marker); an error when the structure is broken.
+pub fn walk_jpeg(jpeg: &[u8]) -> Result<JpegWalk> {
     let n = jpeg.len();
     ensure!(
         jpeg.starts_with(&[0xFF, 0xD8]),
         "not a JPEG: no start-of-image marker (FF D8)"
     );
-    let truncated = |at: usize| {
-        anyhow::anyhow!(
-            "corrupt JPEG: truncated, the data ends at byte {at} before the end-of-image marker (FF D9)"
-        )
-    };
     let mut i = 2;
     loop {
         if i >= n {
-            return Err(truncated(n));
+            return Ok(JpegWalk::Truncated);
         }
         ensure!(
             jpeg[i] == 0xFF,
@@ -169,19 +188,19 @@ pub fn check_jpeg_complete(jpeg: &[u8]) -> Result<()> {
             i += 1;
         }
         if i >= n {
-            return Err(truncated(n));
+            return Ok(JpegWalk::Truncated);
         }
         let code = jpeg[i];
         i += 1;
         match code {
-            0xD9 => return Ok(()),
+            0xD9 => return Ok(JpegWalk::Complete(i)),
             // Restart markers and TEM stand alone.
             0xD0..=0xD7 | 0x01 => continue,
             0xD8 | 0x00 => bail!("corrupt JPEG: unexpected marker FF {code:02X} at byte {}", i - 2),
             _ => {}
         }
         if i + 2 > n {
-            return Err(truncated(n));
+            return Ok(JpegWalk::InSegment(code));
         }
         let len = usize::from(u16::from_be_bytes([jpeg[i], jpeg[i + 1]]));
         ensure!(
@@ -190,18 +209,20 @@ pub fn check_jpeg_complete(jpeg: &[u8]) -> Result<()> {
             i - 2
         );
         i += len;
-        if i > n {
-            return Err(truncated(n));
+        // Ending exactly where the segment does counts as inside it: the last bytes (an `FF D9`
+        // the MJPEG splitter stopped at, say) are the segment's payload, not a marker.
+        if i >= n {
+            return Ok(JpegWalk::InSegment(code));
         }
         if code == 0xDA {
             // Entropy-coded data up to the next marker that is neither stuffing nor a restart.
             loop {
                 let Some(k) = jpeg[i..].iter().position(|&b| b == 0xFF) else {
-                    return Err(truncated(n));
+                    return Ok(JpegWalk::Truncated);
                 };
                 let j = i + k;
                 match jpeg.get(j + 1) {
-                    None => return Err(truncated(n)),
+                    None => return Ok(JpegWalk::Truncated),
                     Some(0x00 | 0xD0..=0xD7) => i = j + 2,
                     Some(_) => {
                         i = j;

@@ -129,6 +129,17 @@ mod tests {
         led.release().done();
     }
 
+    /// The real character-device pins (`--features gpio`): a chip that is not there is an error
+    /// naming it (CI machines have no GPIO chip; boards are tested by deploy).
+    #[cfg(feature = "gpio")]
+    #[test]
+    fn a_missing_gpio_chip_is_a_clear_error() {
+        let e = cdev::output("/dev/gpiochip-nope", 17).err().map(|e| format!("{e:#}"));
+        assert!(e.as_deref().is_some_and(|e| e.contains("cannot open GPIO chip /dev/gpiochip-nope")), "{e:?}");
+        let e = cdev::input("/dev/null", 4).err().map(|e| format!("{e:#}"));
+        assert!(e.is_some(), "/dev/null is no GPIO chip");
+    }
+
     #[test]
     fn button_reports_each_press_once() {
         let pin = Mock::new(&[

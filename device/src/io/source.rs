@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use shared::preprocess::PixelFormat;
 
-use crate::io::decode::DecodeLimits;
+use crate::io::decode::{DecodeLimits, JpegWalk};
 
 /// How the bytes of a stream encode frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,7 +262,13 @@ impl<R: Read + Send> MjpegStream<R> {
                 Some(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
                     self.reader.consume(n);
-                    return Ok(Some(std::mem::take(&mut self.buf)));
+                    // An FF D9 inside an application segment (the end of an EXIF thumbnail in
+                    // APP1) is not this JPEG's end: go on to the next one. Anything else ends
+                    // the frame here, a broken one included (it is then skipped as corrupt).
+                    let walk = crate::io::decode::walk_jpeg(&self.buf);
+                    if !matches!(walk, Ok(JpegWalk::InSegment(0xE0..=0xEF))) {
+                        return Ok(Some(std::mem::take(&mut self.buf)));
+                    }
                 }
                 None => {
                     let n = chunk.len();
@@ -317,7 +323,7 @@ impl<R: Read + Send> FrameSource for MjpegStream<R> {
     }
 }
 
-/// The images of a folder (png, jpg, jpeg, bmp, ppm), in name order.
+/// The images of a folder (png, jpg, jpeg, bmp, ppm, pgm, pnm), in name order.
 pub struct DirSource {
     files: Vec<PathBuf>,
     pos: usize,
@@ -333,7 +339,7 @@ impl DirSource {
                 p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
                     matches!(
                         e.to_ascii_lowercase().as_str(),
-                        "png" | "jpg" | "jpeg" | "bmp" | "ppm" | "pgm"
+                        "png" | "jpg" | "jpeg" | "bmp" | "ppm" | "pgm" | "pnm"
                     )
                 })
             })
@@ -341,7 +347,7 @@ impl DirSource {
         files.sort();
         ensure!(
             !files.is_empty(),
-            "folder {} holds no images (png, jpg, jpeg, bmp, ppm)",
+            "folder {} holds no images (png, jpg, jpeg, bmp, ppm, pgm, pnm)",
             dir.display()
         );
         Ok(DirSource {
@@ -394,7 +400,7 @@ impl CameraSource {
         let fourcc = match format {
             StreamFormat::Raw(PixelFormat::Yuyv) => crate::io::v4l2::PIX_FMT_YUYV,
             StreamFormat::Raw(PixelFormat::Rgb8) => crate::io::v4l2::PIX_FMT_RGB24,
-            StreamFormat::Raw(PixelFormat::Gray8) => crate::io::v4l2::fourcc(b"GREY"),
+            StreamFormat::Raw(PixelFormat::Gray8) => crate::io::v4l2::PIX_FMT_GREY,
             StreamFormat::Mjpeg => crate::io::v4l2::PIX_FMT_MJPEG,
         };
         let camera = crate::io::v4l2::Camera::open(path, width, height, fourcc)?;

@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 const fn ioc(dir: u32, nr: u32, size: usize) -> u32 {
     (dir << 30) | ((size as u32) << 16) | ((b'V' as u32) << 8) | nr
@@ -35,6 +35,36 @@ pub const fn fourcc(c: &[u8; 4]) -> u32 {
 pub const PIX_FMT_YUYV: u32 = fourcc(b"YUYV");
 pub const PIX_FMT_MJPEG: u32 = fourcc(b"MJPG");
 pub const PIX_FMT_RGB24: u32 = fourcc(b"RGB3");
+pub const PIX_FMT_GREY: u32 = fourcc(b"GREY");
+
+/// Bytes per pixel of the uncompressed formats (None: compressed, MJPEG).
+fn bytes_per_pixel(pixelformat: u32) -> Option<u32> {
+    match pixelformat {
+        PIX_FMT_YUYV => Some(2),
+        PIX_FMT_RGB24 => Some(3),
+        PIX_FMT_GREY => Some(1),
+        _ => None,
+    }
+}
+
+/// Copies `height` rows of `row_bytes` from `src`, whose rows start every `stride` bytes (the
+/// driver's `bytesperline`: cameras may pad each row), into `out`, packed.
+pub fn copy_rows(src: &[u8], height: usize, row_bytes: usize, stride: usize, out: &mut Vec<u8>) -> Result<()> {
+    let stride = if stride == 0 { row_bytes } else { stride };
+    ensure!(stride >= row_bytes, "bytesperline {stride} is less than a row of {row_bytes} bytes");
+    let need = if height == 0 { 0 } else { (height - 1) * stride + row_bytes };
+    ensure!(src.len() >= need, "the frame has {} bytes, {height} rows of bytesperline {stride} need {need}", src.len());
+    out.clear();
+    if stride == row_bytes {
+        out.extend_from_slice(&src[..need]);
+    } else {
+        out.reserve(height * row_bytes);
+        for row in src.chunks(stride).take(height) {
+            out.extend_from_slice(&row[..row_bytes]);
+        }
+    }
+    Ok(())
+}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -144,6 +174,8 @@ pub struct Camera {
     pub width: u32,
     pub height: u32,
     pub pixelformat: u32,
+    /// Bytes from one row's start to the next (the driver's `bytesperline`; 0: packed).
+    pub bytesperline: u32,
     /// Time to wait for a frame before calling the camera gone.
     pub timeout_ms: i32,
 }
@@ -260,11 +292,13 @@ impl Camera {
             width: fmt.pix.width,
             height: fmt.pix.height,
             pixelformat,
+            bytesperline: fmt.pix.bytesperline,
             timeout_ms: 2000,
         })
     }
 
-    /// Waits for the next frame and copies its bytes into `out`.
+    /// Waits for the next frame and copies its bytes into `out`: an uncompressed frame as packed
+    /// rows (the padding of `bytesperline` dropped), an MJPEG frame as the driver filled it.
     pub fn read_frame(&mut self, out: &mut Vec<u8>) -> Result<()> {
         let f = self.fd.as_raw_fd();
         let mut pfd = libc::pollfd {
@@ -303,12 +337,27 @@ impl Camera {
             .get(buf.index as usize)
             .context("driver returned an unknown buffer index")?;
         let n = (buf.bytesused as usize).min(m.len);
-        out.clear();
         // SAFETY: the driver filled `bytesused` bytes of this mapping and hands it to us until QBUF.
-        out.extend_from_slice(unsafe { std::slice::from_raw_parts(m.ptr as *const u8, n) });
+        let data = unsafe { std::slice::from_raw_parts(m.ptr as *const u8, n) };
+        let copied = match bytes_per_pixel(self.pixelformat) {
+            Some(bpp) => copy_rows(
+                data,
+                self.height as usize,
+                (self.width * bpp) as usize,
+                self.bytesperline as usize,
+                out,
+            )
+            .with_context(|| format!("{}: frame {}", self.path.display(), buf.sequence)),
+            None => {
+                out.clear();
+                out.extend_from_slice(data);
+                Ok(())
+            }
+        };
+        // Requeued whatever the copy said, so the driver keeps its buffers.
         xioctl(f, VIDIOC_QBUF, &mut buf)
             .with_context(|| format!("{}: cannot requeue a buffer", self.path.display()))?;
-        Ok(())
+        copied
     }
 }
 
@@ -337,6 +386,36 @@ mod tests {
         assert_eq!(VIDIOC_STREAMOFF, 0x4004_5613);
         assert_eq!(PIX_FMT_YUYV, 0x5659_5559);
         assert_eq!(PIX_FMT_MJPEG, 0x4750_4a4d);
+    }
+
+    #[test]
+    fn padded_rows_are_copied_without_their_padding() {
+        // 3 rows of 4 YUYV pixels (8 bytes) in rows of 12 (bytesperline), as cameras that align
+        // rows deliver them; the padding bytes are 0xEE.
+        let (w, h, stride) = (4usize, 3usize, 12usize);
+        let row = w * 2;
+        let mut src = vec![0xEEu8; stride * h];
+        for y in 0..h {
+            for x in 0..row {
+                src[y * stride + x] = (y * 16 + x) as u8;
+            }
+        }
+        let mut out = vec![];
+        copy_rows(&src, h, row, stride, &mut out).unwrap();
+        let want: Vec<u8> = (0..h).flat_map(|y| (0..row).map(move |x| (y * 16 + x) as u8)).collect();
+        assert_eq!(out, want);
+        // The last row need not carry its padding.
+        copy_rows(&src[..stride * (h - 1) + row], h, row, stride, &mut out).unwrap();
+        assert_eq!(out, want);
+        // Packed (bytesperline = row, or 0 from drivers that leave it unset).
+        let packed = want.clone();
+        copy_rows(&packed, h, row, 0, &mut out).unwrap();
+        assert_eq!(out, want);
+        copy_rows(&packed, h, row, row, &mut out).unwrap();
+        assert_eq!(out, want);
+        // A short frame, a stride below the row: errors, not garbage.
+        assert!(copy_rows(&src[..20], h, row, stride, &mut out).is_err());
+        assert!(copy_rows(&src, h, row, 4, &mut out).is_err());
     }
 
     #[test]

@@ -48,6 +48,18 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Asserts a command line was refused by clap (exit code 2) with a first line `error: ...`
+/// containing every `needles` (a flag's name and its range, say).
+pub fn assert_usage_error(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "expected a usage error, got {:?}\nstdout: {}\nstderr: {err}", o.status, stdout(o));
+    let first = err.lines().next().unwrap_or("");
+    assert!(first.starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(first.contains(n), "`{n}` not in the first line: {err}");
+    }
+}
+
 /// Asserts a run failed with exit code 1 and one `error: ...` line containing every `needles`.
 pub fn assert_error(o: &Output, needles: &[&str]) {
     let err = stderr(o);

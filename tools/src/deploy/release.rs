@@ -26,7 +26,7 @@ impl LocalRelease {
     pub(super) fn build(args: &Args, labels: Option<&Path>) -> Result<LocalRelease> {
         let binary = match &args.binary {
             Some(b) => b.clone(),
-            None => cmd::cross_build_device(&args.profile)?,
+            None => cmd::cross_build_device(&args.profile, if args.wants_gpio() { &["gpio"] } else { &[] })?,
         };
         let arch = elf_arch(&binary)?;
         ensure!(
