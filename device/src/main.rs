@@ -50,6 +50,10 @@ struct ModelArgs {
     /// tract's im2col + matrix product; `direct` is accepted as the old name).
     #[arg(long, value_enum, default_value_t = ConvAlgorithm::Auto)]
     conv: ConvAlgorithm,
+    /// Class names, one per line, replacing the model's own (default: $EV_LABELS, which
+    /// `cargo xtask deploy` sets to the labels.txt it uploads).
+    #[arg(long, env = "EV_LABELS")]
+    labels: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -61,6 +65,7 @@ impl ModelArgs {
                 precision: self.precision,
                 input_size: self.input_size,
                 conv: self.conv,
+                labels: self.labels.clone(),
             },
         )?;
         for note in &engine.info().notes {
@@ -133,6 +138,11 @@ enum Command {
         /// Frame to classify (default: a synthetic 640x480 RGB frame).
         #[arg(long)]
         image: Option<PathBuf>,
+        /// Run the model alone on the frame preprocessed once, as ONNX Runtime's benchmarks
+        /// time `session.run` on a fixed tensor: no preprocessing or ranking in the loop (their
+        /// stages read 0). What instruction counts per inference (`cargo xtask armbench`) compare.
+        #[arg(long)]
+        model_only: bool,
         #[arg(long)]
         json: bool,
     },
@@ -265,8 +275,9 @@ fn run(cli: Cli) -> Result<()> {
             warmup,
             iters,
             image,
+            model_only,
             json,
-        } => bench_cmd(&model, &decode.limits(), warmup, iters, image, json),
+        } => bench_cmd(&model, &decode.limits(), &BenchOptions { warmup, iters }, image, model_only, json),
         Command::Parity {
             model,
             parity,
@@ -323,7 +334,7 @@ fn classify(
         } else {
             writeln!(out, "{}  ({ms:.1} ms)", path.display())?;
             for &(k, s) in &c.top {
-                writeln!(out, "  {:5.1}% {}", s * 100.0, pipeline.label(k))?;
+                writeln!(out, "  {:6.2}% {}", s * 100.0, pipeline.class_text(k))?;
             }
         }
     }
@@ -414,12 +425,12 @@ fn gpio_hooks(a: &LiveArgs, _led_class: Option<u32>) -> Result<(Gate, OnResult)>
 fn bench_cmd(
     model: &ModelArgs,
     limits: &DecodeLimits,
-    warmup: usize,
-    iters: usize,
+    opts: &BenchOptions,
     image: Option<PathBuf>,
+    model_only: bool,
     json: bool,
 ) -> Result<()> {
-    anyhow::ensure!(iters >= 1, "--iters must be at least 1");
+    anyhow::ensure!(opts.iters >= 1, "--iters must be at least 1");
     let start = Instant::now();
     let mut pipeline = Pipeline::new(model.load()?, 5);
     let _ = start;
@@ -440,14 +451,20 @@ fn bench_cmd(
     };
     let frame = Frame::new(&img.data, img.width, img.height, PixelFormat::Rgb8)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let m = bench::measure(&mut pipeline, &frame, &BenchOptions { warmup, iters })?;
+    let m = if model_only {
+        bench::measure_model(&mut pipeline, &frame, opts)?
+    } else {
+        bench::measure(&mut pipeline, &frame, opts)?
+    };
     let rss = bench::peak_rss_kib();
     if json {
-        println!(
-            "{}",
-            report::bench_json(pipeline.engine(), &m, rss, (img.width, img.height))
-        );
+        let mut doc = report::bench_json(pipeline.engine(), &m, rss, (img.width, img.height));
+        doc["model_only"] = model_only.into();
+        println!("{doc}");
     } else {
+        if model_only {
+            println!("model only   the frame preprocessed once; the loop runs the model alone");
+        }
         print!(
             "{}",
             report::bench_text(pipeline.engine(), &m, rss, (img.width, img.height))

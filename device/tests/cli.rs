@@ -38,6 +38,42 @@ fn image(dir: &Path, name: &str, w: u32, h: u32) -> String {
 }
 
 #[test]
+fn labels_file_or_ev_labels_names_the_classes_as_jetson_inference_prints_them() {
+    let dir = common::fixtures("resnet8");
+    let model = common::compact(&dir, "resnet8", Form::Folded, Precision::Int8);
+    let tmp = tempfile::tempdir().unwrap();
+    let img = image(tmp.path(), "a.png", 28, 28);
+    let classes = common::labels(&dir, "resnet8").len();
+    let names: Vec<String> = (0..classes).map(|i| format!("thing-{i}")).collect();
+    let labels = tmp.path().join("labels.txt");
+    std::fs::write(&labels, names.join("\n") + "\n").unwrap();
+    let line_ok = |out: &str| {
+        // `  97.95% class #3 (thing-3)`: the index and the name from the file.
+        out.lines().skip(1).all(|l| {
+            let Some((_, rest)) = l.split_once("% class #") else { return false };
+            let (k, name) = rest.split_once(' ').unwrap();
+            name == format!("(thing-{k})")
+        })
+    };
+    let o = run_on("classify", &model, &["--labels", labels.to_str().unwrap(), "--top-k", "3", &img]);
+    let out = text(&o.stdout);
+    assert!(o.status.success() && out.lines().count() == 4 && line_ok(&out), "{out}{}", text(&o.stderr));
+    // $EV_LABELS, as deploy's release.env sets it for the service.
+    let o = common::device_command(env!("CARGO_BIN_EXE_device"))
+        .args(["classify", "--model", model.to_str().unwrap(), "--top-k", "2", &img])
+        .env("EV_LABELS", &labels)
+        .output()
+        .unwrap();
+    let out = text(&o.stdout);
+    assert!(o.status.success() && line_ok(&out), "{out}{}", text(&o.stderr));
+    // A file with the wrong number of lines is an error that says so.
+    std::fs::write(&labels, "cat\ndog\n").unwrap();
+    let o = run_on("classify", &model, &["--labels", labels.to_str().unwrap(), &img]);
+    let err = text(&o.stderr);
+    assert!(!o.status.success() && err.contains("labels.txt has 2 lines, the model has"), "{err}");
+}
+
+#[test]
 fn classify_prints_top_k_with_labels_and_latency() {
     let dir = common::fixtures("resnet8");
     let model = common::compact(&dir, "resnet8", Form::Folded, Precision::Int8);

@@ -1,5 +1,8 @@
 //! Measuring, apart from reporting: warm-up runs, then timed runs of the whole pipeline on one
-//! frame, each stage timed on its own. The plan and state are the engine's, built once.
+//! frame, each stage timed on its own ([`measure`]), or of the model alone on one input
+//! preprocessed once ([`measure_model`]: what ONNX Runtime's benchmarks time, `session.run` on a
+//! fixed tensor, and what an instruction count per inference compares). The plan and state are
+//! the engine's, built once.
 
 use std::time::{Duration, Instant};
 
@@ -79,12 +82,50 @@ pub fn measure(pipeline: &mut Pipeline, frame: &Frame<'_>, opts: &BenchOptions) 
         preprocess: stage(|t| t.preprocess),
         inference: stage(|t| t.inference),
         postprocess: stage(|t| t.postprocess),
-        throughput: if wall.is_zero() {
-            0.0
-        } else {
-            opts.iters as f64 / wall.as_secs_f64()
-        },
+        throughput: throughput(opts.iters, wall),
     })
+}
+
+/// Runs the model alone `warmup + iters` times on `frame`, preprocessed once before the loop:
+/// no preprocessing or ranking in the loop, so their stages stay zero and `total` is the
+/// inference stage.
+pub fn measure_model(pipeline: &mut Pipeline, frame: &Frame<'_>, opts: &BenchOptions) -> Result<Metrics> {
+    let pre = *pipeline.preprocess();
+    let mut scratch = vec![0.0; pre.scratch_len(frame.width(), frame.height())];
+    let mut input = vec![0.0; pre.output_len()];
+    pre.run(frame, &mut scratch, &mut input)
+        .map_err(|e| anyhow::anyhow!("preprocessing: {e}"))?;
+    let engine = pipeline.engine_mut();
+    for _ in 0..opts.warmup {
+        engine.run(&input)?;
+    }
+    let mut times = Vec::with_capacity(opts.iters);
+    let start = Instant::now();
+    for _ in 0..opts.iters {
+        let t = Instant::now();
+        engine.run(&input)?;
+        times.push(t.elapsed());
+    }
+    let wall = start.elapsed();
+    let inference = Stats::of(&times);
+    Ok(Metrics {
+        iters: opts.iters,
+        warmup: opts.warmup,
+        total: inference,
+        preprocess: Stats::default(),
+        inference,
+        postprocess: Stats::default(),
+        throughput: throughput(opts.iters, wall),
+    })
+}
+
+/// Runs per second over a loop of `iters` runs that took `wall`.
+fn throughput(iters: usize, wall: Duration) -> f64 {
+    if wall.is_zero() {
+        0.0
+    } else {
+        iters as f64 / wall.as_secs_f64()
+    }
 }
 
 /// Peak resident set size of this process in KiB (`VmHWM`), when /proc tells it.

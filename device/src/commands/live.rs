@@ -206,12 +206,12 @@ pub fn format_line(
     } else {
         let (class, score) = c.top[0];
         let mut line = format!(
-            "{:5.1}% {}  {ms:.1} ms  {fps:.1} fps",
+            "{:5.2}% {}  {ms:.1} ms  {fps:.1} fps",
             score * 100.0,
-            p.label(class)
+            p.class_text(class)
         );
         for &(class, score) in &c.top[1..] {
-            line.push_str(&format!("  | {:.1}% {}", score * 100.0, p.label(class)));
+            line.push_str(&format!("  | {:.2}% {}", score * 100.0, p.class_text(class)));
         }
         line
     }

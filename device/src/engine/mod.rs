@@ -49,6 +49,9 @@ pub struct EngineOptions {
     /// (224x224 when it is symbolic).
     pub input_size: Option<(u32, u32)>,
     pub conv: ConvAlgorithm,
+    /// A labels file (one class name per line, as many lines as the model has classes) that
+    /// replaces the model's own labels.
+    pub labels: Option<PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -58,6 +61,7 @@ impl Default for EngineOptions {
             precision: ComputePrecision::Auto,
             input_size: None,
             conv: ConvAlgorithm::Auto,
+            labels: None,
         }
     }
 }
@@ -166,6 +170,23 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// A labels file: one class name per line (a trailing empty line is allowed), exactly
+/// `num_classes` of them.
+pub fn read_labels(path: &Path, num_classes: usize) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read labels {}", path.display()))?;
+    let labels: Vec<String> = text.lines().map(|l| l.trim_end_matches('\r').to_string()).collect();
+    ensure!(
+        labels.len() == num_classes,
+        "labels {} has {} lines, the model has {num_classes} classes (one label per line)",
+        path.display(),
+        labels.len()
+    );
+    if let Some(i) = labels.iter().position(|l| l.trim().is_empty()) {
+        bail!("labels {}: line {} is empty", path.display(), i + 1);
+    }
+    Ok(labels)
+}
+
 fn is_onnx(path: &Path, bytes: &[u8]) -> bool {
     // An ONNX ModelProto starts with field 1 (ir_version, varint): byte 0x08.
     path.extension()
@@ -207,6 +228,9 @@ impl Engine {
         } else {
             Executor::SingleThread
         };
+        if let Some(labels) = &opts.labels {
+            info.labels = read_labels(labels, info.num_classes)?;
+        }
         info.threads = opts.threads;
         info.load_time = start.elapsed();
         Ok(Engine {

@@ -75,6 +75,17 @@ impl Pipeline {
         &self.preprocess
     }
 
+    /// `class #281 (tabby cat)`, as jetson-inference prints a class; `class #3` when the model
+    /// has no name for it.
+    pub fn class_text(&self, class: u32) -> String {
+        let label = self.label(class);
+        if label == format!("class {class}") {
+            format!("class #{class}")
+        } else {
+            format!("class #{class} ({label})")
+        }
+    }
+
     pub fn label(&self, class: u32) -> &str {
         self.engine
             .info()
