@@ -13,7 +13,8 @@ use device::engine::pipeline::{Image, Pipeline};
 use device::commands::flags::{self, int_in};
 use device::engine::pipeline::MAX_TOP_K;
 use device::io::decode::DecodeLimits;
-use device::io::source::{open_source_with_limits, StreamFormat};
+use device::io::child::VideoOptions;
+use device::io::source::{open_source_with_video, StreamFormat};
 use device::commands::{inspect, live, report};
 use shared::graph::Form;
 use shared::preprocess::{Frame, PixelFormat, Preprocess};
@@ -181,10 +182,19 @@ struct LiveArgs {
     model: ModelArgs,
     #[command(flatten)]
     decode: DecodeArgs,
-    /// /dev/videoN, `-` (raw or MJPEG frames on stdin), a folder of images, or a file.
+    /// What to classify: /dev/videoN, a video file (mp4, mkv, webm, mov...: decoded by an ffmpeg
+    /// child), a stream URL (rtsp://, rtmp://, http(s)://, udp://, srt://: ffmpeg), csi://N (the
+    /// board camera: rpicam-vid/libcamera-vid on a Pi, gst-launch-1.0 on a Jetson), `-` (raw or
+    /// MJPEG frames on stdin), a folder of images, or a raw/MJPEG file.
     #[arg(long)]
     source: String,
-    /// Frame width (1..=16384): raw frames and cameras need it.
+    /// Start a video file again at its end.
+    #[arg(long = "loop")]
+    looped: bool,
+    /// Pace a video file at its frame rate (as a camera would; stale frames are then dropped).
+    #[arg(long)]
+    realtime: bool,
+    /// Frame width (1..=16384): raw frames, /dev/videoN and csi:// need it; a video is scaled to it.
     #[arg(long, value_parser = int_in::<u32>(1, 16384))]
     width: Option<u32>,
     /// Frame height (1..=16384).
@@ -350,12 +360,14 @@ fn classify(
 
 fn live_cmd(a: LiveArgs) -> Result<()> {
     let mut pipeline = Pipeline::new(a.model.load()?, a.top_k);
-    let source = open_source_with_limits(
+    let video = VideoOptions { looped: a.looped, realtime: a.realtime, size: None };
+    let source = open_source_with_video(
         &a.source,
         a.width.unwrap_or(0),
         a.height.unwrap_or(0),
         a.format,
         a.decode.limits(),
+        video,
     )?;
     let led_class = match &a.led_class {
         None => None,

@@ -14,8 +14,11 @@ use anyhow::Result;
 use device::commands::live::{self, LiveOptions, Mailbox};
 use device::engine::pipeline::Pipeline;
 use device::engine::{Engine, EngineOptions};
+use device::io::child::VideoOptions;
+use device::io::decode::DecodeLimits;
 use device::io::source::{
-    open_source, FrameSource, MjpegStream, Next, OwnedFrame, RawStream, Reconnecting, StreamFormat,
+    open_source, open_source_with_video, FrameSource, MjpegStream, Next, OwnedFrame, RawStream, Reconnecting,
+    StreamFormat,
 };
 use shared::graph::Form;
 use shared::preprocess::PixelFormat;
@@ -435,4 +438,144 @@ fn raw_file_replay_reads_frames() {
         .read_to_end(&mut buf)
         .unwrap();
     assert_eq!(buf.len(), 3 * 32 * 32);
+}
+
+// ---- sources that are child processes (device::io::child): real ffmpeg, a real HTTP server ----
+
+/// A 2 s, 10 fps, 96x64 H.264 mp4 made by ffmpeg.
+fn mp4_clip(dir: &std::path::Path) -> String {
+    let path = dir.join("clip.mp4");
+    let o = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=10", "-t", "2"])
+        .args(["-pix_fmt", "yuv420p"])
+        .arg(&path)
+        .output()
+        .expect("cannot run ffmpeg (apt-get install ffmpeg)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    path.to_str().unwrap().to_string()
+}
+
+fn open_video(source: &str, size: (u32, u32), video: VideoOptions) -> Box<dyn FrameSource> {
+    open_source_with_video(source, size.0, size.1, StreamFormat::Raw(PixelFormat::Rgb8), DecodeLimits::default(), video)
+        .unwrap_or_else(|e| panic!("{source}: {e:#}"))
+}
+
+/// Reads up to `n` frames; their sizes, and whether the source ended.
+fn read_frames(s: &mut dyn FrameSource, n: usize) -> (Vec<(u32, u32)>, bool) {
+    let mut sizes = vec![];
+    while sizes.len() < n {
+        match s.next().unwrap_or_else(|e| panic!("after {} frames: {e:#}", sizes.len())) {
+            Next::Frame(f) => sizes.push((f.width, f.height)),
+            Next::Skipped(why) => panic!("skipped: {why}"),
+            Next::End => return (sizes, true),
+        }
+    }
+    (sizes, false)
+}
+
+#[test]
+fn an_mp4_file_is_decoded_by_ffmpeg_with_its_size_found_by_ffprobe() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = mp4_clip(dir.path());
+    let mut s = open_video(&clip, (0, 0), VideoOptions::default());
+    assert!(!s.is_live(), "a file is a replay: every frame is classified");
+    let (sizes, ended) = read_frames(s.as_mut(), 100);
+    assert_eq!((sizes.len(), ended), (20, true));
+    assert!(sizes.iter().all(|&s| s == (96, 64)), "{sizes:?}");
+    // --width/--height scale it.
+    let (sizes, _) = read_frames(open_video(&clip, (48, 32), VideoOptions::default()).as_mut(), 3);
+    assert_eq!(sizes, [(48, 32); 3]);
+    // --loop starts it again: more frames than the file holds.
+    let looped = VideoOptions { looped: true, ..Default::default() };
+    let (sizes, ended) = read_frames(open_video(&clip, (0, 0), looped).as_mut(), 45);
+    assert_eq!((sizes.len(), ended), (45, false));
+    // --realtime paces it at its 10 fps (a live source then).
+    let realtime = VideoOptions { realtime: true, ..Default::default() };
+    let mut s = open_video(&clip, (0, 0), realtime);
+    assert!(s.is_live());
+    let start = std::time::Instant::now();
+    read_frames(s.as_mut(), 10);
+    assert!(start.elapsed() >= Duration::from_millis(600), "10 frames at 10 fps in {:?}", start.elapsed());
+    // A file that is not a video: ffprobe's words in the error.
+    let bad = dir.path().join("bad.mp4");
+    std::fs::write(&bad, b"not a video").unwrap();
+    let e = open_source_with_video(bad.to_str().unwrap(), 0, 0, StreamFormat::Mjpeg, DecodeLimits::default(), VideoOptions::default())
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap();
+    assert!(e.contains("bad.mp4") && e.contains("no video stream"), "{e}");
+}
+
+/// An MJPEG-over-HTTP server on 127.0.0.1 (as IP cameras and `device live --view` serve it):
+/// each connection gets `frames` JPEGs 40 ms apart, then is closed.
+fn mjpeg_http_server(frames: Vec<Vec<u8>>) -> String {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/stream.mjpg", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let frames = frames.clone();
+            std::thread::spawn(move || {
+                let mut req = [0u8; 4096];
+                let _ = c.read(&mut req);
+                let head = "HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n";
+                if c.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                for f in &frames {
+                    let part = format!("--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n", f.len());
+                    let sent = c.write_all(part.as_bytes()).and_then(|_| c.write_all(f)).and_then(|_| c.write_all(b"\r\n"));
+                    if sent.is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(40));
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn an_http_mjpeg_stream_is_read_by_ffmpeg_and_reconnected_when_it_ends() {
+    let url = mjpeg_http_server(mjpeg_frames(5));
+    let mut s = open_video(&url, (0, 0), VideoOptions::default());
+    assert!(s.is_live());
+    // 12 frames from a server that closes every connection after 5: the source reconnected.
+    let (sizes, ended) = read_frames(s.as_mut(), 12);
+    assert_eq!((sizes.len(), ended), (12, false));
+    assert!(sizes.iter().all(|&s| s == (160, 120)), "{sizes:?}");
+}
+
+#[test]
+fn csi_camera_runs_the_boards_camera_program() {
+    // A stand-in for Jetson's gst-launch-1.0 on PATH: it prints five 64x48 RGB frames.
+    let bin = tempfile::tempdir().unwrap();
+    let script = bin.path().join("gst-launch-1.0");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nexec ffmpeg -loglevel error -f lavfi -i testsrc=size=64x48:rate=30 -frames:v 5 -f rawvideo -pix_fmt rgb24 -\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    let model = common::compact(&common::fixtures("resnet8"), "resnet8", Form::Folded, Precision::Int8);
+    let o = common::device_command(env!("CARGO_BIN_EXE_device"))
+        .args(["live", "--model", model.to_str().unwrap(), "--source", "csi://0", "--width", "64", "--height", "48"])
+        .args(["--max-frames", "5", "--json"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out.lines().filter(|l| l.starts_with('{')).count(), 5, "{out}");
+    // Without a camera program: an error that names the programs looked for.
+    let o = common::device_command(env!("CARGO_BIN_EXE_device"))
+        .args(["live", "--model", model.to_str().unwrap(), "--source", "csi://0", "--width", "64", "--height", "48"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("rpicam-vid") && err.contains("gst-launch-1.0"), "{err}");
 }

@@ -2,6 +2,7 @@
 //! [`decode`] (image files and JPEG frames within limits) and [`gpio`] (LED and button through
 //! embedded-hal).
 
+pub mod child;
 pub mod decode;
 pub mod gpio;
 pub mod source;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use shared::preprocess::PixelFormat;
 
+use crate::io::child::{self, ChildSource, VideoOptions};
 use crate::io::decode::{DecodeLimits, JpegWalk};
 
 /// How the bytes of a stream encode frames.
@@ -546,7 +547,39 @@ pub fn open_source_with_limits(
     format: StreamFormat,
     limits: DecodeLimits,
 ) -> Result<Box<dyn FrameSource>> {
+    open_source_with_video(source, width, height, format, limits, VideoOptions::default())
+}
+
+/// [`open_source_with_limits`] with how a video file is read (`--loop`, `--realtime`). Video
+/// files and stream URLs (`rtsp://`, `http://`, ...) are decoded by an ffmpeg child, `csi://N`
+/// is the board's camera program (`crate::io::child`); both find the frame size themselves,
+/// `--width/--height` scale (video) or choose (camera) it.
+pub fn open_source_with_video(
+    source: &str,
+    width: u32,
+    height: u32,
+    format: StreamFormat,
+    limits: DecodeLimits,
+    mut video: VideoOptions,
+) -> Result<Box<dyn FrameSource>> {
     let size = (width > 0 && height > 0).then_some((width, height));
+    video.size = size;
+    if let Some(sensor) = source.strip_prefix("csi://") {
+        let sensor: u32 = sensor
+            .parse()
+            .with_context(|| format!("{source}: expected csi://N with N the camera's number"))?;
+        let open = move || -> Result<Box<dyn FrameSource>> { Ok(Box::new(ChildSource::csi(sensor, width, height)?)) };
+        return Ok(Box::new(Reconnecting::new(source, open, 5, Duration::from_millis(500))?));
+    }
+    if child::is_stream_url(source) {
+        let (s, l) = (source.to_string(), limits);
+        let open = move || -> Result<Box<dyn FrameSource>> { Ok(Box::new(ChildSource::ffmpeg(&s, video, &l)?)) };
+        return Ok(Box::new(Reconnecting::new(source, open, 5, Duration::from_millis(500))?));
+    }
+    if child::is_video_file(source) {
+        ensure!(Path::new(source).is_file(), "cannot open source {source}: no such file");
+        return Ok(Box::new(ChildSource::ffmpeg(source, video, &limits)?));
+    }
     if let (Some((w, h)), StreamFormat::Raw(_)) = (size, format) {
         limits
             .check_size(w, h)
