@@ -10,7 +10,7 @@ use shared::preprocess::Preprocess;
 use shared::ResNetConfig;
 use tch::nn;
 
-use crate::checkpoint::{check_finite, config_from_metadata, read_safetensors, write_atomic, RunDir};
+use crate::checkpoint::{check_finite, config_from_metadata, read_weights_file, write_atomic, RunDir};
 use crate::data::{DataOptions, Dataset, DatasetSpec};
 use crate::device;
 use crate::model::{ModelOptions, ResNet};
@@ -78,7 +78,7 @@ pub fn main(args: EvalArgs) -> Result<()> {
     } else if args.checkpoint.is_file() {
         out_dir = args.checkpoint.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         (weights, run_args, run_config, run_preprocess) = (args.checkpoint.clone(), None, None, None);
-        read_safetensors(&weights)?
+        read_weights_file(&weights)?
     } else {
         bail!("--checkpoint {}: no such file or directory", args.checkpoint.display());
     };

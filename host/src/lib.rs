@@ -32,6 +32,7 @@ pub mod info;
 pub mod loss_scale;
 pub mod model;
 pub mod optim;
+pub mod pth;
 pub mod presets;
 pub mod rng;
 pub mod schedule;

@@ -105,7 +105,7 @@ pub struct TrainArgs {
     /// only --epochs, --run-epochs, --device, --threads, --workers and --eval-batch-size may change).
     #[arg(long)]
     pub resume: bool,
-    /// Initialise from a state_dict-named safetensors file (torchvision/timm names).
+    /// Initialise from a state_dict: safetensors, or torchvision's `.pth` (torch.save) file.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
     /// With --init-from: keep the fresh init for tensors under this name prefix (e.g. `fc` to

@@ -54,6 +54,33 @@ fn host_forward_equals_torchvision() {
         check(true, &io["logits_train"]);
     }
 
+    // torchvision's own file format (torch.save, .pth), read in Rust: the same tensors, plain or
+    // wrapped in a training checkpoint; a pickle that calls anything else is refused, not run.
+    let (st, _) = read_safetensors(&dir.join("resnet18.safetensors")).unwrap();
+    for file in ["resnet18.pth", "resnet18.ckpt.pth"] {
+        let pth = host::pth::read_state_dict(&dir.join(file)).unwrap();
+        assert_eq!(pth.len(), st.len(), "{file}");
+        for (name, t) in &st {
+            assert!(pth[name].equal(t), "{file}: `{name}` differs from the safetensors copy");
+        }
+    }
+    let model = build(&ResNetConfig::resnet18().with_classes(10));
+    load_weights(&dir.join("resnet18.pth"), &model, &[]).unwrap();
+    let (io, _) = read_safetensors(&dir.join("resnet18_io.safetensors")).unwrap();
+    let d = (model.forward_t(&io["input"], false) - &io["logits_eval"]).abs().max().double_value(&[]);
+    assert!(d <= TOLERANCE, "resnet18.pth: max |host - torchvision| = {d}");
+    let e = format!("{:#}", host::pth::read_state_dict(&dir.join("evil.pth")).unwrap_err());
+    assert!(e.contains("evil.pth") && e.contains("system") && e.contains("refused"), "{e}");
+    assert!(!dir.join("evil-ran").exists() && !std::path::Path::new("evil-ran").exists());
+    let bytes = std::fs::read(dir.join("resnet18.pth")).unwrap();
+    std::fs::write(dir.join("cut.pth"), &bytes[..bytes.len() / 2]).unwrap();
+    let e = format!("{:#}", host::pth::read_state_dict(&dir.join("cut.pth")).unwrap_err());
+    assert!(e.contains("cut.pth") && e.contains("not a readable torch.save file"), "{e}");
+    // Through the CLI: eval of a bare .pth.
+    let o = host(&["eval", "--checkpoint", dir.join("resnet18.pth").to_str().unwrap(), "--arch", "resnet18",
+        "--dataset", "synthetic", "--image-size", "32", "--limit-test", "8", "--device", "cpu"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+
     // A missing or mis-shaped tensor is an error naming it and the file.
     let weights = dir.join("resnet18.safetensors");
     let (mut map, _) = read_safetensors(&weights).unwrap();

@@ -157,6 +157,15 @@ pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap
     parse_safetensors(path, &bytes)
 }
 
+/// The tensors of a weights file: safetensors, or a `torch.save` state_dict (`.pth`, `.pt`,
+/// `.bin`: torchvision's checkpoints, read by [`crate::pth`]; no metadata).
+pub fn read_weights_file(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("pth" | "pt" | "bin") => Ok((crate::pth::read_state_dict(path)?, HashMap::new())),
+        _ => read_safetensors(path),
+    }
+}
+
 /// Tensors (on the CPU) and metadata of safetensors `bytes` read from `path` (named in errors).
 pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
@@ -387,12 +396,12 @@ pub fn config_from_metadata(meta: &HashMap<String, String>) -> Option<ResNetConf
     meta.get(META_CONFIG).and_then(|s| serde_json::from_str(s).ok())
 }
 
-/// Loads a `state_dict`-named safetensors file (torchvision/timm style, or a host checkpoint)
-/// into `model`, except tensors under the `exclude` prefixes. A run directory (or its `checkpoint.safetensors`) is read checked against its `run.json`.
+/// Loads a `state_dict`-named weights file (safetensors or torchvision's `.pth`; torchvision/timm
+/// names, or a host checkpoint) into `model`, except tensors under the `exclude` prefixes. A run directory (or its `checkpoint.safetensors`) is read checked against its `run.json`.
 pub fn load_weights(path: &Path, model: &ResNet, exclude: &[String]) -> Result<()> {
-    let (tensors, _) = match RunDir::of(path) {
-        Some(run) => run.read_checkpoint()?,
-        None => read_safetensors(path)?,
+    let tensors = match RunDir::of(path) {
+        Some(run) => run.read_checkpoint()?.0,
+        None => read_weights_file(path)?.0,
     };
     model.load_state_dict(&tensors, path, exclude)
 }
