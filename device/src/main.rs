@@ -1,7 +1,7 @@
 //! The `device` command line: classify, live, bench, parity, inspect, convert.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -13,6 +13,7 @@ use device::engine::pipeline::{Image, Pipeline};
 use device::commands::flags::{self, int_in};
 use device::engine::pipeline::MAX_TOP_K;
 use device::io::decode::DecodeLimits;
+use device::io::cameras;
 use device::io::child::VideoOptions;
 use device::io::source::{open_source_with_video, StreamFormat};
 use device::commands::{inspect, live, report};
@@ -171,6 +172,8 @@ enum Command {
         #[arg(long)]
         plan: bool,
     },
+    /// List the V4L2 cameras: their pixel formats and frame sizes, and the mode `live` picks.
+    Cameras,
     /// Convert a torchvision state_dict (safetensors) into a compact weights file.
     #[command(allow_negative_numbers = true)]
     Convert(ConvertArgs),
@@ -200,9 +203,10 @@ struct LiveArgs {
     /// Frame height (1..=16384).
     #[arg(long, value_parser = int_in::<u32>(1, 16384))]
     height: Option<u32>,
-    /// yuyv, rgb24, gray or mjpeg.
-    #[arg(long, default_value = "yuyv")]
-    format: StreamFormat,
+    /// yuyv, rgb24, gray or mjpeg (default: for /dev/videoN the camera's best mode, see
+    /// `device cameras`; yuyv for raw frames on stdin or in a file).
+    #[arg(long)]
+    format: Option<StreamFormat>,
     /// Classes to print per frame (1..=20).
     #[arg(long, default_value_t = 1, value_parser = top_k())]
     top_k: usize,
@@ -298,8 +302,30 @@ fn run(cli: Cli) -> Result<()> {
             profile,
             plan,
         } => inspect::run(&mut model.load()?, inspect::Show { plan, profile }),
+        Command::Cameras => cameras_cmd(),
         Command::Convert(args) => convert_cmd(args),
     }
+}
+
+fn cameras_cmd() -> Result<()> {
+    let found = cameras::list();
+    if found.is_empty() {
+        println!("no /dev/video* devices");
+    }
+    for path in found {
+        match cameras::query(&path) {
+            Ok(formats) => {
+                println!("{}: {}", path.display(), cameras::describe(&formats));
+                match cameras::choose(&formats, None, None) {
+                    Ok((code, w, h)) => println!("  device live picks {} {w}x{h}", cameras::fourcc_text(code)),
+                    Err(e) => println!("  {e}"),
+                }
+            }
+            // Metadata nodes and other non-capture devices.
+            Err(e) => println!("{}: {e:#}", path.display()),
+        }
+    }
+    Ok(())
 }
 
 fn classify(
@@ -361,14 +387,15 @@ fn classify(
 fn live_cmd(a: LiveArgs) -> Result<()> {
     let mut pipeline = Pipeline::new(a.model.load()?, a.top_k);
     let video = VideoOptions { looped: a.looped, realtime: a.realtime, size: None };
-    let source = open_source_with_video(
-        &a.source,
-        a.width.unwrap_or(0),
-        a.height.unwrap_or(0),
-        a.format,
-        a.decode.limits(),
-        video,
-    )?;
+    let (mut width, mut height) = (a.width.unwrap_or(0), a.height.unwrap_or(0));
+    let mut format = a.format.unwrap_or(StreamFormat::Raw(PixelFormat::Yuyv));
+    let size = a.width.zip(a.height);
+    if a.source.starts_with("/dev/video") && (size.is_none() || a.format.is_none()) {
+        // The camera's modes, --width/--height/--format as overrides.
+        (format, width, height) = cameras::negotiate(Path::new(&a.source), a.format, size)?;
+        eprintln!("note: {}: {} {width}x{height}", a.source, cameras::fourcc_text(cameras::pixel_format(format)));
+    }
+    let source = open_source_with_video(&a.source, width, height, format, a.decode.limits(), video)?;
     let led_class = match &a.led_class {
         None => None,
         Some(c) => Some(match c.parse::<u32>() {

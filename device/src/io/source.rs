@@ -398,12 +398,7 @@ pub struct CameraSource {
 
 impl CameraSource {
     pub fn open(path: &Path, width: u32, height: u32, format: StreamFormat) -> Result<Self> {
-        let fourcc = match format {
-            StreamFormat::Raw(PixelFormat::Yuyv) => crate::io::v4l2::PIX_FMT_YUYV,
-            StreamFormat::Raw(PixelFormat::Rgb8) => crate::io::v4l2::PIX_FMT_RGB24,
-            StreamFormat::Raw(PixelFormat::Gray8) => crate::io::v4l2::PIX_FMT_GREY,
-            StreamFormat::Mjpeg => crate::io::v4l2::PIX_FMT_MJPEG,
-        };
+        let fourcc = crate::io::cameras::pixel_format(format);
         let camera = crate::io::v4l2::Camera::open(path, width, height, fourcc)?;
         if (camera.width, camera.height) != (width, height) {
             eprintln!(

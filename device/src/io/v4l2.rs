@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 
-const fn ioc(dir: u32, nr: u32, size: usize) -> u32 {
+pub(crate) const fn ioc(dir: u32, nr: u32, size: usize) -> u32 {
     (dir << 30) | ((size as u32) << 16) | ((b'V' as u32) << 8) | nr
 }
-const READ: u32 = 2;
-const WRITE: u32 = 1;
+pub(crate) const READ: u32 = 2;
+pub(crate) const WRITE: u32 = 1;
 
 pub const VIDIOC_QUERYCAP: u32 = ioc(READ, 0, std::mem::size_of::<Capability>());
 pub const VIDIOC_S_FMT: u32 = ioc(READ | WRITE, 5, std::mem::size_of::<Format>());
@@ -140,7 +140,7 @@ const _: () = assert!(std::mem::size_of::<Format>() == 208);
 const _: () = assert!(std::mem::size_of::<RequestBuffers>() == 20);
 const _: () = assert!(std::mem::size_of::<Buffer>() == 88);
 
-fn xioctl<T>(fd: i32, request: u32, arg: &mut T) -> std::io::Result<()> {
+pub(crate) fn xioctl<T>(fd: i32, request: u32, arg: &mut T) -> std::io::Result<()> {
     loop {
         // SAFETY: `arg` is a live, properly sized #[repr(C)] struct for this request.
         let r = unsafe { libc::ioctl(fd, request as _, arg as *mut T) };
