@@ -16,7 +16,7 @@ use device::io::decode::DecodeLimits;
 use device::io::cameras;
 use device::io::child::VideoOptions;
 use device::io::source::{open_source_with_video, StreamFormat};
-use device::commands::{inspect, live, report};
+use device::commands::{inspect, live, report, view};
 use shared::graph::Form;
 use shared::preprocess::{Frame, PixelFormat, Preprocess};
 use shared::weights::Precision;
@@ -197,6 +197,11 @@ struct LiveArgs {
     /// Pace a video file at its frame rate (as a camera would; stale frames are then dropped).
     #[arg(long)]
     realtime: bool,
+    /// Serve a live page on HOST:PORT (`:PORT` is 127.0.0.1; give 0.0.0.0:PORT to reach it from
+    /// other machines): the video, the labels, latency and fps; /stream.mjpg, /result.json,
+    /// /events. A slow or gone browser never slows the classifier.
+    #[arg(long, value_name = "HOST:PORT")]
+    view: Option<String>,
     /// Frame width (1..=16384): raw frames, /dev/videoN and csi:// need it; a video is scaled to it.
     #[arg(long, value_parser = int_in::<u32>(1, 16384))]
     width: Option<u32>,
@@ -411,7 +416,22 @@ fn live_cmd(a: LiveArgs) -> Result<()> {
                 })? as u32,
         }),
     };
-    let (mut gate, mut on_result) = gpio_hooks(&a, led_class)?;
+    let (mut gate, mut led) = gpio_hooks(&a, led_class)?;
+    let mut viewer = match &a.view {
+        Some(addr) => {
+            let v = view::Viewer::start(addr)?;
+            eprintln!("view: http://{}/ (frames: /stream.mjpg, results: /result.json, /events)", v.addr);
+            Some(v)
+        }
+        None => None,
+    };
+    let mut on_result = |r: live::FrameResult<'_>| -> Result<()> {
+        led(r.classification)?;
+        if let Some(v) = viewer.as_mut() {
+            v.publish(r.frame, r.json);
+        }
+        Ok(())
+    };
     let mut out = std::io::stdout().lock();
     let opts = live::LiveOptions {
         json: a.json,
@@ -423,7 +443,7 @@ fn live_cmd(a: LiveArgs) -> Result<()> {
         &opts,
         &mut out,
         &mut *gate,
-        &mut *on_result,
+        &mut on_result,
     )?;
     eprintln!("{}", summary.line(false));
     Ok(())

@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use crate::cmd::{self, have, output, root, venv, venv_python};
 
 /// Debian packages: the aarch64 cross linker and sysroot, qemu-user to run aarch64 binaries,
-/// the Fashion-MNIST data set, ffmpeg for camera-like streams, OpenSSH for the deploy tests.
+/// the Fashion-MNIST data set, ffmpeg for camera-like streams and video sources, OpenSSH for the
+/// deploy tests, Chromium for the headless test of `device live --view`'s page.
 pub const APT_PACKAGES: &[&str] = &[
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
@@ -16,6 +17,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "ffmpeg",
     "openssh-server",
     "openssh-client",
+    "chromium",
 ];
 
 pub const RUST_TARGETS: &[&str] = &["aarch64-unknown-linux-gnu", "thumbv7em-none-eabihf"];

@@ -217,6 +217,14 @@ pub fn format_line(
     }
 }
 
+/// One classified frame, handed to `run`'s `on_result` hook (the LED, the `--view` page).
+pub struct FrameResult<'a> {
+    pub frame: OwnedFrame,
+    pub classification: &'a Classification,
+    /// The frame's `--json` line.
+    pub json: String,
+}
+
 /// Classifies frames from `source` until it ends (or `max_frames`), writing one line per frame
 /// to `out`. `gate` decides per frame whether to classify it (a button); `on_result` sees every
 /// classification (an LED). A source whose every frame was corrupt is an error too. An error
@@ -228,7 +236,7 @@ pub fn run(
     opts: &LiveOptions,
     out: &mut dyn Write,
     gate: &mut dyn FnMut() -> Result<bool>,
-    on_result: &mut dyn FnMut(&Classification) -> Result<()>,
+    on_result: &mut dyn FnMut(FrameResult<'_>) -> Result<()>,
 ) -> Result<LiveSummary> {
     let mailbox = Mailbox::default();
     let capture = spawn_capture(source, mailbox.clone());
@@ -248,13 +256,14 @@ pub fn run(
             frames += 1;
             let rate = fps.tick(Instant::now());
             let (dropped, _) = mailbox.counts();
-            writeln!(
-                out,
-                "{}",
-                format_line(pipeline, f.index, &c, rate, opts.json, dropped)
-            )?;
+            let json = format_line(pipeline, f.index, &c, rate, true, dropped);
+            if opts.json {
+                writeln!(out, "{json}")?;
+            } else {
+                writeln!(out, "{}", format_line(pipeline, f.index, &c, rate, false, dropped))?;
+            }
             out.flush()?;
-            on_result(&c)?;
+            on_result(FrameResult { frame: f, classification: &c, json })?;
             if opts.max_frames.is_some_and(|m| frames >= m) {
                 reached_max_frames = true;
                 break;

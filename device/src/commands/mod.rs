@@ -1,6 +1,7 @@
 //! What the CLI subcommands do, apart from argument parsing (main.rs).
 //!
-//! - [`live`]: the latest-frame-wins camera loop; [`bench`] measures, [`report`] reports.
+//! - [`live`]: the latest-frame-wins camera loop, [`view`] its live page in the browser;
+//!   [`bench`] measures, [`report`] reports.
 //! - [`parity`]: the parity file format (docs/parity-file.md) and the comparison against it.
 //! - [`inspect`]: what runs for a model on this CPU (kernels plugged, passes, plan, profile).
 //! - [`convert`]: torchvision state_dict -> compact weights.
@@ -13,3 +14,4 @@ pub mod inspect;
 pub mod live;
 pub mod parity;
 pub mod report;
+pub mod view;
