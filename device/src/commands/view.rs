@@ -164,34 +164,22 @@ fn serve(request: tiny_http::Request, latest: &Arc<Latest>) {
                 .unwrap_or_else(|| "null".into());
             request.respond(tiny_http::Response::from_string(body).with_header(header("Content-Type", "application/json")))
         }
-        "/stream.mjpg" => {
-            let body = Parts { latest: latest.clone(), seen: 0, buf: Cursor::new(vec![]), kind: Part::Jpeg, last: None };
-            let r = tiny_http::Response::new(
-                200.into(),
-                vec![header("Content-Type", "multipart/x-mixed-replace; boundary=frame"), header("Cache-Control", "no-cache")],
-                body,
-                None,
-                None,
-            );
-            request.respond(r)
-        }
-        "/events" => {
-            let body = Parts { latest: latest.clone(), seen: 0, buf: Cursor::new(vec![]), kind: Part::Event, last: None };
-            let r = tiny_http::Response::new(
-                200.into(),
-                vec![header("Content-Type", "text/event-stream"), header("Cache-Control", "no-cache")],
-                body,
-                None,
-                None,
-            );
-            request.respond(r)
-        }
+        "/stream.mjpg" => request.respond(endless(latest, Part::Jpeg, "multipart/x-mixed-replace; boundary=frame")),
+        "/events" => request.respond(endless(latest, Part::Event, "text/event-stream")),
         _ => request.respond(tiny_http::Response::from_string("not found").with_status_code(404)),
     };
 }
 
 /// tiny_http's chunk size for bodies of unknown length.
 const EVENT_SIZE: usize = 8192;
+
+/// An endless response of `kind` parts from the latest snapshots.
+fn endless(latest: &Arc<Latest>, kind: Part, content_type: &str) -> tiny_http::Response<Parts> {
+    let header = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("a valid header");
+    let body = Parts { latest: latest.clone(), seen: 0, buf: Cursor::new(vec![]), kind, last: None };
+    let headers = vec![header("Content-Type", content_type), header("Cache-Control", "no-cache")];
+    tiny_http::Response::new(200.into(), headers, body, None, None)
+}
 
 #[derive(Clone, Copy)]
 enum Part {
