@@ -16,7 +16,7 @@ use device::io::decode::DecodeLimits;
 use device::io::cameras;
 use device::io::child::VideoOptions;
 use device::io::source::{open_source_with_video, StreamFormat};
-use device::commands::{inspect, live, report, view};
+use device::commands::{inspect, live, record, report, view};
 use shared::graph::Form;
 use shared::preprocess::{Frame, PixelFormat, Preprocess};
 use shared::weights::Precision;
@@ -202,6 +202,10 @@ struct LiveArgs {
     /// /events. A slow or gone browser never slows the classifier.
     #[arg(long, value_name = "HOST:PORT")]
     view: Option<String>,
+    /// Write the classified video to this file (mp4, H.264 via an ffmpeg child) with the top-1
+    /// label drawn on it; frames the encoder cannot keep up with are left out, never waited for.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
     /// Frame width (1..=16384): raw frames, /dev/videoN and csi:// need it; a video is scaled to it.
     #[arg(long, value_parser = int_in::<u32>(1, 16384))]
     width: Option<u32>,
@@ -425,8 +429,23 @@ fn live_cmd(a: LiveArgs) -> Result<()> {
         }
         None => None,
     };
+    let mut recorder = match &a.output {
+        Some(out) => {
+            // A video file's own frame rate, else a camera's usual 30.
+            let fps = if device::io::child::is_video_file(&a.source) {
+                device::io::child::probe(&a.source).ok().and_then(|i| i.fps).unwrap_or(30.0)
+            } else {
+                30.0
+            };
+            Some(record::Recorder::new(out, fps, !source.is_live())?)
+        }
+        None => None,
+    };
     let mut on_result = |r: live::FrameResult<'_>| -> Result<()> {
         led(r.classification)?;
+        if let Some(rec) = recorder.as_mut() {
+            rec.add(r.frame.clone(), &r.top1)?;
+        }
         if let Some(v) = viewer.as_mut() {
             v.publish(r.frame, r.json);
         }
@@ -446,6 +465,11 @@ fn live_cmd(a: LiveArgs) -> Result<()> {
         &mut on_result,
     )?;
     eprintln!("{}", summary.line(false));
+    if let Some(rec) = recorder {
+        let (out, dropped) = (a.output.clone().unwrap_or_default(), rec.dropped);
+        rec.finish()?;
+        eprintln!("recorded {} ({dropped} frames left out while the encoder was behind)", out.display());
+    }
     Ok(())
 }
 

@@ -579,3 +579,46 @@ fn csi_camera_runs_the_boards_camera_program() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("rpicam-vid") && err.contains("gst-launch-1.0"), "{err}");
 }
+
+/// Frame `n` of a video file as RGB bytes (ffmpeg).
+fn rgb_frame(video: &str, n: usize) -> Vec<u8> {
+    let o = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-i", video, "-vf", &format!("select=eq(n\\,{n})"), "-frames:v", "1"])
+        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o.stdout
+}
+
+#[test]
+fn output_records_the_video_with_the_top1_label_drawn_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = mp4_clip(dir.path());
+    let out = dir.path().join("labelled.mp4");
+    let model = common::compact(&common::fixtures("resnet8"), "resnet8", Form::Folded, Precision::Int8);
+    let o = common::device_command(env!("CARGO_BIN_EXE_device"))
+        .args(["live", "--model", model.to_str().unwrap(), "--source", &clip, "--output", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Every frame of the replay, at the clip's size.
+    let probe = device::io::child::probe(out.to_str().unwrap()).unwrap();
+    assert_eq!((probe.width, probe.height), (96, 64));
+    let count = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames"])
+        .args(["-of", "csv=p=0"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&count.stdout).trim(), "20");
+    // The label's box darkens the top-left corner; the bottom rows are the clip's.
+    let (a, b) = (rgb_frame(&clip, 5), rgb_frame(out.to_str().unwrap(), 5));
+    let row = 96 * 3;
+    let mean_diff = |rows: std::ops::Range<usize>| {
+        let r = rows.start * row..rows.end * row;
+        a[r.clone()].iter().zip(&b[r]).map(|(x, y)| x.abs_diff(*y) as f64).sum::<f64>() / ((rows.end - rows.start) * row) as f64
+    };
+    let (top, bottom) = (mean_diff(8..14), mean_diff(52..64));
+    assert!(top > 3.0 * bottom.max(1.0), "label rows differ by {top:.1}, others by {bottom:.1}");
+}

@@ -223,6 +223,8 @@ pub struct FrameResult<'a> {
     pub classification: &'a Classification,
     /// The frame's `--json` line.
     pub json: String,
+    /// The top-1 class as a line prints it: `97.95% class #281 (tabby cat)`.
+    pub top1: String,
 }
 
 /// Classifies frames from `source` until it ends (or `max_frames`), writing one line per frame
@@ -263,7 +265,8 @@ pub fn run(
                 writeln!(out, "{}", format_line(pipeline, f.index, &c, rate, false, dropped))?;
             }
             out.flush()?;
-            on_result(FrameResult { frame: f, classification: &c, json })?;
+            let top1 = c.top.first().map(|&(k, s)| format!("{:.2}% {}", s * 100.0, pipeline.class_text(k))).unwrap_or_default();
+            on_result(FrameResult { frame: f, classification: &c, json, top1 })?;
             if opts.max_frames.is_some_and(|m| frames >= m) {
                 reached_max_frames = true;
                 break;
