@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
     /// Training epochs (default: host train's default for the demo model).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub epochs: Option<u32>,
     /// Reuse an existing checkpoint in --out instead of training again.
     #[arg(long)]

@@ -127,13 +127,13 @@ pub struct Args {
     #[arg(long, default_value = "")]
     pub runner: String,
     /// Releases to keep on the board (current and previous are always kept).
-    #[arg(long, default_value_t = 3)]
-    pub keep: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=1000))]
+    pub keep: u64,
     /// Timed `device bench` runs.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub iters: u32,
     /// Untimed `device bench` warm-up runs.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub warmup: u32,
     /// Extra argument for `device bench`, repeatable: `--bench-arg=--threads=4`.
     #[arg(long = "bench-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -552,7 +552,7 @@ if [ -n "$old" ] && [ "$old" != releases/{name} ]; then ln -sfn "$old" .previous
         // Newest first: the new release, then the others as `ls -t` listed them.
         let newest_first = [name].into_iter().chain(p.releases.iter().map(String::as_str).filter(|r| *r != name));
         let protected = [Some(name), release_of(previous)];
-        let prune: Vec<&str> = newest_first.skip(self.args.keep).filter(|r| !protected.contains(&Some(*r))).collect();
+        let prune: Vec<&str> = newest_first.skip(self.args.keep as usize).filter(|r| !protected.contains(&Some(*r))).collect();
         if prune.is_empty() {
             return;
         }
@@ -637,17 +637,29 @@ mv -T .previous.tmp previous
 mod tests {
     use super::*;
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse_args(extra: &[&str]) -> Result<Args, clap::Error> {
+        let base = ["deploy", "--board", "pi5", "--host", "pi@b", "--model", "m.evw"];
+        <Cli as clap::Parser>::try_parse_from(base.iter().chain(extra)).map(|c| c.args)
+    }
+
+    #[test]
+    fn numeric_flags_are_range_checked_by_the_parser() {
+        for (flag, value, range) in [("--keep", "1", "2..=1000"), ("--iters", "0", "1..="), ("--warmup", "-1", ""), ("--port", "0", "1..=65535")] {
+            let e = parse_args(&[&format!("{flag}={value}")]).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(flag) && e.contains(range), "{flag}={value}: {e}");
+        }
+        assert_eq!(parse_args(&[]).unwrap().keep, 3);
+    }
+
     #[test]
     fn gpio_build_when_asked_or_when_the_service_uses_gpio() {
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: Args,
-        }
-        let parse = |extra: &[&str]| {
-            let base = ["deploy", "--board", "pi5", "--host", "pi@b", "--model", "m.evw"];
-            <Cli as clap::Parser>::try_parse_from(base.iter().chain(extra)).unwrap().args.wants_gpio()
-        };
+        let parse = |extra: &[&str]| parse_args(extra).unwrap().wants_gpio();
         assert!(!parse(&[]));
         assert!(parse(&["--gpio"]));
         assert!(parse(&["--live-arg=--led-line=17", "--live-arg=--led-class=cat"]));

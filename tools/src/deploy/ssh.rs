@@ -18,7 +18,7 @@ pub struct SshArgs {
     #[arg(long)]
     pub host: String,
     /// SSH port on the board (default: ssh's, normally 22).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
     /// Private key to log in with (default: ssh's own choice: agent, ~/.ssh/id_*). Only this key
     /// is offered when given.
