@@ -29,6 +29,8 @@ impl Lcg {
 }
 
 /// Floats in [-1, 1) from `seed`.
+// Used by the x86_64 kernels' tests only.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn random_f32(seed: u64) -> impl FnMut() -> f32 {
     let mut lcg = Lcg::new(seed);
     move || lcg.unit() * 2.0 - 1.0

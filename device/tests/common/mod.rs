@@ -161,7 +161,12 @@ pub fn device_command(exe: &str) -> std::process::Command {
     match std::env::var("DEVICE_TEST_RUNNER") {
         Ok(runner) if !runner.trim().is_empty() => {
             let mut words = runner.split_whitespace();
-            let mut c = std::process::Command::new(words.next().unwrap());
+            // Found on this process's PATH, so that a test may give the child another one.
+            let program = words.next().unwrap();
+            let resolved = std::env::var_os("PATH")
+                .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
+                .unwrap_or_else(|| program.into());
+            let mut c = std::process::Command::new(resolved);
             c.args(words).arg(exe);
             c
         }
