@@ -2,6 +2,7 @@
 //! deployment. Everything a fresh machine needs is installed by `setup`, which the other commands
 //! call first.
 
+mod armbench;
 mod cmd;
 mod demo;
 mod deploy;
@@ -36,6 +37,9 @@ enum Command {
     },
     /// Cross-build device, copy it and a model to a board over SSH, switch atomically, bench there.
     Deploy(Box<deploy::Args>),
+    /// Count aarch64 instructions per inference (qemu + ../shared/armcount) of the device's fp32, fp16
+    /// and int8 plans and of ONNX Runtime's aarch64 wheel on Pi 4, Pi 5 and Orin CPUs: table + JSON.
+    Armbench(armbench::Args),
     /// Switch a board back to the release deployed before the current one.
     Rollback(deploy::RollbackArgs),
 }
@@ -52,6 +56,7 @@ fn main() {
         }
         Command::Deploy(args) => deploy::run(&args),
         Command::Rollback(args) => deploy::rollback(&args),
+        Command::Armbench(args) => armbench::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
