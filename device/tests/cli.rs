@@ -136,6 +136,17 @@ fn bench_json_has_every_metric() {
     assert!(v["peak_rss_kib"].as_u64().unwrap() > 0);
     assert!(!v["cpu"]["features"].as_array().unwrap().is_empty());
     assert_eq!(v["iters"], 10);
+
+    // --model-only (what instruction counts compare): the model alone, preprocessing and
+    // ranking out of the loop, so their stages read 0 and the latency is the inference's.
+    let o = run_on("bench", &model, &["--warmup", "1", "--iters", "5", "--model-only", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["stages_ms"]["preprocess"]["mean"].as_f64(), Some(0.0), "{v}");
+    assert_eq!(v["stages_ms"]["postprocess"]["mean"].as_f64(), Some(0.0), "{v}");
+    let inference = v["stages_ms"]["inference"]["p50"].as_f64().unwrap();
+    assert!(inference > 0.0 && v["latency_ms"]["p50"].as_f64() == Some(inference), "{v}");
+    assert_eq!(v["iters"], 5);
 }
 
 #[test]
