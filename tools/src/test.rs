@@ -33,7 +33,7 @@ pub const QEMU_CPUS: &[(&str, &str)] = &[
 
 /// The fuzz targets in fuzz/ (docs/fuzzing.md), each run for [`FUZZ_SECONDS`] from its seeds.
 pub const FUZZ_TARGETS: &[&str] = &["weights", "parity", "mjpeg", "raw"];
-pub const FUZZ_SECONDS: u32 = 20;
+pub const FUZZ_SECONDS: u32 = 10;
 
 pub fn run(args: &Args) -> Result<()> {
     if !args.no_setup {
