@@ -444,10 +444,11 @@ fn live_cmd(a: LiveArgs) -> Result<()> {
     let mut on_result = |r: live::FrameResult<'_>| -> Result<()> {
         led(r.classification)?;
         if let Some(rec) = recorder.as_mut() {
-            rec.add(r.frame.clone(), &r.top1)?;
+            rec.add(r.frame.clone(), &r.top1())?;
         }
         if let Some(v) = viewer.as_mut() {
-            v.publish(r.frame, r.json);
+            let json = r.json();
+            v.publish(r.frame, json);
         }
         Ok(())
     };

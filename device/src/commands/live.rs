@@ -217,14 +217,27 @@ pub fn format_line(
     }
 }
 
-/// One classified frame, handed to `run`'s `on_result` hook (the LED, the `--view` page).
+/// One classified frame, handed to `run`'s `on_result` hook (the LED, the `--view` page, the
+/// recording). Its texts are made only when a hook asks for them.
 pub struct FrameResult<'a> {
     pub frame: OwnedFrame,
     pub classification: &'a Classification,
+    pipeline: &'a Pipeline,
+    fps: f64,
+    dropped: u64,
+}
+
+impl FrameResult<'_> {
     /// The frame's `--json` line.
-    pub json: String,
+    pub fn json(&self) -> String {
+        format_line(self.pipeline, self.frame.index, self.classification, self.fps, true, self.dropped)
+    }
+
     /// The top-1 class as a line prints it: `97.95% class #281 (tabby cat)`.
-    pub top1: String,
+    pub fn top1(&self) -> String {
+        let c = self.classification;
+        c.top.first().map(|&(k, s)| format!("{:.2}% {}", s * 100.0, self.pipeline.class_text(k))).unwrap_or_default()
+    }
 }
 
 /// Classifies frames from `source` until it ends (or `max_frames`), writing one line per frame
@@ -258,15 +271,9 @@ pub fn run(
             frames += 1;
             let rate = fps.tick(Instant::now());
             let (dropped, _) = mailbox.counts();
-            let json = format_line(pipeline, f.index, &c, rate, true, dropped);
-            if opts.json {
-                writeln!(out, "{json}")?;
-            } else {
-                writeln!(out, "{}", format_line(pipeline, f.index, &c, rate, false, dropped))?;
-            }
+            writeln!(out, "{}", format_line(pipeline, f.index, &c, rate, opts.json, dropped))?;
             out.flush()?;
-            let top1 = c.top.first().map(|&(k, s)| format!("{:.2}% {}", s * 100.0, pipeline.class_text(k))).unwrap_or_default();
-            on_result(FrameResult { frame: f, classification: &c, json, top1 })?;
+            on_result(FrameResult { frame: f, classification: &c, pipeline, fps: rate, dropped })?;
             if opts.max_frames.is_some_and(|m| frames >= m) {
                 reached_max_frames = true;
                 break;

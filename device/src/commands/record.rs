@@ -28,6 +28,8 @@ pub struct Recorder {
     fps: f64,
     /// Wait for the encoder rather than leave frames out (replays).
     every_frame: bool,
+    /// The label in the label file now.
+    label: String,
 }
 
 impl Recorder {
@@ -49,6 +51,7 @@ impl Recorder {
             size: None,
             fps,
             every_frame,
+            label: " ".into(),
         })
     }
 
@@ -99,9 +102,13 @@ impl Recorder {
             self.dropped += 1;
             return Ok(());
         }
-        // The label file is replaced whole (write, then rename), so drawtext never reads half.
-        let tmp = self.label_file.with_extension("tmp");
-        std::fs::write(&tmp, label).and_then(|_| std::fs::rename(&tmp, &self.label_file)).context("--output: the label file")?;
+        // The label file is replaced whole (write, then rename), so drawtext never reads half;
+        // only when the label changes (not a file write per frame on the classifier's thread).
+        if self.label != label {
+            let tmp = self.label_file.with_extension("tmp");
+            std::fs::write(&tmp, label).and_then(|_| std::fs::rename(&tmp, &self.label_file)).context("--output: the label file")?;
+            label.clone_into(&mut self.label);
+        }
         let sent = match self.queue.as_ref() {
             Some(q) if self.every_frame => Some(q.send(frame).map_err(|e| TrySendError::Disconnected(e.0))),
             Some(q) => Some(q.try_send(frame)),
