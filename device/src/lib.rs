@@ -15,15 +15,24 @@
 //! - [`commands`]: what the CLI subcommands do (live, bench, report, inspect, convert, parity).
 
 // tract-onnx without its default `transformers` feature (see the workspace Cargo.toml).
+#[cfg(feature = "engine")]
 extern crate tract_onnx_cnn as tract_onnx;
 
+// Without the `engine` feature only `cpu` and `io` are built (the fuzz targets' view).
+#[cfg(feature = "engine")]
 pub mod commands;
 pub mod cpu;
+#[cfg(feature = "engine")]
 pub mod engine;
 pub mod io;
+#[cfg(feature = "engine")]
 pub mod kernels;
+#[cfg(feature = "engine")]
 pub mod ops;
+#[cfg(feature = "engine")]
 pub mod plan;
 
+#[cfg(feature = "engine")]
 pub use engine::pipeline::Pipeline;
+#[cfg(feature = "engine")]
 pub use engine::{ComputePrecision, ConvAlgorithm, Engine, EngineOptions};

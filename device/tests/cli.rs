@@ -1,5 +1,6 @@
 //! The `device` binary end to end: classify, bench --json, parity, bad model files. In the
 //! aarch64 cross tests the binary runs under `DEVICE_TEST_RUNNER` (qemu-aarch64).
+#![cfg(feature = "engine")] // the binary and the engine
 
 mod common;
 

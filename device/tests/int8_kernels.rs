@@ -2,6 +2,7 @@
 //! plan is an `OptMatMul` whose kernel accumulates in i32 on i8 operands, or (x86 with AVX-512
 //! VNNI) the device's own `VnniConv`, and no float matrix product or float convolution is left. For contrast, tract-onnx on the QDQ ONNX
 //! of the same network keeps float matrix products (the upstream issue this crate works around).
+#![cfg(feature = "engine")] // the binary and the engine
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! `device live` sources and loop: real ffmpeg pipes (raw YUYV and MJPEG), corrupt frames,
 //! frames of the wrong size, a camera that disappears, latest-frame-wins.
+#![cfg(feature = "engine")] // the binary and the engine
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! of the exact integer reference), a few steps of ORT on its QDQ form, and int8 top-1
 //! agreement with fp32 >= 99%; fp16 close to fp32 where the CPU has fp16 arithmetic.
 //! Runs natively and under qemu-aarch64 (see tests/common/mod.rs for fixtures).
+#![cfg(feature = "engine")] // the binary and the engine
 
 mod common;
 

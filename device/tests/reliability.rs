@@ -2,6 +2,7 @@
 //! a model file rewritten while it loads (never a signal), truncated JPEGs (reported corrupt, not
 //! classified), `--format mjpeg` on raw frames, a stdin producer killed mid-frame, images over the
 //! decode limit (a clear error at low RSS), and the range of every numeric flag.
+#![cfg(feature = "engine")] // the binary and the engine
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! `device live --view`: the live page, its MJPEG stream and JSON result served while a video
 //! plays, seen by a real headless Chromium (a screenshot is checked), and viewers that never
 //! read do not stop the classifier. Needs ffmpeg and chromium (`cargo xtask setup`).
+#![cfg(feature = "engine")] // the binary and the engine
 
 mod common;
 

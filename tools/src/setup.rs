@@ -22,10 +22,6 @@ pub const APT_PACKAGES: &[&str] = &[
 
 pub const RUST_TARGETS: &[&str] = &["aarch64-unknown-linux-gnu", "thumbv7em-none-eabihf"];
 
-/// The cargo-fuzz installed when none is (`cargo xtask test` runs the fuzz targets with it,
-/// docs/fuzzing.md).
-pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
-
 #[derive(clap::Args)]
 pub struct Args {
     /// Skip the apt packages (for machines where you install them yourself).
@@ -38,7 +34,6 @@ pub fn run(args: &Args) -> Result<()> {
         apt()?;
     }
     rust_targets()?;
-    cargo_fuzz()?;
     python()?;
     Ok(())
 }
@@ -72,13 +67,6 @@ fn rust_targets() -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn cargo_fuzz() -> Result<()> {
-    if output(cmd::cargo().args(["fuzz", "--version"])).is_ok() {
-        return Ok(());
-    }
-    cmd::run(cmd::cargo().args(["install", "--locked", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION]))
 }
 
 fn python() -> Result<()> {
