@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use clap::builder::PossibleValuesParser;
 use serde::Serialize;
 use shared::preprocess::Preprocess;
@@ -13,9 +13,9 @@ use tch::nn;
 use crate::checkpoint::{check_finite, config_from_metadata, read_weights_file, write_atomic, RunDir};
 use crate::data::{DataOptions, Dataset, DatasetSpec};
 use crate::device;
-use crate::model::{ModelOptions, ResNet};
+use crate::model::{config_from_tensors, ModelOptions, ResNet};
 use crate::args::{int_in, EvalDataArgs, RuntimeArgs, StemArg, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE};
-use crate::train::{evaluate, model_config, Criterion, TrainArgs};
+use crate::train::{evaluate, model_config, Criterion};
 
 /// Result file written next to the checkpoint (or to `--out`).
 pub const EVAL_FILE: &str = "eval.json";
@@ -66,30 +66,33 @@ pub fn main(args: EvalArgs) -> Result<()> {
 
     // What to evaluate: a run directory (or its checkpoint.safetensors) brings its dataset,
     // config and preprocessing, and every file is checked against its run.json.
-    let (weights, run_args, run_config, run_preprocess, out_dir): (PathBuf, Option<TrainArgs>, _, Option<Preprocess>, PathBuf);
+    // The run's dataset (`Some(None)`: a `host import` run, which has none) and input side.
+    let (weights, run_dataset, run_image_size, run_config, run_preprocess, out_dir): (PathBuf, Option<Option<DatasetSpec>>, Option<u32>, _, Option<Preprocess>, PathBuf);
     let (tensors, meta) = if let Some(run) = RunDir::of(&args.checkpoint) {
         let state = run.load_state()?;
-        let train_args: TrainArgs = serde_json::from_value(state.args.clone())
-            .map_err(|e| anyhow!("{}: cannot read the run's flags: {e}", run.args().display()))?;
-        (weights, run_args, run_config, run_preprocess) =
-            (run.checkpoint(), Some(train_args), Some(state.config), Some(state.preprocess));
+        (weights, run_dataset, run_image_size, run_config, run_preprocess) =
+            (run.checkpoint(), Some(state.dataset(&run.args())?), state.image_size(), Some(state.config), Some(state.preprocess));
         out_dir = run.dir.clone();
         run.read_checkpoint()?
     } else if args.checkpoint.is_file() {
         out_dir = args.checkpoint.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        (weights, run_args, run_config, run_preprocess) = (args.checkpoint.clone(), None, None, None);
+        (weights, run_dataset, run_image_size, run_config, run_preprocess) = (args.checkpoint.clone(), None, None, None, None);
         read_weights_file(&weights)?
     } else {
         bail!("--checkpoint {}: no such file or directory", args.checkpoint.display());
     };
     check_finite(&weights, &tensors)?;
 
-    let spec = match (&args.data.dataset, &run_args) {
+    let spec = match (&args.data.dataset, run_dataset) {
         (Some(d), _) => d.clone(),
-        (None, Some(a)) => a.dataset.clone(),
+        (None, Some(Some(d))) => d,
+        (None, Some(None)) => bail!(
+            "{}: imported with `host import`, the run has no dataset: pass --dataset (e.g. imagefolder:DIR with DIR/val)",
+            args.checkpoint.display()
+        ),
         (None, None) => DatasetSpec::default(),
     };
-    let image_size = args.image_size.or(run_args.as_ref().and_then(|a| a.image_size));
+    let image_size = args.image_size.or(run_image_size);
     let data = Dataset::open_test(&spec, &DataOptions { limit_test: args.data.limit_test, image_size, ..Default::default() })?;
 
     let config = match (run_config.or_else(|| config_from_metadata(&meta)), &args.arch) {
@@ -97,7 +100,7 @@ pub fn main(args: EvalArgs) -> Result<()> {
         (found, Some(arch)) => {
             let c = model_config(arch, args.stem, &spec, data.classes.len(), data.in_channels)?;
             // A bare torchvision file: take classes, channels and stem from the tensors.
-            infer_from_tensors(c, &tensors).or(found).unwrap_or(c)
+            config_from_tensors(c, &tensors).or(found).unwrap_or(c)
         }
         (None, None) => bail!("{}: no host metadata in this file; pass --arch", weights.display()),
     };
@@ -139,12 +142,4 @@ pub fn main(args: EvalArgs) -> Result<()> {
     );
     println!("{json}");
     Ok(())
-}
-
-/// Classes, input channels and stem as a torchvision state_dict's shapes say.
-fn infer_from_tensors(c: ResNetConfig, tensors: &std::collections::HashMap<String, tch::Tensor>) -> Option<ResNetConfig> {
-    let fc = tensors.get("fc.bias")?.size();
-    let conv1 = tensors.get("conv1.weight")?.size();
-    let stem = if conv1.get(2) == Some(&7) { shared::Stem::ImageNet } else { shared::Stem::Small };
-    Some(c.with_classes(*fc.first()? as u32).with_in_channels(*conv1.get(1)? as u8).with_stem(stem))
 }

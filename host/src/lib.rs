@@ -28,6 +28,7 @@ pub mod device;
 pub mod eval;
 pub mod export;
 pub mod image;
+pub mod import;
 pub mod info;
 pub mod loss_scale;
 pub mod model;

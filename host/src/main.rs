@@ -21,6 +21,8 @@ enum Command {
     Eval(host::eval::EvalArgs),
     /// Export a run for the device: compact weights (fp32, fp16 or calibrated int8), ONNX, parity file.
     Export(host::export::ExportArgs),
+    /// Make a run directory from published weights (torchvision's .pth or safetensors) for export and eval.
+    Import(host::import::ImportArgs),
     /// Print an architecture's layer table and parameter count.
     Info(host::info::InfoArgs),
     /// Measure training images/second on synthetic data (one JSON object).
@@ -45,6 +47,7 @@ fn run() -> anyhow::Result<()> {
             host::train::main(args, &explicit)
         }
         Command::Eval(args) => host::eval::main(args),
+        Command::Import(args) => host::import::main(args),
         Command::Export(args) => host::export::main(args),
         Command::Info(args) => host::info::main(args),
         Command::BenchTrain(args) => host::bench::main(args),

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use shared::{Form, Node, ParamKind, ParamSpec, ResNetConfig};
+use shared::{Form, Node, ParamKind, ParamSpec, ResNetConfig, Stem};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::device::{to_channels_last, Amp};
@@ -353,4 +353,13 @@ impl ResNet {
     pub fn state_dict(&self) -> Vec<(String, Tensor)> {
         self.tensors.iter().map(|t| (t.name.clone(), t.tensor.to_device(Device::Cpu).contiguous())).collect()
     }
+}
+
+/// The architecture's config with the classes, input channels and stem the tensors have
+/// (`fc.bias`, `conv1.weight`: a 7x7 first conv is the ImageNet stem).
+pub fn config_from_tensors(base: ResNetConfig, tensors: &HashMap<String, Tensor>) -> Option<ResNetConfig> {
+    let fc = tensors.get("fc.bias")?.size();
+    let conv1 = tensors.get("conv1.weight")?.size();
+    let stem = if conv1.get(2) == Some(&7) { Stem::ImageNet } else { Stem::Small };
+    Some(base.with_classes(u32::try_from(*fc.first()?).ok()?).with_in_channels(u8::try_from(*conv1.get(1)?).ok()?).with_stem(stem))
 }

@@ -448,7 +448,16 @@ fn open_run(args: TrainArgs, explicit: &[String]) -> Result<(RunDir, TrainArgs, 
                 run.manifest().display()
             );
         }
-        Some(run.load_state()?)
+        let state = run.load_state()?;
+        if let Some(from) = state.imported_from() {
+            bail!(
+                "--resume: {} was made by `host import` from {from}, not by training: there is nothing to resume; \
+                 fine-tune it with `host train --init-from {} --out NEW_DIR`",
+                run.dir.display(),
+                run.dir.display()
+            );
+        }
+        Some(state)
     } else {
         if committed.is_some() {
             bail!(

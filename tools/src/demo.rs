@@ -3,6 +3,8 @@
 //! set up -> train the default small ResNet on Fashion-MNIST (CPU) -> export fp32 and int8 ->
 //! classify Fashion-MNIST test images and real photos with the device binary, natively and
 //! under qemu-aarch64 -> stream a camera-like clip (ffmpeg, YUYV) through `device live` ->
+//! torchvision's ResNet-50 file through `host import` and export, classifying the photos ->
+//! an mp4 through `device live --view`, the page screenshotted by headless Chromium ->
 //! latency report and fp32/int8 accuracy table.
 
 use std::path::{Path, PathBuf};
@@ -129,6 +131,14 @@ pub fn run(args: &Args) -> Result<()> {
         let _s = step("live: a camera-like YUYV clip (ffmpeg pipe) through device live");
         live_clip(&device, int8, &samples)?;
     }
+    {
+        let _s = step("ImageNet-shaped model: torchvision's ResNet-50 file (random weights) -> host import -> export -> classify the photos");
+        imagenet_model(&host, &device, &out, &photos)?;
+    }
+    {
+        let _s = step("video file: clip.mp4 (ffmpeg) through device live --source clip.mp4 --view, the page screenshotted by headless Chromium");
+        live_view(&device, int8, &samples, &out)?;
+    }
 
     let _s = step("latency report (device bench, 1 thread)");
     let mut report = Vec::new();
@@ -199,6 +209,99 @@ fn live_clip(device: &Path, model: &Path, samples: &Path) -> Result<()> {
         bail!("live clip: device live classified no frame (ffmpeg produced none?)");
     }
     Ok(())
+}
+
+/// torchvision's ResNet-50 as torchvision publishes it (`.pth`; its random init, since nothing
+/// can be downloaded here), imported into a run directory, exported fp32 without data, and the
+/// photos classified with ImageNet's class names. Random weights: the classes are arbitrary; the
+/// point is the path (a real `resnet50-11ad3fa6.pth` takes the same commands).
+fn imagenet_model(host: &Path, device: &Path, out: &Path, photos: &[PathBuf]) -> Result<()> {
+    let dir = out.join("imagenet");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing the previous {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pth = dir.join("resnet50.pth");
+    cmd::run(Command::new(venv_python()).arg(root().join("tools/torchvision_weights.py")).arg("resnet50").arg(&pth))?;
+    let run = dir.join("run");
+    cmd::run(Command::new(host).arg("import").arg("--weights").arg(&pth).args(["--arch", "resnet50", "--out"]).arg(&run))?;
+    let model = dir.join("resnet50.fp32.evw");
+    cmd::run(Command::new(host).arg("export").arg("--checkpoint").arg(&run).arg("--out").arg(&model)
+        .arg("--onnx").arg(dir.join("resnet50.fp32.onnx")).args(["--parity-samples", "8"]))?;
+    println!("(random weights: the classes below are arbitrary; the labels are ImageNet's 1000)");
+    cmd::run(Command::new(device).arg("classify").arg("--model").arg(&model).args(["--top-k", "3"]).args(photos))
+}
+
+/// The clip stills as an H.264 `.mp4` (ffmpeg), played by `device live --source clip.mp4
+/// --realtime --view 127.0.0.1:0`; once results come, headless Chromium screenshots the page to
+/// OUT/live-view.png.
+fn live_view(device: &Path, model: &Path, samples: &Path, out: &Path) -> Result<()> {
+    let clip = out.join("clip.mp4");
+    cmd::run(Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-framerate", "1", "-i"])
+        .arg(samples.join("clip/%03d.png"))
+        .args(["-vf", &format!("scale=640:480,fps={CLIP_FPS}"), "-pix_fmt", "yuv420p"])
+        .arg(&clip))?;
+    let mut live = Command::new(device)
+        .arg("live")
+        .arg("--model")
+        .arg(model)
+        .arg("--source")
+        .arg(&clip)
+        .args(["--realtime", "--loop", "--top-k", "3", "--view", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting device live")?;
+    let result = (|| -> Result<()> {
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(live.stderr.take().context("device live stderr")?));
+        let url = loop {
+            let line = lines.next().context("device live ended before serving its page")??;
+            eprintln!("{line}");
+            if let Some(rest) = line.strip_prefix("view: ") {
+                break rest.split_whitespace().next().unwrap_or(rest).to_string();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        let latest = loop {
+            let body = http_get(&addr, "/result.json").unwrap_or_default();
+            if body.contains("\"frame\"") {
+                break body;
+            }
+            if Instant::now() > deadline {
+                bail!("{url}: no result after 30 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        println!("{url}result.json: {}", latest.trim());
+        let shot = out.join("live-view.png");
+        let o = Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1000,600", "--virtual-time-budget=3000"])
+            .arg(format!("--screenshot={}", shot.display()))
+            .arg(&url)
+            .output()
+            .context("running chromium (apt-get install chromium, or cargo xtask setup)")?;
+        if !shot.is_file() {
+            bail!("chromium wrote no screenshot: {}", String::from_utf8_lossy(&o.stderr).trim());
+        }
+        println!("the live page as Chromium rendered it: {}", shot.display());
+        Ok(())
+    })();
+    let _ = live.kill();
+    let _ = live.wait();
+    result
+}
+
+/// The body of `GET path` from the HTTP server at `addr` (HOST:PORT).
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
 }
 
 fn json_file(path: &Path) -> Result<serde_json::Value> {

@@ -22,6 +22,7 @@ use shared::preprocess::Preprocess;
 use shared::ResNetConfig;
 use tch::{Device, Kind, Tensor};
 
+use crate::data::DatasetSpec;
 use crate::loss_scale::LossScaler;
 use crate::model::ResNet;
 use crate::optim::Sgd;
@@ -59,11 +60,52 @@ pub struct RunState {
     /// The evaluation preprocessing, exactly what a deployment must apply.
     pub preprocess: Preprocess,
     pub classes: Vec<String>,
-    /// Every `host train` flag (a serialized `TrainArgs`).
+    /// Every `host train` flag (a serialized `TrainArgs`); for a run written by `host import`,
+    /// `arch`, `image_size`, `dataset: null` and `imported_from` (see [`RunState::imported_from`]).
     pub args: serde_json::Value,
     /// The command line of the invocation that wrote this state.
     pub command: Vec<String>,
     pub host_version: String,
+}
+
+impl RunState {
+    /// The architecture name (`resnet50`, ...).
+    pub fn arch(&self) -> &str {
+        self.args.get("arch").and_then(|a| a.as_str()).unwrap_or("resnet")
+    }
+
+    /// The network input side the run was made for, where recorded.
+    pub fn image_size(&self) -> Option<u32> {
+        self.args.get("image_size").and_then(|v| v.as_u64()).and_then(|v| u32::try_from(v).ok())
+    }
+
+    /// The weights file a `host import` run was made from; `None` for a trained run.
+    pub fn imported_from(&self) -> Option<&str> {
+        self.args.get("imported_from").and_then(|v| v.as_str())
+    }
+
+    /// The dataset the run was trained on (`args_file` is named in errors); `None` for an
+    /// imported run, which has none.
+    pub fn dataset(&self, args_file: &Path) -> Result<Option<DatasetSpec>> {
+        match self.args.get("dataset") {
+            None | Some(serde_json::Value::Null) if self.imported_from().is_some() => Ok(None),
+            None => Ok(Some(DatasetSpec::default())),
+            Some(v) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| anyhow!("{}: bad `dataset`: {e}", args_file.display())),
+        }
+    }
+}
+
+/// The metadata of `checkpoint.safetensors`: `format: pt` (as torch's safetensors files say),
+/// the epoch and step it holds, and the network config.
+pub fn checkpoint_metadata(config: &ResNetConfig, epoch: u32, step: u64) -> Result<HashMap<String, String>> {
+    Ok(HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        (META_EPOCH.to_string(), epoch.to_string()),
+        (META_STEP.to_string(), step.to_string()),
+        (META_CONFIG.to_string(), serde_json::to_string(config)?),
+    ]))
 }
 
 /// Writes `bytes` to `path` atomically: `path.tmp`, fsync, rename over `path`, fsync the
@@ -303,18 +345,10 @@ impl RunDir {
         metrics.push_str(metrics_line);
         metrics.push('\n');
 
-        let epoch = state.epoch.to_string();
-        let step = state.step.to_string();
+        let checkpoint = to_safetensors_bytes(&model.state_dict(), checkpoint_metadata(&model.config, state.epoch, state.step)?)?;
         let meta = HashMap::from([
-            ("format".to_string(), "pt".to_string()),
-            (META_EPOCH.to_string(), epoch.clone()),
-            (META_STEP.to_string(), step.clone()),
-            (META_CONFIG.to_string(), serde_json::to_string(&model.config)?),
-        ]);
-        let checkpoint = to_safetensors_bytes(&model.state_dict(), meta)?;
-        let meta = HashMap::from([
-            (META_EPOCH.to_string(), epoch),
-            (META_STEP.to_string(), step),
+            (META_EPOCH.to_string(), state.epoch.to_string()),
+            (META_STEP.to_string(), state.step.to_string()),
             (META_LOSS_SCALE.to_string(), scaler.scale.to_string()),
             (META_GROWTH_TRACKER.to_string(), scaler.growth_tracker.to_string()),
         ]);

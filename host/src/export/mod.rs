@@ -164,11 +164,11 @@ pub struct ExportReport {
     pub float_layers: Vec<String>,
     pub int8_layers: usize,
     pub test_images: usize,
-    /// The checkpoint (unfolded, PyTorch eval mode).
-    pub fp32_top1: f64,
-    /// What the written file computes (folded fp32, fp16 weights, or int8).
-    pub exported_top1: f64,
-    /// Fraction of test images where both predict the same class.
+    /// The checkpoint (unfolded, PyTorch eval mode); `null` without a dataset.
+    pub fp32_top1: Option<f64>,
+    /// What the written file computes (folded fp32, fp16 weights, or int8); `null` without a dataset.
+    pub exported_top1: Option<f64>,
+    /// Fraction of test images (or seeded inputs, without a dataset) where both predict the same class.
     pub top1_agreement: f64,
     /// Exported vs checkpoint logits: worst per-sample `max |d| / max |fp32|`.
     pub max_rel_diff: f64,
@@ -188,7 +188,8 @@ struct Run {
     preprocess: Preprocess,
     arch: String,
     labels: Vec<String>,
-    dataset: DatasetSpec,
+    /// `None`: a `host import` run given no `--dataset`.
+    dataset: Option<DatasetSpec>,
     image_size: Option<u32>,
     model: ResNet,
 }
@@ -258,15 +259,11 @@ fn load_run(path: &Path, dataset: Option<&DatasetSpec>, device: Device) -> Resul
     let state = run.load_state()?;
     let config = state.config;
     config.validate().map_err(|e| anyhow!("{}: {e}", run.args().display()))?;
-    let arch = state.args.get("arch").and_then(|a| a.as_str()).unwrap_or("resnet").to_string();
-    let image_size = state.args.get("image_size").and_then(|v| v.as_u64()).map(|v| v as u32);
+    let arch = state.arch().to_string();
+    let image_size = state.image_size();
     let dataset = match dataset {
-        Some(d) => d.clone(),
-        None => match state.args.get("dataset") {
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| anyhow!("{}: bad `dataset`: {e}", run.args().display()))?,
-            None => DatasetSpec::default(),
-        },
+        Some(d) => Some(d.clone()),
+        None => state.dataset(&run.args())?,
     };
     let labels = run.read_labels()?;
     if labels.len() != config.num_classes as usize {
@@ -346,17 +343,81 @@ fn batch_tensor(images: &[f32], n: usize, shape: [i64; 3], device: Device) -> Te
     Tensor::from_slice(images).view([n as i64, shape[0], shape[1], shape[2]]).to_device(device)
 }
 
-/// Checkpoint vs exported network on the test split, keeping the first `keep` samples for the
-/// parity file.
+/// Checkpoint vs exported network on the test split (or on seeded inputs where the run has no
+/// data), keeping the first `keep` samples for the parity file.
 struct Comparison {
     images: usize,
-    ref_top1: f64,
-    exp_top1: f64,
+    /// Top-1 accuracies: `None` without labelled data.
+    ref_top1: Option<f64>,
+    exp_top1: Option<f64>,
     agreement: f64,
     max_rel_diff: f64,
     parity: ParityData,
     /// The exported network's logits on the parity inputs.
     parity_exported: Tensor,
+}
+
+/// Runs both networks on every batch `batches` hands over (inputs on `device`, labels where
+/// known) and compares them.
+fn compare(
+    reference: &ResNet,
+    exported: &Net,
+    keep: usize,
+    batches: impl FnOnce(&mut dyn FnMut(Tensor, Option<Tensor>) -> Result<()>) -> Result<()>,
+) -> Result<Comparison> {
+    let _guard = tch::no_grad_guard();
+    let (mut n, mut ref_hits, mut exp_hits, mut same, mut worst) = (0usize, 0i64, 0i64, 0i64, 0f64);
+    let (mut p_in, mut p_ref, mut p_exp, mut p_lab) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut labelled = true;
+    batches(&mut |x, y| {
+        let len = x.size()[0] as usize;
+        let r = reference.forward_t(&x, false);
+        let e = exported.forward(&x);
+        for (what, t) in [("checkpoint", &r), ("exported", &e)] {
+            if t.isfinite().logical_not().any().int64_value(&[]) != 0 {
+                bail!("the {what} network gives non-finite logits (NaN or infinity) on test images {}..{}", n, n + len);
+            }
+        }
+        let (rp, ep) = (r.argmax(1, false), e.argmax(1, false));
+        match &y {
+            Some(y) => {
+                ref_hits += rp.eq_tensor(y).sum(Kind::Int64).int64_value(&[]);
+                exp_hits += ep.eq_tensor(y).sum(Kind::Int64).int64_value(&[]);
+            }
+            None => labelled = false,
+        }
+        same += rp.eq_tensor(&ep).sum(Kind::Int64).int64_value(&[]);
+        worst = worst.max(parity::agreement(&e, &r).max_rel_err);
+        if n < keep {
+            let k = (keep - n).min(len) as i64;
+            p_in.push(x.narrow(0, 0, k).to_device(Device::Cpu));
+            p_ref.push(r.narrow(0, 0, k).to_device(Device::Cpu));
+            p_exp.push(e.narrow(0, 0, k).to_device(Device::Cpu));
+            if let Some(y) = &y {
+                p_lab.push(y.narrow(0, 0, k).to_device(Device::Cpu));
+            }
+        }
+        n += len;
+        Ok(())
+    })?;
+    if n == 0 {
+        bail!("no readable test image");
+    }
+    let pct = |h: i64| labelled.then(|| 100.0 * h as f64 / n as f64);
+    Ok(Comparison {
+        images: n,
+        ref_top1: pct(ref_hits),
+        exp_top1: pct(exp_hits),
+        agreement: same as f64 / n as f64,
+        max_rel_diff: worst,
+        parity: ParityData {
+            inputs: Tensor::cat(&p_in, 0).contiguous(),
+            logits: Tensor::cat(&p_ref, 0).contiguous(),
+            logits_int8: None,
+            labels: labelled.then(|| Tensor::cat(&p_lab, 0).to_kind(Kind::Int64).contiguous()),
+        },
+        parity_exported: Tensor::cat(&p_exp, 0),
+    })
 }
 
 fn compare_on_test(
@@ -368,62 +429,40 @@ fn compare_on_test(
     keep: usize,
     device: Device,
 ) -> Result<Comparison> {
-    let _guard = tch::no_grad_guard();
     let transform = Transform::Eval(*preprocess);
     let shape = transform.sample_shape();
     let loader = eval_loader(test, &transform, (0..test.len()).collect(), batch_size);
-    let (mut n, mut ref_hits, mut exp_hits, mut same, mut worst) = (0usize, 0i64, 0i64, 0i64, 0f64);
-    let (mut p_in, mut p_ref, mut p_exp, mut p_lab) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    loader.for_each(|batch| {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let x = batch_tensor(&batch.images, batch.len(), shape, device);
-        let y = Tensor::from_slice(&batch.labels).to_device(device);
-        let r = reference.forward_t(&x, false);
-        let e = exported.forward(&x);
-        for (what, t) in [("checkpoint", &r), ("exported", &e)] {
-            if t.isfinite().logical_not().any().int64_value(&[]) != 0 {
-                bail!(
-                    "the {what} network gives non-finite logits (NaN or infinity) on test images {}..{}",
-                    n,
-                    n + batch.len()
-                );
+    compare(reference, exported, keep, |f| {
+        loader.for_each(|batch| {
+            if batch.is_empty() {
+                return Ok(());
             }
+            let x = batch_tensor(&batch.images, batch.len(), shape, device);
+            f(x, Some(Tensor::from_slice(&batch.labels).to_device(device)))
+        })
+    })
+}
+
+/// Without a dataset (a `host import` run): `n` seeded standard-normal inputs, the shape the
+/// eval preprocessing makes (what a normalized image looks like to the network).
+fn compare_on_noise(
+    reference: &ResNet,
+    exported: &Net,
+    preprocess: &Preprocess,
+    n: usize,
+    batch_size: usize,
+    seed: u64,
+    device: Device,
+) -> Result<Comparison> {
+    let [c, h, w] = Transform::Eval(*preprocess).sample_shape();
+    tch::manual_seed(seed as i64);
+    let inputs = Tensor::randn([n as i64, c, h, w], tch::kind::FLOAT_CPU);
+    compare(reference, exported, n, |f| {
+        for start in (0..n).step_by(batch_size) {
+            let len = batch_size.min(n - start) as i64;
+            f(inputs.narrow(0, start as i64, len).to_device(device), None)?;
         }
-        let (rp, ep) = (r.argmax(1, false), e.argmax(1, false));
-        ref_hits += rp.eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
-        exp_hits += ep.eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
-        same += rp.eq_tensor(&ep).sum(Kind::Int64).int64_value(&[]);
-        let a = parity::agreement(&e, &r);
-        worst = worst.max(a.max_rel_err);
-        if n < keep {
-            let k = (keep - n).min(batch.len()) as i64;
-            p_in.push(x.narrow(0, 0, k).to_device(Device::Cpu));
-            p_ref.push(r.narrow(0, 0, k).to_device(Device::Cpu));
-            p_exp.push(e.narrow(0, 0, k).to_device(Device::Cpu));
-            p_lab.push(y.narrow(0, 0, k).to_device(Device::Cpu));
-        }
-        n += batch.len();
         Ok(())
-    })?;
-    if n == 0 {
-        bail!("no readable test image");
-    }
-    let pct = |h: i64| 100.0 * h as f64 / n as f64;
-    Ok(Comparison {
-        images: n,
-        ref_top1: pct(ref_hits),
-        exp_top1: pct(exp_hits),
-        agreement: same as f64 / n as f64,
-        max_rel_diff: worst,
-        parity: ParityData {
-            inputs: Tensor::cat(&p_in, 0).contiguous(),
-            logits: Tensor::cat(&p_ref, 0).contiguous(),
-            logits_int8: None,
-            labels: Tensor::cat(&p_lab, 0).to_kind(Kind::Int64).contiguous(),
-        },
-        parity_exported: Tensor::cat(&p_exp, 0),
     })
 }
 
@@ -437,15 +476,22 @@ fn producer() -> String {
 pub fn main(args: ExportArgs) -> Result<()> {
     let report = run(&args)?;
     let mb = report.bytes as f64 / 1e6;
-    println!(
-        "fp32 top-1 {:.2}%  {} top-1 {:.2}%  top-1 agreement {:.2}%  ({} test images; max logit diff {:.2e} of the largest)",
-        report.fp32_top1,
-        report.precision,
-        report.exported_top1,
-        100.0 * report.top1_agreement,
-        report.test_images,
-        report.max_rel_diff
-    );
+    match (report.fp32_top1, report.exported_top1) {
+        (Some(fp32), Some(exported)) => println!(
+            "fp32 top-1 {fp32:.2}%  {} top-1 {exported:.2}%  top-1 agreement {:.2}%  ({} test images; max logit diff {:.2e} of the largest)",
+            report.precision,
+            100.0 * report.top1_agreement,
+            report.test_images,
+            report.max_rel_diff
+        ),
+        _ => println!(
+            "{} vs the checkpoint: top-1 agreement {:.2}%  ({} seeded random inputs, no dataset; max logit diff {:.2e} of the largest)",
+            report.precision,
+            100.0 * report.top1_agreement,
+            report.test_images,
+            report.max_rel_diff
+        ),
+    }
     match (&report.ort, &report.ort_skipped) {
         (Some(o), _) => println!(
             "ONNX Runtime vs {} on {} parity inputs: max |diff| {:.3e} ({:.2e} of the largest logit, {:.2} int8 steps), top-1 agreement {:.2}%",
@@ -493,10 +539,10 @@ fn stage_outputs(args: &ExportArgs, outputs: &mut Outputs) -> Result<Paths> {
 
 /// The run's test split, checked against the network (classes, and channels after the eval
 /// preprocessing).
-fn open_test(run: &Run, data_opts: &DataOptions) -> Result<SplitSet> {
-    let test = SplitSet::open(&run.dataset, Split::Test, data_opts)?;
+fn open_test(run: &Run, dataset: &DatasetSpec, data_opts: &DataOptions) -> Result<SplitSet> {
+    let test = SplitSet::open(dataset, Split::Test, data_opts)?;
     if test.classes.len() != run.config.num_classes as usize {
-        bail!("{}: {} classes, the network has {}", run.dataset, test.classes.len(), run.config.num_classes);
+        bail!("{dataset}: {} classes, the network has {}", test.classes.len(), run.config.num_classes);
     }
     let transform = Transform::Eval(run.preprocess);
     let channels = transform.sample_shape()[0];
@@ -516,14 +562,15 @@ fn calibrate_int8(
     data_opts: &DataOptions,
     device: Device,
 ) -> Result<(BTreeMap<ValueId, Calibrated>, usize)> {
-    let train = SplitSet::open(&run.dataset, Split::Train, data_opts)?;
+    let dataset = run.dataset.as_ref().context("calibration needs a dataset")?;
+    let train = SplitSet::open(dataset, Split::Train, data_opts)?;
     let need = args.calib_batches * args.calib_batch_size;
     if train.source.len() < need {
         bail!(
             "too few calibration images: --calib-batches {} x --calib-batch-size {} needs {need} training images, {} has {}",
             args.calib_batches,
             args.calib_batch_size,
-            run.dataset,
+            dataset,
             train.source.len()
         );
     }
@@ -605,7 +652,21 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     let run = load_run(&args.checkpoint, args.data.dataset.as_ref(), device)?;
     let folded = fold::fold(&run.model).with_context(|| format!("checkpoint {}", run.checkpoint.display()))?;
     let data_opts = DataOptions { limit_train: None, limit_test: args.data.limit_test, image_size: run.image_size };
-    let test = open_test(&run, &data_opts)?;
+    let test = match &run.dataset {
+        Some(d) => Some(open_test(&run, d, &data_opts)?),
+        None if args.int8 => bail!(
+            "--checkpoint {}: imported with `host import`, the run has no dataset, and --int8 calibrates on images: \
+             pass --dataset imagefolder:DIR (DIR/train for calibration, DIR/val for the comparison)",
+            args.checkpoint.display()
+        ),
+        None => {
+            eprintln!(
+                "note: the run has no dataset (host import): comparing on {} seeded random inputs, accuracy not measured",
+                args.parity_samples
+            );
+            None
+        }
+    };
     let keep_float = if args.int8 { keep_float_layers(&run.config, &args.keep_float)? } else { BTreeSet::new() };
     let (activations, calib_images) = if args.int8 {
         calibrate_int8(args, &run, &folded, &keep_float, &data_opts, device)?
@@ -628,8 +689,12 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
         outputs.write(o, &onnx::encode(&model))?;
     }
 
-    let mut cmp =
-        compare_on_test(&run.model, &exported, test.source.as_ref(), &run.preprocess, args.data.batch_size, args.parity_samples, device)?;
+    let mut cmp = match &test {
+        Some(test) => {
+            compare_on_test(&run.model, &exported, test.source.as_ref(), &run.preprocess, args.data.batch_size, args.parity_samples, device)?
+        }
+        None => compare_on_noise(&run.model, &exported, &run.preprocess, args.parity_samples, args.data.batch_size, args.seed, device)?,
+    };
     outputs.write(&paths.parity, &cmp.parity.to_bytes(&run.arch, &producer)?)?;
     let (ort, ort_skipped) = ort_check(args, precision, &mut outputs, &paths, &mut cmp, &run.arch, &producer)?;
 

@@ -44,8 +44,8 @@ pub struct ParityData {
     pub logits: Tensor,
     /// `[N, classes]` ONNX Runtime's logits on the int8 ONNX export (integer ops by default).
     pub logits_int8: Option<Tensor>,
-    /// `[N]` ground truth.
-    pub labels: Tensor,
+    /// `[N]` ground truth, where the inputs are labelled images.
+    pub labels: Option<Tensor>,
 }
 
 impl ParityData {
@@ -61,7 +61,11 @@ impl ParityData {
             num_classes: self.logits.size().last().copied().unwrap_or(0) as usize,
             logits,
             logits_int8: self.logits_int8.as_ref().map(to_vec_f32).transpose()?,
-            labels: Some(Vec::<i64>::try_from(&self.labels.to_device(tch::Device::Cpu).to_kind(tch::Kind::Int64).contiguous().view(-1))?),
+            labels: self
+                .labels
+                .as_ref()
+                .map(|l| Vec::<i64>::try_from(&l.to_device(tch::Device::Cpu).to_kind(tch::Kind::Int64).contiguous().view(-1)))
+                .transpose()?,
             metadata: HashMap::from([
                 ("arch".to_string(), arch.to_string()),
                 ("producer".to_string(), producer.to_string()),
