@@ -43,6 +43,11 @@ pub struct Args {
     /// kept from an earlier commit, to compare two builds).
     #[arg(long)]
     pub device: Option<PathBuf>,
+    /// Threads of both engines (`device bench --threads`, ORT's intra-op threads). Above 1,
+    /// armcount runs in its callback mode (exact for several guest threads), and the total is
+    /// what all threads executed together: against one thread, the work the split adds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub threads: u32,
     /// Count the device only, not ONNX Runtime.
     #[arg(long)]
     pub no_ort: bool,
@@ -175,13 +180,15 @@ pub fn run(args: &Args) -> Result<()> {
                     eprintln!("armbench: no fp16 on {}: it lacks FEAT_FP16", cpu.qemu());
                     continue;
                 }
-                let base = |engine: &str| reports.join(format!("{}.{}.{}.{engine}", net.name(), precision.name(), cpu.qemu()));
-                let device = measure(&base("device"), args.reuse, |n| device_command(&counter, &device, &model, precision, cpu, n))?;
+                let threads = if args.threads > 1 { format!(".t{}", args.threads) } else { String::new() };
+                let base = |engine: &str| reports.join(format!("{}.{}.{}{threads}.{engine}", net.name(), precision.name(), cpu.qemu()));
+                let run = Run { cpu, threads: args.threads };
+                let device = measure(&base("device"), args.reuse, |n| device_command(&counter, &device, &model, precision, run, n))?;
                 let ort = match (&ort, ort_model(&fixtures, net, precision)) {
-                    (Some(ort), Some(onnx)) => Some(measure(&base("ort"), args.reuse, |n| ort.command(&onnx, cpu, n))?),
+                    (Some(ort), Some(onnx)) => Some(measure(&base("ort"), args.reuse, |n| ort.command(&onnx, run, n))?),
                     _ => None,
                 };
-                let row = Row { net, precision, cpu, macs, device, ort };
+                let row = Row { net, precision, cpu, threads: args.threads, macs, device, ort };
                 eprintln!("armbench: {}", row.line());
                 rows.push(row);
                 write_json(&out, started, &rows, None)?;
@@ -195,8 +202,26 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// `device bench --model-only` on `model`, `n` runs, under armcount on `cpu`.
-fn device_command(counter: &Path, device: &Path, model: &Path, precision: Precision, cpu: BoardCpu, n: u32) -> Command {
+/// Where a count runs: the qemu CPU model and the threads.
+#[derive(Clone, Copy)]
+struct Run {
+    cpu: BoardCpu,
+    threads: u32,
+}
+
+impl Run {
+    /// armcount's settings for this run: the CPU, and the callback mode for several threads.
+    fn apply(&self, c: &mut Command) {
+        c.env("ARMCOUNT_CPU", self.cpu.qemu());
+        if self.threads > 1 {
+            c.env("ARMCOUNT_MODE", "cb");
+        }
+    }
+}
+
+/// `device bench --model-only` on `model`, `n` runs, under armcount.
+fn device_command(counter: &Path, device: &Path, model: &Path, precision: Precision, run: Run, n: u32) -> Command {
+    let cpu = run.cpu;
     let float = match precision {
         Precision::Fp32 => "f32",
         Precision::Fp16 => "f16",
@@ -206,7 +231,9 @@ fn device_command(counter: &Path, device: &Path, model: &Path, precision: Precis
     let mut c = Command::new(counter);
     c.arg(device).args(["bench", "--model"]).arg(model);
     c.args(["--precision", float, "--model-only", "--json", "--warmup", "0", "--iters", &n.to_string()]);
-    c.env("ARMCOUNT_CPU", cpu.qemu()).env("ARMCOUNT_SYSROOT", QEMU_SYSROOT);
+    c.args(["--threads", &run.threads.to_string()]);
+    run.apply(&mut c);
+    c.env("ARMCOUNT_SYSROOT", QEMU_SYSROOT);
     if qemu_cpu_has_fp16(cpu.qemu()) {
         c.env("ARMCOUNT_GUEST_ENV", format!("{GUEST_ENV} {TRACT_FP16_ENV}"));
     }
@@ -234,10 +261,11 @@ impl Ort {
         Ok(Ort { dir })
     }
 
-    /// `run-ort.sh MODEL N 1`: `n` runs of `session.run`, one thread, under armcount on `cpu`.
-    fn command(&self, model: &Path, cpu: BoardCpu, n: u32) -> Command {
+    /// `run-ort.sh MODEL N THREADS`: `n` runs of `session.run` under armcount.
+    fn command(&self, model: &Path, run: Run, n: u32) -> Command {
         let mut c = Command::new(self.dir.join("run-ort.sh"));
-        c.arg(model).args([&n.to_string(), "1"]).env("ARMCOUNT_CPU", cpu.qemu());
+        c.arg(model).args([n.to_string(), run.threads.to_string()]);
+        run.apply(&mut c);
         c
     }
 }
@@ -447,6 +475,7 @@ struct Row {
     net: Net,
     precision: Precision,
     cpu: BoardCpu,
+    threads: u32,
     macs: u64,
     device: Count,
     ort: Option<Count>,
@@ -474,6 +503,7 @@ impl Row {
             "precision": self.precision.name(),
             "cpu": self.cpu.qemu(),
             "board": self.cpu.board(),
+            "threads": self.threads,
             "macs": self.macs,
             "floor": self.floor(),
             "device": self.device.json(),
@@ -490,10 +520,11 @@ impl Row {
         let m = |c: &Count| format!("{:9.1} M", c.total() / 1e6);
         let pct = |c: &Count| format!("{:5.1}%", 100.0 * c.share("simd_compute"));
         format!(
-            "{:<9} {:<5} {:<11} {:<22} {} {} {:>7} {} {} {:9.1} M {:6.2}x",
+            "{:<9} {:<5} {:<11} {:>2} {:<22} {} {} {:>7} {} {} {:9.1} M {:6.2}x",
             self.net.name(),
             self.precision.name(),
             self.cpu.qemu(),
+            self.threads,
             self.cpu.board(),
             m(&self.device),
             self.ort.as_ref().map_or(format!("{:>11}", "-"), m),
@@ -509,15 +540,15 @@ impl Row {
 /// The rows as a table, with what the device detected on each CPU.
 fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<9} {:<5} {:<11} {:<22} {:>11} {:>11} {:>7} {:>6} {:>6} {:>11} {:>7}\n",
-        "network", "prec", "qemu -cpu", "board", "device", "ORT", "dev/ORT", "SIMD d", "SIMD o", "MAC floor", "d/floor"
+        "{:<9} {:<5} {:<11} {:>2} {:<22} {:>11} {:>11} {:>7} {:>6} {:>6} {:>11} {:>7}\n",
+        "network", "prec", "qemu -cpu", "th", "board", "device", "ORT", "dev/ORT", "SIMD d", "SIMD o", "MAC floor", "d/floor"
     );
     for r in rows {
         out += &r.line();
         out.push('\n');
     }
     out += &format!(
-        "instructions per inference = (count(N={N_HI}) - count(N={N_LO})) / {}, one thread, model alone on a fixed input;\n\
+        "instructions per inference = (count(N={N_HI}) - count(N={N_LO})) / {}, all threads (th) together, model alone on a fixed input;\n\
          SIMD = armcount's simd_compute share; floor = MACs / (16 int8 sdot, 8 fp16 or 4 fp32 fmla); counts, not time\n",
         N_HI - N_LO
     );
@@ -542,7 +573,7 @@ fn unix_time() -> u64 {
 fn write_json(path: &Path, started: u64, rows: &[Row], x86: Option<&Value>) -> Result<()> {
     let qemu = cmd::output(Command::new("qemu-aarch64").arg("--version")).unwrap_or_default();
     let doc = json!({
-        "what": "aarch64 instructions per inference (count(N=3) - count(N=1)) / 2 under qemu-user with armcount, one thread; counts, not time",
+        "what": "aarch64 instructions per inference (count(N=3) - count(N=1)) / 2 under qemu-user with armcount, all threads together; counts, not time",
         "started_unix": started,
         "qemu": qemu.lines().next().unwrap_or(""),
         "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
