@@ -1,6 +1,7 @@
 //! int8 runs integer kernels, not float in disguise: every matrix product of the optimized int8
-//! plan is an `OptMatMul` whose kernel accumulates in i32 on i8 operands, or (x86 with AVX-512
-//! VNNI) the device's own `VnniConv`, and no float matrix product or float convolution is left. For contrast, tract-onnx on the QDQ ONNX
+//! plan is an `OptMatMul` whose kernel accumulates in i32 on i8 operands, or the device's own
+//! `VnniConv` (x86 with AVX-512 VNNI) or `SdotConv` (aarch64 with dotprod), and no float matrix
+//! product or float convolution is left. For contrast, tract-onnx on the QDQ ONNX
 //! of the same network keeps float matrix products (the upstream issue this crate works around).
 #![cfg(feature = "engine")] // the binary and the engine
 
@@ -31,6 +32,12 @@ fn matmuls(model: &TypedModel) -> Vec<(String, String, DatumType, Vec<DatumType>
                 let kernel = device::kernels::x86_64::vnni::VnniConv::KERNEL.to_string();
                 return Some((n.name.clone(), kernel, i32::datum_type(), inputs));
             }
+            #[cfg(target_arch = "aarch64")]
+            if n.op_is::<device::kernels::aarch64::dotprod::SdotConv>() {
+                // i8 x i8 dot products into i32 accumulators, by construction.
+                let kernel = device::kernels::aarch64::dotprod::SdotConv::KERNEL.to_string();
+                return Some((n.name.clone(), kernel, i32::datum_type(), inputs));
+            }
             let op = n.op_as::<OptMatMul>()?;
             let mmm = &op.mmm[0];
             Some((
@@ -51,6 +58,7 @@ fn float_convs(model: &TypedModel) -> Vec<String> {
             let name = n.op.name();
             (name.contains("Conv") || name.contains("EinSum") || name.contains("MatMul"))
                 && name != "VnniConv"
+                && name != "SdotConv"
                 && n.outputs[0].fact.datum_type.is_float()
                 && n.op_as::<OptMatMul>()
                     .is_none_or(|m| m.mmm[0].internal_type().is_float())
@@ -103,14 +111,17 @@ fn check(arch: &str) {
         "unlowered Conv op left"
     );
     // The device's own glue replaced tract's (device::ops::epilogue, im2col): no tract `Im2col` left.
-    // With AVX-512 VNNI, device::kernels::x86_64::vnni took over every conv with an epilogue, 1x1 ones included.
-    let vnni = vnni_supported();
-    let ops = if vnni {
-        ["VnniConv", "VnniQuads"]
+    // With AVX-512 VNNI, device::kernels::x86_64::vnni took over every conv with an epilogue, 1x1
+    // ones included; with dotprod on aarch64, device::kernels::aarch64::dotprod.
+    let cpu = device::cpu::Cpu::get();
+    let (ops, own_kernel) = if cpu.avx512_vnni {
+        (["VnniConv", "VnniQuads"], true)
+    } else if cfg!(target_arch = "aarch64") && cpu.dotprod {
+        (["SdotConv", "FastIm2col"], true)
     } else {
-        ["Int8Epilogue", "FastIm2col"]
+        (["Int8Epilogue", "FastIm2col"], false)
     };
-    if vnni {
+    if own_kernel {
         let left = common::nodes_of(plan, "Int8Epilogue");
         assert!(left.is_empty(), "convs left to tract's kernels: {left:?}");
     }
@@ -139,10 +150,6 @@ fn check(arch: &str) {
             next.unwrap().op.name()
         );
     }
-}
-
-fn vnni_supported() -> bool {
-    device::cpu::Cpu::get().avx512_vnni
 }
 
 /// The device's own ops in the int8 plan (`device::{const_fold, im2col, quantize, epilogue,

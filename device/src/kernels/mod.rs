@@ -5,10 +5,14 @@
 //! (as tract-linalg's `generic()` then `x86_64_fma::plug(&mut ops)`).
 //!
 //! [`x86_64`]: AVX-512 F convs for fp32 plans (Winograd, direct) and the AVX-512 VNNI int8 conv.
-//! [`aarch64`]: the dispatch entry, where NEON/dotprod/fp16/i8mm kernels register.
+//! [`aarch64`]: the dotprod (`sdot`) int8 conv; where NEON/fp16/i8mm kernels register.
+//! `int8_chains`: what the int8 convs of every architecture share: the conv chains of an
+//! int8 plan read back (weights, offsets, epilogue, patches) and swapped for a kernel's op.
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) mod int8_chains;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
@@ -107,6 +111,18 @@ mod tests {
             let list = avx512.plan_passes();
             let at = |n: &str| list.iter().position(|p| p.name == n).unwrap();
             assert!(at("x86_64-vnni-int8-convs") > at("epilogue"));
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            let a76 = Kernels::for_cpu(&Cpu { asimd: true, fp16: true, dotprod: true, ..Cpu::default() });
+            let names: Vec<_> = a76.passes().map(|p| p.name).collect();
+            assert_eq!(names, ["aarch64-dotprod-int8-convs"]);
+            let a72 = Kernels::for_cpu(&Cpu { asimd: true, ..Cpu::default() });
+            assert_eq!(a72.passes().count(), 0);
+            // The sdot pass takes over the portable int8 passes' chains: it runs after them.
+            let list = a76.plan_passes();
+            let at = |n: &str| list.iter().position(|p| p.name == n).unwrap();
+            assert!(at("aarch64-dotprod-int8-convs") > at("epilogue"));
         }
     }
 }

@@ -31,9 +31,38 @@ enum Packing {
     /// `PackedI8K4` (dot-product kernels: AVX-512 VNNI, aarch64 SDOT): per panel, lane `m` of
     /// row `kk` is at `(kk / 4) * 4r + 4m + kk % 4`; rows padded to a multiple of 4 with zeros.
     K4(PackedI8K4),
-    /// The K4 layout 16 lanes wide, as unsigned bytes `x ^ 0x80` (= `x + 128`): the input of
-    /// `crate::kernels::x86_64::vnni`'s kernel, a plain u8 tensor rather than one of tract's packed values.
+    /// The K4 layout of one of the device's own int8 kernels, a plain tensor rather than one of
+    /// tract's packed values.
+    Kernel(KernelPatches),
+}
+
+/// The patch layouts of the device's own int8 conv kernels (`crate::kernels`): tract's K4
+/// layout (lane `m` of row `kk` of a panel at `(kk / 4) * 4r + 4m + kk % 4`, rows padded to a
+/// multiple of 4 with zeros), as a plain tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum KernelPatches {
+    /// 16 lanes wide, as unsigned bytes `x ^ 0x80` (= `x + 128`), a u8 tensor:
+    /// `crate::kernels::x86_64::vnni` (`vpdpbusd` multiplies unsigned by signed bytes).
     Vnni,
+    /// 8 lanes wide, signed, an i8 tensor: `crate::kernels::aarch64::dotprod` (`sdot`).
+    Sdot,
+}
+
+impl KernelPatches {
+    /// Lanes (output pixels) per panel.
+    pub(crate) fn lanes(self) -> usize {
+        match self {
+            KernelPatches::Vnni => 16,
+            KernelPatches::Sdot => 8,
+        }
+    }
+
+    fn datum_type(self) -> DatumType {
+        match self {
+            KernelPatches::Vnni => u8::datum_type(),
+            KernelPatches::Sdot => i8::datum_type(),
+        }
+    }
 }
 
 impl Packing {
@@ -41,21 +70,21 @@ impl Packing {
         match self {
             Packing::KOuter(f) => f.r,
             Packing::K4(f) => f.r,
-            Packing::Vnni => 16,
+            Packing::Kernel(p) => p.lanes(),
         }
     }
     fn panel_len(&self, k: usize) -> usize {
         match self {
             Packing::KOuter(f) => f.single_panel_len(k),
             Packing::K4(f) => f.single_panel_len(k),
-            Packing::Vnni => k.next_multiple_of(4) * 16,
+            Packing::Kernel(p) => k.next_multiple_of(4) * p.lanes(),
         }
     }
     fn alignment(&self) -> usize {
         match self {
             Packing::KOuter(f) => f.alignment(),
             Packing::K4(f) => f.alignment(),
-            Packing::Vnni => 64,
+            Packing::Kernel(_) => 64,
         }
     }
     /// tract's format, for the packings tract's kernels read.
@@ -63,7 +92,7 @@ impl Packing {
         match self {
             Packing::KOuter(f) => Some(Box::new(f.clone())),
             Packing::K4(f) => Some(Box::new(f.clone())),
-            Packing::Vnni => None,
+            Packing::Kernel(_) => None,
         }
     }
 }
@@ -231,7 +260,7 @@ impl EvalOp for FastIm2Col {
         let (r, panel_len) = (g.packing.r(), g.packing.panel_len(g.k));
         let panels = g.n.div_ceil(r);
         let dt = match g.packing {
-            Packing::Vnni => u8::datum_type(),
+            Packing::Kernel(p) => p.datum_type(),
             _ => i8::datum_type(),
         };
         let mut data = unsafe {
@@ -274,8 +303,11 @@ impl TypedOp for FastIm2Col {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let g = &self.geometry;
         let Some(format) = g.packing.format() else {
-            let len = g.n.div_ceil(16) * g.packing.panel_len(g.k);
-            return Ok(tvec!(u8::fact([len])));
+            let Packing::Kernel(p) = g.packing else {
+                bail!("FastIm2col: {:?} has no tract format", g.packing)
+            };
+            let len = g.n.div_ceil(p.lanes()) * g.packing.panel_len(g.k);
+            return Ok(tvec!(p.datum_type().fact([len])));
         };
         let fact = PackedExoticFact {
             format,
@@ -339,7 +371,7 @@ impl Padded {
                 }
             }
         }
-        if g.packing == Packing::Vnni {
+        if g.packing == Packing::Kernel(KernelPatches::Vnni) {
             for v in &mut data {
                 *v ^= i8::MIN; // x + 128 as u8
             }
@@ -409,7 +441,7 @@ fn fill(g: &Geometry, x: &[i8], pad_value: i8, buf: &mut [i8], r: usize, panel_l
     // Rows stored per panel: K4 pads k to a multiple of 4 with zero rows.
     let k_stored = match g.packing {
         Packing::KOuter(_) => g.k,
-        Packing::K4(_) | Packing::Vnni => g.k.next_multiple_of(4),
+        Packing::K4(_) | Packing::Kernel(_) => g.k.next_multiple_of(4),
     };
     let panels = Panels {
         ptr: buf.as_mut_ptr(),
@@ -487,7 +519,7 @@ unsafe fn fill_block(
                 }
             }
         }
-        Packing::K4(_) | Packing::Vnni => {
+        Packing::K4(_) | Packing::Kernel(_) => {
             let quads: Vec<[&[i8]; 4]> = rows
                 .chunks_exact(4 * n)
                 .map(|q| [&q[..n], &q[n..2 * n], &q[2 * n..3 * n], &q[3 * n..]])
@@ -610,23 +642,28 @@ fn interleave16(a: &[i8; 16], b: &[i8; 16], c: &[i8; 16], d: &[i8; 16], dst: &mu
     }
 }
 
-// `crate::kernels::x86_64::vnni` is x86-only; the layout is tested everywhere.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+// The kernels are per architecture; the layouts are tested everywhere.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 impl FastIm2Col {
-    /// The same patches in `crate::kernels::x86_64::vnni`'s layout, if this writes a K4 layout for tract.
-    pub(crate) fn for_vnni(&self) -> Option<FastIm2Col> {
+    /// The same patches in a device kernel's layout, if this writes a K4 layout for tract.
+    pub(crate) fn for_kernel(&self, layout: KernelPatches) -> Option<FastIm2Col> {
         let mut geometry = self.geometry.clone();
         if !matches!(geometry.packing, Packing::K4(_)) {
             return None;
         }
-        geometry.packing = Packing::Vnni;
+        geometry.packing = Packing::Kernel(layout);
         Some(FastIm2Col { geometry })
     }
 
     /// The patches of a 1x1 stride-1 convolution over a `channels x height x width` input (a
     /// repacking of the input itself: tract lowers such convs to matrix products without an
-    /// `Im2col`), in `crate::kernels::x86_64::vnni`'s layout.
-    pub(crate) fn pointwise_vnni(channels: usize, height: usize, width: usize) -> FastIm2Col {
+    /// `Im2col`), in a device kernel's layout.
+    pub(crate) fn pointwise(
+        layout: KernelPatches,
+        channels: usize,
+        height: usize,
+        width: usize,
+    ) -> FastIm2Col {
         FastIm2Col {
             geometry: Geometry {
                 conv: ConvShape {
@@ -641,12 +678,12 @@ impl FastIm2Col {
                 },
                 k: channels,
                 n: height * width,
-                packing: Packing::Vnni,
+                packing: Packing::Kernel(layout),
             },
         }
     }
 
-    /// The geometry of the convolution, if this writes a K4 layout for tract (the convs
+    /// The geometry of the convolution, if this writes a K4 layout for tract (for the convs
     /// `crate::kernels::x86_64::vnni` runs on the padded input directly, without patches).
     pub(crate) fn conv_shape(&self) -> Option<ConvShape> {
         let g = &self.geometry;
@@ -812,7 +849,7 @@ mod tests {
         }
     }
 
-    /// The unpacked `[k][n]` matrix of a packed one: K4 (tract's, `r` lanes) or Vnni.
+    /// The unpacked `[k][n]` matrix of a packed one: K4 (tract's, `r` lanes) or a kernel's.
     fn unpack(g: &Geometry, t: &Tensor) -> Vec<Vec<i8>> {
         let (bytes, r, panel_len): (Vec<i8>, usize, usize) = match &g.packing {
             Packing::K4(f) => {
@@ -823,13 +860,17 @@ mod tests {
                 let bytes = packed.packed.as_bytes().iter().map(|b| *b as i8).collect();
                 (bytes, f.r, f.single_panel_len(g.k))
             }
-            Packing::Vnni => {
-                let bytes = t.try_as_plain_ram().unwrap().as_slice::<u8>().unwrap();
-                (
-                    bytes.iter().map(|b| *b as i8).collect(),
-                    16,
-                    g.packing.panel_len(g.k),
-                )
+            Packing::Kernel(p) => {
+                let bytes: Vec<i8> = match p {
+                    KernelPatches::Vnni => {
+                        let bytes = t.try_as_plain_ram().unwrap().as_slice::<u8>().unwrap();
+                        bytes.iter().map(|b| *b as i8).collect()
+                    }
+                    KernelPatches::Sdot => {
+                        t.try_as_plain_ram().unwrap().as_slice::<i8>().unwrap().to_vec()
+                    }
+                };
+                (bytes, p.lanes(), g.packing.panel_len(g.k))
             }
             Packing::KOuter(_) => unreachable!(),
         };
@@ -842,10 +883,11 @@ mod tests {
             .collect()
     }
 
-    /// `crate::kernels::x86_64::vnni`'s patches are tract's plus 128 (as unsigned bytes), on the same odd
-    /// geometries; and a 1x1 conv's are the input itself.
+    /// The kernels' patches are tract's (`crate::kernels::aarch64::dotprod`'s) or tract's plus
+    /// 128 as unsigned bytes (`crate::kernels::x86_64::vnni`'s), on the same odd geometries; and
+    /// a 1x1 conv's are the input itself.
     #[test]
-    fn vnni_patches_are_tracts_plus_128() {
+    fn kernel_patches_are_tracts() {
         let cases = [
             (3, (13, 11), 8, 3, 1, 1, -128i8),
             (5, (9, 17), 16, 3, 2, 1, 3),
@@ -869,7 +911,6 @@ mod tests {
                 continue; // no dot-product kernel on this CPU: tract packs K-outer
             }
             let tract = FastIm2Col { geometry: g };
-            let vnni = tract.for_vnni().unwrap();
             let mut next = 7u32 + i as u32;
             let x: Vec<i8> = (0..c * hw.0 * hw.1)
                 .map(|_| {
@@ -885,22 +926,38 @@ mod tests {
             ];
             let ctx = EvalContext::out_of_plan();
             let a = tract.eval(&ctx, inputs.clone()).unwrap().remove(0);
-            let b = vnni.eval(&ctx, inputs).unwrap().remove(0);
-            let want = flip(unpack(&tract.geometry, &a));
-            assert_eq!(want, unpack(&vnni.geometry, &b), "case {i}: {:?}", cases[i]);
+            let tracts = unpack(&tract.geometry, &a);
             // 1x1: the input, channel-major.
-            let pointwise = FastIm2Col::pointwise_vnni(c, hw.0, hw.1);
+            let input: Vec<Vec<i8>> = x.chunks(hw.0 * hw.1).map(|r| r.to_vec()).collect();
             let t = Tensor::from_shape(&[c, hw.0, hw.1], &x)
                 .unwrap()
                 .into_tvalue();
-            let b = pointwise.eval(&ctx, tvec![t]).unwrap().remove(0);
-            let want: Vec<Vec<i8>> = x.chunks(hw.0 * hw.1).map(|r| r.to_vec()).collect();
-            assert_eq!(flip(want), unpack(&pointwise.geometry, &b), "case {i}: 1x1");
+            for layout in [KernelPatches::Vnni, KernelPatches::Sdot] {
+                let (want, want_1x1) = match layout {
+                    KernelPatches::Vnni => (flip(tracts.clone()), flip(input.clone())),
+                    KernelPatches::Sdot => (tracts.clone(), input.clone()),
+                };
+                let kernel = tract.for_kernel(layout).unwrap();
+                let b = kernel.eval(&ctx, inputs.clone()).unwrap().remove(0);
+                let facts = kernel.output_facts(&[&i8::fact([1, c, hw.0, hw.1])]).unwrap();
+                assert_eq!(facts[0].datum_type, b.datum_type());
+                assert_eq!(facts[0].shape.as_concrete(), Some(b.shape()));
+                let got = unpack(&kernel.geometry, &b);
+                assert_eq!(want, got, "case {i} {layout:?}: {:?}", cases[i]);
+                let pointwise = FastIm2Col::pointwise(layout, c, hw.0, hw.1);
+                let b = pointwise.eval(&ctx, tvec![t.clone()]).unwrap().remove(0);
+                let got = unpack(&pointwise.geometry, &b);
+                assert_eq!(want_1x1, got, "case {i} {layout:?}: 1x1");
+            }
             compared += 1;
         }
         #[cfg(target_arch = "x86_64")]
         if crate::cpu::Cpu::get().avx512_vnni {
             assert_eq!(compared, cases.len(), "tract packs K4 for its VNNI kernel");
+        }
+        #[cfg(target_arch = "aarch64")]
+        if crate::cpu::Cpu::get().dotprod {
+            assert_eq!(compared, cases.len(), "tract packs K4 for its SDOT kernel");
         }
         if compared == 0 {
             eprintln!("skipped: tract packs K-outer on this CPU (no dot-product kernel)");

@@ -9,7 +9,7 @@
 //! next layer's quantization - [`Int8Epilogue`]'s work, same f32 operations in the same order -
 //! and writes the tile's f32 and/or i8 outputs. The i32 accumulators never reach memory.
 //!
-//! `vpdpbusd` multiplies unsigned by signed bytes. The patches come from [`FastIm2Col`] as
+//! `vpdpbusd` multiplies unsigned by signed bytes. The patches come from [`FastIm2Col`](crate::ops::im2col::FastIm2Col) as
 //! `x ^ 0x80 = x + 128` (unsigned), the weights stay signed, and the per-channel offset takes
 //! back `128 * sum(weights)` along with tract's bias and input zero-point terms: the integer
 //! sums are exactly tract's, so the whole plan stays bit-identical to tract's
@@ -22,7 +22,7 @@
 //! positions of a padded row (the lanes that fall in the padding are computed and dropped, the
 //! rest compressed to the output's order). The sums are the same integers in another order.
 //! Patches were 9 times the input for 3x3 convs; `VnniQuads` writes the input once. Other convs (the RGB stem: 3 channels) read
-//! [`FastIm2Col`]'s patches in the kernel's layout.
+//! [`FastIm2Col`](crate::ops::im2col::FastIm2Col)'s patches in the kernel's layout.
 //!
 //! [`speed_up`] swaps it in for every `FastIm2col -> OptMatMul -> Int8Epilogue` chain of an
 //! optimized int8 plan, and for the 1x1 stride-1 convs tract lowers to `OptMatMulPack ->
@@ -30,17 +30,13 @@
 //! AVX-512 F, BW, VL and VNNI (`crate::kernels::x86_64::plug` plugs it by `crate::cpu::Cpu`).
 //! Elsewhere (aarch64 boards, older x86) the plan keeps tract's kernels. `--threads N` splits the output channels over tract's pool.
 
+use crate::kernels::int8_chains::{self, Int8Chain, Swap};
 use crate::kernels::x86_64::avx512::lane_mask;
 use crate::ops::epilogue::Int8Epilogue;
-use crate::ops::im2col::{ConvShape, FastIm2Col};
+use crate::ops::im2col::{ConvShape, KernelPatches};
 use std::arch::x86_64::*;
 use std::ops::Range;
 use tract_core::internal::*;
-use tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
-use tract_core::ops::matmul::pack::{DynPackedExoticFact, OptMatMulPack};
-use tract_linalg::mmm::{EagerPackedInput, MMMInputValue, PackedMatrixStorage};
-use tract_linalg::pack::PackedI8K4;
-use tract_linalg::BinOp;
 
 /// Output channels per tile: one accumulator register each.
 const CHANNELS: usize = 16;
@@ -691,146 +687,26 @@ impl TypedOp for VnniQuads {
     }
 }
 
-/// The weights of an `OptMatMul` operand as `[m][k]` i8, if they are a constant in tract's
-/// K4 packing (lane `i` of row `kk` of panel `p` at `p * panel_len + (kk / 4) * 4r + 4i +
-/// kk % 4`).
-fn weights(model: &TypedModel, node: &TypedNode, operand: &MatMulOperand) -> Option<Vec<Vec<i8>>> {
-    let value: &dyn MMMInputValue = match operand {
-        MatMulOperand::Const(v) => &**v,
-        MatMulOperand::Input(i) => {
-            let konst = model
-                .outlet_fact(*node.inputs.get(*i)?)
-                .ok()?
-                .konst
-                .as_ref()?;
-            let storage = konst.try_storage_as::<PackedMatrixStorage>().ok()?;
-            &**storage.values().first()?
-        }
-    };
-    let packed = value.downcast_ref::<EagerPackedInput>()?;
-    let format = packed.format().downcast_ref::<PackedI8K4>()?;
-    let (m, k, r) = (packed.mn(), packed.k(), format.r);
-    let panel_len = format.single_panel_len(k);
-    let bytes = packed.packed.as_bytes();
-    if bytes.len() < m.div_ceil(r) * panel_len {
-        return None;
-    }
-    Some(
-        (0..m)
-            .map(|c| {
-                let panel = &bytes[c / r * panel_len..];
-                (0..k)
-                    .map(|kk| panel[(kk / 4) * 4 * r + 4 * (c % r) + kk % 4] as i8)
-                    .collect()
-            })
-            .collect(),
-    )
-}
-
-/// A constant i32 input of `node` with `len` values.
-fn konst_i32(model: &TypedModel, node: &TypedNode, input: usize, len: usize) -> Option<Vec<i32>> {
-    let fact = model.outlet_fact(*node.inputs.get(input)?).ok()?;
-    let k = fact.konst.as_ref()?.try_as_plain_ram().ok()?;
-    let v = k.as_slice::<i32>().ok()?;
-    (v.len() == len).then(|| v.to_vec())
-}
-
-/// The patches for a 1x1 stride-1 conv that tract lowered to `OptMatMulPack` (k along the
-/// channels of a one-image `[1, C, H, W]` or `[C, H, W]` i8 input) -> `OptMatMul`.
-fn pointwise(model: &TypedModel, pack: &TypedNode) -> Option<FastIm2Col> {
-    let input = model.outlet_fact(*pack.inputs.first()?).ok()?;
-    let shape = input.shape.as_concrete()?;
-    let (c_axis, chw) = match shape {
-        [1, chw @ ..] if chw.len() == 3 => (1, chw),
-        chw if chw.len() == 3 => (0, chw),
-        _ => return None,
-    };
-    let packed = pack.outputs[0]
-        .fact
-        .exotic_fact()?
-        .downcast_ref::<DynPackedExoticFact>()?;
-    let k_axis = format!("k axis: {c_axis},");
-    if input.datum_type != i8::datum_type()
-        || packed.k != chw[0].to_dim()
-        || !pack.op.info().ok()?.iter().any(|i| i.contains(&k_axis))
-    {
-        return None;
-    }
-    Some(FastIm2Col::pointwise_vnni(chw[0], chw[1], chw[2]))
-}
-
-/// The [`VnniConv`] (and the patch op feeding it) for the epilogue node `epilogue`, if it
-/// follows `FastIm2col -> OptMatMul` with constant K4 weights.
-fn recognize(model: &TypedModel, epilogue: usize) -> Option<(VnniConv, usize, Box<dyn TypedOp>)> {
-    let e_node = model.node(epilogue);
-    let e = e_node.op_as::<Int8Epilogue>()?;
-    let mm_node = model.node(e_node.inputs[0].node);
-    let mm = mm_node.op_as::<OptMatMul>()?;
-    if mm_node.outputs[0].successors.len() != 1 {
-        return None;
-    }
-    let [ProtoFusedSpec::AddMatMul { a, b, .. }, rows @ .., ProtoFusedSpec::Store(_)] =
-        &mm.micro_ops[..]
-    else {
-        return None;
-    };
-    let MatMulOperand::Input(b) = b else {
-        return None;
-    };
-    let patches = *mm_node.inputs.get(*b)?;
-    let im2col_node = model.node(patches.node);
-    let (im2col, shape) = if let Some(op) = im2col_node.op_as::<FastIm2Col>() {
-        (op.for_vnni()?, op.conv_shape())
-    } else if im2col_node.op_is::<OptMatMulPack>() {
-        (pointwise(model, im2col_node)?, None)
-    } else {
-        return None;
-    };
-    let (k, n) = im2col.k_n();
-    let w = weights(model, mm_node, a)?;
-    let m = w.len();
-    if m == 0
-        || w[0].len() != k
-        || e.scale.len() != m
-        || e.shape.iter().product::<usize>() != m * n
-        || mm.c_fact.shape.iter().product::<TDim>() != (m * n).to_dim()
-        || mm.c_m_axis? >= mm.c_n_axis?
-    {
-        return None;
-    }
-    // tract's sums: w . x + rows.
-    let mut offsets = vec![0i32; m];
-    for row in rows {
-        let ProtoFusedSpec::BinPerRow(input, op, _) = row else {
-            return None;
-        };
-        let values = konst_i32(model, mm_node, *input, m)?;
-        // In tract's fused ops, `SubF` is `acc - row` (the row is the first operand).
-        let sign = match op {
-            BinOp::Add => 1,
-            BinOp::SubF => -1,
-            _ => return None,
-        };
-        for (o, v) in offsets.iter_mut().zip(values) {
-            *o += sign * v;
-        }
-    }
+/// The [`VnniConv`] (and the op making its input) for an int8 conv `chain`: reading the padded
+/// input directly ([`VnniQuads`]) where its channels fill whole quads, else its patches.
+fn kernel(chain: Int8Chain) -> Option<Swap> {
+    let Int8Chain { w, offsets, n, epilogue, patches, shape, .. } = chain;
     // Read the padded input directly (no patches: the input once, not once per kernel tap).
     // (Not for inputs with channels that do not fill whole quads, such as the RGB stem: the
     // padding channels would cost a third more products there.)
     if let Some(g) = shape.filter(|g| g.channels.is_multiple_of(4)) {
         let quads = Quads { g };
-        return Some((
-            VnniConv::implicit(&w, &offsets, quads.clone(), e.clone()),
-            im2col_node.id,
-            Box::new(VnniQuads { quads }),
-        ));
+        return Some(Swap {
+            conv: Box::new(VnniConv::implicit(&w, &offsets, quads.clone(), epilogue)),
+            input: Box::new(VnniQuads { quads }),
+            input_suffix: "quads",
+        });
     }
-    Some((
-        VnniConv::new(&w, &offsets, n, e.clone()),
-        im2col_node.id,
-        Box::new(im2col),
-    ))
+    Some(Swap {
+        conv: Box::new(VnniConv::new(&w, &offsets, n, epilogue)),
+        input: Box::new(patches),
+        input_suffix: "im2col",
+    })
 }
 
 /// Replaces every `FastIm2col -> OptMatMul -> Int8Epilogue` chain of an optimized model that
@@ -842,49 +718,7 @@ pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
     if !crate::cpu::Cpu::get().avx512_vnni {
         return Ok(0);
     }
-    let epilogues: Vec<usize> = model
-        .nodes()
-        .iter()
-        .filter(|n| n.op_is::<Int8Epilogue>())
-        .map(|n| n.id)
-        .collect();
-    let mut replaced = 0;
-    for id in epilogues {
-        let Some((conv, im2col_id, im2col)) = recognize(model, id) else {
-            continue;
-        };
-        let node = model.node(id);
-        let matmul = &model.node(node.inputs[0].node).name;
-        let base = matmul.rsplit_once('.').map_or(matmul.as_str(), |(b, _)| b);
-        let name = format!("{base}.vnni");
-        let residual = conv.epilogue.residual.then(|| node.inputs[1]);
-        let outputs = node.outputs.len();
-        let mut patch = TypedModelPatch::default();
-        let taps = model
-            .node(im2col_id)
-            .inputs
-            .iter()
-            .map(|i| patch.tap_model(model, *i))
-            .collect::<TractResult<TVec<_>>>()?;
-        let suffix = if conv.implicit.is_some() {
-            "quads"
-        } else {
-            "im2col"
-        };
-        let patches = patch.wire_node(format!("{name}.{suffix}"), im2col, &taps)?[0];
-        let mut inputs = tvec![patches];
-        if let Some(r) = residual {
-            inputs.push(patch.tap_model(model, r)?);
-        }
-        let ys = patch.wire_node(name, conv, &inputs)?;
-        for (slot, y) in ys.into_iter().enumerate().take(outputs) {
-            patch.shunt_outside(model, OutletId::new(id, slot), y)?;
-        }
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    model.compact()?;
-    Ok(replaced)
+    int8_chains::swap_in(model, "vnni", KernelPatches::Vnni, kernel)
 }
 
 #[cfg(test)]
