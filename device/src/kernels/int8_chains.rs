@@ -46,6 +46,85 @@ pub(crate) struct Swap {
     pub conv: Box<dyn TypedOp>,
 }
 
+impl Swap {
+    /// `conv` on the chain's own patches (in the kernel's layout).
+    pub fn on_patches(conv: impl TypedOp + 'static, chain: Int8Chain) -> Swap {
+        Swap { input: Box::new(chain.patches), input_suffix: "im2col", conv: Box::new(conv) }
+    }
+}
+
+/// The lines `device inspect` shows for a kernel's conv op (`Op::info`): its matrix product
+/// (`m x k` weights by `k x n` patches, with `kernel`) and its epilogue `e`.
+pub(crate) fn conv_info(kernel: &str, (m, k, n): (usize, usize, usize), e: &Int8Epilogue) -> Vec<String> {
+    vec![
+        format!("Mult: m:{m} k:{k} n:{n} with [{kernel}]"),
+        format!(
+            "epilogue: residual: {}, relu: {}, quantize: {:?}, keep f32: {}",
+            e.residual, e.relu, e.quantize, e.keep_f32
+        ),
+    ]
+}
+
+/// Where one eval of a kernel's conv reads and writes: raw pointers, so that threads can each
+/// take a range of channel blocks (disjoint rows of the outputs). `P`: the patch bytes.
+pub(crate) struct Buffers<P> {
+    pub patches: *const P,
+    pub residual: Option<*const f32>,
+    pub f32_out: Option<*mut f32>,
+    pub i8_out: Option<*mut i8>,
+    /// The next layer's quantizer: reciprocal scale, zero point.
+    pub quantize: Option<(f32, i32)>,
+}
+
+// (Copy for any `P`: the fields are pointers; a derive would ask `P: Copy`.)
+impl<P> Clone for Buffers<P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<P> Copy for Buffers<P> {}
+
+// SAFETY: the pointers outlive the eval that shares them, and each thread writes only the
+// rows of its own channel blocks.
+unsafe impl<P> Send for Buffers<P> {}
+unsafe impl<P> Sync for Buffers<P> {}
+
+/// The eval of a kernel's conv op `op` with epilogue `e`: checks `inputs` (`patch_len` patch
+/// values of type `P`, then the residual if `e` adds one), makes the outputs and runs
+/// `run(buffers, range)` over `blocks` channel blocks, split over tract's threads.
+///
+/// # Safety
+/// `run` may run on any range of `0..blocks` and writes only the rows of its channel blocks.
+pub(crate) unsafe fn eval_conv<P: Datum>(
+    op: &str,
+    e: &Int8Epilogue,
+    inputs: &[TValue],
+    patch_len: usize,
+    blocks: usize,
+    run: impl Fn(Buffers<P>, std::ops::Range<usize>) + Sync,
+) -> TractResult<TVec<TValue>> {
+    let patches = &inputs[0];
+    ensure!(
+        patches.datum_type() == P::datum_type() && patches.len() == patch_len,
+        "{op}: patches {:?} {:?}, planned for {patch_len} {:?}",
+        patches.datum_type(),
+        patches.shape(),
+        P::datum_type()
+    );
+    let residual = e.residual_input(op, inputs)?.map(|r| r.as_ptr_unchecked::<f32>());
+    let (mut f, mut i) = e.uninitialized_outputs()?;
+    let buf = Buffers {
+        patches: patches.as_ptr_unchecked::<P>(),
+        residual,
+        f32_out: f.as_mut().map(|t| t.as_ptr_mut_unchecked::<f32>()),
+        i8_out: i.as_mut().map(|t| t.as_ptr_mut_unchecked::<i8>()),
+        quantize: e.quantizer(),
+    };
+    crate::ops::parallel::for_ranges(blocks, |range| run(buf, range));
+    let outputs: TVec<Tensor> = f.into_iter().chain(i).collect();
+    Ok(outputs.into_iter().map(|t| t.into_tvalue()).collect())
+}
+
 /// The weights of an `OptMatMul` operand as `[m][k]` i8, if they are a constant in tract's
 /// K4 packing (lane `i` of row `kk` of panel `p` at `p * panel_len + (kk / 4) * 4r + 4i +
 /// kk % 4`).
@@ -188,12 +267,17 @@ pub(crate) fn recognize(
 /// Replaces every `FastIm2col -> OptMatMul -> Int8Epilogue` chain of an optimized model (and
 /// `OptMatMulPack -> OptMatMul -> Int8Epilogue`) for which `kernel` gives a [`Swap`]; returns
 /// how many. The conv node is named `{layer}.{name}`, its input `{layer}.{name}.{suffix}`.
+/// Nothing where the CPU lacks the kernel's instructions (`cpu_has` false), whoever calls.
 pub(crate) fn swap_in(
     model: &mut TypedModel,
+    cpu_has: bool,
     name: &str,
     layout: KernelPatches,
     kernel: impl Fn(Int8Chain) -> Option<Swap>,
 ) -> TractResult<usize> {
+    if !cpu_has {
+        return Ok(0);
+    }
     let epilogues: Vec<usize> = model
         .nodes()
         .iter()
@@ -237,4 +321,129 @@ pub(crate) fn swap_in(
     }
     model.compact()?;
     Ok(replaced)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::ops::quantize::{quantize, FastQuantize};
+    use crate::ops::test_util::random_i8 as random;
+    use tract_linalg::multithread::{multithread_tract_scope, Executor};
+
+    /// A kernel's conv op (`conv(w, offsets, n, epilogue)` on `x` in `layout`) against a scalar
+    /// evaluation of the same function (integer sums `w . x + offsets`, then `Int8Epilogue`'s
+    /// f32 steps), bit for bit: per `(m, n, k)` of `sizes`, every epilogue variant, on one and
+    /// two threads. With `specials`, also NaN and infinite residuals and one case of patches
+    /// all -128. Skipped where the CPU lacks the kernel's instructions (`cpu_has`: whether it
+    /// has them, their name).
+    pub(crate) fn kernel_equals_scalar_reference<O: EvalOp>(
+        cpu_has: (bool, &str),
+        sizes: &[(usize, usize, usize)],
+        specials: bool,
+        layout: KernelPatches,
+        conv: impl Fn(&[Vec<i8>], &[i32], usize, Int8Epilogue) -> O,
+    ) {
+        if !cpu_has.0 {
+            eprintln!("skipped: this CPU has no {} (the plan keeps tract's kernels)", cpu_has.1);
+            return;
+        }
+        for (case, &(m, n, k)) in sizes.iter().enumerate() {
+            let mut next = random(case as u64 + 7);
+            let w: Vec<Vec<i8>> = (0..m).map(|_| (0..k).map(|_| next()).collect()).collect();
+            let mut x: Vec<Vec<i8>> = (0..k).map(|_| (0..n).map(|_| next()).collect()).collect();
+            let offsets: Vec<i32> = (0..m).map(|c| c as i32 * 977 - 9000).collect();
+            let scale: Vec<f32> = (0..m).map(|c| 1e-3 * (1.0 + c as f32 / 7.0)).collect();
+            let mut residual: Vec<f32> = (0..m * n)
+                .map(|i| (next() as f32) / 16.0 + i as f32 * 1e-4)
+                .collect();
+            if specials {
+                // The extremes: -128 x -128 sums.
+                if case == 1 {
+                    x.iter_mut().for_each(|r| r.fill(-128));
+                }
+                // ReLU and quantization keep f32::max's and quantize's answers.
+                for (r, v) in residual.iter_mut().zip([f32::NAN, f32::INFINITY, f32::NEG_INFINITY]) {
+                    *r = v;
+                }
+            }
+            for variant in 0..16 {
+                let (with_residual, relu) = (variant & 1 != 0, variant & 2 != 0);
+                let (quantized, keep_f32) = (variant & 4 != 0, variant & 8 != 0);
+                if keep_f32 && !quantized {
+                    continue;
+                }
+                let q = FastQuantize {
+                    scale: 11.5,
+                    zero_point: if relu { -128 } else { 3 },
+                };
+                let epilogue = Int8Epilogue {
+                    scale: scale.clone(),
+                    residual: with_residual,
+                    relu,
+                    quantize: quantized.then(|| q.clone()),
+                    keep_f32,
+                    shape: tvec![1, m, n],
+                };
+                let conv = conv(&w, &offsets, n, epilogue);
+                let mut inputs = tvec![layout.pack(&x, n).into_tvalue()];
+                if with_residual {
+                    inputs.push(
+                        Tensor::from_shape(&[1, m, n], &residual)
+                            .unwrap()
+                            .into_tvalue(),
+                    );
+                }
+                let one = conv
+                    .eval(&EvalContext::out_of_plan(), inputs.clone())
+                    .unwrap();
+                let two = multithread_tract_scope(Executor::multithread(2), || {
+                    conv.eval(&EvalContext::out_of_plan(), inputs.clone())
+                        .unwrap()
+                });
+                // (NaN != NaN: compare the bytes.)
+                let bytes = |t: &TVec<TValue>| -> Vec<Vec<u8>> {
+                    t.iter()
+                        .map(|t| t.try_as_plain_ram().unwrap().as_bytes().to_vec())
+                        .collect()
+                };
+                assert_eq!(bytes(&one), bytes(&two), "case {case} variant {variant}: threads differ");
+                // The reference.
+                let mut want_f = vec![0f32; m * n];
+                let mut want_i = vec![0i8; m * n];
+                for c in 0..m {
+                    for j in 0..n {
+                        let sum: i32 = (0..k)
+                            .map(|kk| i32::from(w[c][kk]) * i32::from(x[kk][j]))
+                            .sum();
+                        let mut v = (sum + offsets[c]) as f32 * scale[c];
+                        if with_residual {
+                            v += residual[c * n + j];
+                        }
+                        if relu {
+                            v = v.max(0.0);
+                        }
+                        want_f[c * n + j] = v;
+                        want_i[c * n + j] = quantize(v, q.scale, i32::from(q.zero_point));
+                    }
+                }
+                let mut outputs = one.iter();
+                if !quantized || keep_f32 {
+                    let got = outputs.next().unwrap().try_as_plain_ram().unwrap();
+                    let got = got.as_slice::<f32>().unwrap();
+                    for (i, (a, b)) in got.iter().zip(&want_f).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "case {case} variant {variant} f32 {i}: {a} vs {b}"
+                        );
+                    }
+                }
+                if quantized {
+                    let got = outputs.next().unwrap().try_as_plain_ram().unwrap();
+                    let got = got.as_slice::<i8>().unwrap();
+                    assert_eq!(got, &want_i[..], "case {case} variant {variant}: i8");
+                }
+            }
+        }
+    }
 }

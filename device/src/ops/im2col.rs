@@ -63,6 +63,26 @@ impl KernelPatches {
             KernelPatches::Sdot => i8::datum_type(),
         }
     }
+
+    /// For the kernels' tests: `x` (`[k][n]`) in this layout, zeros past `k` and past `n`.
+    #[cfg(test)]
+    pub(crate) fn pack(self, x: &[Vec<i8>], n: usize) -> Tensor {
+        let (k4, r) = (x.len().div_ceil(4), self.lanes());
+        let mut bytes = vec![0i8; n.div_ceil(r) * k4 * 4 * r];
+        for (kk, row) in x.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                let v = if self == KernelPatches::Vnni { v ^ i8::MIN } else { *v };
+                bytes[(j / r * k4 + kk / 4) * 4 * r + 4 * (j % r) + kk % 4] = v;
+            }
+        }
+        match self {
+            KernelPatches::Vnni => {
+                let bytes: Vec<u8> = bytes.iter().map(|v| *v as u8).collect();
+                Tensor::from_shape(&[bytes.len()], &bytes).unwrap()
+            }
+            KernelPatches::Sdot => Tensor::from_shape(&[bytes.len()], &bytes).unwrap(),
+        }
+    }
 }
 
 impl Packing {

@@ -78,35 +78,15 @@ impl Op for SdotConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let e = &self.epilogue;
-        Ok(vec![
-            format!("Mult: m:{} k:{} n:{} with [{}]", self.m, 4 * self.k4, self.n, Self::KERNEL),
-            format!(
-                "epilogue: residual: {}, relu: {}, quantize: {:?}, keep f32: {}",
-                e.residual, e.relu, e.quantize, e.keep_f32
-            ),
-        ])
+        let mkn = (self.m, 4 * self.k4, self.n);
+        Ok(int8_chains::conv_info(Self::KERNEL, mkn, &self.epilogue))
     }
 
     op_as_typed_op!();
 }
 
-/// Where one eval's tiles read and write: raw pointers, so that threads can each take a
-/// range of channel blocks (disjoint rows of the outputs).
-#[derive(Clone, Copy)]
-struct Buffers {
-    patches: *const i8,
-    residual: Option<*const f32>,
-    f32_out: Option<*mut f32>,
-    i8_out: Option<*mut i8>,
-    /// The next layer's quantizer: reciprocal scale, zero point.
-    quantize: Option<(f32, i32)>,
-}
-
-// SAFETY: the pointers outlive the eval that shares them, and each thread writes only the
-// rows of its own channel blocks.
-unsafe impl Send for Buffers {}
-unsafe impl Sync for Buffers {}
+/// The patches are i8.
+type Buffers = int8_chains::Buffers<i8>;
 
 /// One tile's accumulators: per channel, pixels 0-3 and 4-7.
 type Tile = [[int32x4_t; 2]; CHANNELS];
@@ -281,14 +261,21 @@ unsafe fn dot(w: *const i8, x: *const i8, k4: usize, offsets: &[i32]) -> Tile {
             )
         };
     }
-    // An odd step first, then two per loop turn.
+    // k4 % 4 steps first (one, then two), then four per loop turn: the loop's counter and
+    // branch are 2 instructions per 64 sdot.
     asm!(
         "tbz {k}, #0, 3f",
         step!(),
         "3:",
-        "lsr {k}, {k}, #1",
+        "tbz {k}, #1, 5f",
+        step!(),
+        step!(),
+        "5:",
+        "lsr {k}, {k}, #2",
         "cbz {k}, 4f",
         "2:",
+        step!(),
+        step!(),
         step!(),
         step!(),
         "subs {k}, {k}, #1",
@@ -326,35 +313,16 @@ impl EvalOp for SdotConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let e = &self.epilogue;
-        let patches = &inputs[0];
-        let len = self.panels() * self.panel_len();
-        ensure!(
-            patches.datum_type() == i8::datum_type() && patches.len() == len,
-            "SdotConv: patches {:?} {:?}, planned for {len} bytes",
-            patches.datum_type(),
-            patches.shape(),
-        );
-        let residual = e
-            .residual_input("SdotConv", &inputs)?
-            .map(|r| unsafe { r.as_ptr_unchecked::<f32>() });
-        let quantize = e.quantizer();
-        let (mut f, mut i) = e.uninitialized_outputs()?;
-        let buf = Buffers {
-            patches: unsafe { patches.as_ptr_unchecked::<i8>() },
-            residual,
-            f32_out: f.as_mut().map(|t| unsafe { t.as_ptr_mut_unchecked::<f32>() }),
-            i8_out: i.as_mut().map(|t| unsafe { t.as_ptr_mut_unchecked::<i8>() }),
-            quantize,
-        };
         ensure!(crate::cpu::Cpu::get().dotprod, "SdotConv: this CPU has no dotprod");
-        // SAFETY: the CPU has dotprod; the sizes are checked above. Each range of channel
+        let (e, blocks) = (&self.epilogue, self.m.div_ceil(CHANNELS));
+        let len = self.panels() * self.panel_len();
+        // SAFETY: the CPU has dotprod; eval_conv checks the sizes. Each range of channel
         // blocks writes its own rows of the outputs.
-        crate::ops::parallel::for_ranges(self.m.div_ceil(CHANNELS), |blocks| unsafe {
-            self.run(buf, blocks)
-        });
-        let outputs: TVec<Tensor> = f.into_iter().chain(i).collect();
-        Ok(outputs.into_iter().map(|t| t.into_tvalue()).collect())
+        unsafe {
+            int8_chains::eval_conv("SdotConv", e, &inputs, len, blocks, |buf, blocks| {
+                self.run(buf, blocks)
+            })
+        }
     }
 }
 
@@ -368,12 +336,8 @@ impl TypedOp for SdotConv {
 
 /// The [`SdotConv`] for an int8 conv `chain`, on its patches.
 fn kernel(chain: Int8Chain) -> Option<Swap> {
-    let Int8Chain { w, offsets, n, epilogue, patches, .. } = chain;
-    Some(Swap {
-        conv: Box::new(SdotConv::new(&w, &offsets, n, epilogue)),
-        input: Box::new(patches),
-        input_suffix: "im2col",
-    })
+    let conv = SdotConv::new(&chain.w, &chain.offsets, chain.n, chain.epilogue.clone());
+    Some(Swap::on_patches(conv, chain))
 }
 
 /// Replaces every `FastIm2col -> OptMatMul -> Int8Epilogue` chain of an optimized model (and
@@ -382,42 +346,19 @@ fn kernel(chain: Int8Chain) -> Option<Swap> {
 /// has dotprod (and a no-op on one without). Run after `crate::ops::epilogue::speed_up`.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
     // The op runs `sdot`: never wired in on a CPU without it, whoever calls.
-    if !crate::cpu::Cpu::get().dotprod {
-        return Ok(0);
-    }
-    int8_chains::swap_in(model, "sdot", KernelPatches::Sdot, kernel)
+    int8_chains::swap_in(model, crate::cpu::Cpu::get().dotprod, "sdot", KernelPatches::Sdot, kernel)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::quantize::{quantize, FastQuantize};
-    use crate::ops::test_util::random_i8 as random;
-    use tract_linalg::multithread::{multithread_tract_scope, Executor};
+    use crate::kernels::int8_chains::tests::kernel_equals_scalar_reference;
 
-    /// `x` (`[k][n]`) in the kernel's patch layout: per panel of 8 pixels, per step of 4
-    /// rows, 8 x 4 bytes; zeros past `k` and past `n`.
-    fn patches(x: &[Vec<i8>], n: usize) -> Tensor {
-        let (k4, panels) = (x.len().div_ceil(4), n.div_ceil(PIXELS));
-        let mut bytes = vec![0i8; panels * k4 * STEP];
-        for (kk, row) in x.iter().enumerate() {
-            for (j, v) in row.iter().enumerate() {
-                let (p, lane) = (j / PIXELS, j % PIXELS);
-                bytes[(p * k4 + kk / 4) * STEP + 4 * lane + kk % 4] = *v;
-            }
-        }
-        Tensor::from_shape(&[bytes.len()], &bytes).unwrap()
-    }
-
-    /// The kernel against a scalar evaluation of the same function (integer sums, then
-    /// `Int8Epilogue`'s f32 steps), bit for bit, on sizes that leave partial tiles (channels
-    /// and pixels) and odd and even step counts, every epilogue variant, and on two threads.
+    /// The kernel against a scalar evaluation of the same function, bit for bit, on sizes that
+    /// leave partial tiles (channels and pixels), step counts of every residue mod 4, every
+    /// epilogue variant, NaN and infinite residuals, and on two threads.
     #[test]
     fn dotprod_kernel_equals_scalar_reference() {
-        if !crate::cpu::Cpu::get().dotprod {
-            eprintln!("skipped: this CPU has no dotprod (the plan keeps tract's kernels)");
-            return;
-        }
         // (m, n, k)
         let sizes = [
             (20, 37, 13),
@@ -429,90 +370,7 @@ mod tests {
             (16, 16, 8),
             (13, 11, 1),
         ];
-        for (case, &(m, n, k)) in sizes.iter().enumerate() {
-            let mut next = random(case as u64 + 7);
-            let w: Vec<Vec<i8>> = (0..m).map(|_| (0..k).map(|_| next()).collect()).collect();
-            let mut x: Vec<Vec<i8>> = (0..k).map(|_| (0..n).map(|_| next()).collect()).collect();
-            // The extremes: -128 x -128 sums.
-            if case == 1 {
-                x.iter_mut().for_each(|r| r.fill(-128));
-            }
-            let offsets: Vec<i32> = (0..m).map(|c| c as i32 * 977 - 9000).collect();
-            let scale: Vec<f32> = (0..m).map(|c| 1e-3 * (1.0 + c as f32 / 7.0)).collect();
-            let mut residual: Vec<f32> =
-                (0..m * n).map(|i| (next() as f32) / 16.0 + i as f32 * 1e-4).collect();
-            // NaN and infinities on the way: ReLU and quantization keep f32::max's and
-            // quantize's answers.
-            residual[0] = f32::NAN;
-            if m * n > 2 {
-                residual[1] = f32::INFINITY;
-                residual[2] = f32::NEG_INFINITY;
-            }
-            for variant in 0..16 {
-                let (with_residual, relu) = (variant & 1 != 0, variant & 2 != 0);
-                let (quantized, keep_f32) = (variant & 4 != 0, variant & 8 != 0);
-                if keep_f32 && !quantized {
-                    continue;
-                }
-                let q = FastQuantize { scale: 11.5, zero_point: if relu { -128 } else { 3 } };
-                let epilogue = Int8Epilogue {
-                    scale: scale.clone(),
-                    residual: with_residual,
-                    relu,
-                    quantize: quantized.then(|| q.clone()),
-                    keep_f32,
-                    shape: tvec![1, m, n],
-                };
-                let conv = SdotConv::new(&w, &offsets, n, epilogue);
-                let mut inputs = tvec![patches(&x, n).into_tvalue()];
-                if with_residual {
-                    inputs.push(Tensor::from_shape(&[1, m, n], &residual).unwrap().into_tvalue());
-                }
-                let one = conv.eval(&EvalContext::out_of_plan(), inputs.clone()).unwrap();
-                let two = multithread_tract_scope(Executor::multithread(2), || {
-                    conv.eval(&EvalContext::out_of_plan(), inputs.clone()).unwrap()
-                });
-                // (NaN != NaN: compare the bits.)
-                let bits = |t: &TVec<TValue>| -> Vec<Vec<u8>> {
-                    t.iter().map(|t| t.try_as_plain_ram().unwrap().as_bytes().to_vec()).collect()
-                };
-                assert_eq!(bits(&one), bits(&two), "case {case} variant {variant}: threads differ");
-                // The reference.
-                let mut want_f = vec![0f32; m * n];
-                let mut want_i = vec![0i8; m * n];
-                for c in 0..m {
-                    for j in 0..n {
-                        let sum: i32 =
-                            (0..k).map(|kk| i32::from(w[c][kk]) * i32::from(x[kk][j])).sum();
-                        let mut v = (sum + offsets[c]) as f32 * scale[c];
-                        if with_residual {
-                            v += residual[c * n + j];
-                        }
-                        if relu {
-                            v = v.max(0.0);
-                        }
-                        want_f[c * n + j] = v;
-                        want_i[c * n + j] = quantize(v, q.scale, i32::from(q.zero_point));
-                    }
-                }
-                let mut outputs = one.iter();
-                if !quantized || keep_f32 {
-                    let got = outputs.next().unwrap().try_as_plain_ram().unwrap();
-                    let got = got.as_slice::<f32>().unwrap();
-                    for (i, (a, b)) in got.iter().zip(&want_f).enumerate() {
-                        assert_eq!(
-                            a.to_bits(),
-                            b.to_bits(),
-                            "case {case} variant {variant} f32 {i}: {a} vs {b}"
-                        );
-                    }
-                }
-                if quantized {
-                    let got = outputs.next().unwrap().try_as_plain_ram().unwrap();
-                    let got = got.as_slice::<i8>().unwrap();
-                    assert_eq!(got, &want_i[..], "case {case} variant {variant}: i8");
-                }
-            }
-        }
+        let dotprod = (crate::cpu::Cpu::get().dotprod, "dotprod");
+        kernel_equals_scalar_reference(dotprod, &sizes, true, KernelPatches::Sdot, SdotConv::new);
     }
 }

@@ -102,49 +102,24 @@ impl Op for VnniConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let e = &self.epilogue;
-        Ok(vec![
-            format!(
-                "Mult: m:{} k:{} n:{} with [{}]",
-                self.m,
-                4 * self.k4,
-                self.n,
-                Self::KERNEL
-            ),
-            format!(
-                "epilogue: residual: {}, relu: {}, quantize: {:?}, keep f32: {}",
-                e.residual, e.relu, e.quantize, e.keep_f32
-            ),
-            format!(
-                "patches: {}",
-                if self.implicit.is_some() {
-                    "implicit (padded input in channel quads)"
-                } else {
-                    "packed"
-                }
-            ),
-        ])
+        let mkn = (self.m, 4 * self.k4, self.n);
+        let mut info = int8_chains::conv_info(Self::KERNEL, mkn, &self.epilogue);
+        info.push(format!(
+            "patches: {}",
+            if self.implicit.is_some() {
+                "implicit (padded input in channel quads)"
+            } else {
+                "packed"
+            }
+        ));
+        Ok(info)
     }
 
     op_as_typed_op!();
 }
 
-/// Where one eval's tiles read and write: raw pointers, so that threads can each take a
-/// range of channel blocks (disjoint rows of the outputs).
-#[derive(Clone, Copy)]
-struct Buffers {
-    patches: *const u8,
-    residual: Option<*const f32>,
-    f32_out: Option<*mut f32>,
-    i8_out: Option<*mut i8>,
-    /// The next layer's quantizer: reciprocal scale, zero point.
-    quantize: Option<(f32, i32)>,
-}
-
-// SAFETY: the pointers outlive the eval that shares them, and each thread writes only the
-// rows of its own channel blocks.
-unsafe impl Send for Buffers {}
-unsafe impl Sync for Buffers {}
+/// The patches (or padded input) are u8.
+type Buffers = int8_chains::Buffers<u8>;
 
 impl VnniConv {
     /// The kernel, as `device inspect` and the tests name it.
@@ -427,38 +402,14 @@ impl EvalOp for VnniConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let e = &self.epilogue;
-        let patches = &inputs[0];
-        ensure!(
-            patches.datum_type() == u8::datum_type() && patches.len() == self.patch_bytes(),
-            "VnniConv: patches {:?} {:?}, planned for {} bytes",
-            patches.datum_type(),
-            patches.shape(),
-            self.patch_bytes()
-        );
-        let residual = e
-            .residual_input("VnniConv", &inputs)?
-            .map(|r| unsafe { r.as_ptr_unchecked::<f32>() });
-        let quantize = e.quantizer();
-        let (mut f, mut i) = e.uninitialized_outputs()?;
-        let buf = Buffers {
-            patches: unsafe { patches.as_ptr_unchecked::<u8>() },
-            residual,
-            f32_out: f
-                .as_mut()
-                .map(|t| unsafe { t.as_ptr_mut_unchecked::<f32>() }),
-            i8_out: i
-                .as_mut()
-                .map(|t| unsafe { t.as_ptr_mut_unchecked::<i8>() }),
-            quantize,
-        };
-        // SAFETY: speed_up checked the CPU; eval checked the sizes above. Each range of
-        // channel blocks writes its own rows of the outputs.
-        crate::ops::parallel::for_ranges(self.m.div_ceil(CHANNELS), |blocks| unsafe {
-            self.run(buf, blocks)
-        });
-        let outputs: TVec<Tensor> = f.into_iter().chain(i).collect();
-        Ok(outputs.into_iter().map(|t| t.into_tvalue()).collect())
+        let (e, len, blocks) = (&self.epilogue, self.patch_bytes(), self.m.div_ceil(CHANNELS));
+        // SAFETY: speed_up checked the CPU; eval_conv checks the sizes. Each range of channel
+        // blocks writes its own rows of the outputs.
+        unsafe {
+            int8_chains::eval_conv("VnniConv", e, &inputs, len, blocks, |buf, blocks| {
+                self.run(buf, blocks)
+            })
+        }
     }
 }
 
@@ -690,23 +641,20 @@ impl TypedOp for VnniQuads {
 /// The [`VnniConv`] (and the op making its input) for an int8 conv `chain`: reading the padded
 /// input directly ([`VnniQuads`]) where its channels fill whole quads, else its patches.
 fn kernel(chain: Int8Chain) -> Option<Swap> {
-    let Int8Chain { w, offsets, n, epilogue, patches, shape, .. } = chain;
     // Read the padded input directly (no patches: the input once, not once per kernel tap).
     // (Not for inputs with channels that do not fill whole quads, such as the RGB stem: the
     // padding channels would cost a third more products there.)
-    if let Some(g) = shape.filter(|g| g.channels.is_multiple_of(4)) {
+    if let Some(g) = chain.shape.clone().filter(|g| g.channels.is_multiple_of(4)) {
         let quads = Quads { g };
+        let Int8Chain { w, offsets, epilogue, .. } = chain;
         return Some(Swap {
             conv: Box::new(VnniConv::implicit(&w, &offsets, quads.clone(), epilogue)),
             input: Box::new(VnniQuads { quads }),
             input_suffix: "quads",
         });
     }
-    Some(Swap {
-        conv: Box::new(VnniConv::new(&w, &offsets, n, epilogue)),
-        input: Box::new(patches),
-        input_suffix: "im2col",
-    })
+    let conv = VnniConv::new(&chain.w, &chain.offsets, chain.n, chain.epilogue.clone());
+    Some(Swap::on_patches(conv, chain))
 }
 
 /// Replaces every `FastIm2col -> OptMatMul -> Int8Epilogue` chain of an optimized model that
@@ -715,10 +663,8 @@ fn kernel(chain: Int8Chain) -> Option<Swap> {
 /// `crate::ops::epilogue::speed_up`.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
     // The op runs AVX-512 VNNI instructions: never wired in on a CPU without them, whoever calls.
-    if !crate::cpu::Cpu::get().avx512_vnni {
-        return Ok(0);
-    }
-    int8_chains::swap_in(model, "vnni", KernelPatches::Vnni, kernel)
+    let vnni = crate::cpu::Cpu::get().avx512_vnni;
+    int8_chains::swap_in(model, vnni, "vnni", KernelPatches::Vnni, kernel)
 }
 
 #[cfg(test)]
@@ -728,20 +674,6 @@ mod tests {
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     use crate::ops::test_util::random_i8 as random;
-
-    /// `x` (`[k][n]`) in the kernel's patch layout: per panel of 16 pixels, per step of 4
-    /// rows, 16 x 4 bytes `x ^ 0x80`; zeros past `k` and past `n`.
-    fn patches(x: &[Vec<i8>], n: usize) -> Tensor {
-        let (k4, panels) = (x.len().div_ceil(4), n.div_ceil(PIXELS));
-        let mut bytes = vec![0u8; panels * k4 * 64];
-        for (kk, row) in x.iter().enumerate() {
-            for (j, v) in row.iter().enumerate() {
-                let (p, lane) = (j / PIXELS, j % PIXELS);
-                bytes[(p * k4 + kk / 4) * 64 + 4 * lane + kk % 4] = (*v as u8) ^ 0x80;
-            }
-        }
-        Tensor::from_shape(&[bytes.len()], &bytes).unwrap()
-    }
 
     /// The implicit kernel (`VnniQuads` -> `VnniConv::implicit`) against a scalar integer
     /// convolution (zero-point padding) and `Int8Epilogue`'s f32 steps, bit for bit: strides 1
@@ -858,15 +790,10 @@ mod tests {
         }
     }
 
-    /// The kernel against a scalar evaluation of the same function (integer sums, then
-    /// `Int8Epilogue`'s f32 steps), bit for bit, on sizes that leave partial tiles and steps,
-    /// every epilogue variant, and on two threads.
+    /// The kernel against a scalar evaluation of the same function, bit for bit, on sizes that
+    /// leave partial tiles and steps, every epilogue variant, and on two threads.
     #[test]
     fn kernel_equals_scalar_reference() {
-        if !crate::cpu::Cpu::get().avx512_vnni {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI (the plan keeps tract's kernels)");
-            return;
-        }
         // (m, n, k)
         let sizes = [
             (20, 37, 13),
@@ -875,97 +802,12 @@ mod tests {
             (8, 200, 27),
             (33, 1, 9),
         ];
-        for (case, &(m, n, k)) in sizes.iter().enumerate() {
-            let mut next = random(case as u64 + 7);
-            let w: Vec<Vec<i8>> = (0..m).map(|_| (0..k).map(|_| next()).collect()).collect();
-            let x: Vec<Vec<i8>> = (0..k).map(|_| (0..n).map(|_| next()).collect()).collect();
-            let offsets: Vec<i32> = (0..m).map(|c| c as i32 * 977 - 9000).collect();
-            let scale: Vec<f32> = (0..m).map(|c| 1e-3 * (1.0 + c as f32 / 7.0)).collect();
-            let residual: Vec<f32> = (0..m * n)
-                .map(|i| (next() as f32) / 16.0 + i as f32 * 1e-4)
-                .collect();
-            for variant in 0..16 {
-                let (with_residual, relu) = (variant & 1 != 0, variant & 2 != 0);
-                let (quantized, keep_f32) = (variant & 4 != 0, variant & 8 != 0);
-                if keep_f32 && !quantized {
-                    continue;
-                }
-                let q = FastQuantize {
-                    scale: 11.5,
-                    zero_point: if relu { -128 } else { 3 },
-                };
-                let epilogue = Int8Epilogue {
-                    scale: scale.clone(),
-                    residual: with_residual,
-                    relu,
-                    quantize: quantized.then(|| q.clone()),
-                    keep_f32,
-                    shape: tvec![1, m, n],
-                };
-                let conv = VnniConv::new(&w, &offsets, n, epilogue);
-                let mut inputs = tvec![patches(&x, n).into_tvalue()];
-                if with_residual {
-                    inputs.push(
-                        Tensor::from_shape(&[1, m, n], &residual)
-                            .unwrap()
-                            .into_tvalue(),
-                    );
-                }
-                let one = conv
-                    .eval(&EvalContext::out_of_plan(), inputs.clone())
-                    .unwrap();
-                let two = multithread_tract_scope(Executor::multithread(2), || {
-                    conv.eval(&EvalContext::out_of_plan(), inputs.clone())
-                        .unwrap()
-                });
-                assert_eq!(one, two, "case {case} variant {variant}: threads differ");
-                // The reference.
-                let mut want_f = vec![0f32; m * n];
-                let mut want_i = vec![0i8; m * n];
-                for c in 0..m {
-                    for j in 0..n {
-                        let sum: i32 = (0..k)
-                            .map(|kk| i32::from(w[c][kk]) * i32::from(x[kk][j]))
-                            .sum();
-                        let mut v = (sum + offsets[c]) as f32 * scale[c];
-                        if with_residual {
-                            v += residual[c * n + j];
-                        }
-                        if relu {
-                            v = v.max(0.0);
-                        }
-                        want_f[c * n + j] = v;
-                        want_i[c * n + j] = quantize(v, q.scale, i32::from(q.zero_point));
-                    }
-                }
-                let mut outputs = one.iter();
-                if !quantized || keep_f32 {
-                    let got = outputs
-                        .next()
-                        .unwrap()
-                        .try_as_plain_ram()
-                        .unwrap()
-                        .as_slice::<f32>()
-                        .unwrap();
-                    for (i, (a, b)) in got.iter().zip(&want_f).enumerate() {
-                        assert_eq!(
-                            a.to_bits(),
-                            b.to_bits(),
-                            "case {case} variant {variant} f32 {i}: {a} vs {b}"
-                        );
-                    }
-                }
-                if quantized {
-                    let got = outputs
-                        .next()
-                        .unwrap()
-                        .try_as_plain_ram()
-                        .unwrap()
-                        .as_slice::<i8>()
-                        .unwrap();
-                    assert_eq!(got, &want_i[..], "case {case} variant {variant}: i8");
-                }
-            }
-        }
+        int8_chains::tests::kernel_equals_scalar_reference(
+            (crate::cpu::Cpu::get().avx512_vnni, "AVX-512 VNNI"),
+            &sizes,
+            false,
+            KernelPatches::Vnni,
+            VnniConv::new,
+        );
     }
 }
