@@ -45,6 +45,7 @@ pub(crate) enum KernelPatches {
     /// `crate::kernels::x86_64::vnni` (`vpdpbusd` multiplies unsigned by signed bytes).
     Vnni,
     /// 8 lanes wide, signed, an i8 tensor: `crate::kernels::aarch64::dotprod` (`sdot`).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     Sdot,
 }
 
