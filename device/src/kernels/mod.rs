@@ -4,11 +4,13 @@
 //! build is for offers its passes, each plugged only where [`crate::cpu::Cpu`] has what it needs
 //! (as tract-linalg's `generic()` then `x86_64_fma::plug(&mut ops)`).
 //!
+//! [`frame`]: what the architectures share (the fp32 conv placement, the Winograd op).
 //! [`x86_64`]: AVX-512 F convs for fp32 plans (Winograd, direct) and the AVX-512 VNNI int8 conv.
-//! [`aarch64`]: the dispatch entry, where NEON/dotprod/fp16/i8mm kernels register.
+//! [`aarch64`]: NEON fp32 Winograd; where dotprod/fp16/i8mm kernels register.
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+pub mod frame;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
@@ -107,6 +109,12 @@ mod tests {
             let list = avx512.plan_passes();
             let at = |n: &str| list.iter().position(|p| p.name == n).unwrap();
             assert!(at("x86_64-vnni-int8-convs") > at("epilogue"));
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            let a72 = Kernels::for_cpu(&Cpu { asimd: true, ..Cpu::default() });
+            let names: Vec<_> = a72.passes().map(|p| p.name).collect();
+            assert_eq!(names, ["aarch64-fp32-convs"]);
         }
     }
 }
