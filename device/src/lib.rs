@@ -1,5 +1,6 @@
 //! `device`: runs what `host export` wrote with tract, on aarch64 Linux boards (Raspberry Pi 4/5,
-//! Jetson) and x86_64; x86_64 CPUs with AVX-512 get this crate's own kernels.
+//! Jetson) and x86_64; x86_64 CPUs with AVX-512 and aarch64 (fp32 3x3 convs) get this crate's
+//! own kernels.
 //!
 //! The crate is organised by concern; dependencies go one way,
 //! `commands -> engine -> plan -> ops / kernels`:
@@ -10,7 +11,8 @@
 //! - [`ops`]: portable ops the rewrites swap in (im2col, quantize, epilogue, max pool, downsample,
 //!   constant folding) and their helpers (thread splitting, wider vectors).
 //! - [`kernels`]: per-architecture kernels and their plug point ([`kernels::x86_64`]: AVX-512
-//!   F/VNNI convs; [`kernels::aarch64`]: the dispatch entry, no kernels yet).
+//!   F/VNNI convs; [`kernels::aarch64`]: NEON fp32 Winograd; [`kernels::frame`]: what they
+//!   share).
 //! - [`io`]: frame sources (stdin, files, folders, V4L2 cameras) and GPIO.
 //! - [`commands`]: what the CLI subcommands do (live, bench, report, inspect, convert, parity).
 

@@ -133,39 +133,41 @@ fn resnet50_fp32_within_1e4_of_the_host() {
     }
 }
 
-/// On x86 with AVX-512 the fp32 plan runs exactly ResNet-18's 3x3 stride-1 convs (13: two per
-/// block but the first conv of layers 2-4, which has stride 2) as Winograd and its 7x7 stem as
-/// `DirectConv`, each with the ReLU (and residual) after it: the only element-wise ops left
-/// to tract are the ReLUs after its own stride-2 convs (3); the float parity above holds with
-/// them (and without: `ConvAlgorithm::Tract`).
+/// On x86 with AVX-512 and on every aarch64 CPU (NEON) the fp32 plan runs exactly ResNet-18's
+/// 3x3 stride-1 convs (13: two per block but the first conv of layers 2-4, which has stride 2)
+/// as Winograd, each with the ReLU (and residual) after it; on x86 also its 7x7 stem as
+/// `DirectConv` with its ReLU. The only element-wise ops left to tract are the ReLUs after its
+/// own stride-2 convs (3), and on aarch64 the stem's; the float parity above holds with them
+/// (and without: `ConvAlgorithm::Tract`).
 #[test]
 fn resnet18_fp32_runs_the_devices_convs() {
     let dir = common::fixtures("resnet18");
     let model = common::compact(&dir, "resnet18", Form::Folded, Precision::F32);
     let e = Engine::load(&model, &EngineOptions::default()).unwrap();
-    #[cfg(target_arch = "x86_64")]
-    if device::cpu::Cpu::get().avx512f {
-        let plan = e.optimized_model();
-        let winograd = common::nodes_of(plan, "WinogradConv");
-        assert_eq!(e.info().plan.winograd_layers, 13, "{winograd:?}");
-        assert_eq!(winograd.len(), 13, "{winograd:?}");
-        assert!(winograd
-            .iter()
-            .all(|n| !n.contains(".0.conv1") || n.starts_with("layer1")));
-        assert_eq!(e.info().plan.direct_layers, 1);
-        assert_eq!(common::nodes_of(plan, "DirectConv"), ["conv1.direct"]);
-        let elementwise: Vec<String> = plan
-            .nodes()
-            .iter()
-            .filter(|n| {
-                n.op.name().starts_with("OptMaxByScalar") || n.op.name().starts_with("OptBinChain")
-            })
-            .map(|n| format!("{} ({})", n.name, n.op.name()))
-            .collect();
-        assert_eq!(elementwise.len(), 3, "{elementwise:?}");
+    let x86 = cfg!(target_arch = "x86_64");
+    if !(cfg!(target_arch = "aarch64") || x86 && device::cpu::Cpu::get().avx512f) {
+        assert_eq!(e.info().plan.winograd_layers, 0);
         return;
     }
-    assert_eq!(e.info().plan.winograd_layers, 0);
+    let plan = e.optimized_model();
+    let winograd = common::nodes_of(plan, "WinogradConv");
+    assert_eq!(e.info().plan.winograd_layers, 13, "{winograd:?}");
+    assert_eq!(winograd.len(), 13, "{winograd:?}");
+    assert!(winograd
+        .iter()
+        .all(|n| !n.contains(".0.conv1") || n.starts_with("layer1")));
+    let direct = common::nodes_of(plan, "DirectConv");
+    assert_eq!(e.info().plan.direct_layers, direct.len());
+    assert_eq!(direct, if x86 { vec!["conv1.direct"] } else { vec![] });
+    let elementwise: Vec<String> = plan
+        .nodes()
+        .iter()
+        .filter(|n| {
+            n.op.name().starts_with("OptMaxByScalar") || n.op.name().starts_with("OptBinChain")
+        })
+        .map(|n| format!("{} ({})", n.name, n.op.name()))
+        .collect();
+    assert_eq!(elementwise.len(), if x86 { 3 } else { 4 }, "{elementwise:?}");
 }
 
 /// One quantization step of the logits: the step of a per-tensor int8 quantization of the ORT

@@ -70,8 +70,9 @@ impl Default for EngineOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ConvAlgorithm {
     /// This crate's convs where the CPU has AVX-512 (x86: `crate::kernels::x86_64::fp32`: Winograd F(4x4, 3x3)
-    /// or F(2x2, 3x3) for 3x3 stride 1, a direct conv for the 7x7 stem), tract's im2col + matrix product
-    /// elsewhere.
+    /// or F(2x2, 3x3) for 3x3 stride 1, a direct conv for the 7x7 stem) or NEON (aarch64:
+    /// `crate::kernels::aarch64::fp32`: Winograd F(4x4, 3x3) for 3x3 stride 1), tract's im2col +
+    /// matrix product elsewhere.
     #[default]
     Auto,
     /// Always tract's im2col + matrix product (`--conv tract`; `direct`, the old name, is still
@@ -140,7 +141,8 @@ pub struct ModelInfo {
 pub struct PlanFacts {
     /// The passes that ran (`crate::plan`), in order, and how many nodes each replaced.
     pub passes: Vec<crate::plan::Applied>,
-    /// How many float convs run as Winograd (`crate::kernels::x86_64::winograd`).
+    /// How many float convs run as Winograd (`crate::kernels::x86_64::winograd`,
+    /// `crate::kernels::aarch64::winograd`).
     pub winograd_layers: usize,
     /// How many float convs run as `crate::kernels::x86_64::direct`'s (large kernels: the stem).
     pub direct_layers: usize,
@@ -463,6 +465,11 @@ impl Engine {
             let count = |f: fn(&TypedNode) -> bool| model.nodes().iter().filter(|n| f(n)).count();
             info.plan.winograd_layers = count(|n| n.op_is::<WinogradConv>());
             info.plan.direct_layers = count(|n| n.op_is::<DirectConv>());
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            use crate::kernels::aarch64::winograd::WinogradConv;
+            info.plan.winograd_layers = model.nodes().iter().filter(|n| n.op_is::<WinogradConv>()).count();
         }
         Ok(model)
     }

@@ -4,15 +4,14 @@
 //! build is for offers its passes, each plugged only where [`crate::cpu::Cpu`] has what it needs
 //! (as tract-linalg's `generic()` then `x86_64_fma::plug(&mut ops)`).
 //!
+//! [`frame`]: what the architectures share (the fp32 conv placement, the Winograd op).
 //! [`x86_64`]: AVX-512 F convs for fp32 plans (Winograd, direct) and the AVX-512 VNNI int8 conv.
-//! [`aarch64`]: the dotprod (`sdot`) int8 conv; where NEON/fp16/i8mm kernels register.
-//! `int8_chains`: what the int8 convs of every architecture share: the conv chains of an
-//! int8 plan read back (weights, offsets, epilogue, patches) and swapped for a kernel's op.
+//! [`aarch64`]: NEON fp32 Winograd and the dotprod (`sdot`) int8 conv; where fp16/i8mm kernels
+//! register.
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-pub(crate) mod int8_chains;
+pub mod frame;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
@@ -116,9 +115,10 @@ mod tests {
         {
             let a76 = Kernels::for_cpu(&Cpu { asimd: true, fp16: true, dotprod: true, ..Cpu::default() });
             let names: Vec<_> = a76.passes().map(|p| p.name).collect();
-            assert_eq!(names, ["aarch64-dotprod-int8-convs"]);
+            assert_eq!(names, ["aarch64-fp32-convs", "aarch64-dotprod-int8-convs"]);
             let a72 = Kernels::for_cpu(&Cpu { asimd: true, ..Cpu::default() });
-            assert_eq!(a72.passes().count(), 0);
+            let names: Vec<_> = a72.passes().map(|p| p.name).collect();
+            assert_eq!(names, ["aarch64-fp32-convs"]);
             // The sdot pass takes over the portable int8 passes' chains: it runs after them.
             let list = a76.plan_passes();
             let at = |n: &str| list.iter().position(|p| p.name == n).unwrap();

@@ -1,5 +1,9 @@
 //! Test data for the unit tests of the ops and kernels: one deterministic pseudo-random stream
-//! (Knuth's MMIX linear congruential generator), so tests need no `rand` and repeat exactly.
+//! (Knuth's MMIX linear congruential generator), so tests need no `rand` and repeat exactly; and
+//! the checks every op's test makes ([`eval_on_one_and_two_threads`]).
+
+use tract_core::internal::*;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
 /// A seeded stream of pseudo-random numbers.
 pub(crate) struct Lcg(u64);
@@ -29,8 +33,6 @@ impl Lcg {
 }
 
 /// Floats in [-1, 1) from `seed`.
-// Used by the x86_64 kernels' tests only.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn random_f32(seed: u64) -> impl FnMut() -> f32 {
     let mut lcg = Lcg::new(seed);
     move || lcg.unit() * 2.0 - 1.0
@@ -40,4 +42,30 @@ pub(crate) fn random_f32(seed: u64) -> impl FnMut() -> f32 {
 pub(crate) fn random_i8(seed: u64) -> impl FnMut() -> i8 {
     let mut lcg = Lcg::new(seed);
     move || lcg.i8()
+}
+
+/// `op` on `inputs`, on one thread and on two: the same bits, or the test fails (`what` names
+/// the case). Returns the outputs.
+pub(crate) fn eval_on_one_and_two_threads(
+    op: &impl EvalOp,
+    inputs: TVec<TValue>,
+    what: &str,
+) -> TVec<TValue> {
+    let eval = || {
+        op.eval(&EvalContext::out_of_plan(), inputs.clone())
+            .unwrap()
+    };
+    let one = eval();
+    let two = multithread_tract_scope(Executor::multithread(2), eval);
+    assert_eq!(one, two, "{what}: threads differ");
+    one
+}
+
+/// The values of an f32 tensor.
+pub(crate) fn f32s(t: &Tensor) -> Vec<f32> {
+    t.try_as_plain_ram()
+        .unwrap()
+        .as_slice::<f32>()
+        .unwrap()
+        .to_vec()
 }

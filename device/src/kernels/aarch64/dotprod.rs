@@ -22,10 +22,10 @@
 //! `OptMatMulPack -> OptMatMul`, the input itself repacked.
 //!
 //! [`speed_up`] swaps it in for every such chain of an optimized int8 plan
-//! (`crate::kernels::int8_chains`) on CPUs with dotprod (`crate::kernels::aarch64::plug`).
+//! (`crate::kernels::frame::int8_chains`) on CPUs with dotprod (`crate::kernels::aarch64::plug`).
 //! `--threads N` splits the output channels over tract's pool.
 
-use crate::kernels::int8_chains::{self, Int8Chain, Swap};
+use crate::kernels::frame::int8_chains::{self, Int8Chain, Swap};
 use crate::ops::epilogue::Int8Epilogue;
 use crate::ops::im2col::KernelPatches;
 use std::arch::aarch64::*;
@@ -352,7 +352,7 @@ pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::int8_chains::tests::kernel_equals_scalar_reference;
+    use crate::kernels::frame::int8_chains::tests::kernel_equals_scalar_reference;
 
     /// The kernel against a scalar evaluation of the same function, bit for bit, on sizes that
     /// leave partial tiles (channels and pixels), step counts of every residue mod 4, every

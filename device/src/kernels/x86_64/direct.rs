@@ -11,7 +11,8 @@
 //! `crate::kernels::x86_64::fp32`) applied in registers. The same products as tract's, summed in another
 //! order: the results differ by rounding only (unit test against float64; parity tests).
 
-use crate::kernels::x86_64::avx512::{lane_mask, shape, Epilogue, LANES};
+use crate::kernels::frame::float_conv::{shape, Epilogue};
+use crate::kernels::x86_64::avx512::{lane_mask, LANES};
 use crate::ops::im2col::ConvShape;
 use std::arch::x86_64::*;
 use std::ops::Range;

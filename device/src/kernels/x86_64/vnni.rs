@@ -30,7 +30,7 @@
 //! AVX-512 F, BW, VL and VNNI (`crate::kernels::x86_64::plug` plugs it by `crate::cpu::Cpu`).
 //! Elsewhere (aarch64 boards, older x86) the plan keeps tract's kernels. `--threads N` splits the output channels over tract's pool.
 
-use crate::kernels::int8_chains::{self, Int8Chain, Swap};
+use crate::kernels::frame::int8_chains::{self, Int8Chain, Swap};
 use crate::kernels::x86_64::avx512::lane_mask;
 use crate::ops::epilogue::Int8Epilogue;
 use crate::ops::im2col::{ConvShape, KernelPatches};

@@ -1,0 +1,224 @@
+//! Which of tract's float convs this crate's fp32 ops may take, and the loop that swaps them in
+//! ([`place`]) with the element-wise ops after them that an op takes over ([`Epilogue`]): the
+//! part of an architecture's fp32 pass (`crate::kernels::x86_64::fp32`,
+//! `crate::kernels::aarch64::fp32`) that is not its kernels.
+//!
+//! Only float convs with constant weights and bias, one group, no dilation, one `[1, C, H, W]`
+//! (or `[C, H, W]`) image and output channels a multiple of 8.
+
+use crate::ops::im2col::ConvShape;
+use tract_core::internal::*;
+use tract_core::ops::binary::TypedBinOp;
+use tract_core::ops::cnn::conv::KernelFormat;
+use tract_core::ops::cnn::Conv;
+use tract_core::ops::nn::DataFormat;
+
+/// What a conv op applies after its bias, taken over from the element-wise ops that followed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Epilogue {
+    /// Adds the op's second input, of the output's shape.
+    pub residual: bool,
+    /// Then `max(0, .)`.
+    pub relu: bool,
+}
+
+/// `[1, C, H, W]` or `[C, H, W]`.
+pub(crate) fn shape(batched: bool, chw: [usize; 3]) -> TVec<usize> {
+    if batched {
+        tvec![1, chw[0], chw[1], chw[2]]
+    } else {
+        chw.into_iter().collect()
+    }
+}
+
+/// A 3x3 stride-1 padding-1 conv whose output has its input's size: what Winograd takes.
+pub(crate) fn is_winograd(g: &ConvShape) -> bool {
+    g.kernel == (3, 3)
+        && g.stride == (1, 1)
+        && g.pad == (1, 1)
+        && (g.out_height, g.out_width) == (g.height, g.width)
+}
+
+/// Makes the op that replaces a [`FloatConv`], given the epilogue it takes over.
+pub(crate) type MakeOp<'a> = Box<dyn FnOnce(&FloatConv, Epilogue) -> Box<dyn TypedOp> + 'a>;
+
+/// How an architecture's pass takes one [`FloatConv`]: the name suffix of the new node, whether
+/// its op can add a residual (else only a ReLU is fused), and the op, given the epilogue.
+pub(crate) struct Take<'a> {
+    pub suffix: &'static str,
+    pub residuals: bool,
+    pub op: MakeOp<'a>,
+}
+
+/// Replaces every float `Conv` of a decluttered model that `take` takes (see [`Take`]) by the
+/// op it makes, fed the conv's input (and the residual it takes over), in place of the conv
+/// and the element-wise ops it took over. Returns how many it replaced.
+pub(crate) fn place<'a>(
+    model: &mut TypedModel,
+    mut take: impl FnMut(&FloatConv) -> Option<Take<'a>>,
+) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        let Some(conv) = node
+            .op_as::<Conv>()
+            .and_then(|conv| float_conv(model, node, conv))
+        else {
+            continue;
+        };
+        let Some(Take {
+            suffix,
+            residuals,
+            op,
+        }) = take(&conv)
+        else {
+            continue;
+        };
+        replaced += 1;
+        let out_shape = shape(conv.batched, [conv.k, conv.g.out_height, conv.g.out_width]);
+        let (epilogue, residual, last) = fuse(model, node, residuals, &out_shape);
+        let op = op(&conv, epilogue);
+        let mut patch = TypedModelPatch::default();
+        let mut inputs = tvec![patch.tap_model(model, node.inputs[0])?];
+        if let Some(r) = residual {
+            inputs.push(patch.tap_model(model, r)?);
+        }
+        let y = patch.wire_node(format!("{}.{suffix}", node.name), op, &inputs)?[0];
+        patch.shunt_outside(model, OutletId::new(last, 0), y)?;
+        patch.apply(model)?;
+    }
+    model.compact()?;
+    Ok(replaced)
+}
+
+/// A float conv node that this crate's ops may take.
+pub(crate) struct FloatConv {
+    pub g: ConvShape,
+    /// Output channels.
+    pub k: usize,
+    /// Tensors are `[1, C, H, W]` (else `[C, H, W]`).
+    pub batched: bool,
+    /// `[k][c][kh][kw]`.
+    pub kernel: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// The [`FloatConv`] of a `Conv` node, if this crate's ops may take it.
+fn float_conv(model: &TypedModel, node: &TypedNode, conv: &Conv) -> Option<FloatConv> {
+    let spec = &conv.pool_spec;
+    if conv.q_params.is_some()
+        || conv.group != 1
+        || conv.kernel_fmt != KernelFormat::OIHW
+        || spec.kernel_shape.len() != 2
+        || spec.dilations().iter().any(|d| *d != 1)
+        || node.inputs.len() != 3
+    {
+        return None;
+    }
+    let input = model.outlet_fact(node.inputs[0]).ok()?;
+    // One image, NCHW, or CHW (tract drops the batch axis after the 1x1 convs it turns into
+    // matrix products, as in ResNet-50's bottlenecks).
+    let (batched, c, h, w) = match (spec.data_format, input.shape.as_concrete()?) {
+        (DataFormat::NCHW, &[1, c, h, w]) => (true, c, h, w),
+        (DataFormat::CHW, &[c, h, w]) => (false, c, h, w),
+        _ => return None,
+    };
+    let k = spec.output_channels;
+    if input.datum_type != f32::datum_type()
+        || c != spec.input_channels
+        || k == 0
+        || !k.is_multiple_of(8)
+    {
+        return None;
+    }
+    let g = ConvShape::of_window(spec, c, h, w);
+    let konst = |i: usize| -> Option<Vec<f32>> {
+        let k = model.outlet_fact(node.inputs[i]).ok()?.konst.clone()?;
+        Some(k.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec())
+    };
+    let kernel = konst(1)?;
+    let bias = konst(2)?;
+    let bias = match bias.len() {
+        1 => vec![bias[0]; k],
+        n if n == k => bias,
+        _ => return None,
+    };
+    (kernel.len() == k * c * g.kernel.0 * g.kernel.1 && g.out_height > 0 && g.out_width > 0)
+        .then_some(FloatConv {
+            g,
+            k,
+            batched,
+            kernel,
+            bias,
+        })
+}
+
+/// The element-wise ops after a conv node that its op can take over: `Max(., 0)` (ReLU), or
+/// (with `residuals`) `Add(., r)` with `r` of the output's `shape` then `Max(., 0)`, each the
+/// only consumer of the one before. Returns the epilogue, the residual and the node whose
+/// output the op replaces.
+fn fuse(
+    model: &TypedModel,
+    conv: &TypedNode,
+    residuals: bool,
+    shape: &[usize],
+) -> (Epilogue, Option<OutletId>, usize) {
+    let none = (Epilogue::default(), None, conv.id);
+    let only_successor = |node: &TypedNode| -> Option<&TypedNode> {
+        match &node.outputs[0].successors[..] {
+            [s] => Some(model.node(s.node)),
+            _ => None,
+        }
+    };
+    let binary = |node: &TypedNode, name: &str| -> Option<[OutletId; 2]> {
+        let bin = node.op_as::<TypedBinOp>()?;
+        (bin.0.name() == name && node.inputs.len() == 2).then(|| [node.inputs[0], node.inputs[1]])
+    };
+    let is_zero = |o: OutletId| {
+        let k = model.outlet_fact(o).ok().and_then(|f| f.konst.clone());
+        k.is_some_and(|k| {
+            k.try_as_plain_ram()
+                .ok()
+                .and_then(|k| {
+                    k.as_slice::<f32>()
+                        .ok()
+                        .map(|v| v.iter().all(|v| *v == 0.0))
+                })
+                .unwrap_or(false)
+        })
+    };
+    let relu_of = |node: &TypedNode, input: OutletId| {
+        binary(node, "Max")
+            .is_some_and(|[a, b]| (a == input && is_zero(b)) || (b == input && is_zero(a)))
+    };
+    let out = OutletId::new(conv.id, 0);
+    let Some(next) = only_successor(conv) else {
+        return none;
+    };
+    let relu = Epilogue {
+        residual: false,
+        relu: true,
+    };
+    if relu_of(next, out) {
+        return (relu, None, next.id);
+    }
+    let Some([a, b]) = binary(next, "Add").filter(|_| residuals) else {
+        return none;
+    };
+    let residual = if a == out { b } else { a };
+    let full = model
+        .outlet_fact(residual)
+        .ok()
+        .is_some_and(|f| f.datum_type == f32::datum_type() && f.shape.as_concrete() == Some(shape));
+    match only_successor(next) {
+        Some(r) if full && residual != out && relu_of(r, OutletId::new(next.id, 0)) => (
+            Epilogue {
+                residual: true,
+                relu: true,
+            },
+            Some(residual),
+            r.id,
+        ),
+        _ => none,
+    }
+}
