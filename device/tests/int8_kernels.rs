@@ -116,7 +116,8 @@ fn check(arch: &str) {
     let cpu = device::cpu::Cpu::get();
     let (ops, own_kernel) = if cpu.avx512_vnni {
         (["VnniConv", "VnniQuads"], true)
-    } else if cfg!(target_arch = "aarch64") && cpu.dotprod {
+    } else if cfg!(target_arch = "aarch64") && cpu.dotprod && !cpu.sve {
+        // (With SVE tract runs its SVE kernels: `kernels::aarch64::dotprod::takes_over`.)
         (["SdotConv", "FastIm2col"], true)
     } else {
         (["Int8Epilogue", "FastIm2col"], false)

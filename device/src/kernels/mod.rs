@@ -123,6 +123,10 @@ mod tests {
             let list = a76.plan_passes();
             let at = |n: &str| list.iter().position(|p| p.name == n).unwrap();
             assert!(at("aarch64-dotprod-int8-convs") > at("epilogue"));
+            // With SVE (qemu's max, Neoverse V1/V2) tract's SVE int8 kernels keep the int8 convs.
+            let sve = Kernels::for_cpu(&Cpu { asimd: true, fp16: true, dotprod: true, sve: true, ..Cpu::default() });
+            let names: Vec<_> = sve.passes().map(|p| p.name).collect();
+            assert_eq!(names, ["aarch64-fp32-convs"]);
         }
     }
 }

@@ -977,7 +977,7 @@ mod tests {
             assert_eq!(compared, cases.len(), "tract packs K4 for its VNNI kernel");
         }
         #[cfg(target_arch = "aarch64")]
-        if crate::cpu::Cpu::get().dotprod {
+        if crate::kernels::aarch64::dotprod::takes_over(crate::cpu::Cpu::get()) {
             assert_eq!(compared, cases.len(), "tract packs K4 for its SDOT kernel");
         }
         if compared == 0 {

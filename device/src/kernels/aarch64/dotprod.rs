@@ -346,7 +346,15 @@ fn kernel(chain: Int8Chain) -> Option<Swap> {
 /// has dotprod (and a no-op on one without). Run after `crate::ops::epilogue::speed_up`.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
     // The op runs `sdot`: never wired in on a CPU without it, whoever calls.
-    int8_chains::swap_in(model, crate::cpu::Cpu::get().dotprod, "sdot", KernelPatches::Sdot, kernel)
+    int8_chains::swap_in(model, takes_over(crate::cpu::Cpu::get()), "sdot", KernelPatches::Sdot, kernel)
+}
+
+/// Whether [`SdotConv`] takes the int8 convs on `cpu`: it has dotprod, and no SVE. With SVE
+/// tract runs its own `sve_mmm_i32` kernels, which pack their operands K-outer, not in the K4
+/// layout the chains are read back from; their plan stays tract's (no board of ours has SVE:
+/// Pi 5's A76 and Orin's A78AE do not).
+pub fn takes_over(cpu: &crate::cpu::Cpu) -> bool {
+    cpu.dotprod && !cpu.sve
 }
 
 #[cfg(test)]

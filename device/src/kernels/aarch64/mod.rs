@@ -37,7 +37,7 @@ pub fn plug(cpu: &Cpu, kernels: &mut Kernels) {
             applies: Applies::Int8,
             run: dotprod::speed_up,
         },
-        "dotprod",
-        cpu.dotprod,
+        "dotprod, no SVE (with SVE tract runs its own SVE int8 kernels)",
+        dotprod::takes_over(cpu),
     );
 }
