@@ -18,8 +18,8 @@ use tch::{nn, Device};
 
 use crate::args::{int_in, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE};
 use crate::checkpoint::{
-    check_finite, manifest, read_weights_file, to_safetensors_bytes, RunDir, RunState, ARGS_FILE, CHECKPOINT_FILE,
-    LABELS_FILE, RUN_FORMAT,
+    check_against_graph, checkpoint_metadata, labels_bytes, manifest, parse_labels, read_weights_file, to_safetensors_bytes,
+    RunDir, RunState, ARGS_FILE, CHECKPOINT_FILE, LABELS_FILE, RUN_FORMAT,
 };
 use crate::model::{config_from_tensors, ModelOptions, ResNet};
 use crate::presets::{Presets, IMAGENET_TRAIN_SIZE};
@@ -78,7 +78,7 @@ fn class_names(args: &ImportArgs, classes: usize) -> Result<(Vec<String>, String
             args.weights.display()
         ),
     };
-    let names: Vec<String> = text.lines().map(|l| l.trim_end_matches('\r').to_string()).filter(|l| !l.is_empty()).collect();
+    let names = parse_labels(&text);
     if names.len() != classes {
         bail!("--labels {source}: {} names for a network with {classes} classes", names.len());
     }
@@ -112,28 +112,18 @@ pub fn run(args: &ImportArgs) -> Result<ImportReport> {
         )
     })?;
     config.validate().map_err(|e| anyhow!("{}: {e}", args.weights.display()))?;
-    check_finite(&args.weights, &tensors)?;
+    // Tensors the architecture does not have are an error (a ResNet-50 file named as a
+    // ResNet-18 one), as are non-finite values.
+    check_against_graph(&args.weights, &tensors, &config, &args.arch)?;
     if config.stem == Stem::Small && args.image_size == IMAGENET_TRAIN_SIZE {
         eprintln!("note: {} has a small-image stem (3x3 first conv) but is set up for {} px inputs; see --image-size", args.weights.display(), args.image_size);
     }
-    // Loading into the graph's network checks every name and shape; tensors the architecture
-    // does not have are an error too (a ResNet-50 file named as a ResNet-18 one).
+    // Loading into the graph's network checks that every parameter is there, shaped right.
     let vs = nn::VarStore::new(Device::Cpu);
     let model = ResNet::new(&vs, &config, ModelOptions::default())?;
     model
         .load_state_dict(&tensors, &args.weights, &[])
         .with_context(|| format!("{} does not hold `{}` weights", args.weights.display(), args.arch))?;
-    let own: std::collections::HashSet<String> = model.state_dict().into_iter().map(|(n, _)| n).collect();
-    let mut extra: Vec<&String> = tensors.keys().filter(|k| !own.contains(*k)).collect();
-    extra.sort();
-    if let Some(name) = extra.first() {
-        bail!(
-            "{}: tensor `{name}` is not a parameter of `{}` ({} such tensors): the file is for another architecture",
-            args.weights.display(),
-            args.arch,
-            extra.len()
-        );
-    }
     let (classes, labels_source) = class_names(args, config.num_classes as usize)?;
     let from = std::fs::canonicalize(&args.weights).unwrap_or_else(|_| args.weights.clone());
     let state = RunState {
@@ -154,12 +144,12 @@ pub fn run(args: &ImportArgs) -> Result<ImportReport> {
         command: std::env::args().collect(),
         host_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let checkpoint = to_safetensors_bytes(&model.state_dict(), crate::checkpoint::checkpoint_metadata(&config, 0, 0)?)?;
+    let checkpoint = to_safetensors_bytes(&model.state_dict(), checkpoint_metadata(&config, 0, 0)?)?;
     std::fs::create_dir_all(&run.dir).with_context(|| format!("cannot create {}", run.dir.display()))?;
     let files = [
         (CHECKPOINT_FILE, checkpoint),
         (ARGS_FILE, serde_json::to_string_pretty(&state)?.into_bytes()),
-        (LABELS_FILE, (state.classes.join("\n") + "\n").into_bytes()),
+        (LABELS_FILE, labels_bytes(&state.classes)),
     ];
     manifest::commit(&run.dir, 0, 0, &files)?;
     Ok(ImportReport {

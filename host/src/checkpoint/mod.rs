@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 use shared::preprocess::Preprocess;
-use shared::ResNetConfig;
+use shared::{Form, ResNetConfig};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::DatasetSpec;
@@ -330,7 +330,7 @@ impl RunDir {
     pub fn read_labels(&self) -> Result<Vec<String>> {
         let text = String::from_utf8(self.read_verified(LABELS_FILE)?)
             .map_err(|_| anyhow!("{}: not UTF-8 text", self.labels().display()))?;
-        Ok(text.lines().map(|l| l.trim_end_matches('\r').to_string()).filter(|l| !l.is_empty()).collect())
+        Ok(parse_labels(&text))
     }
 
     /// Saves the state after an epoch as one unit ([`manifest::commit`]): model, optimizer
@@ -358,7 +358,7 @@ impl RunDir {
             (TRAIN_STATE_FILE, train_state),
             (ARGS_FILE, serde_json::to_string_pretty(state)?.into_bytes()),
             (METRICS_FILE, metrics.into_bytes()),
-            (LABELS_FILE, (state.classes.join("\n") + "\n").into_bytes()),
+            (LABELS_FILE, labels_bytes(&state.classes)),
         ];
         manifest::commit(&self.dir, state.epoch, state.step, &files)?;
         Ok(())
@@ -423,6 +423,36 @@ pub fn check_finite(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Every tensor of a state_dict read from `path` is a parameter (or buffer) of `arch` as
+/// `config` builds it, and is finite; the error names the file and the first stray tensor.
+pub fn check_against_graph(path: &Path, tensors: &HashMap<String, Tensor>, config: &ResNetConfig, arch: &str) -> Result<()> {
+    let mut expected = std::collections::BTreeSet::new();
+    config.for_each_param(Form::Training, |p| {
+        expected.insert(p.name.to_string());
+    });
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        if !expected.contains(name.as_str()) {
+            bail!(
+                "{}: tensor `{name}` is not a parameter of `{arch}`: the checkpoint does not match the architecture",
+                path.display()
+            );
+        }
+    }
+    check_finite(path, tensors)
+}
+
+/// `labels.txt`'s text: one class name per line, `\r` and empty lines dropped.
+pub fn parse_labels(text: &str) -> Vec<String> {
+    text.lines().map(|l| l.trim_end_matches('\r').to_string()).filter(|l| !l.is_empty()).collect()
+}
+
+/// `labels.txt`'s bytes for `classes`.
+pub fn labels_bytes(classes: &[String]) -> Vec<u8> {
+    (classes.join("\n") + "\n").into_bytes()
 }
 
 /// The network config stored in a host checkpoint's metadata, if any.

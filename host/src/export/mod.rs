@@ -26,7 +26,7 @@ pub mod outputs;
 pub mod parity;
 pub mod quantize;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -38,7 +38,7 @@ use shared::{Form, ParamKind, Precision, ResNetConfig, ValueId, WeightsFile};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::args::{float_within, int_in, Bounds, EvalDataArgs, MAX_BATCH, MAX_THREADS};
-use crate::checkpoint::{check_finite, RunDir, CHECKPOINT_FILE, MANIFEST_FILE};
+use crate::checkpoint::{check_against_graph, RunDir, CHECKPOINT_FILE, MANIFEST_FILE};
 use crate::data::{DataOptions, DatasetSpec, LoaderSpec, Source, Split, SplitSet};
 use crate::device::{self, DeviceArg};
 use crate::model::{ModelOptions, ResNet};
@@ -275,32 +275,13 @@ fn load_run(path: &Path, dataset: Option<&DatasetSpec>, device: Device) -> Resul
 
     let ck = run.checkpoint();
     let (tensors, _) = run.read_checkpoint()?;
-    check_checkpoint(&ck, &tensors, &config, &arch)?;
+    check_against_graph(&ck, &tensors, &config, &arch)?;
     let vs = nn::VarStore::new(device);
     let model = ResNet::new(&vs, &config, ModelOptions { zero_init_residual: false, ..Default::default() })?;
     model
         .load_state_dict(&tensors, &ck, &[])
         .with_context(|| format!("the checkpoint does not match `{arch}` as {} describes it", run.args().display()))?;
     Ok(Run { checkpoint: ck, config, preprocess: state.preprocess, arch, labels, dataset, image_size, model })
-}
-
-/// Every checkpoint tensor belongs to the architecture and is finite.
-fn check_checkpoint(path: &Path, tensors: &HashMap<String, Tensor>, config: &ResNetConfig, arch: &str) -> Result<()> {
-    let mut expected = BTreeSet::new();
-    config.for_each_param(Form::Training, |p| {
-        expected.insert(p.name.to_string());
-    });
-    let mut names: Vec<&String> = tensors.keys().collect();
-    names.sort();
-    for name in names {
-        if !expected.contains(name.as_str()) {
-            bail!(
-                "{}: tensor `{name}` is not a parameter of `{arch}`: the checkpoint does not match the architecture",
-                path.display()
-            );
-        }
-    }
-    check_finite(path, tensors)
 }
 
 /// `first`, `last` and layer names -> the conv/linear layer names.
