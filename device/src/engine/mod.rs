@@ -455,6 +455,7 @@ impl Engine {
         let kind = PlanKind {
             int8: info.compute == Compute::Int8,
             f32_convs: info.compute == Compute::F32 && opts.conv == ConvAlgorithm::Auto,
+            f16_convs: info.compute == Compute::F16 && opts.conv == ConvAlgorithm::Auto,
         };
         info.plan.passes = plan::run(&passes, Stage::Decluttered, kind, &mut model)?;
         let mut model = model.into_optimized()?;
@@ -469,7 +470,11 @@ impl Engine {
         #[cfg(target_arch = "aarch64")]
         {
             use crate::kernels::aarch64::winograd::WinogradConv;
-            info.plan.winograd_layers = model.nodes().iter().filter(|n| n.op_is::<WinogradConv>()).count();
+            info.plan.winograd_layers = model
+                .nodes()
+                .iter()
+                .filter(|n| n.op_is::<WinogradConv>() || n.op_is::<WinogradConv<f16>>())
+                .count();
         }
         Ok(model)
     }

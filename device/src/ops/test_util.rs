@@ -61,9 +61,11 @@ pub(crate) fn eval_on_one_and_two_threads(
     one
 }
 
-/// The values of an f32 tensor.
+/// The values of a float tensor (f32, or f16 widened exactly), as f32.
 pub(crate) fn f32s(t: &Tensor) -> Vec<f32> {
-    t.try_as_plain_ram()
+    t.cast_to::<f32>()
+        .unwrap()
+        .try_as_plain_ram()
         .unwrap()
         .as_slice::<f32>()
         .unwrap()

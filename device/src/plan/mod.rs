@@ -31,6 +31,8 @@ pub enum Applies {
     Int8,
     /// f32 plans, unless `--conv tract` keeps tract's convs.
     F32Convs,
+    /// f16 plans (`--precision f16`), unless `--conv tract` keeps tract's convs.
+    F16Convs,
 }
 
 /// One named rewrite.
@@ -97,6 +99,8 @@ pub struct PlanKind {
     pub int8: bool,
     /// An f32 plan whose convs this crate may replace (not f16, not `--conv tract`).
     pub f32_convs: bool,
+    /// An f16 plan whose convs this crate may replace (not `--conv tract`).
+    pub f16_convs: bool,
 }
 
 impl PlanKind {
@@ -105,6 +109,7 @@ impl PlanKind {
             Applies::All => true,
             Applies::Int8 => self.int8,
             Applies::F32Convs => self.f32_convs,
+            Applies::F16Convs => self.f16_convs,
         }
     }
 }

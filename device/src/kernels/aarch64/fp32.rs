@@ -19,5 +19,5 @@ pub fn prepare(model: &mut TypedModel) -> TractResult<usize> {
     if !crate::cpu::Cpu::get().asimd {
         return Ok(0);
     }
-    place(model, WinogradConv::take)
+    place(model, WinogradConv::<f32>::take)
 }

@@ -9,6 +9,7 @@
 //! `crate::kernels::x86_64::plug` does.
 
 pub mod dotprod;
+pub mod fp16;
 pub mod fp32;
 pub mod winograd;
 
@@ -28,6 +29,17 @@ pub fn plug(cpu: &Cpu, kernels: &mut Kernels) {
         },
         "NEON",
         cpu.asimd,
+    );
+    kernels.offer(
+        Pass {
+            name: "aarch64-fp16-convs",
+            what: "Winograd F(4x4, 3x3) for 3x3 stride-1 convs of f16 plans (f16 tensors, f32 NEON lanes; residual, ReLU fused)",
+            stage: Stage::Decluttered,
+            applies: Applies::F16Convs,
+            run: fp16::prepare,
+        },
+        "fp16",
+        cpu.fp16,
     );
     kernels.offer(
         Pass {

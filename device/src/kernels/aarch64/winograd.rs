@@ -23,8 +23,9 @@
 
 use crate::kernels::frame::winograd::{
     at4, at6, bt4, bt6, impl_lanes, multiply, transform_input, transform_output, Block, Buffers,
-    WinogradKernel, R,
+    Elem, WinogradKernel, R,
 };
+use tract_core::internal::f16;
 use std::arch::aarch64::*;
 use std::ops::Range;
 
@@ -32,11 +33,110 @@ use std::ops::Range;
 const LANES: usize = 4;
 
 /// The Winograd conv op on NEON: the frame's, with the loops of this module on 4-lane
-/// registers.
-pub type WinogradConv = crate::kernels::frame::winograd::WinogradConv<float32x4_t>;
+/// registers, on `E` tensors ([`NeonElem`]: f32, or f16 for the plans of `--precision f16`).
+pub type WinogradConv<E = f32> = crate::kernels::frame::winograd::WinogradConv<float32x4_t, E>;
 
-impl WinogradKernel for float32x4_t {
+/// The tensor types of the NEON op, and how its loops read and write them: f32 as they are,
+/// f16 widened to f32 when the input is split and the residual read, narrowed when the output
+/// is stored (`fcvtl`/`fcvtn`: Advanced SIMD, every aarch64 CPU). The transforms and the
+/// products run on f32 lanes either way.
+pub trait NeonElem: Elem {
+    /// The kernel, as `device inspect` and the tests name it.
+    const KERNEL: &'static str;
+    /// Writes the `n` values at `p` as f32 at `dst`.
+    ///
+    /// # Safety
+    /// `p` and `dst` valid for `n` values.
+    unsafe fn widen(p: *const Self, dst: *mut f32, n: usize);
+    /// The first `n` values at `p` (all four from 4 on; the rest 0), as f32.
+    ///
+    /// # Safety
+    /// `p` valid for `n.min(4)` values.
+    unsafe fn load_first(p: *const Self, n: usize) -> float32x4_t;
+    /// Stores the first `n` lanes of `v` at `p` (all four from 4 on).
+    ///
+    /// # Safety
+    /// `p` valid for `n.min(4)` values.
+    unsafe fn store_first(v: float32x4_t, p: *mut Self, n: usize);
+}
+
+impl NeonElem for f32 {
     const KERNEL: &'static str = "winograd_3x3_neon (device::kernels::aarch64::winograd)";
+    #[inline(always)]
+    unsafe fn widen(p: *const f32, dst: *mut f32, n: usize) {
+        std::ptr::copy_nonoverlapping(p, dst, n)
+    }
+    #[inline(always)]
+    unsafe fn load_first(p: *const f32, n: usize) -> float32x4_t {
+        load_first(p, n)
+    }
+    #[inline(always)]
+    unsafe fn store_first(v: float32x4_t, p: *mut f32, n: usize) {
+        store_first(v, p, n)
+    }
+}
+
+impl NeonElem for f16 {
+    const KERNEL: &'static str =
+        "winograd_3x3_neon_f16io (device::kernels::aarch64::winograd; f16 tensors, f32 lanes)";
+    #[inline(always)]
+    unsafe fn widen(p: *const f16, dst: *mut f32, n: usize) {
+        let p = p as *const u16;
+        for i in (0..n / LANES * LANES).step_by(LANES) {
+            vst1q_f32(dst.add(i), widen4(vld1_u16(p.add(i))));
+        }
+        for i in n / LANES * LANES..n {
+            *dst.add(i) = f16::from_bits(*p.add(i)).to_f32();
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_first(p: *const f16, n: usize) -> float32x4_t {
+        let p = p as *const u16;
+        if n >= LANES {
+            widen4(vld1_u16(p))
+        } else {
+            let mut lanes = [0u16; LANES];
+            std::ptr::copy_nonoverlapping(p, lanes.as_mut_ptr(), n);
+            widen4(vld1_u16(lanes.as_ptr()))
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_first(v: float32x4_t, p: *mut f16, n: usize) {
+        let (p, h) = (p as *mut u16, narrow4(v));
+        if n >= LANES {
+            vst1_u16(p, h);
+        } else {
+            let mut lanes = [0u16; LANES];
+            vst1_u16(lanes.as_mut_ptr(), h);
+            std::ptr::copy_nonoverlapping(lanes.as_ptr(), p, n);
+        }
+    }
+}
+
+/// One conversion instruction `$insn` (output `o`, input `i`) on the register `$x`.
+macro_rules! fcvt {
+    ($insn:literal, $x:expr) => {{
+        let out;
+        std::arch::asm!($insn, o = lateout(vreg) out, i = in(vreg) $x,
+            options(pure, nomem, nostack, preserves_flags));
+        out
+    }};
+}
+
+/// f16 (as bits) to f32, exact, 4 lanes: `fcvtl`.
+#[inline(always)]
+unsafe fn widen4(h: uint16x4_t) -> float32x4_t {
+    fcvt!("fcvtl {o:v}.4s, {i:v}.4h", h)
+}
+
+/// f32 to f16 (as bits), rounded to nearest even like tract's casts, 4 lanes: `fcvtn`.
+#[inline(always)]
+unsafe fn narrow4(v: float32x4_t) -> uint16x4_t {
+    fcvt!("fcvtn {o:v}.4h, {i:v}.4s", v)
+}
+
+impl<E: NeonElem> WinogradKernel<E> for float32x4_t {
+    const KERNEL: &'static str = E::KERNEL;
     // Whole-vector loads read up to 16 floats past the split input and 3 tiles past a block.
     const SLACK: usize = 4 * LANES;
     const MIN_TILES4: usize = 0;
@@ -49,7 +149,7 @@ impl WinogradKernel for float32x4_t {
     /// [`WinogradKernel::split`]: each input row is copied once between zeros (a padded row
     /// with room for whole-vector loads past its end), then `vld2q`/`vld4q` split 8 or 16 of
     /// its columns at a time into their phases.
-    unsafe fn split(conv: &WinogradConv, buf: Buffers, channels: Range<usize>) {
+    unsafe fn split(conv: &WinogradConv<E>, buf: Buffers<E>, channels: Range<usize>) {
         let (half, rows, row_len, m) = (conv.half(), conv.padded_rows(), conv.row_len(), conv.m);
         // Padded column X is input column X - 1; columns past the input stay 0.
         let mut padded = vec![0f32; row_len + 4 * LANES];
@@ -62,7 +162,7 @@ impl WinogradKernel for float32x4_t {
                     continue;
                 }
                 let src = buf.x.add((ch * conv.h + y) * conv.w);
-                std::ptr::copy_nonoverlapping(src, padded.as_mut_ptr().add(1), conv.w);
+                E::widen(src, padded.as_mut_ptr().add(1), conv.w);
                 for i0 in (0..half).step_by(LANES) {
                     let at = padded.as_ptr().add(m * i0);
                     let phases = if m == 4 {
@@ -81,19 +181,19 @@ impl WinogradKernel for float32x4_t {
     }
 
     unsafe fn transform_input(
-        conv: &WinogradConv,
-        buf: Buffers,
+        conv: &WinogradConv<E>,
+        buf: Buffers<E>,
         b: &Block,
         channels: Range<usize>,
     ) {
         if conv.m == 4 {
-            transform_input::<float32x4_t, 6>(conv, buf, b, channels, |d| bt6(d))
+            transform_input::<float32x4_t, 6, E>(conv, buf, b, channels, |d| bt6(d))
         } else {
-            transform_input::<float32x4_t, 4>(conv, buf, b, channels, |d| bt4(d))
+            transform_input::<float32x4_t, 4, E>(conv, buf, b, channels, |d| bt4(d))
         }
     }
 
-    unsafe fn multiply(conv: &WinogradConv, b: &Block, pairs: Range<usize>) {
+    unsafe fn multiply(conv: &WinogradConv<E>, b: &Block, pairs: Range<usize>) {
         let (stride, c) = (b.stride, conv.c);
         // Panel j of a group: weights `j * c * R` on, products `j * R` rows on.
         let each = |g: usize, tile: &dyn Fn(*const f32, *mut f32), u: *const f32, out: *mut f32| {
@@ -110,7 +210,7 @@ impl WinogradKernel for float32x4_t {
         })
     }
 
-    unsafe fn transform_output(conv: &WinogradConv, buf: Buffers, b: &Block, outs: Range<usize>) {
+    unsafe fn transform_output(conv: &WinogradConv<E>, buf: Buffers<E>, b: &Block, outs: Range<usize>) {
         if conv.m == 4 {
             let emit = |y: [float32x4_t; 4], plane, skip, at, n| {
                 // 4x4 transpose: chunk l = outputs 4l..4l + 4 = column l of the 4 phases.
@@ -124,7 +224,7 @@ impl WinogradKernel for float32x4_t {
                 ];
                 conv.store(chunks, plane, skip, at, n)
             };
-            transform_output::<float32x4_t, 6, 4>(conv, buf, b, outs, |m| at6(m), emit)
+            transform_output::<float32x4_t, 6, 4, E>(conv, buf, b, outs, |m| at6(m), emit)
         } else {
             let emit = |y: [float32x4_t; 2], plane, skip, at, n| {
                 conv.store(
@@ -135,7 +235,7 @@ impl WinogradKernel for float32x4_t {
                     n,
                 )
             };
-            transform_output::<float32x4_t, 4, 2>(conv, buf, b, outs, |m| at4(m), emit)
+            transform_output::<float32x4_t, 4, 2, E>(conv, buf, b, outs, |m| at4(m), emit)
         }
     }
 }
@@ -170,15 +270,15 @@ unsafe fn load_first(p: *const f32, n: usize) -> float32x4_t {
     }
 }
 
-impl WinogradConv {
+impl<E: NeonElem> WinogradConv<E> {
     /// Stores `chunks` (consecutive outputs of one channel plane, biased) at `plane + at`, the
     /// first `n` of them, after the epilogue: plus the residual (`skip`: its plane), then max 0.
     #[inline(always)]
     unsafe fn store<const P: usize>(
         &self,
         chunks: [float32x4_t; P],
-        plane: *mut f32,
-        skip: Option<*const f32>,
+        plane: *mut E,
+        skip: Option<*const E>,
         at: usize,
         n: usize,
     ) {
@@ -190,13 +290,13 @@ impl WinogradConv {
             let (at, n) = (at + start, n - start);
             let mut v = chunk;
             if let Some(r) = skip {
-                v = vaddq_f32(v, load_first(r.add(at), n));
+                v = vaddq_f32(v, E::load_first(r.add(at), n));
             }
             if self.epilogue.relu {
                 // maxNum: 0 for a NaN v, like f32::max (tract's `Max`).
                 v = vmaxnmq_f32(v, vdupq_n_f32(0.0));
             }
-            store_first(v, plane.add(at), n);
+            E::store_first(v, plane.add(at), n);
         }
     }
 }
@@ -264,6 +364,14 @@ mod tests {
     /// multiples of 4, residual and ReLU, F(2x2) and F(4x4), two threads) on these loops.
     #[test]
     fn equals_direct_convolution() {
-        crate::kernels::frame::winograd::check_against_direct_convolution::<float32x4_t>();
+        crate::kernels::frame::winograd::check_against_direct_convolution::<float32x4_t, f32>(1e-5);
+    }
+
+    /// The same on f16 tensors (converted at the split, the residual and the output; f32
+    /// lanes inside): the output's rounding to f16 is 2^-11 = 4.9e-4 of its magnitude, at most
+    /// that of the sum of magnitudes.
+    #[test]
+    fn f16_tensors_equal_direct_convolution() {
+        crate::kernels::frame::winograd::check_against_direct_convolution::<float32x4_t, f16>(6e-4);
     }
 }

@@ -3,12 +3,14 @@
 //! part of an architecture's fp32 pass (`crate::kernels::x86_64::fp32`,
 //! `crate::kernels::aarch64::fp32`) that is not its kernels.
 //!
-//! Only float convs with constant weights and bias, one group, no dilation, one `[1, C, H, W]`
+//! Only f32 or f16 convs (the ops check which they take: [`FloatConv::dt`]; weights and bias
+//! come as f32 either way) with constant weights and bias, one group, no dilation, one `[1, C, H, W]`
 //! (or `[C, H, W]`) image and output channels a multiple of 8.
 
 use crate::ops::im2col::ConvShape;
 use tract_core::internal::*;
 use tract_core::ops::binary::TypedBinOp;
+use tract_core::ops::cast::Cast;
 use tract_core::ops::cnn::conv::KernelFormat;
 use tract_core::ops::cnn::Conv;
 use tract_core::ops::nn::DataFormat;
@@ -76,7 +78,7 @@ pub(crate) fn place<'a>(
         };
         replaced += 1;
         let out_shape = shape(conv.batched, [conv.k, conv.g.out_height, conv.g.out_width]);
-        let (epilogue, residual, last) = fuse(model, node, residuals, &out_shape);
+        let (epilogue, residual, last) = fuse(model, node, residuals, conv.dt, &out_shape);
         let op = op(&conv, epilogue);
         let mut patch = TypedModelPatch::default();
         let mut inputs = tvec![patch.tap_model(model, node.inputs[0])?];
@@ -93,6 +95,8 @@ pub(crate) fn place<'a>(
 
 /// A float conv node that this crate's ops may take.
 pub(crate) struct FloatConv {
+    /// The conv's tensor type: f32, or f16 (in the plans of `--precision f16`).
+    pub dt: DatumType,
     pub g: ConvShape,
     /// Output channels.
     pub k: usize,
@@ -124,7 +128,8 @@ fn float_conv(model: &TypedModel, node: &TypedNode, conv: &Conv) -> Option<Float
         _ => return None,
     };
     let k = spec.output_channels;
-    if input.datum_type != f32::datum_type()
+    let dt = input.datum_type;
+    if (dt != f32::datum_type() && dt != f16::datum_type())
         || c != spec.input_channels
         || k == 0
         || !k.is_multiple_of(8)
@@ -133,7 +138,7 @@ fn float_conv(model: &TypedModel, node: &TypedNode, conv: &Conv) -> Option<Float
     }
     let g = ConvShape::of_window(spec, c, h, w);
     let konst = |i: usize| -> Option<Vec<f32>> {
-        let k = model.outlet_fact(node.inputs[i]).ok()?.konst.clone()?;
+        let k = konst_f32(model, node.inputs[i])?;
         Some(k.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec())
     };
     let kernel = konst(1)?;
@@ -145,12 +150,30 @@ fn float_conv(model: &TypedModel, node: &TypedNode, conv: &Conv) -> Option<Float
     };
     (kernel.len() == k * c * g.kernel.0 * g.kernel.1 && g.out_height > 0 && g.out_width > 0)
         .then_some(FloatConv {
+            dt,
             g,
             k,
             batched,
             kernel,
             bias,
         })
+}
+
+/// The constant value of `outlet`, as f32: a constant's, or that of a `Cast` of a constant
+/// (how tract's `FloatPrecisionTranslator` leaves the weights of an f16 plan until the
+/// optimizer folds them), rounded to the cast's type first.
+fn konst_f32(model: &TypedModel, outlet: OutletId) -> Option<Tensor> {
+    let fact = model.outlet_fact(outlet).ok()?;
+    let k = match &fact.konst {
+        Some(k) => k.clone(),
+        None => {
+            let node = model.node(outlet.node);
+            node.op_as::<Cast>()?;
+            model.outlet_fact(node.inputs[0]).ok()?.konst.clone()?
+        }
+    };
+    let k = k.cast_to_dt(fact.datum_type).ok()?;
+    Some(k.cast_to::<f32>().ok()?.into_owned())
 }
 
 /// The element-wise ops after a conv node that its op can take over: `Max(., 0)` (ReLU), or
@@ -161,6 +184,7 @@ fn fuse(
     model: &TypedModel,
     conv: &TypedNode,
     residuals: bool,
+    dt: DatumType,
     shape: &[usize],
 ) -> (Epilogue, Option<OutletId>, usize) {
     let none = (Epilogue::default(), None, conv.id);
@@ -175,15 +199,10 @@ fn fuse(
         (bin.0.name() == name && node.inputs.len() == 2).then(|| [node.inputs[0], node.inputs[1]])
     };
     let is_zero = |o: OutletId| {
-        let k = model.outlet_fact(o).ok().and_then(|f| f.konst.clone());
-        k.is_some_and(|k| {
+        konst_f32(model, o).is_some_and(|k| {
             k.try_as_plain_ram()
                 .ok()
-                .and_then(|k| {
-                    k.as_slice::<f32>()
-                        .ok()
-                        .map(|v| v.iter().all(|v| *v == 0.0))
-                })
+                .and_then(|k| k.as_slice::<f32>().ok().map(|v| v.iter().all(|v| *v == 0.0)))
                 .unwrap_or(false)
         })
     };
@@ -209,7 +228,7 @@ fn fuse(
     let full = model
         .outlet_fact(residual)
         .ok()
-        .is_some_and(|f| f.datum_type == f32::datum_type() && f.shape.as_concrete() == Some(shape));
+        .is_some_and(|f| f.datum_type == dt && f.shape.as_concrete() == Some(shape));
     match only_successor(next) {
         Some(r) if full && residual != out && relu_of(r, OutletId::new(next.id, 0)) => (
             Epilogue {

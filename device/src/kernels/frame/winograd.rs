@@ -41,7 +41,7 @@ pub(crate) const R: usize = 8;
 /// The loops of one instruction set, implemented on its vector type ([`Lanes`]). Each is
 /// unsafe: it runs that set's instructions (the pass that wires the op in checked the CPU) and
 /// writes through the raw pointers of [`Buffers`] and [`Block`], only the parts its range names.
-pub trait WinogradKernel: Lanes + Send + Sync + 'static {
+pub trait WinogradKernel<E: Elem = f32>: Lanes + Send + Sync + 'static {
     /// The kernel, as `device inspect` and the tests name it.
     const KERNEL: &'static str;
     /// Floats past the end of the split input and of a block's tiles that full-vector loads
@@ -61,7 +61,7 @@ pub trait WinogradKernel: Lanes + Send + Sync + 'static {
     ///
     /// # Safety
     /// See the trait.
-    unsafe fn split(conv: &WinogradConv<Self>, buf: Buffers, channels: Range<usize>);
+    unsafe fn split(conv: &WinogradConv<Self, E>, buf: Buffers<E>, channels: Range<usize>);
 
     /// `B^T d B` on input channels `channels` of the tiles of block `b`, into `b.v`
     /// (`[xi][c][stride]`; tile `t = (ty - rows.start) * tw + tx`).
@@ -69,8 +69,8 @@ pub trait WinogradKernel: Lanes + Send + Sync + 'static {
     /// # Safety
     /// See the trait.
     unsafe fn transform_input(
-        conv: &WinogradConv<Self>,
-        buf: Buffers,
+        conv: &WinogradConv<Self, E>,
+        buf: Buffers<E>,
         b: &Block,
         channels: Range<usize>,
     );
@@ -80,7 +80,7 @@ pub trait WinogradKernel: Lanes + Send + Sync + 'static {
     ///
     /// # Safety
     /// See the trait.
-    unsafe fn multiply(conv: &WinogradConv<Self>, b: &Block, pairs: Range<usize>);
+    unsafe fn multiply(conv: &WinogradConv<Self, E>, b: &Block, pairs: Range<usize>);
 
     /// `A^T m A` plus the bias (plus the residual) (max 0) on output channels `outs` of the
     /// tiles of block `b`, into the output.
@@ -88,12 +88,18 @@ pub trait WinogradKernel: Lanes + Send + Sync + 'static {
     /// # Safety
     /// See the trait.
     unsafe fn transform_output(
-        conv: &WinogradConv<Self>,
-        buf: Buffers,
+        conv: &WinogradConv<Self, E>,
+        buf: Buffers<E>,
         b: &Block,
         outs: Range<usize>,
     );
 }
+
+/// The element type of the op's tensors (input, residual, output): `f32`, or `f16` where the
+/// kernel converts at the split and the output transform (the transforms and products stay in
+/// its vectors' f32 lanes).
+pub trait Elem: Datum + Copy {}
+impl<T: Datum + Copy> Elem for T {}
 
 /// One instruction set's vector of f32 lanes, as the transforms' loops ([`transform_input`],
 /// [`transform_output`], [`bt4`], [`bt6`], [`at4`], [`at6`]) use it. The methods are `#[inline(always)]` wrappers of that set's
@@ -228,9 +234,9 @@ pub(crate) unsafe fn at6<V: Lanes>(m: [V; 6]) -> [V; 4] {
 /// `bt` is [`bt4`] or [`bt6`]): tile `tx` reads padded columns `m tx .. m tx + A`, column `a` of
 /// them at phase `a % m`, index `tx + a / m`.
 #[inline(always)]
-pub(crate) unsafe fn transform_input<K: WinogradKernel, const A: usize>(
-    conv: &WinogradConv<K>,
-    buf: Buffers,
+pub(crate) unsafe fn transform_input<K: WinogradKernel<E>, const A: usize, E: Elem>(
+    conv: &WinogradConv<K, E>,
+    buf: Buffers<E>,
     b: &Block,
     channels: Range<usize>,
     bt: impl Fn([K; A]) -> [K; A],
@@ -270,8 +276,8 @@ pub(crate) unsafe fn transform_input<K: WinogradKernel, const A: usize>(
 /// next panel's `c * R` further) by those tiles (`v`: per input channel, a row of `b.stride`
 /// values) over the `c` input channels, into `out` (`g * R` rows of `b.stride`).
 #[inline(always)]
-pub(crate) unsafe fn multiply<K: WinogradKernel>(
-    conv: &WinogradConv<K>,
+pub(crate) unsafe fn multiply<K: WinogradKernel<E>, E: Elem>(
+    conv: &WinogradConv<K, E>,
     b: &Block,
     pairs: Range<usize>,
     tile: impl Fn(usize, usize, *const f32, *const f32, *mut f32),
@@ -302,13 +308,13 @@ pub(crate) unsafe fn multiply<K: WinogradKernel>(
 /// residual's at `skip + at`), of which `n` are in the image. `emit` interleaves the columns
 /// and stores them after the epilogue.
 #[inline(always)]
-pub(crate) unsafe fn transform_output<K: WinogradKernel, const A: usize, const M: usize>(
-    conv: &WinogradConv<K>,
-    buf: Buffers,
+pub(crate) unsafe fn transform_output<K: WinogradKernel<E>, const A: usize, const M: usize, E: Elem>(
+    conv: &WinogradConv<K, E>,
+    buf: Buffers<E>,
     b: &Block,
     outs: Range<usize>,
     at: impl Fn([K; A]) -> [K; M],
-    emit: impl Fn([K; M], *mut f32, Option<*const f32>, usize, usize),
+    emit: impl Fn([K; M], *mut E, Option<*const E>, usize, usize),
 ) {
     let (tw, rows, m, stride) = (conv.tw(), b.rows.clone(), b.m as *const f32, b.stride);
     for o in outs {
@@ -342,7 +348,7 @@ pub(crate) unsafe fn transform_output<K: WinogradKernel, const A: usize, const M
 /// A float 3x3 stride-1 padding-1 conv on one `[1, C, H, W]` (or `[C, H, W]`) image (see the
 /// module doc), its loops `K`'s.
 #[derive(Clone)]
-pub struct WinogradConv<K: WinogradKernel> {
+pub struct WinogradConv<K: WinogradKernel<E>, E: Elem = f32> {
     /// Input channels.
     pub(crate) c: usize,
     /// Output channels (a multiple of `R`).
@@ -361,11 +367,11 @@ pub struct WinogradConv<K: WinogradKernel> {
     /// Tensors are `[1, C, H, W]` (else `[C, H, W]`: tract drops the batch axis after the
     /// 1x1 convs it turns into matrix products, as in ResNet-50's bottlenecks).
     pub(crate) batched: bool,
-    kernel: PhantomData<fn() -> K>,
+    kernel: PhantomData<fn() -> (K, E)>,
 }
 
 // By hand: the vector type `K` has no `PartialEq`.
-impl<K: WinogradKernel> PartialEq for WinogradConv<K> {
+impl<E: Elem, K: WinogradKernel<E>> PartialEq for WinogradConv<K, E> {
     fn eq(&self, o: &Self) -> bool {
         let key = |s: &Self| {
             (
@@ -384,9 +390,9 @@ impl<K: WinogradKernel> PartialEq for WinogradConv<K> {
     }
 }
 
-impl<K: WinogradKernel> Eq for WinogradConv<K> {}
+impl<E: Elem, K: WinogradKernel<E>> Eq for WinogradConv<K, E> {}
 
-impl<K: WinogradKernel> std::fmt::Debug for WinogradConv<K> {
+impl<E: Elem, K: WinogradKernel<E>> std::fmt::Debug for WinogradConv<K, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -396,7 +402,7 @@ impl<K: WinogradKernel> std::fmt::Debug for WinogradConv<K> {
     }
 }
 
-impl<K: WinogradKernel> Op for WinogradConv<K> {
+impl<E: Elem, K: WinogradKernel<E>> Op for WinogradConv<K, E> {
     fn name(&self) -> StaticName {
         "WinogradConv".into()
     }
@@ -423,11 +429,11 @@ impl<K: WinogradKernel> Op for WinogradConv<K> {
 /// Where one eval reads and writes: raw pointers shared by the threads, each of which writes
 /// its own rows of `out` (or its own channels of `split`).
 #[derive(Clone, Copy)]
-pub struct Buffers {
-    pub(crate) x: *const f32,
+pub struct Buffers<E: Elem = f32> {
+    pub(crate) x: *const E,
     pub(crate) split: *mut f32,
-    pub(crate) out: *mut f32,
-    pub(crate) residual: Option<*const f32>,
+    pub(crate) out: *mut E,
+    pub(crate) residual: Option<*const E>,
 }
 
 /// One block of tile rows and its scratch: the transformed inputs `v` (`[xi][c][stride]`) and
@@ -441,8 +447,8 @@ pub struct Block {
 }
 
 // SAFETY: the pointers outlive the eval that shares them; threads write disjoint parts.
-unsafe impl Send for Buffers {}
-unsafe impl Sync for Buffers {}
+unsafe impl<E: Elem> Send for Buffers<E> {}
+unsafe impl<E: Elem> Sync for Buffers<E> {}
 unsafe impl Sync for Block {}
 
 thread_local! {
@@ -458,7 +464,7 @@ fn grow(v: &mut Vec<f32>, len: usize) {
     }
 }
 
-impl<K: WinogradKernel> WinogradConv<K> {
+impl<E: Elem, K: WinogradKernel<E>> WinogradConv<K, E> {
     /// The kernel, as `device inspect` and the tests name it.
     pub const KERNEL: &'static str = K::KERNEL;
 
@@ -466,7 +472,7 @@ impl<K: WinogradKernel> WinogradConv<K> {
     /// `crate::kernels::frame::float_conv::place`): as this op, with the residual and the ReLU
     /// that follow; F(4x4, 3x3) from `K::MIN_TILES4` tiles on, F(2x2, 3x3) below.
     pub(crate) fn take<'a>(conv: &FloatConv) -> Option<Take<'a>> {
-        is_winograd(&conv.g).then(|| Take {
+        (conv.dt == E::datum_type() && is_winograd(&conv.g)).then(|| Take {
             suffix: "winograd",
             residuals: true,
             op: Box::new(|conv: &FloatConv, epilogue| {
@@ -609,7 +615,7 @@ impl<K: WinogradKernel> WinogradConv<K> {
     }
 
     /// Runs the blocks of tile rows `blocks` on this thread.
-    unsafe fn run(&self, buf: Buffers, blocks: Range<usize>) {
+    unsafe fn run(&self, buf: Buffers<E>, blocks: Range<usize>) {
         SCRATCH.with(|s| {
             let scratch = &mut *s.borrow_mut();
             for block in blocks {
@@ -623,7 +629,7 @@ impl<K: WinogradKernel> WinogradConv<K> {
 
     /// Runs the block of tile rows `block` with each step split over the threads (for layers
     /// with fewer blocks than threads).
-    fn run_split(&self, buf: Buffers, block: usize) {
+    fn run_split(&self, buf: Buffers<E>, block: usize) {
         SCRATCH.with(|s| {
             let b = self.block(block, &mut s.borrow_mut());
             // SAFETY: as in `eval`; each range writes its own channels of `b.v`, its own
@@ -640,42 +646,44 @@ impl<K: WinogradKernel> WinogradConv<K> {
     }
 }
 
-impl<K: WinogradKernel> EvalOp for WinogradConv<K> {
+impl<E: Elem, K: WinogradKernel<E>> EvalOp for WinogradConv<K, E> {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = &inputs[0];
         ensure!(
-            x.datum_type() == f32::datum_type()
+            x.datum_type() == E::datum_type()
                 && x.shape() == &shape(self.batched, [self.c, self.h, self.w])[..],
-            "WinogradConv: input {:?} {:?}, planned for [1, {}, {}, {}] f32",
+            "WinogradConv: input {:?} {:?}, planned for [1, {}, {}, {}] {:?}",
             x.datum_type(),
             x.shape(),
             self.c,
             self.h,
-            self.w
+            self.w,
+            E::datum_type()
         );
         let shape = shape(self.batched, [self.k, self.h, self.w]);
         let residual = if self.epilogue.residual {
             let r = inputs.get(1).context("WinogradConv: no residual input")?;
             ensure!(
-                r.datum_type() == f32::datum_type() && r.shape() == &shape[..],
-                "WinogradConv: residual {:?} {:?}, planned for {shape:?} f32",
+                r.datum_type() == E::datum_type() && r.shape() == &shape[..],
+                "WinogradConv: residual {:?} {:?}, planned for {shape:?} {:?}",
                 r.datum_type(),
-                r.shape()
+                r.shape(),
+                E::datum_type()
             );
-            Some(unsafe { r.as_ptr_unchecked::<f32>() })
+            Some(unsafe { r.as_ptr_unchecked::<E>() })
         } else {
             None
         };
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+        let mut out = unsafe { Tensor::uninitialized::<E>(&shape)? };
         SPLIT.with(|split| {
             let split = &mut *split.borrow_mut();
             grow(split, self.split_len());
             let buf = Buffers {
-                x: unsafe { x.as_ptr_unchecked::<f32>() },
+                x: unsafe { x.as_ptr_unchecked::<E>() },
                 split: split.as_mut_ptr(),
-                out: unsafe { out.as_ptr_mut_unchecked::<f32>() },
+                out: unsafe { out.as_ptr_mut_unchecked::<E>() },
                 residual,
             };
             // SAFETY: the pass checked the CPU, eval the sizes; threads write disjoint channels
@@ -696,11 +704,11 @@ impl<K: WinogradKernel> EvalOp for WinogradConv<K> {
     }
 }
 
-impl<K: WinogradKernel> TypedOp for WinogradConv<K> {
+impl<E: Elem, K: WinogradKernel<E>> TypedOp for WinogradConv<K, E> {
     as_op!();
 
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(shape(
+        Ok(tvec!(E::fact(shape(
             self.batched,
             [self.k, self.h, self.w]
         ))))
@@ -710,10 +718,18 @@ impl<K: WinogradKernel> TypedOp for WinogradConv<K> {
 /// The unit test of a [`WinogradKernel`]: the op against a direct float64 convolution on sizes
 /// with odd heights and widths, channel counts not multiples of the lanes, more tiles than a
 /// vector and fewer, several blocks, with and without the fused residual and ReLU, F(2x2) and
-/// F(4x4), and on two threads (same bits). Error bound: 1e-5 of the sum of magnitudes.
+/// F(4x4), and on two threads (same bits). Error bound: `bound` of the sum of magnitudes (1e-5
+/// for f32 tensors; for f16 ones the output's own rounding alone is 2^-11 of its magnitude). The
+/// reference takes the inputs as `E` holds them.
 #[cfg(test)]
-pub(crate) fn check_against_direct_convolution<K: WinogradKernel>() {
-    use crate::ops::test_util::{eval_on_one_and_two_threads, f32s, random_f32 as random};
+pub(crate) fn check_against_direct_convolution<K: WinogradKernel<E>, E: Elem>(bound: f64) {
+    use crate::ops::test_util::{eval_on_one_and_two_threads, f32s, random_f32};
+    // Inputs rounded to E, as f32.
+    let round = |v: Vec<f32>| f32s(&tensor1(&v).cast_to::<E>().unwrap());
+    let tensor = |shape: &[usize], v: &[f32]| -> TValue {
+        Tensor::from_shape(shape, v).unwrap().cast_to::<E>().unwrap().into_owned().into_tvalue()
+    };
+    let random = random_f32;
     // (c, k, h, w)
     let sizes = [
         (3, 8, 5, 7),
@@ -731,21 +747,17 @@ pub(crate) fn check_against_direct_convolution<K: WinogradKernel>() {
         let mut next = random(case as u64 + 3);
         let kernel: Vec<f32> = (0..k * c * 9).map(|_| next()).collect();
         let bias: Vec<f32> = (0..k).map(|_| next()).collect();
-        let x: Vec<f32> = (0..c * h * w).map(|_| next()).collect();
+        let x = round((0..c * h * w).map(|_| next()).collect());
         let epilogue = Epilogue {
             residual: case % 2 == 1,
             relu: case % 3 != 0,
         };
-        let skip: Vec<f32> = (0..k * h * w).map(|_| next()).collect();
+        let skip = round((0..k * h * w).map(|_| next()).collect());
         for tile in [2, 4] {
-            let conv = WinogradConv::<K>::with_tile(&kernel, &bias, c, k, h, w, epilogue, tile);
-            let mut input = tvec![Tensor::from_shape(&[1, c, h, w], &x).unwrap().into_tvalue()];
+            let conv = WinogradConv::<K, E>::with_tile(&kernel, &bias, c, k, h, w, epilogue, tile);
+            let mut input = tvec![tensor(&[1, c, h, w], &x)];
             if epilogue.residual {
-                input.push(
-                    Tensor::from_shape(&[1, k, h, w], &skip)
-                        .unwrap()
-                        .into_tvalue(),
-                );
+                input.push(tensor(&[1, k, h, w], &skip));
             }
             let out =
                 eval_on_one_and_two_threads(&conv, input, &format!("case {case} F({tile}x{tile})"));
@@ -785,7 +797,7 @@ pub(crate) fn check_against_direct_convolution<K: WinogradKernel>() {
                         let err = (g - sum).abs() / scale;
                         worst = worst.max(err);
                         assert!(
-                            err < 1e-5,
+                            err < bound,
                             "case {case} F({tile}x{tile}) ({c}, {k}, {h}, {w}) at o {o} y {y} x {xx}: {g} vs {sum}"
                         );
                     }

@@ -35,7 +35,7 @@ pub fn prepare(model: &mut TypedModel) -> TractResult<Replaced> {
         if let Some(take) = WinogradConv::take(conv) {
             replaced.winograd += 1;
             Some(take)
-        } else if conv.g.kernel.0 >= 5 && conv.g.kernel.1 >= 5 {
+        } else if conv.dt == f32::datum_type() && conv.g.kernel.0 >= 5 && conv.g.kernel.1 >= 5 {
             replaced.direct += 1;
             Some(Take {
                 suffix: "direct",

@@ -101,9 +101,9 @@ impl WinogradConv {
     #[inline]
     unsafe fn transform_input(&self, buf: Buffers, b: &Block, channels: Range<usize>) {
         if self.m == 4 {
-            transform_input::<__m512, 6>(self, buf, b, channels, |d| bt6(d))
+            transform_input::<__m512, 6, f32>(self, buf, b, channels, |d| bt6(d))
         } else {
-            transform_input::<__m512, 4>(self, buf, b, channels, |d| bt4(d))
+            transform_input::<__m512, 4, f32>(self, buf, b, channels, |d| bt4(d))
         }
     }
 
@@ -172,7 +172,7 @@ impl WinogradConv {
                     );
                 }
             };
-            return transform_output::<__m512, 4, 2>(self, buf, b, outs, |m| at4(m), emit);
+            return transform_output::<__m512, 4, 2, f32>(self, buf, b, outs, |m| at4(m), emit);
         }
         // Pairs of columns (64-bit units) of two interleaved registers.
         let lo2 = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
@@ -202,7 +202,7 @@ impl WinogradConv {
                 self.store(chunk, plane, skip, at + start, lane_mask(valid - start));
             }
         };
-        transform_output::<__m512, 6, 4>(self, buf, b, outs, |m| at6(m), emit)
+        transform_output::<__m512, 6, 4, f32>(self, buf, b, outs, |m| at6(m), emit)
     }
 }
 
@@ -329,6 +329,6 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX-512 (the plan keeps tract's convs)");
             return;
         }
-        crate::kernels::frame::winograd::check_against_direct_convolution::<__m512>();
+        crate::kernels::frame::winograd::check_against_direct_convolution::<__m512, f32>(1e-5);
     }
 }

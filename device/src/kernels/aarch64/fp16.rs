@@ -1,0 +1,23 @@
+//! The f16 plans' own convolutions on aarch64 (`--precision f16`, on CPUs with FEAT_FP16: a
+//! Pi 5's Cortex-A76, Orin's A78AE): [`prepare`] swaps `crate::kernels::aarch64::winograd` on
+//! f16 tensors (Winograd F(4x4, 3x3), its transforms and products in f32 lanes, the input,
+//! residual and output converted at the edges) in for the 3x3 stride-1 padding-1 f16 `Conv`s
+//! that tract's `FloatPrecisionTranslator` leaves in the decluttered model, with the residual
+//! addition and the ReLU that follow. Everything else stays tract's fp16 kernels.
+//!
+//! Which convs qualify and how they are swapped in is `crate::kernels::frame::float_conv`'s.
+
+use crate::kernels::aarch64::winograd::WinogradConv;
+use crate::kernels::frame::float_conv::place;
+use tract_core::internal::*;
+
+/// Replaces every f16 3x3 stride-1 `Conv` of a decluttered model by a [`WinogradConv`] on f16
+/// tensors; returns how many. Plugged (`crate::kernels::aarch64::plug`) on CPUs with fp16
+/// arithmetic (the plans it applies to exist only there); runs before tract's optimizer.
+pub fn prepare(model: &mut TypedModel) -> TractResult<usize> {
+    // The op runs NEON instructions: never wired in on a CPU without them, whoever calls.
+    if !crate::cpu::Cpu::get().asimd {
+        return Ok(0);
+    }
+    place(model, WinogradConv::<f16>::take)
+}
