@@ -25,9 +25,9 @@ use crate::kernels::frame::winograd::{
     at4, at6, bt4, bt6, impl_lanes, multiply, transform_input, transform_output, Block, Buffers,
     Elem, WinogradKernel, R,
 };
-use tract_core::internal::f16;
 use std::arch::aarch64::*;
 use std::ops::Range;
+use tract_core::internal::f16;
 
 /// f32 lanes of a NEON register.
 const LANES: usize = 4;
@@ -210,7 +210,12 @@ impl<E: NeonElem> WinogradKernel<E> for float32x4_t {
         })
     }
 
-    unsafe fn transform_output(conv: &WinogradConv<E>, buf: Buffers<E>, b: &Block, outs: Range<usize>) {
+    unsafe fn transform_output(
+        conv: &WinogradConv<E>,
+        buf: Buffers<E>,
+        b: &Block,
+        outs: Range<usize>,
+    ) {
         if conv.m == 4 {
             let emit = |y: [float32x4_t; 4], plane, skip, at, n| {
                 // 4x4 transpose: chunk l = outputs 4l..4l + 4 = column l of the 4 phases.

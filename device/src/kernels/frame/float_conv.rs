@@ -202,7 +202,11 @@ fn fuse(
         konst_f32(model, o).is_some_and(|k| {
             k.try_as_plain_ram()
                 .ok()
-                .and_then(|k| k.as_slice::<f32>().ok().map(|v| v.iter().all(|v| *v == 0.0)))
+                .and_then(|k| {
+                    k.as_slice::<f32>()
+                        .ok()
+                        .map(|v| v.iter().all(|v| *v == 0.0))
+                })
                 .unwrap_or(false)
         })
     };

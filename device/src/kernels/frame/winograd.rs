@@ -308,7 +308,12 @@ pub(crate) unsafe fn multiply<K: WinogradKernel<E>, E: Elem>(
 /// residual's at `skip + at`), of which `n` are in the image. `emit` interleaves the columns
 /// and stores them after the epilogue.
 #[inline(always)]
-pub(crate) unsafe fn transform_output<K: WinogradKernel<E>, const A: usize, const M: usize, E: Elem>(
+pub(crate) unsafe fn transform_output<
+    K: WinogradKernel<E>,
+    const A: usize,
+    const M: usize,
+    E: Elem,
+>(
     conv: &WinogradConv<K, E>,
     buf: Buffers<E>,
     b: &Block,
@@ -727,7 +732,12 @@ pub(crate) fn check_against_direct_convolution<K: WinogradKernel<E>, E: Elem>(bo
     // Inputs rounded to E, as f32.
     let round = |v: Vec<f32>| f32s(&tensor1(&v).cast_to::<E>().unwrap());
     let tensor = |shape: &[usize], v: &[f32]| -> TValue {
-        Tensor::from_shape(shape, v).unwrap().cast_to::<E>().unwrap().into_owned().into_tvalue()
+        Tensor::from_shape(shape, v)
+            .unwrap()
+            .cast_to::<E>()
+            .unwrap()
+            .into_owned()
+            .into_tvalue()
     };
     let random = random_f32;
     // (c, k, h, w)
