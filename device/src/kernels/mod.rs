@@ -115,7 +115,7 @@ mod tests {
         {
             let a76 = Kernels::for_cpu(&Cpu { asimd: true, fp16: true, dotprod: true, ..Cpu::default() });
             let names: Vec<_> = a76.passes().map(|p| p.name).collect();
-            assert_eq!(names, ["aarch64-fp32-convs", "aarch64-dotprod-int8-convs"]);
+            assert_eq!(names, ["aarch64-fp32-convs", "aarch64-fp16-convs", "aarch64-dotprod-int8-convs"]);
             let a72 = Kernels::for_cpu(&Cpu { asimd: true, ..Cpu::default() });
             let names: Vec<_> = a72.passes().map(|p| p.name).collect();
             assert_eq!(names, ["aarch64-fp32-convs"]);
@@ -126,7 +126,7 @@ mod tests {
             // With SVE (qemu's max, Neoverse V1/V2) tract's SVE int8 kernels keep the int8 convs.
             let sve = Kernels::for_cpu(&Cpu { asimd: true, fp16: true, dotprod: true, sve: true, ..Cpu::default() });
             let names: Vec<_> = sve.passes().map(|p| p.name).collect();
-            assert_eq!(names, ["aarch64-fp32-convs"]);
+            assert_eq!(names, ["aarch64-fp32-convs", "aarch64-fp16-convs"]);
         }
     }
 }
