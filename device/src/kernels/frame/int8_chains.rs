@@ -30,7 +30,6 @@ pub(crate) struct Int8Chain {
     pub patches: FastIm2Col,
     /// The conv's geometry, where tract packed patches for it (not the 1x1 stride-1 convs it
     /// lowered to plain matrix products): for kernels that read the input directly instead.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub shape: Option<ConvShape>,
     /// The node that made tract's patches (`FastIm2col` or `OptMatMulPack`).
     patch_node: usize,

@@ -13,8 +13,12 @@
 //!   Int8Epilogue`) read back (weights, offsets, epilogue, patches) and swapped for an
 //!   instruction set's int8 conv op (`crate::kernels::x86_64::vnni`,
 //!   `crate::kernels::aarch64::dotprod`), with their shared eval plumbing.
+//! - [`quads`]: the padded input in channel quads those int8 kernels read directly instead of
+//!   patches, and the op writing it (each instruction set writes the rows).
 
 pub mod float_conv;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) mod int8_chains;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) mod quads;
 pub mod winograd;

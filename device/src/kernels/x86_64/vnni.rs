@@ -31,9 +31,10 @@
 //! Elsewhere (aarch64 boards, older x86) the plan keeps tract's kernels. `--threads N` splits the output channels over tract's pool.
 
 use crate::kernels::frame::int8_chains::{self, Int8Chain, Swap};
+use crate::kernels::frame::quads::{Quads, QuadsFill, QuadsOp};
 use crate::kernels::x86_64::avx512::lane_mask;
 use crate::ops::epilogue::Int8Epilogue;
-use crate::ops::im2col::{ConvShape, KernelPatches};
+use crate::ops::im2col::KernelPatches;
 use std::arch::x86_64::*;
 use std::ops::Range;
 use tract_core::internal::*;
@@ -164,20 +165,7 @@ impl VnniConv {
         epilogue: Int8Epilogue,
     ) -> Self {
         let g = &quads.g;
-        let taps = g.kernel.0 * g.kernel.1;
-        let q4 = quads.quads();
-        let reordered: Vec<Vec<i8>> = w
-            .iter()
-            .map(|row| {
-                let mut r = vec![0i8; taps * q4 * 4];
-                for c in 0..g.channels {
-                    for t in 0..taps {
-                        r[(c / 4 * taps + t) * 4 + c % 4] = row[c * taps + t];
-                    }
-                }
-                r
-            })
-            .collect();
+        let reordered = quads.reorder(w);
         let (oh, ow) = (g.out_height, g.out_width);
         let tiles = g.output_lanes();
         let taps = g.tap_offsets();
@@ -210,7 +198,7 @@ impl VnniConv {
     /// The bytes of the patch input.
     fn patch_bytes(&self) -> usize {
         match &self.implicit {
-            Some(i) => i.quads.len(),
+            Some(i) => i.quads.len(PIXELS),
             None => self.panels() * self.panel_len(),
         }
     }
@@ -402,7 +390,11 @@ impl EvalOp for VnniConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (e, len, blocks) = (&self.epilogue, self.patch_bytes(), self.m.div_ceil(CHANNELS));
+        let (e, len, blocks) = (
+            &self.epilogue,
+            self.patch_bytes(),
+            self.m.div_ceil(CHANNELS),
+        );
         // SAFETY: speed_up checked the CPU; eval_conv checks the sizes. Each range of channel
         // blocks writes its own rows of the outputs.
         unsafe {
@@ -421,39 +413,22 @@ impl TypedOp for VnniConv {
     }
 }
 
-/// The layout an implicit [`VnniConv`] reads: the input with its padding (the zero point)
-/// around it, split by row and column phase (`y % stride_y`, `x % stride_x`, as
-/// `crate::ops::im2col` does) so that each kernel tap of consecutive output pixels is a contiguous
-/// run, channels in quads, 4 bytes `x ^ 0x80` per position. Per channel quad, per phase, a
-/// plane of `hq x wq` positions: padded position `(Y, X)` is at `(Y / sy) * wq + X / sx` of
-/// phase `(Y % sy, X % sx)`, byte `c % 4`. The planes cover the extent the kernel taps reach;
-/// the missing channels of the last quad hold the padding (their weights are zero).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Quads {
-    g: ConvShape,
-}
+/// [`Quads`] for `vpdpbusd`: `x ^ 0x80` (unsigned) in 4-byte positions, 16 a tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Vnni;
 
-impl Quads {
-    fn quads(&self) -> usize {
-        self.g.channels.div_ceil(4)
-    }
+/// The input of an implicit [`VnniConv`] ([`Quads`]' layout).
+pub type VnniQuads = QuadsOp<Vnni>;
 
-    /// Positions per channel quad: its planes.
-    fn quad_len(&self) -> usize {
-        self.g.phases() * self.g.plane()
-    }
+impl QuadsFill for Vnni {
+    const NAME: &'static str = "VnniQuads";
+    const LANES: usize = PIXELS;
+    type Byte = u8;
+    const TAIL: u8 = 0x80;
 
-    /// Bytes: every plane, then room for what the last tile's padding lanes read past it (at
-    /// most 15 positions past the last row, plus the taps of the last row).
-    fn len(&self) -> usize {
-        (self.quads() * self.quad_len() + PIXELS + self.g.kernel.1) * 4
-    }
-
-    /// Writes the planes of channel quads `quads` of `x` (`[c][h][w]` i8) padded with `pad`
-    /// into `out`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn fill(&self, x: *const i8, pad: i8, out: *mut u8, quads: Range<usize>) {
-        let g = &self.g;
+    unsafe fn fill(q: &Quads, x: *const i8, pad: i8, out: *mut u8, quads: Range<usize>) {
+        let g = &q.g;
         let (sy, sx) = g.stride;
         let (hp, wp) = g.extent();
         let (wq, plane) = (g.plane_width(), g.plane());
@@ -463,13 +438,13 @@ impl Quads {
         let rows = g.height.min(hp.saturating_sub(top));
         let cols = g.width.min(wp.saturating_sub(left));
         for quad in quads {
-            let dst = out.add(quad * self.quad_len() * 4);
-            std::ptr::write_bytes(dst, pad, self.quad_len() * 4);
+            let dst = out.add(quad * q.quad_len() * 4);
+            std::ptr::write_bytes(dst, pad, q.quad_len() * 4);
             let channels = 4 * quad..(4 * quad + 4).min(g.channels);
             for y in 0..rows {
                 let (yy, py) = ((y + top) / sy, (y + top) % sy);
                 if sx == 2 {
-                    self.fill_row_stride2(x, y, &channels, pad, dst.add(py * sx * plane * 4), yy);
+                    fill_row_stride2(q, x, y, &channels, pad, dst.add(py * sx * plane * 4), yy);
                     continue;
                 }
                 if sx > 2 {
@@ -503,138 +478,56 @@ impl Quads {
     }
 }
 
-impl Quads {
-    /// Input row `y` of the channels `channels` (one quad) into plane row `yy` of the two
-    /// column phases of a stride-2 conv (`planes`: the quad's planes of this row phase): 32
-    /// input columns at a time, widened to 16-bit pairs whose low and high halves are the two
-    /// phases.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn fill_row_stride2(
-        &self,
-        x: *const i8,
-        y: usize,
-        channels: &Range<usize>,
-        pad: u8,
-        planes: *mut u8,
-        yy: usize,
-    ) {
-        let g = &self.g;
-        let (wq, plane) = (g.plane_width(), g.plane());
-        let left = g.pad.1;
-        let cols = g.width.min(g.extent().1.saturating_sub(left));
-        // Input column x0 + 2i + h (h = 0, 1) is padded column X = x0 + 2i + h + left: phase
-        // (h + left) % 2, position (x0 + left + h) / 2 + i (x0 even).
-        let flip = _mm512_set1_epi32(0x80);
-        let low16 = _mm512_set1_epi32(0xffff);
-        let fill = _mm512_set1_epi32(i32::from_ne_bytes([pad; 4]));
-        for x0 in (0..cols).step_by(2 * PIXELS) {
-            let n = (2 * PIXELS).min(cols - x0);
-            let load: __mmask32 = if n == 32 { !0 } else { (1 << n) - 1 };
-            let mut halves = [fill, fill];
-            for (j, c) in channels.clone().enumerate() {
-                let src = x.add((c * g.height + y) * g.width + x0);
-                let pairs = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(load, src));
-                let keep = _mm512_set1_epi32(!(0xff << (8 * j)));
-                let shift = _mm512_set1_epi32(8 * j as i32);
-                for (h, half) in halves.iter_mut().enumerate() {
-                    let b = if h == 0 {
-                        _mm512_and_si512(pairs, low16)
-                    } else {
-                        _mm512_srli_epi32::<16>(pairs)
-                    };
-                    let b = _mm512_xor_si512(b, flip);
-                    *half =
-                        _mm512_or_si512(_mm512_and_si512(*half, keep), _mm512_sllv_epi32(b, shift));
-                }
-            }
-            for (h, half) in halves.iter().enumerate() {
-                // Lanes i with input column x0 + 2i + h < cols.
-                let lanes = (n + 1 - h) / 2;
-                let m = lane_mask(lanes);
-                let phase = (h + left) % 2;
-                let at = phase * plane + yy * wq + (x0 + left + h) / 2;
-                _mm512_mask_storeu_epi32(planes.add(at * 4) as *mut _, m, *half);
+/// Input row `y` of the channels `channels` (one quad) into plane row `yy` of the two
+/// column phases of a stride-2 conv (`planes`: the quad's planes of this row phase): 32
+/// input columns at a time, widened to 16-bit pairs whose low and high halves are the two
+/// phases.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn fill_row_stride2(
+    q: &Quads,
+    x: *const i8,
+    y: usize,
+    channels: &Range<usize>,
+    pad: u8,
+    planes: *mut u8,
+    yy: usize,
+) {
+    let g = &q.g;
+    let (wq, plane) = (g.plane_width(), g.plane());
+    let left = g.pad.1;
+    let cols = g.width.min(g.extent().1.saturating_sub(left));
+    // Input column x0 + 2i + h (h = 0, 1) is padded column X = x0 + 2i + h + left: phase
+    // (h + left) % 2, position (x0 + left + h) / 2 + i (x0 even).
+    let flip = _mm512_set1_epi32(0x80);
+    let low16 = _mm512_set1_epi32(0xffff);
+    let fill = _mm512_set1_epi32(i32::from_ne_bytes([pad; 4]));
+    for x0 in (0..cols).step_by(2 * PIXELS) {
+        let n = (2 * PIXELS).min(cols - x0);
+        let load: __mmask32 = if n == 32 { !0 } else { (1 << n) - 1 };
+        let mut halves = [fill, fill];
+        for (j, c) in channels.clone().enumerate() {
+            let src = x.add((c * g.height + y) * g.width + x0);
+            let pairs = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(load, src));
+            let keep = _mm512_set1_epi32(!(0xff << (8 * j)));
+            let shift = _mm512_set1_epi32(8 * j as i32);
+            for (h, half) in halves.iter_mut().enumerate() {
+                let b = if h == 0 {
+                    _mm512_and_si512(pairs, low16)
+                } else {
+                    _mm512_srli_epi32::<16>(pairs)
+                };
+                let b = _mm512_xor_si512(b, flip);
+                *half = _mm512_or_si512(_mm512_and_si512(*half, keep), _mm512_sllv_epi32(b, shift));
             }
         }
-    }
-}
-
-/// The input of an implicit [`VnniConv`] ([`Quads`]' layout) from an i8 `[1, C, H, W]` or
-/// `[C, H, W]` input and its zero point (the padding value): the input once, instead of
-/// once per kernel tap as patches.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct VnniQuads {
-    quads: Quads,
-}
-
-impl Op for VnniQuads {
-    fn name(&self) -> StaticName {
-        "VnniQuads".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        let g = &self.quads.g;
-        Ok(vec![format!(
-            "{}x{}x{} kernel {:?} stride {:?} pad {:?} -> {} planes of {}x{}",
-            g.channels,
-            g.height,
-            g.width,
-            g.kernel,
-            g.stride,
-            g.pad,
-            self.quads.quads() * g.phases(),
-            g.plane() / g.plane_width(),
-            g.plane_width()
-        )])
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for VnniQuads {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let g = &self.quads.g;
-        let x = &inputs[0];
-        ensure!(
-            x.datum_type() == i8::datum_type()
-                && x.len() == g.channels * g.height * g.width
-                && x.shape().ends_with(&[g.channels, g.height, g.width]),
-            "VnniQuads: input {:?} {:?}, planned for [1, {}, {}, {}] i8",
-            x.datum_type(),
-            x.shape(),
-            g.channels,
-            g.height,
-            g.width
-        );
-        let pad = match inputs.get(1) {
-            Some(t) => t.cast_to_scalar::<i8>()?,
-            None => 0,
-        };
-        let len = self.quads.len();
-        let mut out = unsafe { Tensor::uninitialized_aligned::<u8>(&[len], 64)? };
-        let planes = self.quads.quads();
-        let tail = planes * self.quads.quad_len() * 4;
-        struct Ptrs(*const i8, *mut u8);
-        // SAFETY: each range of planes writes its own bytes of `out`.
-        unsafe impl Sync for Ptrs {}
-        let p = unsafe { Ptrs(x.as_ptr_unchecked::<i8>(), out.as_ptr_mut_unchecked::<u8>()) };
-        crate::ops::parallel::for_ranges(planes, |r| unsafe {
-            let p = &p;
-            self.quads.fill(p.0, pad, p.1, r)
-        });
-        // The room past the last plane: any initialized bytes (only padding lanes read them).
-        unsafe { out.as_slice_mut_unchecked::<u8>()[tail..].fill(0x80) };
-        Ok(tvec!(out.into_tvalue()))
-    }
-}
-
-impl TypedOp for VnniQuads {
-    as_op!();
-
-    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(u8::fact([self.quads.len()])))
+        for (h, half) in halves.iter().enumerate() {
+            // Lanes i with input column x0 + 2i + h < cols.
+            let lanes = (n + 1 - h) / 2;
+            let m = lane_mask(lanes);
+            let phase = (h + left) % 2;
+            let at = phase * plane + yy * wq + (x0 + left + h) / 2;
+            _mm512_mask_storeu_epi32(planes.add(at * 4) as *mut _, m, *half);
+        }
     }
 }
 
@@ -646,10 +539,15 @@ fn kernel(chain: Int8Chain) -> Option<Swap> {
     // padding channels would cost a third more products there.)
     if let Some(g) = chain.shape.clone().filter(|g| g.channels.is_multiple_of(4)) {
         let quads = Quads { g };
-        let Int8Chain { w, offsets, epilogue, .. } = chain;
+        let Int8Chain {
+            w,
+            offsets,
+            epilogue,
+            ..
+        } = chain;
         return Some(Swap {
             conv: Box::new(VnniConv::implicit(&w, &offsets, quads.clone(), epilogue)),
-            input: Box::new(VnniQuads { quads }),
+            input: Box::new(VnniQuads::new(quads)),
             input_suffix: "quads",
         });
     }
@@ -670,10 +568,6 @@ pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::quantize::{quantize, FastQuantize};
-    use tract_linalg::multithread::{multithread_tract_scope, Executor};
-
-    use crate::ops::test_util::random_i8 as random;
 
     /// The implicit kernel (`VnniQuads` -> `VnniConv::implicit`) against a scalar integer
     /// convolution (zero-point padding) and `Int8Epilogue`'s f32 steps, bit for bit: strides 1
@@ -681,10 +575,6 @@ mod tests {
     /// and 7, paddings 0 to 3, on one and two threads.
     #[test]
     fn implicit_kernel_equals_scalar_convolution() {
-        if !crate::cpu::Cpu::get().avx512_vnni {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI (the plan keeps tract's kernels)");
-            return;
-        }
         // (channels, h, w, kernel, stride, pad, out channels)
         let cases = [
             (4, 9, 11, 3, 1, 1, 20),
@@ -697,97 +587,11 @@ mod tests {
             (8, 13, 9, 3, 3, 0, 16),
             (4, 5, 3, 3, 1, 2, 5),
         ];
-        for (case, &(c, h, w, k, s, p, m)) in cases.iter().enumerate() {
-            let mut next = random(case as u64 + 99);
-            let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
-            let kk = c * k * k;
-            let wts: Vec<Vec<i8>> = (0..m).map(|_| (0..kk).map(|_| next()).collect()).collect();
-            let x: Vec<i8> = (0..c * h * w).map(|_| next()).collect();
-            let zp = next();
-            let offsets: Vec<i32> = (0..m).map(|o| o as i32 * 311 - 5000).collect();
-            let scale: Vec<f32> = (0..m).map(|o| 1e-3 * (1.0 + o as f32 / 5.0)).collect();
-            let residual: Vec<f32> = (0..m * oh * ow).map(|i| i as f32 * 1e-3 - 2.0).collect();
-            let q = FastQuantize {
-                scale: 7.25,
-                zero_point: -3,
-            };
-            let epilogue = Int8Epilogue {
-                scale: scale.clone(),
-                residual: true,
-                relu: case % 2 == 0,
-                quantize: Some(q.clone()),
-                keep_f32: true,
-                shape: tvec![1, m, oh * ow],
-            };
-            let shape = ConvShape {
-                channels: c,
-                height: h,
-                width: w,
-                kernel: (k, k),
-                stride: (s, s),
-                pad: (p, p),
-                out_height: oh,
-                out_width: ow,
-            };
-            let quads = Quads { g: shape };
-            let fill = VnniQuads {
-                quads: quads.clone(),
-            };
-            let conv = VnniConv::implicit(&wts, &offsets, quads, epilogue.clone());
-            let input = tvec![
-                Tensor::from_shape(&[1, c, h, w], &x).unwrap().into_tvalue(),
-                tensor0(zp).into_tvalue(),
-            ];
-            let run = || {
-                let ctx = EvalContext::out_of_plan();
-                let patches = fill.eval(&ctx, input.clone()).unwrap().remove(0);
-                let r = Tensor::from_shape(&[1, m, oh * ow], &residual).unwrap();
-                conv.eval(&ctx, tvec![patches, r.into_tvalue()]).unwrap()
-            };
-            let one = run();
-            let two = multithread_tract_scope(Executor::multithread(2), run);
-            assert_eq!(one, two, "case {case}: threads differ");
-            let got_f = one[0]
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap();
-            let got_i = one[1].try_as_plain_ram().unwrap().as_slice::<i8>().unwrap();
-            for o in 0..m {
-                for y in 0..oh {
-                    for xo in 0..ow {
-                        let mut sum = 0i32;
-                        for ci in 0..c {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let (iy, ix) = (y * s + ky, xo * s + kx);
-                                    let v = if iy < p || ix < p || iy - p >= h || ix - p >= w {
-                                        zp
-                                    } else {
-                                        x[(ci * h + iy - p) * w + ix - p]
-                                    };
-                                    let wv = wts[o][(ci * k + ky) * k + kx];
-                                    sum += i32::from(wv) * i32::from(v);
-                                }
-                            }
-                        }
-                        let at = (o * oh + y) * ow + xo;
-                        let mut v = (sum + offsets[o]) as f32 * scale[o] + residual[at];
-                        if epilogue.relu {
-                            v = v.max(0.0);
-                        }
-                        assert_eq!(
-                            got_f[at].to_bits(),
-                            v.to_bits(),
-                            "case {case} channel {o} at ({y}, {xo}): {} vs {v}",
-                            got_f[at]
-                        );
-                        let want = quantize(v, q.scale, i32::from(q.zero_point));
-                        assert_eq!(got_i[at], want, "case {case} channel {o} at ({y}, {xo})");
-                    }
-                }
-            }
-        }
+        crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Vnni, _>(
+            (crate::cpu::Cpu::get().avx512_vnni, "AVX-512 VNNI"),
+            &cases,
+            VnniConv::implicit,
+        );
     }
 
     /// The kernel against a scalar evaluation of the same function, bit for bit, on sizes that
