@@ -205,6 +205,41 @@ impl SdotConv {
     /// values each.
     #[target_feature(enable = "neon,dotprod")]
     unsafe fn run(&self, buf: Buffers, blocks: Range<usize>) {
+        // The epilogue's steps are the same for every tile: one loop each (no flag tests per
+        // channel, the accumulators stay in registers).
+        let (f, i) = (buf.f32_out.is_some(), buf.i8_out.is_some() && buf.quantize.is_some());
+        match (buf.residual.is_some(), self.epilogue.relu) {
+            (false, false) => self.run_outputs::<false, false>(f, i, buf, blocks),
+            (false, true) => self.run_outputs::<false, true>(f, i, buf, blocks),
+            (true, false) => self.run_outputs::<true, false>(f, i, buf, blocks),
+            (true, true) => self.run_outputs::<true, true>(f, i, buf, blocks),
+        }
+    }
+
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn run_outputs<const RES: bool, const RELU: bool>(
+        &self,
+        f32_out: bool,
+        i8_out: bool,
+        buf: Buffers,
+        blocks: Range<usize>,
+    ) {
+        match (f32_out, i8_out) {
+            (false, false) => self.run_with::<RES, RELU, false, false>(buf, blocks),
+            (false, true) => self.run_with::<RES, RELU, false, true>(buf, blocks),
+            (true, false) => self.run_with::<RES, RELU, true, false>(buf, blocks),
+            (true, true) => self.run_with::<RES, RELU, true, true>(buf, blocks),
+        }
+    }
+
+    /// [`SdotConv::run`] with the epilogue's steps fixed: the residual, ReLU, the f32 output
+    /// and the i8 output.
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn run_with<const RES: bool, const RELU: bool, const F32: bool, const I8: bool>(
+        &self,
+        buf: Buffers,
+        blocks: Range<usize>,
+    ) {
         let panel_len = self.panel_len();
         if let Some(i) = &self.implicit {
             let q = &i.quads;
@@ -216,7 +251,7 @@ impl SdotConv {
                 for &(at, p0, lanes) in &i.tiles {
                     let x = buf.patches.add(at * 4);
                     let acc = dot_3x3(w, x, q.quads(), quad_bytes, row_bytes, &self.offsets[c0..]);
-                    self.finish(&acc, c0, p0, lanes, buf);
+                    self.finish::<RES, RELU, F32, I8>(&acc, c0, p0, lanes, buf);
                 }
             }
             return;
@@ -233,46 +268,53 @@ impl SdotConv {
                     &self.offsets[c0..],
                 );
                 let p0 = panel * PIXELS;
-                self.finish(&acc, c0, p0, PIXELS.min(self.n - p0), buf);
+                self.finish::<RES, RELU, F32, I8>(&acc, c0, p0, PIXELS.min(self.n - p0), buf);
             }
         }
     }
 
     /// The epilogue of one tile: channels `c0..c0 + 8` (those below `m`), output pixels
-    /// `p0..p0 + lanes`.
+    /// `p0..p0 + lanes`; the steps (`RES`idual, `RELU`, `F32` and `I8` outputs) are the op's.
     #[target_feature(enable = "neon,dotprod")]
     #[inline]
-    unsafe fn finish(&self, acc: &Tile, c0: usize, p0: usize, lanes: usize, buf: Buffers) {
-        let e = &self.epilogue;
+    unsafe fn finish<const RES: bool, const RELU: bool, const F32: bool, const I8: bool>(
+        &self,
+        acc: &Tile,
+        c0: usize,
+        p0: usize,
+        lanes: usize,
+        buf: Buffers,
+    ) {
         let zero = vdupq_n_f32(0.0);
+        let (qscale, qzero) = buf.quantize.unwrap_or((1.0, 0));
+        let (qscale, qzero) = (vdupq_n_f32(qscale), vdupq_n_s32(qzero));
+        let scale = self.epilogue.scale.as_ptr();
         for (j, acc) in acc.iter().enumerate().take(self.m.saturating_sub(c0)) {
             let c = c0 + j;
             let at = c * self.n + p0;
-            let scale = vdupq_n_f32(e.scale[c]);
+            let s = vld1q_dup_f32(scale.add(c));
             // As Int8Epilogue: acc as f32 * scale (+ residual) (max 0).
-            let mut v = [
-                vmulq_f32(vcvtq_f32_s32(acc[0]), scale),
-                vmulq_f32(vcvtq_f32_s32(acc[1]), scale),
-            ];
-            if let Some(r) = buf.residual {
-                let r = load(r.add(at), lanes);
+            let mut v = [vmulq_f32(vcvtq_f32_s32(acc[0]), s), vmulq_f32(vcvtq_f32_s32(acc[1]), s)];
+            if RES {
+                let r = load(buf.residual.unwrap_unchecked().add(at), lanes);
                 v = [vaddq_f32(v[0], r[0]), vaddq_f32(v[1], r[1])];
             }
-            if e.relu {
+            if RELU {
                 // f32::max: the number where one side is a NaN (fmaxnm).
                 v = [vmaxnmq_f32(v[0], zero), vmaxnmq_f32(v[1], zero)];
             }
-            if let Some(out) = buf.f32_out {
-                store(out.add(at), lanes, v);
+            if F32 {
+                store(buf.f32_out.unwrap_unchecked().add(at), lanes, v);
             }
-            if let (Some(out), Some((scale, zero_point))) = (buf.i8_out, buf.quantize) {
-                let q = quantize(v, scale, zero_point);
+            if I8 {
+                let q = quantize(v, qscale, qzero);
+                let out = buf.i8_out.unwrap_unchecked().add(at);
                 if lanes == PIXELS {
-                    vst1_s8(out.add(at), q);
+                    vst1_s8(out, q);
                 } else {
                     let mut bytes = [0i8; PIXELS];
                     vst1_s8(bytes.as_mut_ptr(), q);
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.add(at), lanes);
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), out, lanes);
                 }
             }
         }
@@ -306,27 +348,17 @@ unsafe fn store(p: *mut f32, lanes: usize, v: [float32x4_t; 2]) {
     std::ptr::copy_nonoverlapping(out.as_ptr(), p, lanes);
 }
 
-/// `crate::ops::quantize::quantize` on 8 lanes: `clamp(round_ties_even(clamp(v * scale, +-1024))
-/// + zero_point, -128, 127)`, NaN -> `zero_point`.
+/// `crate::ops::quantize::quantize` on 8 lanes (`scale`, `zero_point` in every lane):
+/// `clamp(round_ties_even(clamp(v * scale, +-1024)) + zero_point, -128, 127)`, NaN ->
+/// `zero_point`. On NEON without the inner clamp and the NaN mask, the same bytes: `fcvtns`
+/// rounds to nearest even, turns a NaN into 0 and saturates at the i32 range, the zero point
+/// is added saturating and the narrowing saturates, so beyond +-1024 the result is 127 or
+/// -128 either way.
 #[target_feature(enable = "neon")]
 #[inline]
-unsafe fn quantize(v: [float32x4_t; 2], scale: f32, zero_point: i32) -> int8x8_t {
-    let (scale, zp) = (vdupq_n_f32(scale), vdupq_n_s32(zero_point));
-    let (lo, hi) = (quantize4(v[0], scale, zp), quantize4(v[1], scale, zp));
-    // In -1152..=1151: exact in i16, then saturated to i8.
-    vqmovn_s16(vcombine_s16(vqmovn_s32(lo), vqmovn_s32(hi)))
-}
-
-/// [`quantize`] on 4 lanes, before the saturation to i8.
-#[target_feature(enable = "neon")]
-#[inline]
-unsafe fn quantize4(v: float32x4_t, scale: float32x4_t, zp: int32x4_t) -> int32x4_t {
-    let v = vmulq_f32(v, scale);
-    // NaN -> 0: its lanes are not equal to themselves.
-    let v = vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(v), vceqq_f32(v, v)));
-    let v = vminq_f32(vmaxq_f32(v, vdupq_n_f32(-1024.0)), vdupq_n_f32(1024.0));
-    // fcvtns: to nearest, ties to even.
-    vaddq_s32(vcvtnq_s32_f32(v), zp)
+unsafe fn quantize(v: [float32x4_t; 2], scale: float32x4_t, zero_point: int32x4_t) -> int8x8_t {
+    let q = |v| vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(v, scale)), zero_point);
+    vqmovn_s16(vcombine_s16(vqmovn_s32(q(v[0])), vqmovn_s32(q(v[1]))))
 }
 
 /// One tile's integer sums: 8 channels (`w`: per step, 8 x 4 signed bytes) by 8 pixels (`x`:
@@ -414,79 +446,87 @@ unsafe fn dot(w: *const i8, x: *const i8, k4: usize, offsets: &[i32]) -> Tile {
 /// first quad's, tap (0, 0)), over `quads` channel quads (`quad_bytes` apart), the taps of
 /// kernel row `ky` `ky * row_bytes` further and of column `kx` `4 * kx` bytes, plus
 /// `offsets[j]` for channel `j`.
+///
+/// Per quad, 164 instructions for 144 `sdot`: one `ld1` of two registers per tap (its 8
+/// positions, the pointer then moved on by one position for the next column), one `ld1` of
+/// four registers per two taps' weights. (`ld1` lists take consecutive registers: the operands
+/// are v0-v5, the accumulators wherever the compiler puts them.)
 #[target_feature(enable = "neon,dotprod")]
 #[inline]
-unsafe fn dot_3x3(
-    w: *const i8,
-    x: *const i8,
-    quads: usize,
-    quad_bytes: usize,
-    row_bytes: usize,
-    offsets: &[i32],
-) -> Tile {
+unsafe fn dot_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usize, row_bytes: usize, offsets: &[i32]) -> Tile {
     let mut a: Tile = std::array::from_fn(|j| [vdupq_n_s32(offsets[j]); 2]);
-    // One tap: its 8 positions (x0: 0-3, x1: 4-7) at `off` bytes from row pointer `p`.
-    macro_rules! tap {
-        ($p:literal, $off:literal, $off16:literal) => {
+    // The 16 sdot of one tap: positions v0 (0-3), v1 (4-7), weights `$lo` (channels 0-3) and
+    // `$hi` (4-7).
+    macro_rules! sdots {
+        ($lo:literal, $hi:literal) => {
             concat!(
-                "ldur {x0:q}, [{",
-                $p,
-                "}, #",
-                $off,
-                "]\n",
-                "ldur {x1:q}, [{",
-                $p,
-                "}, #",
-                $off16,
-                "]\n",
-                "ldp {w0:q}, {w1:q}, [{w}], #32\n",
-                "sdot {a00:v}.4s, {x0:v}.16b, {w0:v}.4b[0]\n",
-                "sdot {a01:v}.4s, {x1:v}.16b, {w0:v}.4b[0]\n",
-                "sdot {a10:v}.4s, {x0:v}.16b, {w0:v}.4b[1]\n",
-                "sdot {a11:v}.4s, {x1:v}.16b, {w0:v}.4b[1]\n",
-                "sdot {a20:v}.4s, {x0:v}.16b, {w0:v}.4b[2]\n",
-                "sdot {a21:v}.4s, {x1:v}.16b, {w0:v}.4b[2]\n",
-                "sdot {a30:v}.4s, {x0:v}.16b, {w0:v}.4b[3]\n",
-                "sdot {a31:v}.4s, {x1:v}.16b, {w0:v}.4b[3]\n",
-                "sdot {a40:v}.4s, {x0:v}.16b, {w1:v}.4b[0]\n",
-                "sdot {a41:v}.4s, {x1:v}.16b, {w1:v}.4b[0]\n",
-                "sdot {a50:v}.4s, {x0:v}.16b, {w1:v}.4b[1]\n",
-                "sdot {a51:v}.4s, {x1:v}.16b, {w1:v}.4b[1]\n",
-                "sdot {a60:v}.4s, {x0:v}.16b, {w1:v}.4b[2]\n",
-                "sdot {a61:v}.4s, {x1:v}.16b, {w1:v}.4b[2]\n",
-                "sdot {a70:v}.4s, {x0:v}.16b, {w1:v}.4b[3]\n",
-                "sdot {a71:v}.4s, {x1:v}.16b, {w1:v}.4b[3]\n",
+                "sdot {a00:v}.4s, v0.16b, ", $lo, ".4b[0]\n",
+                "sdot {a01:v}.4s, v1.16b, ", $lo, ".4b[0]\n",
+                "sdot {a10:v}.4s, v0.16b, ", $lo, ".4b[1]\n",
+                "sdot {a11:v}.4s, v1.16b, ", $lo, ".4b[1]\n",
+                "sdot {a20:v}.4s, v0.16b, ", $lo, ".4b[2]\n",
+                "sdot {a21:v}.4s, v1.16b, ", $lo, ".4b[2]\n",
+                "sdot {a30:v}.4s, v0.16b, ", $lo, ".4b[3]\n",
+                "sdot {a31:v}.4s, v1.16b, ", $lo, ".4b[3]\n",
+                "sdot {a40:v}.4s, v0.16b, ", $hi, ".4b[0]\n",
+                "sdot {a41:v}.4s, v1.16b, ", $hi, ".4b[0]\n",
+                "sdot {a50:v}.4s, v0.16b, ", $hi, ".4b[1]\n",
+                "sdot {a51:v}.4s, v1.16b, ", $hi, ".4b[1]\n",
+                "sdot {a60:v}.4s, v0.16b, ", $hi, ".4b[2]\n",
+                "sdot {a61:v}.4s, v1.16b, ", $hi, ".4b[2]\n",
+                "sdot {a70:v}.4s, v0.16b, ", $hi, ".4b[3]\n",
+                "sdot {a71:v}.4s, v1.16b, ", $hi, ".4b[3]\n",
             )
         };
     }
-    // Per quad: the three kernel rows' pointers, then the 9 taps.
     asm!(
         "2:",
-        "add {p1}, {p0}, {rb}",
-        "add {p2}, {p1}, {rb}",
-        tap!("p0", "0", "16"),
-        tap!("p0", "4", "20"),
-        tap!("p0", "8", "24"),
-        tap!("p1", "0", "16"),
-        tap!("p1", "4", "20"),
-        tap!("p1", "8", "24"),
-        tap!("p2", "0", "16"),
-        tap!("p2", "4", "20"),
-        tap!("p2", "8", "24"),
-        "add {p0}, {p0}, {qb}",
+        // Kernel row 0: taps 0, 1, 2.
+        "mov {p}, {b}",
+        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
+        "ld1 {{v0.16b, v1.16b}}, [{p}], {four}",
+        sdots!("v2", "v3"),
+        "ld1 {{v0.16b, v1.16b}}, [{p}], {four}",
+        sdots!("v4", "v5"),
+        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
+        "ld1 {{v0.16b, v1.16b}}, [{p}]",
+        sdots!("v2", "v3"),
+        // Kernel row 1: taps 3, 4, 5.
+        "add {p}, {b}, {rb}",
+        "ld1 {{v0.16b, v1.16b}}, [{p}], {four}",
+        sdots!("v4", "v5"),
+        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
+        "ld1 {{v0.16b, v1.16b}}, [{p}], {four}",
+        sdots!("v2", "v3"),
+        "ld1 {{v0.16b, v1.16b}}, [{p}]",
+        sdots!("v4", "v5"),
+        // Kernel row 2: taps 6, 7, 8.
+        "add {p}, {b}, {rb2}",
+        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
+        "ld1 {{v0.16b, v1.16b}}, [{p}], {four}",
+        sdots!("v2", "v3"),
+        "ld1 {{v0.16b, v1.16b}}, [{p}], {four}",
+        sdots!("v4", "v5"),
+        "ldp q2, q3, [{w}], #32",
+        "ld1 {{v0.16b, v1.16b}}, [{p}]",
+        sdots!("v2", "v3"),
+        "add {b}, {b}, {qb}",
         "subs {n}, {n}, #1",
         "b.ne 2b",
-        p0 = inout(reg) x => _,
-        p1 = out(reg) _,
-        p2 = out(reg) _,
+        b = inout(reg) x => _,
+        p = out(reg) _,
         rb = in(reg) row_bytes,
+        rb2 = in(reg) 2 * row_bytes,
         qb = in(reg) quad_bytes,
+        four = in(reg) 4usize,
         w = inout(reg) w => _,
         n = inout(reg) quads => _,
-        x0 = out(vreg) _,
-        x1 = out(vreg) _,
-        w0 = out(vreg_low16) _,
-        w1 = out(vreg_low16) _,
+        out("v0") _,
+        out("v1") _,
+        out("v2") _,
+        out("v3") _,
+        out("v4") _,
+        out("v5") _,
         a00 = inout(vreg) a[0][0],
         a01 = inout(vreg) a[0][1],
         a10 = inout(vreg) a[1][0],
