@@ -113,13 +113,13 @@ fn check(arch: &str) {
     // The device's own glue replaced tract's (device::ops::epilogue, im2col): no tract `Im2col` left.
     // With AVX-512 VNNI, device::kernels::x86_64::vnni took over every conv with an epilogue, 1x1
     // ones included; with dotprod on aarch64, device::kernels::aarch64::dotprod. Both read the
-    // padded input of their 3x3 convs directly (VnniQuads, SdotQuads).
+    // padded input of their 3x3 convs directly (VnniQuads, NeonQuads).
     let cpu = device::cpu::Cpu::get();
     let (ops, own_kernel) = if cpu.avx512_vnni {
         (["VnniConv", "VnniQuads"], true)
     } else if cfg!(target_arch = "aarch64") && cpu.dotprod && !cpu.sve {
         // (With SVE tract runs its SVE kernels: `kernels::aarch64::dotprod::takes_over`.)
-        (["SdotConv", "SdotQuads"], true)
+        (["SdotConv", "NeonQuads"], true)
     } else {
         (["Int8Epilogue", "FastIm2col"], false)
     };

@@ -18,7 +18,7 @@
 //! kernel alone against a scalar reference below).
 //!
 //! Input: the 3x3 stride-1 convs (13 of ResNet-18's 20 convs, 85% of its products) read
-//! the input directly - no im2col. [`SdotQuads`] writes the input once with its zero-point
+//! the input directly - no im2col. [`NeonQuads`] writes the input once with its zero-point
 //! padding around it, 4 channels per 32-bit position ([`Quads`], the layout x86's VNNI kernel
 //! reads too); a tile is 8 consecutive output pixels of one row, and each of its 9 kernel taps
 //! per channel quad is then 32 contiguous bytes at a fixed offset (`ldur`). Patches were 9
@@ -32,8 +32,11 @@
 //! (`crate::kernels::frame::int8_chains`) on CPUs with dotprod (`crate::kernels::aarch64::plug`).
 //! `--threads N` splits the output channels over tract's pool.
 
+use crate::kernels::aarch64::int8::{
+    finish, run_tiles, Buffers, NeonQuads, Tile, Tiles, CHANNELS, PIXELS,
+};
 use crate::kernels::frame::int8_chains::{self, Int8Chain, Swap};
-use crate::kernels::frame::quads::{Quads, QuadsFill, QuadsOp};
+use crate::kernels::frame::quads::Quads;
 use crate::ops::epilogue::Int8Epilogue;
 use crate::ops::im2col::{ConvShape, KernelPatches};
 use std::arch::aarch64::*;
@@ -41,10 +44,6 @@ use std::arch::asm;
 use std::ops::Range;
 use tract_core::internal::*;
 
-/// Output channels per tile: 8 (two registers of 4 channels x 4 weight bytes per step).
-const CHANNELS: usize = 8;
-/// Output pixels per tile: the lanes of a patch panel (two registers of 4 pixels x 4 bytes).
-const PIXELS: usize = 8;
 /// Bytes of patches (or weights) per tile and step of 4 along k.
 const STEP: usize = 4 * PIXELS;
 
@@ -63,11 +62,11 @@ pub struct SdotConv {
     /// and zero-point terms.
     offsets: Vec<i32>,
     epilogue: Int8Epilogue,
-    /// 3x3 stride-1 convs read [`SdotQuads`]' padded input instead of patches.
+    /// 3x3 stride-1 convs read [`NeonQuads`]' padded input instead of patches.
     implicit: Option<Implicit>,
 }
 
-/// How a [`SdotConv`] reads the padded input of [`SdotQuads`] directly (3x3 stride-1 convs):
+/// How a [`SdotConv`] reads the padded input of [`NeonQuads`] directly (3x3 stride-1 convs):
 /// a tile is 8 consecutive output pixels of one output row, which are 8 consecutive positions
 /// of a plane row for every kernel tap; a step is a channel quad and a tap.
 #[derive(Clone, PartialEq)]
@@ -114,11 +113,7 @@ impl Op for SdotConv {
     op_as_typed_op!();
 }
 
-/// The patches are i8.
-type Buffers = int8_chains::Buffers<i8>;
 
-/// One tile's accumulators: per channel, pixels 0-3 and 4-7.
-type Tile = [[int32x4_t; 2]; CHANNELS];
 
 impl SdotConv {
     /// The kernel, as `device inspect` and the tests name it.
@@ -197,43 +192,9 @@ impl SdotConv {
     fn panels(&self) -> usize {
         self.n.div_ceil(PIXELS)
     }
+}
 
-    /// Runs the tiles of channel blocks `blocks`.
-    ///
-    /// # Safety
-    /// The CPU has dotprod; the buffers hold `panels * panel_len` patch bytes and `m * n`
-    /// values each.
-    #[target_feature(enable = "neon,dotprod")]
-    unsafe fn run(&self, buf: Buffers, blocks: Range<usize>) {
-        // The epilogue's steps are the same for every tile: one loop each (no flag tests per
-        // channel, the accumulators stay in registers).
-        let (f, i) = (buf.f32_out.is_some(), buf.i8_out.is_some() && buf.quantize.is_some());
-        match (buf.residual.is_some(), self.epilogue.relu) {
-            (false, false) => self.run_outputs::<false, false>(f, i, buf, blocks),
-            (false, true) => self.run_outputs::<false, true>(f, i, buf, blocks),
-            (true, false) => self.run_outputs::<true, false>(f, i, buf, blocks),
-            (true, true) => self.run_outputs::<true, true>(f, i, buf, blocks),
-        }
-    }
-
-    #[target_feature(enable = "neon,dotprod")]
-    unsafe fn run_outputs<const RES: bool, const RELU: bool>(
-        &self,
-        f32_out: bool,
-        i8_out: bool,
-        buf: Buffers,
-        blocks: Range<usize>,
-    ) {
-        match (f32_out, i8_out) {
-            (false, false) => self.run_with::<RES, RELU, false, false>(buf, blocks),
-            (false, true) => self.run_with::<RES, RELU, false, true>(buf, blocks),
-            (true, false) => self.run_with::<RES, RELU, true, false>(buf, blocks),
-            (true, true) => self.run_with::<RES, RELU, true, true>(buf, blocks),
-        }
-    }
-
-    /// [`SdotConv::run`] with the epilogue's steps fixed: the residual, ReLU, the f32 output
-    /// and the i8 output.
+impl Tiles for SdotConv {
     #[target_feature(enable = "neon,dotprod")]
     unsafe fn run_with<const RES: bool, const RELU: bool, const F32: bool, const I8: bool>(
         &self,
@@ -251,7 +212,7 @@ impl SdotConv {
                 for &(at, p0, lanes) in &i.tiles {
                     let x = buf.patches.add(at * 4);
                     let acc = dot_3x3(w, x, q.quads(), quad_bytes, row_bytes, &self.offsets[c0..]);
-                    self.finish::<RES, RELU, F32, I8>(&acc, c0, p0, lanes, buf);
+                    finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &acc, c0, p0, lanes, buf);
                 }
             }
             return;
@@ -268,97 +229,12 @@ impl SdotConv {
                     &self.offsets[c0..],
                 );
                 let p0 = panel * PIXELS;
-                self.finish::<RES, RELU, F32, I8>(&acc, c0, p0, PIXELS.min(self.n - p0), buf);
+                finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &acc, c0, p0, PIXELS.min(self.n - p0), buf);
             }
         }
     }
 
-    /// The epilogue of one tile: channels `c0..c0 + 8` (those below `m`), output pixels
-    /// `p0..p0 + lanes`; the steps (`RES`idual, `RELU`, `F32` and `I8` outputs) are the op's.
-    #[target_feature(enable = "neon,dotprod")]
-    #[inline]
-    unsafe fn finish<const RES: bool, const RELU: bool, const F32: bool, const I8: bool>(
-        &self,
-        acc: &Tile,
-        c0: usize,
-        p0: usize,
-        lanes: usize,
-        buf: Buffers,
-    ) {
-        let zero = vdupq_n_f32(0.0);
-        let (qscale, qzero) = buf.quantize.unwrap_or((1.0, 0));
-        let (qscale, qzero) = (vdupq_n_f32(qscale), vdupq_n_s32(qzero));
-        let scale = self.epilogue.scale.as_ptr();
-        for (j, acc) in acc.iter().enumerate().take(self.m.saturating_sub(c0)) {
-            let c = c0 + j;
-            let at = c * self.n + p0;
-            let s = vld1q_dup_f32(scale.add(c));
-            // As Int8Epilogue: acc as f32 * scale (+ residual) (max 0).
-            let mut v = [vmulq_f32(vcvtq_f32_s32(acc[0]), s), vmulq_f32(vcvtq_f32_s32(acc[1]), s)];
-            if RES {
-                let r = load(buf.residual.unwrap_unchecked().add(at), lanes);
-                v = [vaddq_f32(v[0], r[0]), vaddq_f32(v[1], r[1])];
-            }
-            if RELU {
-                // f32::max: the number where one side is a NaN (fmaxnm).
-                v = [vmaxnmq_f32(v[0], zero), vmaxnmq_f32(v[1], zero)];
-            }
-            if F32 {
-                store(buf.f32_out.unwrap_unchecked().add(at), lanes, v);
-            }
-            if I8 {
-                let q = quantize(v, qscale, qzero);
-                let out = buf.i8_out.unwrap_unchecked().add(at);
-                if lanes == PIXELS {
-                    vst1_s8(out, q);
-                } else {
-                    let mut bytes = [0i8; PIXELS];
-                    vst1_s8(bytes.as_mut_ptr(), q);
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), out, lanes);
-                }
-            }
-        }
-    }
-}
 
-/// `lanes` (1 to 8) f32 at `p`, in two registers (zeros past `lanes`).
-#[target_feature(enable = "neon")]
-#[inline]
-unsafe fn load(p: *const f32, lanes: usize) -> [float32x4_t; 2] {
-    if lanes == PIXELS {
-        return [vld1q_f32(p), vld1q_f32(p.add(4))];
-    }
-    let mut v = [0f32; PIXELS];
-    std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), lanes);
-    [vld1q_f32(v.as_ptr()), vld1q_f32(v.as_ptr().add(4))]
-}
-
-/// The first `lanes` (1 to 8) f32 of `v` to `p`.
-#[target_feature(enable = "neon")]
-#[inline]
-unsafe fn store(p: *mut f32, lanes: usize, v: [float32x4_t; 2]) {
-    if lanes == PIXELS {
-        vst1q_f32(p, v[0]);
-        vst1q_f32(p.add(4), v[1]);
-        return;
-    }
-    let mut out = [0f32; PIXELS];
-    vst1q_f32(out.as_mut_ptr(), v[0]);
-    vst1q_f32(out.as_mut_ptr().add(4), v[1]);
-    std::ptr::copy_nonoverlapping(out.as_ptr(), p, lanes);
-}
-
-/// `crate::ops::quantize::quantize` on 8 lanes (`scale`, `zero_point` in every lane):
-/// `clamp(round_ties_even(clamp(v * scale, +-1024)) + zero_point, -128, 127)`, NaN ->
-/// `zero_point`. On NEON without the inner clamp and the NaN mask, the same bytes: `fcvtns`
-/// rounds to nearest even, turns a NaN into 0 and saturates at the i32 range, the zero point
-/// is added saturating and the narrowing saturates, so beyond +-1024 the result is 127 or
-/// -128 either way.
-#[target_feature(enable = "neon")]
-#[inline]
-unsafe fn quantize(v: [float32x4_t; 2], scale: float32x4_t, zero_point: int32x4_t) -> int8x8_t {
-    let q = |v| vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(v, scale)), zero_point);
-    vqmovn_s16(vcombine_s16(vqmovn_s32(q(v[0])), vqmovn_s32(q(v[1]))))
 }
 
 /// One tile's integer sums: 8 channels (`w`: per step, 8 x 4 signed bytes) by 8 pixels (`x`:
@@ -441,7 +317,7 @@ unsafe fn dot(w: *const i8, x: *const i8, k4: usize, offsets: &[i32]) -> Tile {
     a
 }
 
-/// [`dot`] on the padded input of [`SdotQuads`] for a 3x3 stride-1 conv: 8 channels (`w`:
+/// [`dot`] on the padded input of [`NeonQuads`] for a 3x3 stride-1 conv: 8 channels (`w`:
 /// per step 8 x 4 bytes; steps by channel quad, then tap) by the 8 positions from `x` (the
 /// first quad's, tap (0, 0)), over `quads` channel quads (`quad_bytes` apart), the taps of
 /// kernel row `ky` `ky * row_bytes` further and of column `kx` `4 * kx` bytes, plus
@@ -548,90 +424,6 @@ unsafe fn dot_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usize, r
     a
 }
 
-/// [`Quads`] for `sdot`: the input's signed bytes as they are, in 4-byte positions, 8 a tile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Sdot;
-
-/// The input of an implicit [`SdotConv`] ([`Quads`]' layout).
-pub type SdotQuads = QuadsOp<Sdot>;
-
-impl QuadsFill for Sdot {
-    const NAME: &'static str = "SdotQuads";
-    const LANES: usize = PIXELS;
-    type Byte = i8;
-    const TAIL: i8 = 0;
-
-    /// Stride 1 (the convs [`SdotConv`] reads directly): 16 columns of the quad's 4 channel
-    /// rows at a time, interleaved by two zip steps into 16 positions; other strides byte by
-    /// byte.
-    #[target_feature(enable = "neon")]
-    unsafe fn fill(q: &Quads, x: *const i8, pad: i8, out: *mut i8, quads: Range<usize>) {
-        let g = &q.g;
-        let (sy, sx) = g.stride;
-        let (hp, wp) = g.extent();
-        let (wq, plane) = (g.plane_width(), g.plane());
-        let (top, left) = g.pad;
-        let rows = g.height.min(hp.saturating_sub(top));
-        let cols = g.width.min(wp.saturating_sub(left));
-        for quad in quads {
-            let dst = out.add(quad * q.quad_len() * 4);
-            std::ptr::write_bytes(dst, pad as u8, q.quad_len() * 4);
-            let channels = 4 * quad..(4 * quad + 4).min(g.channels);
-            for y in 0..rows {
-                let (yy, py) = ((y + top) / sy, (y + top) % sy);
-                if (sy, sx) != (1, 1) {
-                    for (j, c) in channels.clone().enumerate() {
-                        let src = x.add((c * g.height + y) * g.width);
-                        for xi in 0..cols {
-                            let (xx, px) = ((xi + left) / sx, (xi + left) % sx);
-                            let at = (py * sx + px) * plane + yy * wq + xx;
-                            *dst.add(at * 4 + j) = *src.add(xi);
-                        }
-                    }
-                    continue;
-                }
-                let row = dst.add((yy * wq + left) * 4);
-                for x0 in (0..cols).step_by(16) {
-                    let n = 16.min(cols - x0);
-                    // The 4 channels' 16 columns (the padding for channels past the last).
-                    let mut bytes = [[pad; 16]; 4];
-                    let src: [int8x16_t; 4] = std::array::from_fn(|j| {
-                        let c = 4 * quad + j;
-                        if c >= g.channels {
-                            vdupq_n_s8(pad)
-                        } else if n == 16 {
-                            vld1q_s8(x.add((c * g.height + y) * g.width + x0))
-                        } else {
-                            std::ptr::copy_nonoverlapping(
-                                x.add((c * g.height + y) * g.width + x0),
-                                bytes[j].as_mut_ptr(),
-                                n,
-                            );
-                            vld1q_s8(bytes[j].as_ptr())
-                        }
-                    });
-                    let ab = vzipq_s8(src[0], src[1]);
-                    let cd = vzipq_s8(src[2], src[3]);
-                    let lo = vzipq_s16(vreinterpretq_s16_s8(ab.0), vreinterpretq_s16_s8(cd.0));
-                    let hi = vzipq_s16(vreinterpretq_s16_s8(ab.1), vreinterpretq_s16_s8(cd.1));
-                    let v = [lo.0, lo.1, hi.0, hi.1].map(|v| vreinterpretq_s8_s16(v));
-                    if n == 16 {
-                        for (i, v) in v.iter().enumerate() {
-                            vst1q_s8(row.add(x0 * 4 + 16 * i), *v);
-                        }
-                    } else {
-                        let mut positions = [0i8; 64];
-                        for (i, v) in v.iter().enumerate() {
-                            vst1q_s8(positions.as_mut_ptr().add(16 * i), *v);
-                        }
-                        std::ptr::copy_nonoverlapping(positions.as_ptr(), row.add(x0 * 4), 4 * n);
-                    }
-                }
-            }
-        }
-    }
-}
-
 impl EvalOp for SdotConv {
     op_out_of_plan!();
 
@@ -646,7 +438,7 @@ impl EvalOp for SdotConv {
         // blocks writes its own rows of the outputs.
         unsafe {
             int8_chains::eval_conv("SdotConv", e, &inputs, len, blocks, |buf, blocks| {
-                self.run(buf, blocks)
+                run_tiles(self, self.epilogue.relu, buf, blocks)
             })
         }
     }
@@ -677,7 +469,7 @@ fn kernel(chain: Int8Chain) -> Option<Swap> {
         } = chain;
         return Some(Swap {
             conv: Box::new(SdotConv::implicit(&w, &offsets, quads.clone(), epilogue)),
-            input: Box::new(SdotQuads::new(quads)),
+            input: Box::new(NeonQuads::new(quads)),
             input_suffix: "quads",
         });
     }
@@ -711,6 +503,7 @@ pub fn takes_over(cpu: &crate::cpu::Cpu) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::aarch64::int8::Signed;
     use crate::kernels::frame::int8_chains::tests::kernel_equals_scalar_reference;
 
     /// The kernel against a scalar evaluation of the same function, bit for bit, on sizes that
@@ -733,7 +526,7 @@ mod tests {
         kernel_equals_scalar_reference(dotprod, &sizes, true, KernelPatches::Sdot, SdotConv::new);
     }
 
-    /// The implicit kernel (`SdotQuads` -> `SdotConv::implicit`, 3x3 stride-1 convs) against a
+    /// The implicit kernel (`NeonQuads` -> `SdotConv::implicit`, 3x3 stride-1 convs) against a
     /// scalar integer convolution, bit for bit: ResNet's sizes (56, 28, 14, 7: output rows of
     /// whole and partial tiles), odd sizes, rows shorter than a tile, paddings 0 to 2, channel
     /// counts of one quad and many, on one and two threads.
@@ -750,7 +543,7 @@ mod tests {
             (8, 13, 21, 3, 1, 0, 9),
             (4, 1, 1, 3, 1, 1, 8),
         ];
-        crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Sdot, _>(
+        crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Signed, _>(
             (crate::cpu::Cpu::get().dotprod, "dotprod"),
             &cases,
             SdotConv::implicit,

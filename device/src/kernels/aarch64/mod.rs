@@ -11,6 +11,7 @@
 pub mod dotprod;
 pub mod fp16;
 pub mod fp32;
+pub mod int8;
 pub mod winograd;
 
 use crate::cpu::Cpu;

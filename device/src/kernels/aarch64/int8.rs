@@ -1,0 +1,239 @@
+//! What the aarch64 int8 conv kernels share (`crate::kernels::aarch64::dotprod`: `sdot`;
+//! `crate::kernels::aarch64::widening`: `smull`/`smlal`, CPUs without dotprod): the padded
+//! input in channel quads they read directly ([`NeonQuads`]), their 8x8 tile of integer sums
+//! ([`Tile`]) and its epilogue in NEON registers ([`finish`]), with the epilogue's steps fixed
+//! per op ([`run_tiles`]).
+
+use crate::kernels::frame::int8_chains;
+use crate::kernels::frame::quads::{Quads, QuadsFill, QuadsOp};
+use crate::ops::epilogue::Int8Epilogue;
+use std::arch::aarch64::*;
+use std::ops::Range;
+
+/// Output channels per tile.
+pub(crate) const CHANNELS: usize = 8;
+/// Output pixels per tile.
+pub(crate) const PIXELS: usize = 8;
+
+/// One tile's accumulators: per channel, pixels 0-3 and 4-7.
+pub(crate) type Tile = [[int32x4_t; 2]; CHANNELS];
+
+/// The patches (or padded input) are i8.
+pub(crate) type Buffers = int8_chains::Buffers<i8>;
+
+/// An op's loops over its tiles with the epilogue's steps fixed (the residual, ReLU, the f32
+/// output, the i8 output): one monomorphized loop each, no flag tests per channel.
+pub(crate) trait Tiles {
+    /// # Safety
+    /// As the op's `run`.
+    unsafe fn run_with<const RES: bool, const RELU: bool, const F32: bool, const I8: bool>(
+        &self,
+        buf: Buffers,
+        blocks: Range<usize>,
+    );
+}
+
+/// `t.run_with` for the steps `buf` and `relu` ask.
+///
+/// # Safety
+/// As the op's `run`.
+pub(crate) unsafe fn run_tiles<T: Tiles>(t: &T, relu: bool, buf: Buffers, blocks: Range<usize>) {
+    let (f, i) = (buf.f32_out.is_some(), buf.i8_out.is_some() && buf.quantize.is_some());
+    match (buf.residual.is_some(), relu) {
+        (false, false) => outputs::<T, false, false>(t, f, i, buf, blocks),
+        (false, true) => outputs::<T, false, true>(t, f, i, buf, blocks),
+        (true, false) => outputs::<T, true, false>(t, f, i, buf, blocks),
+        (true, true) => outputs::<T, true, true>(t, f, i, buf, blocks),
+    }
+}
+
+unsafe fn outputs<T: Tiles, const RES: bool, const RELU: bool>(
+    t: &T,
+    f32_out: bool,
+    i8_out: bool,
+    buf: Buffers,
+    blocks: Range<usize>,
+) {
+    match (f32_out, i8_out) {
+        (false, false) => t.run_with::<RES, RELU, false, false>(buf, blocks),
+        (false, true) => t.run_with::<RES, RELU, false, true>(buf, blocks),
+        (true, false) => t.run_with::<RES, RELU, true, false>(buf, blocks),
+        (true, true) => t.run_with::<RES, RELU, true, true>(buf, blocks),
+    }
+}
+
+/// The epilogue of one tile of an `m x n` output (`e`): channels `c0..c0 + 8` (those below
+/// `m`), output pixels `p0..p0 + lanes`; the steps (`RES`idual, `RELU`, `F32` and `I8`
+/// outputs) are the op's ([`run_tiles`]). As `Int8Epilogue`: same f32 operations, same
+/// order, the same bits.
+#[target_feature(enable = "neon")]
+#[inline]
+pub(crate) unsafe fn finish<const RES: bool, const RELU: bool, const F32: bool, const I8: bool>(
+    e: &Int8Epilogue,
+    (m, n): (usize, usize),
+    acc: &Tile,
+    c0: usize,
+    p0: usize,
+    lanes: usize,
+    buf: Buffers,
+) {
+    let zero = vdupq_n_f32(0.0);
+    let (qscale, qzero) = buf.quantize.unwrap_or((1.0, 0));
+    let (qscale, qzero) = (vdupq_n_f32(qscale), vdupq_n_s32(qzero));
+    let scale = e.scale.as_ptr();
+    for (j, acc) in acc.iter().enumerate().take(m.saturating_sub(c0)) {
+        let c = c0 + j;
+        let at = c * n + p0;
+        let s = vld1q_dup_f32(scale.add(c));
+        // As Int8Epilogue: acc as f32 * scale (+ residual) (max 0).
+        let mut v = [vmulq_f32(vcvtq_f32_s32(acc[0]), s), vmulq_f32(vcvtq_f32_s32(acc[1]), s)];
+        if RES {
+            let r = load(buf.residual.unwrap_unchecked().add(at), lanes);
+            v = [vaddq_f32(v[0], r[0]), vaddq_f32(v[1], r[1])];
+        }
+        if RELU {
+            // f32::max: the number where one side is a NaN (fmaxnm).
+            v = [vmaxnmq_f32(v[0], zero), vmaxnmq_f32(v[1], zero)];
+        }
+        if F32 {
+            store(buf.f32_out.unwrap_unchecked().add(at), lanes, v);
+        }
+        if I8 {
+            let q = quantize(v, qscale, qzero);
+            let out = buf.i8_out.unwrap_unchecked().add(at);
+            if lanes == PIXELS {
+                vst1_s8(out, q);
+            } else {
+                let mut bytes = [0i8; PIXELS];
+                vst1_s8(bytes.as_mut_ptr(), q);
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), out, lanes);
+            }
+        }
+    }
+}
+
+/// `lanes` (1 to 8) f32 at `p`, in two registers (zeros past `lanes`).
+#[target_feature(enable = "neon")]
+#[inline]
+pub(crate) unsafe fn load(p: *const f32, lanes: usize) -> [float32x4_t; 2] {
+    if lanes == PIXELS {
+        return [vld1q_f32(p), vld1q_f32(p.add(4))];
+    }
+    let mut v = [0f32; PIXELS];
+    std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), lanes);
+    [vld1q_f32(v.as_ptr()), vld1q_f32(v.as_ptr().add(4))]
+}
+
+/// The first `lanes` (1 to 8) f32 of `v` to `p`.
+#[target_feature(enable = "neon")]
+#[inline]
+pub(crate) unsafe fn store(p: *mut f32, lanes: usize, v: [float32x4_t; 2]) {
+    if lanes == PIXELS {
+        vst1q_f32(p, v[0]);
+        vst1q_f32(p.add(4), v[1]);
+        return;
+    }
+    let mut out = [0f32; PIXELS];
+    vst1q_f32(out.as_mut_ptr(), v[0]);
+    vst1q_f32(out.as_mut_ptr().add(4), v[1]);
+    std::ptr::copy_nonoverlapping(out.as_ptr(), p, lanes);
+}
+
+/// `crate::ops::quantize::quantize` on 8 lanes (`scale`, `zero_point` in every lane):
+/// `clamp(round_ties_even(clamp(v * scale, +-1024)) + zero_point, -128, 127)`, NaN ->
+/// `zero_point`. On NEON without the inner clamp and the NaN mask, the same bytes: `fcvtns`
+/// rounds to nearest even, turns a NaN into 0 and saturates at the i32 range, the zero point
+/// is added saturating and the narrowing saturates, so beyond +-1024 the result is 127 or
+/// -128 either way.
+#[target_feature(enable = "neon")]
+#[inline]
+pub(crate) unsafe fn quantize(v: [float32x4_t; 2], scale: float32x4_t, zero_point: int32x4_t) -> int8x8_t {
+    let q = |v| vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(v, scale)), zero_point);
+    vqmovn_s16(vcombine_s16(vqmovn_s32(q(v[0])), vqmovn_s32(q(v[1]))))
+}
+
+/// [`Quads`] as the aarch64 int8 kernels read them: the input's signed bytes as they are, in
+/// 4-byte positions, 8 a tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signed;
+
+/// The input of the aarch64 implicit int8 convs ([`Quads`]' layout).
+pub type NeonQuads = QuadsOp<Signed>;
+
+impl QuadsFill for Signed {
+    const NAME: &'static str = "NeonQuads";
+    const LANES: usize = PIXELS;
+    type Byte = i8;
+    const TAIL: i8 = 0;
+
+    /// Stride 1 (the convs the kernels read directly): 16 columns of the quad's 4 channel
+    /// rows at a time, interleaved by two zip steps into 16 positions; other strides byte by
+    /// byte.
+    #[target_feature(enable = "neon")]
+    unsafe fn fill(q: &Quads, x: *const i8, pad: i8, out: *mut i8, quads: Range<usize>) {
+        let g = &q.g;
+        let (sy, sx) = g.stride;
+        let (hp, wp) = g.extent();
+        let (wq, plane) = (g.plane_width(), g.plane());
+        let (top, left) = g.pad;
+        let rows = g.height.min(hp.saturating_sub(top));
+        let cols = g.width.min(wp.saturating_sub(left));
+        for quad in quads {
+            let dst = out.add(quad * q.quad_len() * 4);
+            std::ptr::write_bytes(dst, pad as u8, q.quad_len() * 4);
+            let channels = 4 * quad..(4 * quad + 4).min(g.channels);
+            for y in 0..rows {
+                let (yy, py) = ((y + top) / sy, (y + top) % sy);
+                if (sy, sx) != (1, 1) {
+                    for (j, c) in channels.clone().enumerate() {
+                        let src = x.add((c * g.height + y) * g.width);
+                        for xi in 0..cols {
+                            let (xx, px) = ((xi + left) / sx, (xi + left) % sx);
+                            let at = (py * sx + px) * plane + yy * wq + xx;
+                            *dst.add(at * 4 + j) = *src.add(xi);
+                        }
+                    }
+                    continue;
+                }
+                let row = dst.add((yy * wq + left) * 4);
+                for x0 in (0..cols).step_by(16) {
+                    let n = 16.min(cols - x0);
+                    // The 4 channels' 16 columns (the padding for channels past the last).
+                    let mut bytes = [[pad; 16]; 4];
+                    let src: [int8x16_t; 4] = std::array::from_fn(|j| {
+                        let c = 4 * quad + j;
+                        if c >= g.channels {
+                            vdupq_n_s8(pad)
+                        } else if n == 16 {
+                            vld1q_s8(x.add((c * g.height + y) * g.width + x0))
+                        } else {
+                            std::ptr::copy_nonoverlapping(
+                                x.add((c * g.height + y) * g.width + x0),
+                                bytes[j].as_mut_ptr(),
+                                n,
+                            );
+                            vld1q_s8(bytes[j].as_ptr())
+                        }
+                    });
+                    let ab = vzipq_s8(src[0], src[1]);
+                    let cd = vzipq_s8(src[2], src[3]);
+                    let lo = vzipq_s16(vreinterpretq_s16_s8(ab.0), vreinterpretq_s16_s8(cd.0));
+                    let hi = vzipq_s16(vreinterpretq_s16_s8(ab.1), vreinterpretq_s16_s8(cd.1));
+                    let v = [lo.0, lo.1, hi.0, hi.1].map(|v| vreinterpretq_s8_s16(v));
+                    if n == 16 {
+                        for (i, v) in v.iter().enumerate() {
+                            vst1q_s8(row.add(x0 * 4 + 16 * i), *v);
+                        }
+                    } else {
+                        let mut positions = [0i8; 64];
+                        for (i, v) in v.iter().enumerate() {
+                            vst1q_s8(positions.as_mut_ptr().add(16 * i), *v);
+                        }
+                        std::ptr::copy_nonoverlapping(positions.as_ptr(), row.add(x0 * 4), 4 * n);
+                    }
+                }
+            }
+        }
+    }
+}
+
