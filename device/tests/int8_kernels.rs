@@ -38,6 +38,12 @@ fn matmuls(model: &TypedModel) -> Vec<(String, String, DatumType, Vec<DatumType>
                 let kernel = device::kernels::aarch64::dotprod::SdotConv::KERNEL.to_string();
                 return Some((n.name.clone(), kernel, i32::datum_type(), inputs));
             }
+            #[cfg(target_arch = "aarch64")]
+            if n.op_is::<device::kernels::aarch64::widening::SmullConv>() {
+                // i8 x i8 products, pairs in i16, into i32 accumulators, by construction.
+                let kernel = device::kernels::aarch64::widening::SmullConv::KERNEL.to_string();
+                return Some((n.name.clone(), kernel, i32::datum_type(), inputs));
+            }
             let op = n.op_as::<OptMatMul>()?;
             let mmm = &op.mmm[0];
             Some((
@@ -59,6 +65,7 @@ fn float_convs(model: &TypedModel) -> Vec<String> {
             (name.contains("Conv") || name.contains("EinSum") || name.contains("MatMul"))
                 && name != "VnniConv"
                 && name != "SdotConv"
+                && name != "SmullConv"
                 && n.outputs[0].fact.datum_type.is_float()
                 && n.op_as::<OptMatMul>()
                     .is_none_or(|m| m.mmm[0].internal_type().is_float())
@@ -120,6 +127,9 @@ fn check(arch: &str) {
     } else if cfg!(target_arch = "aarch64") && cpu.dotprod && !cpu.sve {
         // (With SVE tract runs its SVE kernels: `kernels::aarch64::dotprod::takes_over`.)
         (["SdotConv", "NeonQuads"], true)
+    } else if cfg!(target_arch = "aarch64") && cpu.asimd && !cpu.sve {
+        // Without dotprod (Pi 4's A72) the 3x3 stride-1 convs only: the rest keep tract's.
+        (["SmullConv", "NeonQuads"], false)
     } else {
         (["Int8Epilogue", "FastIm2col"], false)
     };

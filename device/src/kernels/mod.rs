@@ -118,7 +118,7 @@ mod tests {
             assert_eq!(names, ["aarch64-fp32-convs", "aarch64-fp16-convs", "aarch64-dotprod-int8-convs"]);
             let a72 = Kernels::for_cpu(&Cpu { asimd: true, ..Cpu::default() });
             let names: Vec<_> = a72.passes().map(|p| p.name).collect();
-            assert_eq!(names, ["aarch64-fp32-convs"]);
+            assert_eq!(names, ["aarch64-fp32-convs", "aarch64-widening-int8-convs"]);
             // The sdot pass takes over the portable int8 passes' chains: it runs after them.
             let list = a76.plan_passes();
             let at = |n: &str| list.iter().position(|p| p.name == n).unwrap();

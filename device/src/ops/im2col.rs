@@ -666,10 +666,11 @@ fn interleave16(a: &[i8; 16], b: &[i8; 16], c: &[i8; 16], d: &[i8; 16], dst: &mu
 // The kernels are per architecture; the layouts are tested everywhere.
 #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 impl FastIm2Col {
-    /// The same patches in a device kernel's layout, if this writes a K4 layout for tract.
+    /// The same patches in a device kernel's layout (from tract's K4 layout, or its K-outer
+    /// one on CPUs without a dot product).
     pub(crate) fn for_kernel(&self, layout: KernelPatches) -> Option<FastIm2Col> {
         let mut geometry = self.geometry.clone();
-        if !matches!(geometry.packing, Packing::K4(_)) {
+        if !matches!(geometry.packing, Packing::K4(_) | Packing::KOuter(_)) {
             return None;
         }
         geometry.packing = Packing::Kernel(layout);
@@ -704,11 +705,11 @@ impl FastIm2Col {
         }
     }
 
-    /// The geometry of the convolution, if this writes a K4 layout for tract (for the convs
-    /// `crate::kernels::x86_64::vnni` runs on the padded input directly, without patches).
+    /// The geometry of the convolution, if this writes patches for tract (for the convs the
+    /// int8 kernels run on the padded input directly, without patches).
     pub(crate) fn conv_shape(&self) -> Option<ConvShape> {
         let g = &self.geometry;
-        matches!(g.packing, Packing::K4(_)).then(|| g.conv.clone())
+        matches!(g.packing, Packing::K4(_) | Packing::KOuter(_)).then(|| g.conv.clone())
     }
 
     /// Rows (`channels x kernel height x kernel width`) and columns (output pixels) of the

@@ -33,7 +33,7 @@
 //! `--threads N` splits the output channels over tract's pool.
 
 use crate::kernels::aarch64::int8::{
-    finish, run_tiles, Buffers, NeonQuads, Tile, Tiles, CHANNELS, PIXELS,
+    finish, row_tiles, run_tiles, Buffers, NeonQuads, Tile, Tiles, CHANNELS, PIXELS,
 };
 use crate::kernels::frame::int8_chains::{self, Int8Chain, Swap};
 use crate::kernels::frame::quads::Quads;
@@ -159,17 +159,8 @@ impl SdotConv {
             g.kernel == (3, 3) && g.stride == (1, 1),
             "SdotConv::implicit: 3x3 stride-1 convs only"
         );
-        let (oh, ow, wq) = (g.out_height, g.out_width, g.plane_width());
-        let mut tiles: Vec<(usize, usize, usize)> = (0..oh)
-            .flat_map(|y| {
-                (0..ow)
-                    .step_by(PIXELS)
-                    .map(move |x| (y * wq + x, y * ow + x, PIXELS))
-            })
-            .collect();
-        if let Some(last) = tiles.last_mut() {
-            last.2 = PIXELS.min(oh * ow - last.1);
-        }
+        let (oh, ow) = (g.out_height, g.out_width);
+        let tiles = row_tiles(g);
         let reordered = quads.reorder(w);
         SdotConv {
             implicit: Some(Implicit { quads, tiles }),
@@ -546,6 +537,7 @@ mod tests {
         crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Signed, _>(
             (crate::cpu::Cpu::get().dotprod, "dotprod"),
             &cases,
+            -128,
             SdotConv::implicit,
         );
     }

@@ -7,6 +7,7 @@
 use crate::kernels::frame::int8_chains;
 use crate::kernels::frame::quads::{Quads, QuadsFill, QuadsOp};
 use crate::ops::epilogue::Int8Epilogue;
+use crate::ops::im2col::ConvShape;
 use std::arch::aarch64::*;
 use std::ops::Range;
 
@@ -31,6 +32,22 @@ pub(crate) trait Tiles {
         buf: Buffers,
         blocks: Range<usize>,
     );
+}
+
+/// The tiles of an implicit conv of shape `g` over [`NeonQuads`]: per output row, 8
+/// consecutive output pixels, which are 8 consecutive positions of a plane row for every
+/// kernel tap of a stride-1 conv. Each: its first position in the planes, its first output
+/// pixel, and how many of its lanes to store: all 8 (those past the output row land on the
+/// next row's first pixels, which the next tile writes after) but for the last tile.
+pub(crate) fn row_tiles(g: &ConvShape) -> Vec<(usize, usize, usize)> {
+    let (oh, ow, wq) = (g.out_height, g.out_width, g.plane_width());
+    let mut tiles: Vec<(usize, usize, usize)> = (0..oh)
+        .flat_map(|y| (0..ow).step_by(PIXELS).map(move |x| (y * wq + x, y * ow + x, PIXELS)))
+        .collect();
+    if let Some(last) = tiles.last_mut() {
+        last.2 = PIXELS.min(oh * ow - last.1);
+    }
+    tiles
 }
 
 /// `t.run_with` for the steps `buf` and `relu` ask.

@@ -1,5 +1,7 @@
 //! aarch64 kernels: [`fp32`] swaps fp32 plans' 3x3 stride-1 convs for [`winograd`] (NEON, every
-//! board); [`dotprod`] runs int8 plans' convs with `sdot` (FEAT_DotProd: Cortex-A76, A78AE).
+//! board); [`dotprod`] runs int8 plans' convs with `sdot` (FEAT_DotProd: Cortex-A76, A78AE),
+//! [`widening`] their 3x3 stride-1 convs with `smull`/`smlal` where there is no dotprod
+//! (Cortex-A72); [`int8`] holds what those two share.
 //! Everything else runs tract's own NEON kernels behind the portable passes of
 //! `crate::plan::PORTABLE`.
 //!
@@ -12,6 +14,7 @@ pub mod dotprod;
 pub mod fp16;
 pub mod fp32;
 pub mod int8;
+pub mod widening;
 pub mod winograd;
 
 use crate::cpu::Cpu;
@@ -52,5 +55,16 @@ pub fn plug(cpu: &Cpu, kernels: &mut Kernels) {
         },
         "dotprod, no SVE (with SVE tract runs its own SVE int8 kernels)",
         dotprod::takes_over(cpu),
+    );
+    kernels.offer(
+        Pass {
+            name: "aarch64-widening-int8-convs",
+            what: "int8 3x3 stride-1 convs with smull/smlal/sadalp reading the padded input directly, requantize epilogue in registers",
+            stage: Stage::Optimized,
+            applies: Applies::Int8,
+            run: widening::speed_up,
+        },
+        "NEON without dotprod (Cortex-A72), no SVE",
+        widening::takes_over(cpu),
     );
 }

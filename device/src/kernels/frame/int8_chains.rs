@@ -14,7 +14,7 @@ use tract_core::internal::*;
 use tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
 use tract_core::ops::matmul::pack::{DynPackedExoticFact, OptMatMulPack};
 use tract_linalg::mmm::{EagerPackedInput, MMMInputValue, PackedMatrixStorage};
-use tract_linalg::pack::PackedI8K4;
+use tract_linalg::pack::{PackedFormat, PackedI8K4};
 use tract_linalg::BinOp;
 
 /// One int8 conv of the plan: `epilogue(w . x + offsets)` on `n` output pixels.
@@ -126,7 +126,7 @@ pub(crate) unsafe fn eval_conv<P: Datum>(
 
 /// The weights of an `OptMatMul` operand as `[m][k]` i8, if they are a constant in tract's
 /// K4 packing (lane `i` of row `kk` of panel `p` at `p * panel_len + (kk / 4) * 4r + 4i +
-/// kk % 4`).
+/// kk % 4`) or its K-outer one (`p * panel_len + kk * r + i`).
 fn weights(model: &TypedModel, node: &TypedNode, operand: &MatMulOperand) -> Option<Vec<Vec<i8>>> {
     let value: &dyn MMMInputValue = match operand {
         MatMulOperand::Const(v) => &**v,
@@ -141,10 +141,20 @@ fn weights(model: &TypedModel, node: &TypedNode, operand: &MatMulOperand) -> Opt
         }
     };
     let packed = value.downcast_ref::<EagerPackedInput>()?;
-    let format = packed.format().downcast_ref::<PackedI8K4>()?;
-    let (m, k, r) = (packed.mn(), packed.k(), format.r);
-    let panel_len = format.single_panel_len(k);
     let bytes = packed.packed.as_bytes();
+    let (m, k) = (packed.mn(), packed.k());
+    // Lane `i` of row `kk` of panel `p`: at `p * panel_len + at(kk, i)`.
+    let (r, panel_len, at): (usize, usize, fn(usize, usize, usize) -> usize) =
+        if let Some(f) = packed.format().downcast_ref::<PackedI8K4>() {
+            (f.r, f.single_panel_len(k), |kk, i, r| (kk / 4) * 4 * r + 4 * i + kk % 4)
+        } else {
+            // tract's K-outer packing (CPUs without a dot product), of i8 values.
+            let f = packed.format().downcast_ref::<PackedFormat>()?;
+            if f.dt != i8::datum_type() {
+                return None;
+            }
+            (f.r, f.single_panel_len(k), |kk, i, r| kk * r + i)
+        };
     if bytes.len() < m.div_ceil(r) * panel_len {
         return None;
     }
@@ -152,9 +162,7 @@ fn weights(model: &TypedModel, node: &TypedNode, operand: &MatMulOperand) -> Opt
         (0..m)
             .map(|c| {
                 let panel = &bytes[c / r * panel_len..];
-                (0..k)
-                    .map(|kk| panel[(kk / 4) * 4 * r + 4 * (c % r) + kk % 4] as i8)
-                    .collect()
+                (0..k).map(|kk| panel[at(kk, c % r, r)] as i8).collect()
             })
             .collect(),
     )

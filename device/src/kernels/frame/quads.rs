@@ -208,10 +208,12 @@ pub(crate) mod tests {
     /// An implicit kernel (`QuadsOp<F>` -> the conv `implicit` makes) against a scalar integer
     /// convolution (zero-point padding) and `Int8Epilogue`'s f32 steps, bit for bit, on one and
     /// two threads, for `cases` (channels, height, width, kernel, stride, padding, output
-    /// channels). Skipped where the CPU lacks the kernel's instructions (`cpu_has`).
+    /// channels), weights from `min_weight` up. Skipped where the CPU lacks the kernel's
+    /// instructions (`cpu_has`).
     pub(crate) fn implicit_equals_scalar_convolution<F: QuadsFill, C: EvalOp>(
         cpu_has: (bool, &str),
         cases: &[(usize, usize, usize, usize, usize, usize, usize)],
+        min_weight: i8,
         implicit: impl Fn(&[Vec<i8>], &[i32], Quads, Int8Epilogue) -> C,
     ) {
         if !cpu_has.0 {
@@ -225,7 +227,8 @@ pub(crate) mod tests {
             let mut next = random(case as u64 + 99);
             let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
             let kk = c * k * k;
-            let wts: Vec<Vec<i8>> = (0..m).map(|_| (0..kk).map(|_| next()).collect()).collect();
+            let wts: Vec<Vec<i8>> =
+                (0..m).map(|_| (0..kk).map(|_| next().max(min_weight)).collect()).collect();
             let x: Vec<i8> = (0..c * h * w).map(|_| next()).collect();
             let zp = next();
             let offsets: Vec<i32> = (0..m).map(|o| o as i32 * 311 - 5000).collect();

@@ -590,6 +590,7 @@ mod tests {
         crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Vnni, _>(
             (crate::cpu::Cpu::get().avx512_vnni, "AVX-512 VNNI"),
             &cases,
+            -128,
             VnniConv::implicit,
         );
     }

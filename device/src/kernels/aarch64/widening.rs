@@ -1,0 +1,371 @@
+//! The int8 3x3 stride-1 convolutions on aarch64 CPUs without FEAT_DotProd (Raspberry Pi 4's
+//! Cortex-A72): widening multiplies, integer matrix product and epilogue in one op.
+//!
+//! Without `sdot`, NEON multiplies bytes into 16-bit lanes: `smull` (8 products), `smlal` (8
+//! more added), then `sadalp` adds neighbouring 16-bit lanes into 32-bit accumulators. A
+//! 16-bit lane holds two products: at most `2 * 127 * 128 = 32512`, so the weights must lie in
+//! -127..=127 (symmetric quantization, as `host export` writes: -128 never appears; a conv with
+//! a -128 weight keeps tract's kernel).
+//!
+//! [`SmullConv`] reads the padded input directly ([`NeonQuads`]: 4 channels per 32-bit
+//! position): a 16-byte register is 4 positions x 4 channels of one kernel tap. Per output
+//! channel and pair of taps, the weights are that channel's 4 bytes of each tap repeated 4
+//! times, so that lanes line up: `smull` of tap A's positions 0-1 with its weights, `smlal`
+//! of tap B's, the same `2` forms for positions 2-3, and two `sadalp` - 6 instructions per 32
+//! multiply-adds (`sdot` does 16 in one). The accumulators of a channel hold (position,
+//! channel pair) sums, added pairwise (`addp`) at the end. A tile is 8 output channels by 4
+//! positions (16 accumulators); two make the 8x8 tile of `crate::kernels::aarch64::int8`,
+//! whose epilogue (scale, residual, ReLU, requantize) finishes it in registers, bit-identical
+//! to `Int8Epilogue` (the integer sums are tract's: same products, other order).
+//!
+//! Per channel quad and tile, 257 instructions for 1152 multiply-adds. The weights, repeated,
+//! take 4 times their size (1152 bytes per channel quad and block of 8 output channels).
+//!
+//! [`speed_up`] swaps it in for the int8 plan's 3x3 stride-1 convs on NEON CPUs without
+//! dotprod (`crate::kernels::aarch64::plug`); the other convs (the stem, stride 2, 1x1) keep
+//! tract's kernels.
+
+use crate::kernels::aarch64::int8::{
+    finish, row_tiles, run_tiles, Buffers, NeonQuads, Tile, Tiles, CHANNELS, PIXELS,
+};
+use crate::kernels::frame::int8_chains::{self, Int8Chain, Swap};
+use crate::kernels::frame::quads::Quads;
+use crate::ops::epilogue::Int8Epilogue;
+use crate::ops::im2col::KernelPatches;
+use std::arch::aarch64::*;
+use std::arch::asm;
+use std::ops::Range;
+use tract_core::internal::*;
+
+/// Kernel taps of a 3x3 conv.
+const TAPS: usize = 9;
+/// Weight bytes per block of 8 output channels and channel quad: 9 taps x 8 channels x 16.
+const QUAD_BYTES: usize = TAPS * CHANNELS * 16;
+
+/// A 3x3 stride-1 int8 convolution's matrix product and epilogue on [`NeonQuads`] (see the
+/// module doc).
+#[derive(Clone, PartialEq)]
+pub struct SmullConv {
+    /// Output channels.
+    m: usize,
+    /// Output pixels.
+    n: usize,
+    /// Per block of 8 channels, per channel quad: per pair of taps, per pair of channels,
+    /// (tap A, tap B) x (channel, channel + 1), then tap 8 for 4 channels twice; each the
+    /// channel's 4 weight bytes of the tap, 4 times (zero past `m`).
+    weights: Arc<Vec<i8>>,
+    /// Per channel (zero past `m`, to a whole block), added to the integer sums: tract's bias
+    /// and zero-point terms.
+    offsets: Vec<i32>,
+    epilogue: Int8Epilogue,
+    quads: Quads,
+    /// [`row_tiles`].
+    tiles: Vec<(usize, usize, usize)>,
+}
+
+impl Eq for SmullConv {}
+
+impl std::fmt::Debug for SmullConv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SmullConv {{ m: {}, n: {}, {:?}, epilogue: {:?} }}", self.m, self.n, self.quads.g, self.epilogue)
+    }
+}
+
+impl Op for SmullConv {
+    fn name(&self) -> StaticName {
+        "SmullConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let mkn = (self.m, TAPS * self.quads.g.channels, self.n);
+        let mut info = int8_chains::conv_info(Self::KERNEL, mkn, &self.epilogue);
+        info.push("patches: implicit (padded input in channel quads)".into());
+        Ok(info)
+    }
+
+    op_as_typed_op!();
+}
+
+impl SmullConv {
+    /// The kernel, as `device inspect` and the tests name it.
+    pub const KERNEL: &'static str = "aarch64_smull_i32_8x8 (device::kernels::aarch64::widening)";
+
+    /// The 3x3 stride-1 conv with weights `w` (`[m][k]`, tract's order: channel, kernel y,
+    /// kernel x; all in -127..=127) computing `w . x + offsets` on `quads`' layout, then
+    /// `epilogue`.
+    pub(crate) fn implicit(w: &[Vec<i8>], offsets: &[i32], quads: Quads, epilogue: Int8Epilogue) -> Self {
+        let g = &quads.g;
+        assert!(g.kernel == (3, 3) && g.stride == (1, 1), "SmullConv: 3x3 stride-1 convs only");
+        assert!(w.iter().flatten().all(|v| *v > i8::MIN), "SmullConv: a weight is -128");
+        let m = w.len();
+        let rows = quads.reorder(w);
+        let (blocks, q4) = (m.div_ceil(CHANNELS), quads.quads());
+        // Channel o's 4 bytes of tap t in quad q, 4 times.
+        let rep = |o: usize, q: usize, t: usize| -> [i8; 16] {
+            match rows.get(o) {
+                Some(row) => std::array::from_fn(|i| row[(q * TAPS + t) * 4 + i % 4]),
+                None => [0; 16],
+            }
+        };
+        let mut weights = Vec::with_capacity(blocks * q4 * QUAD_BYTES);
+        for block in 0..blocks {
+            let c0 = block * CHANNELS;
+            for q in 0..q4 {
+                for pair in 0..4 {
+                    for o in c0..c0 + CHANNELS {
+                        weights.extend(rep(o, q, 2 * pair));
+                        weights.extend(rep(o, q, 2 * pair + 1));
+                    }
+                }
+                for o in c0..c0 + CHANNELS {
+                    weights.extend(rep(o, q, 8));
+                }
+            }
+        }
+        let mut padded = offsets.to_vec();
+        padded.resize(blocks * CHANNELS, 0);
+        let tiles = row_tiles(g);
+        SmullConv {
+            m,
+            n: g.out_height * g.out_width,
+            weights: Arc::new(weights),
+            offsets: padded,
+            epilogue,
+            quads,
+            tiles,
+        }
+    }
+}
+
+impl Tiles for SmullConv {
+    #[target_feature(enable = "neon")]
+    unsafe fn run_with<const RES: bool, const RELU: bool, const F32: bool, const I8: bool>(
+        &self,
+        buf: Buffers,
+        blocks: Range<usize>,
+    ) {
+        let q = &self.quads;
+        let (quad_bytes, row_bytes) = (q.quad_len() * 4, q.g.plane_width() * 4);
+        for block in blocks {
+            let w = self.weights.as_ptr().add(block * q.quads() * QUAD_BYTES);
+            let c0 = block * CHANNELS;
+            let offsets: [int32x4_t; CHANNELS] = std::array::from_fn(|j| vdupq_n_s32(self.offsets[c0 + j]));
+            // In order: a tile's stores past its output row are overwritten by the next.
+            for &(at, p0, lanes) in &self.tiles {
+                let x = buf.patches.add(at * 4);
+                let lo = multiply_3x3(w, x, q.quads(), quad_bytes, row_bytes);
+                let hi = match lanes > PIXELS / 2 {
+                    true => multiply_3x3(w, x.add(16), q.quads(), quad_bytes, row_bytes),
+                    false => [vdupq_n_s32(0); CHANNELS],
+                };
+                let acc: Tile = std::array::from_fn(|j| [vaddq_s32(lo[j], offsets[j]), vaddq_s32(hi[j], offsets[j])]);
+                finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &acc, c0, p0, lanes, buf);
+            }
+        }
+    }
+}
+
+/// The integer sums of 8 output channels (`w`: a block's weights, see [`SmullConv`]) by the 4
+/// positions from `x` (the first quad's, tap (0, 0)) over `quads` channel quads
+/// (`quad_bytes` apart), the taps of kernel row `ky` `ky * row_bytes` further and of column
+/// `kx` `4 * kx` bytes: per channel, the 4 positions' sums.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usize, row_bytes: usize) -> [int32x4_t; CHANNELS] {
+    let mut a = [[vdupq_n_s32(0); 2]; CHANNELS];
+    // Taps A (v0) and B (v1) for channels j (weights v2, v3) and k (v4, v5): per channel,
+    // positions 0-1 into its first accumulator, 2-3 into its second.
+    macro_rules! pair {
+        ($jl:literal, $jh:literal, $kl:literal, $kh:literal) => {
+            concat!(
+                "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
+                "smull v6.8h, v0.8b, v2.8b\n",
+                "smlal v6.8h, v1.8b, v3.8b\n",
+                "smull2 v7.8h, v0.16b, v2.16b\n",
+                "smlal2 v7.8h, v1.16b, v3.16b\n",
+                "sadalp {", $jl, ":v}.4s, v6.8h\n",
+                "sadalp {", $jh, ":v}.4s, v7.8h\n",
+                "smull v8.8h, v0.8b, v4.8b\n",
+                "smlal v8.8h, v1.8b, v5.8b\n",
+                "smull2 v9.8h, v0.16b, v4.16b\n",
+                "smlal2 v9.8h, v1.16b, v5.16b\n",
+                "sadalp {", $kl, ":v}.4s, v8.8h\n",
+                "sadalp {", $kh, ":v}.4s, v9.8h\n",
+            )
+        };
+    }
+    macro_rules! pairs {
+        () => {
+            concat!(
+                pair!("a0l", "a0h", "a1l", "a1h"),
+                pair!("a2l", "a2h", "a3l", "a3h"),
+                pair!("a4l", "a4h", "a5l", "a5h"),
+                pair!("a6l", "a6h", "a7l", "a7h"),
+            )
+        };
+    }
+    // Tap 8 alone (v0) for one channel (weights `$r`).
+    macro_rules! one {
+        ($r:literal, $l:literal, $h:literal) => {
+            concat!(
+                "smull v6.8h, v0.8b, ", $r, ".8b\n",
+                "smull2 v7.8h, v0.16b, ", $r, ".16b\n",
+                "sadalp {", $l, ":v}.4s, v6.8h\n",
+                "sadalp {", $h, ":v}.4s, v7.8h\n",
+            )
+        };
+    }
+    asm!(
+        "2:",
+        // Taps 0 and 1, then 2 and 3 (kernel rows 0 and 1), 4 and 5, 6 and 7, then 8.
+        "mov {p}, {b}",
+        "ld1 {{v0.16b}}, [{p}], {four}",
+        "ld1 {{v1.16b}}, [{p}], {four}",
+        pairs!(),
+        "ld1 {{v0.16b}}, [{p}]",
+        "add {p}, {b}, {rb}",
+        "ld1 {{v1.16b}}, [{p}], {four}",
+        pairs!(),
+        "ld1 {{v0.16b}}, [{p}], {four}",
+        "ld1 {{v1.16b}}, [{p}]",
+        pairs!(),
+        "add {p}, {b}, {rb2}",
+        "ld1 {{v0.16b}}, [{p}], {four}",
+        "ld1 {{v1.16b}}, [{p}], {four}",
+        pairs!(),
+        "ld1 {{v0.16b}}, [{p}]",
+        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
+        one!("v2", "a0l", "a0h"),
+        one!("v3", "a1l", "a1h"),
+        one!("v4", "a2l", "a2h"),
+        one!("v5", "a3l", "a3h"),
+        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
+        one!("v2", "a4l", "a4h"),
+        one!("v3", "a5l", "a5h"),
+        one!("v4", "a6l", "a6h"),
+        one!("v5", "a7l", "a7h"),
+        "add {b}, {b}, {qb}",
+        "subs {n}, {n}, #1",
+        "b.ne 2b",
+        b = inout(reg) x => _,
+        p = out(reg) _,
+        rb = in(reg) row_bytes,
+        rb2 = in(reg) 2 * row_bytes,
+        qb = in(reg) quad_bytes,
+        four = in(reg) 4usize,
+        w = inout(reg) w => _,
+        n = inout(reg) quads => _,
+        out("v0") _,
+        out("v1") _,
+        out("v2") _,
+        out("v3") _,
+        out("v4") _,
+        out("v5") _,
+        out("v6") _,
+        out("v7") _,
+        out("v8") _,
+        out("v9") _,
+        a0l = inout(vreg) a[0][0],
+        a0h = inout(vreg) a[0][1],
+        a1l = inout(vreg) a[1][0],
+        a1h = inout(vreg) a[1][1],
+        a2l = inout(vreg) a[2][0],
+        a2h = inout(vreg) a[2][1],
+        a3l = inout(vreg) a[3][0],
+        a3h = inout(vreg) a[3][1],
+        a4l = inout(vreg) a[4][0],
+        a4h = inout(vreg) a[4][1],
+        a5l = inout(vreg) a[5][0],
+        a5h = inout(vreg) a[5][1],
+        a6l = inout(vreg) a[6][0],
+        a6h = inout(vreg) a[6][1],
+        a7l = inout(vreg) a[7][0],
+        a7h = inout(vreg) a[7][1],
+        options(nostack, readonly),
+    );
+    // (position, channel pair) sums -> position sums.
+    a.map(|[lo, hi]| vpaddq_s32(lo, hi))
+}
+
+impl EvalOp for SmullConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (e, blocks) = (&self.epilogue, self.m.div_ceil(CHANNELS));
+        let len = self.quads.len(PIXELS);
+        // SAFETY: NEON is part of aarch64; eval_conv checks the sizes. Each range of channel
+        // blocks writes its own rows of the outputs.
+        unsafe { int8_chains::eval_conv("SmullConv", e, &inputs, len, blocks, |buf, blocks| run_tiles(self, e.relu, buf, blocks)) }
+    }
+}
+
+impl TypedOp for SmullConv {
+    as_op!();
+
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(self.epilogue.output_facts())
+    }
+}
+
+/// The [`SmullConv`] (and the [`NeonQuads`] making its input) for an int8 conv `chain` that
+/// is 3x3 stride 1 over whole channel quads with weights in -127..=127; other convs keep
+/// tract's kernels.
+fn kernel(chain: Int8Chain) -> Option<Swap> {
+    let g = chain.shape.clone()?;
+    let fits = g.channels.is_multiple_of(4) && g.kernel == (3, 3) && g.stride == (1, 1);
+    if !fits || chain.w.iter().flatten().any(|v| *v == i8::MIN) {
+        return None;
+    }
+    let quads = Quads { g };
+    let Int8Chain { w, offsets, epilogue, .. } = chain;
+    Some(Swap {
+        conv: Box::new(SmullConv::implicit(&w, &offsets, quads.clone(), epilogue)),
+        input: Box::new(NeonQuads::new(quads)),
+        input_suffix: "quads",
+    })
+}
+
+/// Replaces the 3x3 stride-1 convs of an optimized int8 plan by [`SmullConv`]; returns how
+/// many. Plugged by `crate::kernels::aarch64::plug` on NEON CPUs without dotprod (where
+/// [`takes_over`]). Run after `crate::ops::epilogue::speed_up`.
+pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
+    int8_chains::swap_in(model, takes_over(crate::cpu::Cpu::get()), "smull", KernelPatches::Sdot, kernel)
+}
+
+/// Whether [`SmullConv`] takes the int8 3x3 convs on `cpu`: NEON without dotprod (with it,
+/// `crate::kernels::aarch64::dotprod`), and no SVE (tract's SVE kernels there).
+pub fn takes_over(cpu: &crate::cpu::Cpu) -> bool {
+    cpu.asimd && !cpu.dotprod && !cpu.sve
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::aarch64::int8::Signed;
+
+    /// The kernel (`NeonQuads` -> `SmullConv::implicit`) against a scalar integer convolution,
+    /// bit for bit, weights -127..=127 (-128 drawn as -127: the 16-bit pair sums' extreme):
+    /// ResNet's sizes, odd sizes, rows of 1 to 4 pixels (one half tile), paddings 0 to 2, on
+    /// one and two threads.
+    #[test]
+    fn implicit_kernel_equals_scalar_convolution() {
+        // (channels, h, w, kernel, stride, pad, out channels)
+        let cases = [
+            (4, 9, 11, 3, 1, 1, 20),
+            (8, 56, 56, 3, 1, 1, 16),
+            (16, 28, 28, 3, 1, 1, 8),
+            (12, 14, 14, 3, 1, 1, 17),
+            (32, 7, 7, 3, 1, 1, 24),
+            (4, 5, 3, 3, 1, 2, 5),
+            (8, 13, 21, 3, 1, 0, 9),
+            (4, 1, 1, 3, 1, 1, 8),
+            (8, 6, 4, 3, 1, 1, 8),
+        ];
+        crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Signed, _>(
+            (crate::cpu::Cpu::get().asimd, "NEON"),
+            &cases,
+            -127,
+            SmullConv::implicit,
+        );
+    }
+}
