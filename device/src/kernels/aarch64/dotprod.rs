@@ -514,7 +514,7 @@ mod tests {
             (13, 11, 1),
         ];
         let dotprod = (crate::cpu::Cpu::get().dotprod, "dotprod");
-        kernel_equals_scalar_reference(dotprod, &sizes, true, KernelPatches::Sdot, SdotConv::new);
+        kernel_equals_scalar_reference(dotprod, &sizes, true, -128, KernelPatches::Sdot, SdotConv::new);
     }
 
     /// The implicit kernel (`NeonQuads` -> `SdotConv::implicit`, 3x3 stride-1 convs) against a

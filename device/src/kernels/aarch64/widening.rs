@@ -31,7 +31,7 @@ use crate::kernels::aarch64::int8::{
 use crate::kernels::frame::int8_chains::{self, Int8Chain, Swap};
 use crate::kernels::frame::quads::Quads;
 use crate::ops::epilogue::Int8Epilogue;
-use crate::ops::im2col::KernelPatches;
+use crate::ops::im2col::{ConvShape, KernelPatches};
 use std::arch::aarch64::*;
 use std::arch::asm;
 use std::ops::Range;
@@ -58,16 +58,26 @@ pub struct SmullConv {
     /// and zero-point terms.
     offsets: Vec<i32>,
     epilogue: Int8Epilogue,
-    quads: Quads,
+    input: Input,
+}
+
+/// What a [`SmullConv`] reads.
+#[derive(Clone, PartialEq)]
+enum Input {
+    /// A 3x3 stride-1 conv: the padded input in channel quads ([`NeonQuads`]), by
     /// [`row_tiles`].
-    tiles: Vec<(usize, usize, usize)>,
+    Implicit { quads: Quads, tiles: Vec<(usize, usize, usize)> },
+    /// Any other conv: `FastIm2Col`'s patches in tract's K4 layout 8 pixels wide
+    /// (`KernelPatches::Sdot`), `steps` steps of 4 along k.
+    Patches { steps: usize },
 }
 
 impl Eq for SmullConv {}
 
 impl std::fmt::Debug for SmullConv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SmullConv {{ m: {}, n: {}, {:?}, epilogue: {:?} }}", self.m, self.n, self.quads.g, self.epilogue)
+        let implicit = matches!(self.input, Input::Implicit { .. });
+        write!(f, "SmullConv {{ m: {}, n: {}, implicit: {implicit}, epilogue: {:?} }}", self.m, self.n, self.epilogue)
     }
 }
 
@@ -77,9 +87,12 @@ impl Op for SmullConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let mkn = (self.m, TAPS * self.quads.g.channels, self.n);
-        let mut info = int8_chains::conv_info(Self::KERNEL, mkn, &self.epilogue);
-        info.push("patches: implicit (padded input in channel quads)".into());
+        let (k, patches) = match &self.input {
+            Input::Implicit { quads, .. } => (TAPS * quads.g.channels, "implicit (padded input in channel quads)"),
+            Input::Patches { steps } => (4 * steps, "packed"),
+        };
+        let mut info = int8_chains::conv_info(Self::KERNEL, (self.m, k, self.n), &self.epilogue);
+        info.push(format!("patches: {patches}"));
         Ok(info)
     }
 
@@ -131,8 +144,48 @@ impl SmullConv {
             weights: Arc::new(weights),
             offsets: padded,
             epilogue,
-            quads,
-            tiles,
+            input: Input::Implicit { quads, tiles },
+        }
+    }
+
+    /// The conv with weights `w` (`[m][k]`, all in -127..=127) computing `w . x + offsets` on
+    /// `n` pixels of patches in tract's K4 layout 8 pixels wide, then `epilogue`. Weights: per
+    /// block of 8 channels, per pair of steps of 4 along k, as the 3x3 convs' pairs of taps,
+    /// then an odd last step as their tap 8.
+    pub(crate) fn new(w: &[Vec<i8>], offsets: &[i32], n: usize, epilogue: Int8Epilogue) -> Self {
+        assert!(w.iter().flatten().all(|v| *v > i8::MIN), "SmullConv: a weight is -128");
+        let (m, k) = (w.len(), w.first().map_or(0, |row| row.len()));
+        let steps = k.div_ceil(4);
+        let blocks = m.div_ceil(CHANNELS);
+        // Channel o's 4 bytes of step s, 4 times (0 past k and m).
+        let rep = |o: usize, s: usize| -> [i8; 16] {
+            std::array::from_fn(|i| w.get(o).and_then(|row| row.get(4 * s + i % 4)).copied().unwrap_or(0))
+        };
+        let mut weights = Vec::with_capacity(blocks * steps * CHANNELS * 16);
+        for block in 0..blocks {
+            let channels = block * CHANNELS..(block + 1) * CHANNELS;
+            for pair in 0..steps / 2 {
+                for o in channels.clone() {
+                    weights.extend(rep(o, 2 * pair));
+                    weights.extend(rep(o, 2 * pair + 1));
+                }
+            }
+            if steps % 2 == 1 {
+                for o in channels {
+                    weights.extend(rep(o, steps - 1));
+                }
+            }
+        }
+        let mut padded = offsets.to_vec();
+        padded.resize(blocks * CHANNELS, 0);
+        SmullConv { m, n, weights: Arc::new(weights), offsets: padded, epilogue, input: Input::Patches { steps } }
+    }
+
+    /// The bytes of the patch input.
+    fn patch_bytes(&self) -> usize {
+        match &self.input {
+            Input::Implicit { quads, .. } => quads.len(PIXELS),
+            Input::Patches { steps } => self.n.div_ceil(PIXELS) * steps * 4 * PIXELS,
         }
     }
 }
@@ -144,25 +197,107 @@ impl Tiles for SmullConv {
         buf: Buffers,
         blocks: Range<usize>,
     ) {
-        let q = &self.quads;
-        let (quad_bytes, row_bytes) = (q.quad_len() * 4, q.g.plane_width() * 4);
         for block in blocks {
-            let w = self.weights.as_ptr().add(block * q.quads() * QUAD_BYTES);
             let c0 = block * CHANNELS;
             let offsets: [int32x4_t; CHANNELS] = std::array::from_fn(|j| vdupq_n_s32(self.offsets[c0 + j]));
-            // In order: a tile's stores past its output row are overwritten by the next.
-            for &(at, p0, lanes) in &self.tiles {
-                let x = buf.patches.add(at * 4);
-                let lo = multiply_3x3(w, x, q.quads(), quad_bytes, row_bytes);
-                let hi = match lanes > PIXELS / 2 {
-                    true => multiply_3x3(w, x.add(16), q.quads(), quad_bytes, row_bytes),
-                    false => [vdupq_n_s32(0); CHANNELS],
-                };
-                let acc: Tile = std::array::from_fn(|j| [vaddq_s32(lo[j], offsets[j]), vaddq_s32(hi[j], offsets[j])]);
-                finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &acc, c0, p0, lanes, buf);
+            // Two runs of 4 pixels make a tile of 8 (the second only if it has pixels).
+            let tile = |lo: [int32x4_t; CHANNELS], hi: [int32x4_t; CHANNELS]| -> Tile {
+                std::array::from_fn(|j| [vaddq_s32(lo[j], offsets[j]), vaddq_s32(hi[j], offsets[j])])
+            };
+            let zero = [vdupq_n_s32(0); CHANNELS];
+            match &self.input {
+                Input::Implicit { quads: q, tiles } => {
+                    let (quad_bytes, row_bytes) = (q.quad_len() * 4, q.g.plane_width() * 4);
+                    let w = self.weights.as_ptr().add(block * q.quads() * QUAD_BYTES);
+                    // In order: a tile's stores past its output row are overwritten by the next.
+                    for &(at, p0, lanes) in tiles {
+                        let x = buf.patches.add(at * 4);
+                        let lo = multiply_3x3(w, x, q.quads(), quad_bytes, row_bytes);
+                        let hi = match lanes > PIXELS / 2 {
+                            true => multiply_3x3(w, x.add(16), q.quads(), quad_bytes, row_bytes),
+                            false => zero,
+                        };
+                        finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &tile(lo, hi), c0, p0, lanes, buf);
+                    }
+                }
+                Input::Patches { steps } => {
+                    let panel_len = steps * 4 * PIXELS;
+                    let w = self.weights.as_ptr().add(block * steps * CHANNELS * 16);
+                    for p0 in (0..self.n).step_by(PIXELS) {
+                        let (x, lanes) = (buf.patches.add(p0 / PIXELS * panel_len), PIXELS.min(self.n - p0));
+                        let lo = multiply_steps(w, x, *steps);
+                        let hi = match lanes > PIXELS / 2 {
+                            true => multiply_steps(w, x.add(16), *steps),
+                            false => zero,
+                        };
+                        finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &tile(lo, hi), c0, p0, lanes, buf);
+                    }
+                }
             }
         }
     }
+}
+
+// Taps (or steps) A (v0) and B (v1) for channels j (weights v2, v3) and k (v4, v5): per channel,
+// positions 0-1 into its first accumulator, 2-3 into its second.
+macro_rules! pair {
+    ($jl:literal, $jh:literal, $kl:literal, $kh:literal) => {
+        concat!(
+            "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
+            "smull v6.8h, v0.8b, v2.8b\n",
+            "smlal v6.8h, v1.8b, v3.8b\n",
+            "smull2 v7.8h, v0.16b, v2.16b\n",
+            "smlal2 v7.8h, v1.16b, v3.16b\n",
+            "sadalp {", $jl, ":v}.4s, v6.8h\n",
+            "sadalp {", $jh, ":v}.4s, v7.8h\n",
+            "smull v8.8h, v0.8b, v4.8b\n",
+            "smlal v8.8h, v1.8b, v5.8b\n",
+            "smull2 v9.8h, v0.16b, v4.16b\n",
+            "smlal2 v9.8h, v1.16b, v5.16b\n",
+            "sadalp {", $kl, ":v}.4s, v8.8h\n",
+            "sadalp {", $kh, ":v}.4s, v9.8h\n",
+        )
+    };
+}
+macro_rules! pairs {
+    () => {
+        concat!(
+            pair!("a0l", "a0h", "a1l", "a1h"),
+            pair!("a2l", "a2h", "a3l", "a3h"),
+            pair!("a4l", "a4h", "a5l", "a5h"),
+            pair!("a6l", "a6h", "a7l", "a7h"),
+        )
+    };
+}
+
+// One tap (or step) alone (v0) for one channel (weights `$r`).
+macro_rules! one {
+    ($r:literal, $l:literal, $h:literal) => {
+        concat!(
+            "smull v6.8h, v0.8b, ", $r, ".8b\n",
+            "smull2 v7.8h, v0.16b, ", $r, ".16b\n",
+            "sadalp {", $l, ":v}.4s, v6.8h\n",
+            "sadalp {", $h, ":v}.4s, v7.8h\n",
+        )
+    };
+}
+
+// One tap (or step) alone (v0) for the 8 channels: their weights in two loads.
+macro_rules! singles {
+    () => {
+        concat!(
+            "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
+            one!("v2", "a0l", "a0h"),
+            one!("v3", "a1l", "a1h"),
+            one!("v4", "a2l", "a2h"),
+            one!("v5", "a3l", "a3h"),
+            "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
+            one!("v2", "a4l", "a4h"),
+            one!("v3", "a5l", "a5h"),
+            one!("v4", "a6l", "a6h"),
+            one!("v5", "a7l", "a7h"),
+        )
+    };
 }
 
 /// The integer sums of 8 output channels (`w`: a block's weights, see [`SmullConv`]) by the 4
@@ -173,48 +308,6 @@ impl Tiles for SmullConv {
 #[inline]
 unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usize, row_bytes: usize) -> [int32x4_t; CHANNELS] {
     let mut a = [[vdupq_n_s32(0); 2]; CHANNELS];
-    // Taps A (v0) and B (v1) for channels j (weights v2, v3) and k (v4, v5): per channel,
-    // positions 0-1 into its first accumulator, 2-3 into its second.
-    macro_rules! pair {
-        ($jl:literal, $jh:literal, $kl:literal, $kh:literal) => {
-            concat!(
-                "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
-                "smull v6.8h, v0.8b, v2.8b\n",
-                "smlal v6.8h, v1.8b, v3.8b\n",
-                "smull2 v7.8h, v0.16b, v2.16b\n",
-                "smlal2 v7.8h, v1.16b, v3.16b\n",
-                "sadalp {", $jl, ":v}.4s, v6.8h\n",
-                "sadalp {", $jh, ":v}.4s, v7.8h\n",
-                "smull v8.8h, v0.8b, v4.8b\n",
-                "smlal v8.8h, v1.8b, v5.8b\n",
-                "smull2 v9.8h, v0.16b, v4.16b\n",
-                "smlal2 v9.8h, v1.16b, v5.16b\n",
-                "sadalp {", $kl, ":v}.4s, v8.8h\n",
-                "sadalp {", $kh, ":v}.4s, v9.8h\n",
-            )
-        };
-    }
-    macro_rules! pairs {
-        () => {
-            concat!(
-                pair!("a0l", "a0h", "a1l", "a1h"),
-                pair!("a2l", "a2h", "a3l", "a3h"),
-                pair!("a4l", "a4h", "a5l", "a5h"),
-                pair!("a6l", "a6h", "a7l", "a7h"),
-            )
-        };
-    }
-    // Tap 8 alone (v0) for one channel (weights `$r`).
-    macro_rules! one {
-        ($r:literal, $l:literal, $h:literal) => {
-            concat!(
-                "smull v6.8h, v0.8b, ", $r, ".8b\n",
-                "smull2 v7.8h, v0.16b, ", $r, ".16b\n",
-                "sadalp {", $l, ":v}.4s, v6.8h\n",
-                "sadalp {", $h, ":v}.4s, v7.8h\n",
-            )
-        };
-    }
     asm!(
         "2:",
         // Taps 0 and 1, then 2 and 3 (kernel rows 0 and 1), 4 and 5, 6 and 7, then 8.
@@ -234,16 +327,7 @@ unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usi
         "ld1 {{v1.16b}}, [{p}], {four}",
         pairs!(),
         "ld1 {{v0.16b}}, [{p}]",
-        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
-        one!("v2", "a0l", "a0h"),
-        one!("v3", "a1l", "a1h"),
-        one!("v4", "a2l", "a2h"),
-        one!("v5", "a3l", "a3h"),
-        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
-        one!("v2", "a4l", "a4h"),
-        one!("v3", "a5l", "a5h"),
-        one!("v4", "a6l", "a6h"),
-        one!("v5", "a7l", "a7h"),
+        singles!(),
         "add {b}, {b}, {qb}",
         "subs {n}, {n}, #1",
         "b.ne 2b",
@@ -287,12 +371,68 @@ unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usi
     a.map(|[lo, hi]| vpaddq_s32(lo, hi))
 }
 
+/// [`multiply_3x3`] on patches in tract's K4 layout 8 pixels wide: the 4 pixels from `x`
+/// (a panel's first or second half) over `steps` steps of 4 along k (32 bytes apart): by
+/// pairs, then the last alone if they are odd; the weights `w` in [`SmullConv::new`]'s order.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn multiply_steps(w: *const i8, x: *const i8, steps: usize) -> [int32x4_t; CHANNELS] {
+    let mut a = [[vdupq_n_s32(0); 2]; CHANNELS];
+    asm!(
+        "cbz {n}, 3f",
+        "2:",
+        "ld1 {{v0.16b}}, [{x}], {step}",
+        "ld1 {{v1.16b}}, [{x}], {step}",
+        pairs!(),
+        "subs {n}, {n}, #1",
+        "b.ne 2b",
+        "3:",
+        "cbz {odd}, 4f",
+        "ld1 {{v0.16b}}, [{x}]",
+        singles!(),
+        "4:",
+        x = inout(reg) x => _,
+        step = in(reg) 32usize,
+        w = inout(reg) w => _,
+        n = inout(reg) steps / 2 => _,
+        odd = in(reg) steps % 2,
+        out("v0") _,
+        out("v1") _,
+        out("v2") _,
+        out("v3") _,
+        out("v4") _,
+        out("v5") _,
+        out("v6") _,
+        out("v7") _,
+        out("v8") _,
+        out("v9") _,
+        a0l = inout(vreg) a[0][0],
+        a0h = inout(vreg) a[0][1],
+        a1l = inout(vreg) a[1][0],
+        a1h = inout(vreg) a[1][1],
+        a2l = inout(vreg) a[2][0],
+        a2h = inout(vreg) a[2][1],
+        a3l = inout(vreg) a[3][0],
+        a3h = inout(vreg) a[3][1],
+        a4l = inout(vreg) a[4][0],
+        a4h = inout(vreg) a[4][1],
+        a5l = inout(vreg) a[5][0],
+        a5h = inout(vreg) a[5][1],
+        a6l = inout(vreg) a[6][0],
+        a6h = inout(vreg) a[6][1],
+        a7l = inout(vreg) a[7][0],
+        a7h = inout(vreg) a[7][1],
+        options(nostack, readonly),
+    );
+    a.map(|[lo, hi]| vpaddq_s32(lo, hi))
+}
+
 impl EvalOp for SmullConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (e, blocks) = (&self.epilogue, self.m.div_ceil(CHANNELS));
-        let len = self.quads.len(PIXELS);
+        let len = self.patch_bytes();
         // SAFETY: NEON is part of aarch64; eval_conv checks the sizes. Each range of channel
         // blocks writes its own rows of the outputs.
         unsafe { int8_chains::eval_conv("SmullConv", e, &inputs, len, blocks, |buf, blocks| run_tiles(self, e.relu, buf, blocks)) }
@@ -307,26 +447,28 @@ impl TypedOp for SmullConv {
     }
 }
 
-/// The [`SmullConv`] (and the [`NeonQuads`] making its input) for an int8 conv `chain` that
-/// is 3x3 stride 1 over whole channel quads with weights in -127..=127; other convs keep
-/// tract's kernels.
+/// The [`SmullConv`] (and the op making its input) for an int8 conv `chain` with weights in
+/// -127..=127: on the padded input ([`NeonQuads`]) for 3x3 stride-1 convs over whole channel
+/// quads, else on its patches. A conv with a -128 weight keeps tract's kernel.
 fn kernel(chain: Int8Chain) -> Option<Swap> {
-    let g = chain.shape.clone()?;
-    let fits = g.channels.is_multiple_of(4) && g.kernel == (3, 3) && g.stride == (1, 1);
-    if !fits || chain.w.iter().flatten().any(|v| *v == i8::MIN) {
+    if chain.w.iter().flatten().any(|v| *v == i8::MIN) {
         return None;
     }
-    let quads = Quads { g };
-    let Int8Chain { w, offsets, epilogue, .. } = chain;
-    Some(Swap {
-        conv: Box::new(SmullConv::implicit(&w, &offsets, quads.clone(), epilogue)),
-        input: Box::new(NeonQuads::new(quads)),
-        input_suffix: "quads",
-    })
+    let direct = |g: &ConvShape| g.channels.is_multiple_of(4) && g.kernel == (3, 3) && g.stride == (1, 1);
+    if let Some(g) = chain.shape.clone().filter(direct) {
+        let quads = Quads { g };
+        let Int8Chain { w, offsets, epilogue, .. } = chain;
+        return Some(Swap {
+            conv: Box::new(SmullConv::implicit(&w, &offsets, quads.clone(), epilogue)),
+            input: Box::new(NeonQuads::new(quads)),
+            input_suffix: "quads",
+        });
+    }
+    let conv = SmullConv::new(&chain.w, &chain.offsets, chain.n, chain.epilogue.clone());
+    Some(Swap::on_patches(conv, chain))
 }
 
-/// Replaces the 3x3 stride-1 convs of an optimized int8 plan by [`SmullConv`]; returns how
-/// many. Plugged by `crate::kernels::aarch64::plug` on NEON CPUs without dotprod (where
+/// Replaces the convs of an optimized int8 plan by [`SmullConv`]; returns how many. Plugged by `crate::kernels::aarch64::plug` on NEON CPUs without dotprod (where
 /// [`takes_over`]). Run after `crate::ops::epilogue::speed_up`.
 pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
     int8_chains::swap_in(model, takes_over(crate::cpu::Cpu::get()), "smull", KernelPatches::Sdot, kernel)
@@ -342,6 +484,19 @@ pub fn takes_over(cpu: &crate::cpu::Cpu) -> bool {
 mod tests {
     use super::*;
     use crate::kernels::aarch64::int8::Signed;
+    use crate::kernels::frame::int8_chains::tests::kernel_equals_scalar_reference;
+
+    /// The patch kernel against a scalar evaluation of the same function, bit for bit, weights
+    /// -127..=127: sizes that leave partial tiles (channels; pixels, 1 to 4 in the last half
+    /// tile), odd step counts (a pair's second step zero), every epilogue variant, NaN and
+    /// infinite residuals, patches all -128, on two threads.
+    #[test]
+    fn patch_kernel_equals_scalar_reference() {
+        // (m, n, k)
+        let sizes = [(20, 37, 13), (8, 8, 4), (64, 49, 576), (8, 203, 27), (33, 1, 9), (3, 5, 147), (16, 12, 8), (13, 11, 1)];
+        let neon = (crate::cpu::Cpu::get().asimd, "NEON");
+        kernel_equals_scalar_reference(neon, &sizes, true, -127, KernelPatches::Sdot, SmullConv::new);
+    }
 
     /// The kernel (`NeonQuads` -> `SmullConv::implicit`) against a scalar integer convolution,
     /// bit for bit, weights -127..=127 (-128 drawn as -127: the 16-bit pair sums' extreme):

@@ -341,12 +341,13 @@ pub(crate) mod tests {
     /// evaluation of the same function (integer sums `w . x + offsets`, then `Int8Epilogue`'s
     /// f32 steps), bit for bit: per `(m, n, k)` of `sizes`, every epilogue variant, on one and
     /// two threads. With `specials`, also NaN and infinite residuals and one case of patches
-    /// all -128. Skipped where the CPU lacks the kernel's instructions (`cpu_has`: whether it
-    /// has them, their name).
+    /// all -128. Weights from `min_weight` up. Skipped where the CPU lacks the kernel's
+    /// instructions (`cpu_has`: whether it has them, their name).
     pub(crate) fn kernel_equals_scalar_reference<O: EvalOp>(
         cpu_has: (bool, &str),
         sizes: &[(usize, usize, usize)],
         specials: bool,
+        min_weight: i8,
         layout: KernelPatches,
         conv: impl Fn(&[Vec<i8>], &[i32], usize, Int8Epilogue) -> O,
     ) {
@@ -356,7 +357,8 @@ pub(crate) mod tests {
         }
         for (case, &(m, n, k)) in sizes.iter().enumerate() {
             let mut next = random(case as u64 + 7);
-            let w: Vec<Vec<i8>> = (0..m).map(|_| (0..k).map(|_| next()).collect()).collect();
+            let w: Vec<Vec<i8>> =
+                (0..m).map(|_| (0..k).map(|_| next().max(min_weight)).collect()).collect();
             let mut x: Vec<Vec<i8>> = (0..k).map(|_| (0..n).map(|_| next()).collect()).collect();
             let offsets: Vec<i32> = (0..m).map(|c| c as i32 * 977 - 9000).collect();
             let scale: Vec<f32> = (0..m).map(|c| 1e-3 * (1.0 + c as f32 / 7.0)).collect();

@@ -611,6 +611,7 @@ mod tests {
             (crate::cpu::Cpu::get().avx512_vnni, "AVX-512 VNNI"),
             &sizes,
             false,
+            -128,
             KernelPatches::Vnni,
             VnniConv::new,
         );
