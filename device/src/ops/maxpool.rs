@@ -57,16 +57,20 @@ impl FastMaxPool {
                 }
             }
             // Padding (f32::MIN, never wins) stays where the columns don't reach.
-            for phase in 0..sw {
-                // The first column of this phase, and where it goes.
-                let first = (phase + sw - left % sw) % sw;
-                if first >= cols {
-                    continue;
-                }
-                let dst = &mut phases[phase * phase_len..(phase + 1) * phase_len];
-                let dst = &mut dst[(left + first) / sw..];
-                for (d, v) in dst.iter_mut().zip(col_max[first..cols].iter().step_by(sw)) {
-                    *d = *v;
+            if sw == 2 {
+                split_pairs(&col_max[..cols], left, phases.split_at_mut(phase_len));
+            } else {
+                for phase in 0..sw {
+                    // The first column of this phase, and where it goes.
+                    let first = (phase + sw - left % sw) % sw;
+                    if first >= cols {
+                        continue;
+                    }
+                    let dst = &mut phases[phase * phase_len..(phase + 1) * phase_len];
+                    let dst = &mut dst[(left + first) / sw..];
+                    for (d, v) in dst.iter_mut().zip(col_max[first..cols].iter().step_by(sw)) {
+                        *d = *v;
+                    }
                 }
             }
             out.fill(f32::MIN);
@@ -77,6 +81,31 @@ impl FastMaxPool {
                 }
             }
         }
+    }
+}
+
+/// Stride 2's column split: padded column `x + left` of `cols` to position `(x + left) / 2` of
+/// phase `(x + left) % 2` (`even`, `odd`), by pairs of columns (which the compiler turns into
+/// de-interleaving loads, `ld2` on NEON) after a lone first column of the odd phase.
+#[inline(always)]
+fn split_pairs(cols: &[f32], left: usize, (even, odd): (&mut [f32], &mut [f32])) {
+    let (mut cols, mut at) = (cols, left / 2);
+    if left % 2 == 1 {
+        let Some((first, rest)) = cols.split_first() else {
+            return;
+        };
+        odd[at] = *first;
+        (cols, at) = (rest, at + 1);
+    }
+    let pairs = cols.chunks_exact(2);
+    let last = pairs.remainder().first().copied();
+    let n = cols.len() / 2;
+    for ((pair, e), o) in pairs.zip(&mut even[at..at + n]).zip(&mut odd[at..at + n]) {
+        *e = pair[0];
+        *o = pair[1];
+    }
+    if let Some(v) = last {
+        even[at + n] = v;
     }
 }
 
