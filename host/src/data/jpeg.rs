@@ -50,6 +50,10 @@ extern "C" {
     fn ej_read(dec: *mut EjDec, y0: c_uint, h: c_uint, out: *mut c_uchar, cap: usize) -> c_int;
 }
 
+/// Largest image accepted, in pixels: Pillow's decompression-bomb error threshold (twice its
+/// `MAX_IMAGE_PIXELS` warning). A bigger header is an error, not a multi-GB allocation.
+pub const MAX_PIXELS: u64 = 2 * 89_478_485;
+
 /// Whether `bytes` start like a JPEG file (SOI marker then another marker).
 pub fn is_jpeg(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0xFF, 0xD8, 0xFF])
@@ -100,6 +104,9 @@ impl<'a> Jpeg<'a> {
         // borrows `bytes`); the out-pointers are valid.
         let rc = unsafe { ej_header(j.dec, bytes.as_ptr(), bytes.len(), &mut w, &mut h, &mut c) };
         j.check(rc, "cannot read the JPEG header")?;
+        if u64::from(w) * u64::from(h) > MAX_PIXELS {
+            bail!("{w}x{h} JPEG is over the {MAX_PIXELS}-pixel limit (a decompression bomb?)");
+        }
         (j.width, j.height, j.components) = (w, h, c as u32);
         Ok(j)
     }
@@ -208,6 +215,19 @@ mod tests {
         assert_eq!(scale_for(224, 300, 224), 8);
         assert_eq!(scale_for(10_000, 10_000, 224), 1);
         assert_eq!(scaled_len(375, 5), 235);
+    }
+
+    #[test]
+    fn huge_header_is_refused_before_allocating() {
+        let mut bytes = Vec::new();
+        let img = image::RgbImage::from_pixel(16, 16, image::Rgb([10, 200, 30]));
+        image::codecs::jpeg::JpegEncoder::new(&mut bytes).encode_image(&img).unwrap();
+        assert_eq!(decode_rgb(&bytes).unwrap().data[..3].len(), 3);
+        // SOF0: FF C0, length (2), precision (1), height (2), width (2).
+        let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        bytes[sof + 5..sof + 9].copy_from_slice(&[0xFD, 0xE8, 0xFD, 0xE8]); // 65000 x 65000
+        let e = Jpeg::open(&bytes).err().unwrap().to_string();
+        assert!(e.contains("65000x65000") && e.contains("limit"), "{e}");
     }
 
     #[test]
