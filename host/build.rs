@@ -46,7 +46,11 @@ fn libtorch_lib_dir() -> Option<PathBuf> {
 /// The JPEG decoder's C layer (`data::jpeg`), against the system `jpeglib.h` / `libjpeg.so`.
 fn jpeg_shim() {
     println!("cargo:rerun-if-changed=src/data/jpeg_shim.c");
-    cc::Build::new().file("src/data/jpeg_shim.c").opt_level(2).warnings(true).compile("host_jpeg_shim");
+    let built = cc::Build::new().file("src/data/jpeg_shim.c").opt_level(2).warnings(true).try_compile("host_jpeg_shim");
+    if let Err(e) = built {
+        // A build script fails by panicking; say what is missing.
+        panic!("host: cannot compile src/data/jpeg_shim.c against libjpeg-turbo's jpeglib.h (Debian: apt-get install libjpeg62-turbo-dev, or cargo xtask setup): {e}");
+    }
     println!("cargo:rustc-link-lib=jpeg");
 }
 
