@@ -9,6 +9,9 @@
 //! library directory found the same way `torch-sys` finds it:
 //! `LIBTORCH_LIB` or `LIBTORCH` (+ `/lib`), else with `LIBTORCH_USE_PYTORCH` the active python's
 //! `torch.utils.cpp_extension.library_paths()`, else `/usr/lib` when `/usr/lib/libtorch.so` exists.
+//!
+//! It also compiles `src/data/jpeg_shim.c`, the C layer over the system libjpeg-turbo
+//! (Debian: `libjpeg62-turbo-dev`) that `data::jpeg` calls, and links `-ljpeg`.
 
 use std::env;
 use std::path::PathBuf;
@@ -40,8 +43,20 @@ fn libtorch_lib_dir() -> Option<PathBuf> {
     system.join("libtorch.so").exists().then_some(system)
 }
 
+/// The JPEG decoder's C layer (`data::jpeg`), against the system `jpeglib.h` / `libjpeg.so`.
+fn jpeg_shim() {
+    println!("cargo:rerun-if-changed=src/data/jpeg_shim.c");
+    let built = cc::Build::new().file("src/data/jpeg_shim.c").opt_level(2).warnings(true).try_compile("host_jpeg_shim");
+    if let Err(e) = built {
+        // A build script fails by panicking; say what is missing.
+        panic!("host: cannot compile src/data/jpeg_shim.c against libjpeg-turbo's jpeglib.h (Debian: apt-get install libjpeg62-turbo-dev, or cargo xtask setup): {e}");
+    }
+    println!("cargo:rustc-link-lib=jpeg");
+}
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    jpeg_shim();
     let Some(dir) = libtorch_lib_dir() else {
         println!("cargo:warning=host: libtorch library directory not found; no rpath added");
         return;

@@ -27,6 +27,8 @@ enum Command {
     Info(host::info::InfoArgs),
     /// Measure training images/second on synthetic data (one JSON object).
     BenchTrain(host::bench::BenchArgs),
+    /// Measure the training data pipeline's images/second (decode + augment into f32 batches; one JSON object).
+    BenchData(host::data::bench::BenchDataArgs),
 }
 
 fn run() -> anyhow::Result<()> {
@@ -51,6 +53,7 @@ fn run() -> anyhow::Result<()> {
         Command::Export(args) => host::export::main(args),
         Command::Info(args) => host::info::main(args),
         Command::BenchTrain(args) => host::bench::main(args),
+        Command::BenchData(args) => host::data::bench::main(args),
     }
 }
 

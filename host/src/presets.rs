@@ -15,8 +15,14 @@
 use anyhow::{anyhow, bail, Result};
 use shared::preprocess::{resized_crop, resized_crop_scratch_len, Frame, PixelFormat, Preprocess};
 
+use crate::data::{Crop, Source};
 use crate::image::Image;
 use crate::rng::Rng;
+
+thread_local! {
+    /// Resampling scratch of the loader threads, kept from one sample to the next.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// ImageNet training crop side (the eval preprocess is `Resize(256) + CenterCrop(224)`).
 pub const IMAGENET_TRAIN_SIZE: u32 = 224;
@@ -121,6 +127,33 @@ impl Transform {
             Transform::Train(TrainTransform::RandomResizedCrop { size, channels, .. }) => (*channels, *size),
         };
         [i64::from(c), i64::from(s), i64::from(s)]
+    }
+
+    /// Decodes sample `index` of `source` and transforms it into `out`, drawing randomness from
+    /// `rng` exactly as [`Transform::apply`] on the full-size image would. RandomResizedCrop
+    /// picks its box on the full-size dimensions and lets the source decode only that box, at
+    /// the smallest JPEG scale that keeps it at least `size` pixels a side ([`Source::crop`]).
+    pub fn load(&self, source: &dyn Source, index: usize, rng: &mut Rng, out: &mut [f32]) -> Result<()> {
+        let Transform::Train(TrainTransform::RandomResizedCrop { size, scale, ratio, mean, std, channels }) = self else {
+            return self.apply(&source.image(index)?, rng, out);
+        };
+        let mut flip = false;
+        let got = source.crop(index, &mut |w, h| {
+            let region = random_resized_crop_box(w, h, *scale, *ratio, rng);
+            flip = rng.coin();
+            Crop { region, out: *size }
+        })?;
+        let frame = got.image.frame()?;
+        let done = SCRATCH.with_borrow_mut(|scratch| {
+            let need = resized_crop_scratch_len(got.crop, *size, *channels);
+            if scratch.len() < need {
+                scratch.resize(need, 0.0);
+            }
+            resized_crop(&frame, got.crop, *size, *size, flip, *mean, *std, *channels, scratch, out)
+                .map_err(|e| anyhow!("{e}"))
+        });
+        crate::image::recycle_pixels(got.image.data);
+        done
     }
 
     /// Transforms `img` into `out` (`sample_len` floats, CHW), drawing randomness from `rng`.

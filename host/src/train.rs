@@ -263,8 +263,9 @@ pub struct EpochStats {
 /// A batch as device tensors `[N, C, H, W]` and `[N]`.
 pub fn batch_tensors(images: &[f32], labels: &[i64], shape: [i64; 3], device: Device) -> (Tensor, Tensor) {
     let n = labels.len() as i64;
-    let x = Tensor::from_slice(images).view([n, shape[0], shape[1], shape[2]]).to_device(device);
-    let y = Tensor::from_slice(labels).to_device(device);
+    // On CUDA: pinned host memory and asynchronous copies.
+    let x = crate::data::to_device(images, &[n, shape[0], shape[1], shape[2]], device);
+    let y = crate::data::to_device(labels, &[n], device);
     (x, y)
 }
 

@@ -8,7 +8,8 @@ use crate::cmd::{self, have, output, root, venv, venv_python};
 
 /// Debian packages: the aarch64 cross linker and sysroot, qemu-user to run aarch64 binaries,
 /// the Fashion-MNIST data set, ffmpeg for camera-like streams and video sources, OpenSSH for the
-/// deploy tests, Chromium for the headless test of `device live --view`'s page.
+/// deploy tests, Chromium for the headless test of `device live --view`'s page, libjpeg-turbo's
+/// headers and library for host's JPEG decoder (scaled and partial decoding, `host/build.rs`).
 pub const APT_PACKAGES: &[&str] = &[
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
@@ -18,6 +19,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
     "chromium",
+    "libjpeg62-turbo-dev",
 ];
 
 pub const RUST_TARGETS: &[&str] = &["aarch64-unknown-linux-gnu", "thumbv7em-none-eabihf"];

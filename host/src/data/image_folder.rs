@@ -1,13 +1,18 @@
 //! torchvision `ImageFolder`: `root/<class>/<image>`, classes in sorted folder-name order,
 //! images in sorted file-name order. JPEG and PNG are decoded (to RGB, as torchvision's default
 //! loader does); a file that fails to decode is skipped and counted by the loader.
+//!
+//! What a file is comes from its first bytes, not its name: JPEG data goes to libjpeg-turbo
+//! ([`super::jpeg`]: gray, RGB, CMYK and YCCK files, scaled and partial decoding for training
+//! crops), anything else (PNG, a PNG named `.jpg`) to the `image` crate at full size. Corrupt
+//! and truncated files are errors naming the reason; the loader prefixes the path.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use shared::preprocess::PixelFormat;
 
-use super::{Image, Source};
+use super::{jpeg, Crop, Cropped, Image, Source};
 
 /// File extensions listed as images (compared case-insensitively).
 pub const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
@@ -75,10 +80,21 @@ impl ImageFolder {
     }
 }
 
-/// Decodes a JPEG or PNG file to RGB8. Errors say why, not which file (the caller knows).
+/// Decodes a JPEG or PNG file to RGB8 at full size. Errors say why, not which file (the caller
+/// knows).
 pub fn decode_rgb(path: &Path) -> Result<Image> {
-    let img = image::ImageReader::open(path)
-        .context("cannot open the file")?
+    decode_bytes_rgb(&std::fs::read(path).context("cannot read the file")?)
+}
+
+/// [`decode_rgb`] of a file's bytes.
+pub fn decode_bytes_rgb(bytes: &[u8]) -> Result<Image> {
+    if bytes.is_empty() {
+        bail!("empty file");
+    }
+    if jpeg::is_jpeg(bytes) {
+        return jpeg::decode_rgb(bytes);
+    }
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .context("cannot read the file")?
         .decode()
@@ -86,6 +102,18 @@ pub fn decode_rgb(path: &Path) -> Result<Image> {
         .to_rgb8();
     let (width, height) = img.dimensions();
     Ok(Image { data: img.into_raw(), width, height, format: PixelFormat::Rgb8 })
+}
+
+/// The part of a file a crop needs: JPEG through [`jpeg::decode_crop`], other formats decoded
+/// whole.
+pub fn decode_crop(path: &Path, pick: &mut dyn FnMut(u32, u32) -> Crop) -> Result<Cropped> {
+    let bytes = std::fs::read(path).context("cannot read the file")?;
+    if jpeg::is_jpeg(&bytes) {
+        return jpeg::decode_crop(&bytes, pick);
+    }
+    let image = decode_bytes_rgb(&bytes)?;
+    let crop = pick(image.width, image.height);
+    Ok(Cropped { image, crop: crop.region, scale: 8 })
 }
 
 impl Source for ImageFolder {
@@ -100,5 +128,8 @@ impl Source for ImageFolder {
     }
     fn describe(&self, index: usize) -> String {
         self.samples[index].0.display().to_string()
+    }
+    fn crop(&self, index: usize, pick: &mut dyn FnMut(u32, u32) -> Crop) -> Result<Cropped> {
+        decode_crop(&self.samples[index].0, pick)
     }
 }

@@ -9,8 +9,10 @@
 //! `(seed, epoch, sample index)`, never on thread timing: a resumed run sees exactly the data a
 //! straight run would.
 
+pub mod bench;
 pub mod fashion_mnist;
 pub mod image_folder;
+pub mod jpeg;
 pub mod synthetic;
 
 use std::fmt;
@@ -42,6 +44,35 @@ pub trait Source: Send + Sync {
     fn image(&self, index: usize) -> Result<Image>;
     /// Where sample `index` comes from, for messages (a file path, `train[12]`).
     fn describe(&self, index: usize) -> String;
+    /// Decodes the part of sample `index` a crop needs. `pick` gets the full-size width and
+    /// height and returns the crop; a source may then decode less than the whole image (JPEG:
+    /// at a reduced DCT scale and only the crop's rows and columns) as long as the result still
+    /// covers the crop with at least `crop.out` pixels on both sides. Default: [`Source::image`]
+    /// at full size.
+    fn crop(&self, index: usize, pick: &mut dyn FnMut(u32, u32) -> Crop) -> Result<Cropped> {
+        let image = self.image(index)?;
+        let crop = pick(image.width, image.height);
+        Ok(Cropped { image, crop: crop.region, scale: 8 })
+    }
+}
+
+/// A crop of a full-size image: `region` (`[x0, y0, w, h]`, pixels) to be resized to at least
+/// `out` x `out`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Crop {
+    pub region: [u32; 4],
+    pub out: u32,
+}
+
+/// What [`Source::crop`] decoded: `image` (possibly smaller than the file's image) and where the
+/// crop lies in it.
+#[derive(Clone, Debug)]
+pub struct Cropped {
+    pub image: Image,
+    /// The crop in `image`'s pixels.
+    pub crop: [u32; 4],
+    /// The decode scale in eighths (8: full size).
+    pub scale: u32,
 }
 
 /// The first `len` samples of another source (`--limit-train`, `--limit-test`).
@@ -71,6 +102,9 @@ impl Source for Limited {
     }
     fn describe(&self, index: usize) -> String {
         self.inner.describe(index)
+    }
+    fn crop(&self, index: usize, pick: &mut dyn FnMut(u32, u32) -> Crop) -> Result<Cropped> {
+        self.inner.crop(index, pick)
     }
 }
 
@@ -282,6 +316,17 @@ pub struct Batch {
     pub skipped: usize,
     /// The first skipped sample and why, for the report.
     pub first_skip: Option<String>,
+    /// Where `images` goes back when the batch is dropped: the loader reuses it for a later
+    /// batch instead of faulting in fresh pages (a 256 x 224 x 224 batch is 154 MB).
+    recycle: Option<mpsc::Sender<Vec<f32>>>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(tx) = self.recycle.take() {
+            let _ = tx.send(std::mem::take(&mut self.images));
+        }
+    }
 }
 
 impl Batch {
@@ -318,17 +363,17 @@ impl LoaderSpec<'_> {
         }
     }
 
-    fn load(&self, indices: &[usize]) -> Batch {
+    fn load(&self, indices: &[usize], mut images: Vec<f32>) -> Batch {
         let len = self.transform.sample_len();
-        let mut images = vec![0f32; indices.len() * len];
+        // Every kept sample is overwritten; the values of a reused buffer do not matter.
+        images.resize(indices.len() * len, 0.0);
         let results: Vec<Result<(), String>> = images
             .par_chunks_mut(len)
             .zip(indices.par_iter())
             .map(|(out, &i)| {
                 let mut rng = Rng::stream(self.seed, Purpose::Augment, self.epoch, i as u64);
-                self.source
-                    .image(i)
-                    .and_then(|img| self.transform.apply(&img, &mut rng, out))
+                self.transform
+                    .load(self.source, i, &mut rng, out)
                     .map_err(|e| format!("{}: {e:#}", self.source.describe(i)))
             })
             .collect();
@@ -356,14 +401,26 @@ impl LoaderSpec<'_> {
 
     /// Calls `f` on every batch in order, decoding ahead on a producer thread. Stops at the first
     /// error `f` returns.
-    pub fn for_each(&self, mut f: impl FnMut(Batch) -> Result<()>) -> Result<()> {
+    pub fn for_each(&self, f: impl FnMut(Batch) -> Result<()>) -> Result<()> {
+        self.for_each_in(None, f)
+    }
+
+    /// [`LoaderSpec::for_each`] decoding on `pool` (default: the global pool, [`init_workers`]).
+    pub fn for_each_in(&self, pool: Option<&rayon::ThreadPool>, mut f: impl FnMut(Batch) -> Result<()>) -> Result<()> {
         let n = self.num_batches();
         let (tx, rx) = mpsc::sync_channel::<Batch>(PREFETCH_BATCHES);
+        let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<f32>>();
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 for b in 0..n {
                     let end = ((b + 1) * self.batch_size).min(self.order.len());
-                    let batch = self.load(&self.order[b * self.batch_size..end]);
+                    let indices = &self.order[b * self.batch_size..end];
+                    let buffer = recycle_rx.try_recv().unwrap_or_default();
+                    let mut batch = match pool {
+                        Some(p) => p.install(|| self.load(indices, buffer)),
+                        None => self.load(indices, buffer),
+                    };
+                    batch.recycle = Some(recycle_tx.clone());
                     if tx.send(batch).is_err() {
                         return; // the consumer stopped early
                     }
@@ -375,6 +432,23 @@ impl LoaderSpec<'_> {
             Ok(())
         })
     }
+}
+
+/// `data` as a tensor of `shape` on `device`. On CUDA the batch is copied once into page-locked
+/// (pinned) host memory and from there to the GPU with a non-blocking copy, so the transfer runs
+/// on the DMA engine while the GPU is still busy with earlier work (libtorch's caching host
+/// allocator keeps the pinned block until the copy has finished); elsewhere it is a plain CPU
+/// tensor.
+pub fn to_device<T: tch::kind::Element + Copy>(data: &[T], shape: &[i64], device: tch::Device) -> tch::Tensor {
+    let elements = shape.iter().try_fold(1usize, |a, &d| usize::try_from(d).ok().and_then(|d| a.checked_mul(d)));
+    if !device.is_cuda() || elements != Some(data.len()) {
+        return tch::Tensor::from_slice(data).view(shape).to_device(device);
+    }
+    let host = tch::Tensor::empty(shape, (T::KIND, tch::Device::Cpu)).pin_memory(device);
+    // SAFETY: `host` is a fresh contiguous CPU tensor of `data.len()` elements of type T (the
+    // product of `shape`, checked above).
+    unsafe { std::slice::from_raw_parts_mut(host.data_ptr() as *mut T, data.len()) }.copy_from_slice(data);
+    host.to_device_(device, T::KIND, true, false)
 }
 
 /// Sizes the global rayon pool used for decoding (`--workers`); later calls keep the first size.
