@@ -8,6 +8,7 @@
 // nullptr on success or a malloc'd error message the caller frees with host_dist_free_error: no
 // C++ exception crosses into Rust.
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -120,7 +121,9 @@ char* host_dist_init(const char* master_addr, int port, int rank, int world, int
     so.isServer = rank == 0;
     so.numWorkers = static_cast<std::size_t>(world);
     so.waitWorkers = true;
-    so.timeout = g->timeout;
+    // Starting the ranks (loading libtorch, reading the data) may take longer than a collective
+    // may: the rendezvous waits at least a minute.
+    so.timeout = std::max(g->timeout, std::chrono::milliseconds(60000));
     g->store = c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), so);
 
     g->pg = c10::make_intrusive<c10d::ProcessGroup>(g->store, rank, world);

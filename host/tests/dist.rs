@@ -73,6 +73,39 @@ fn two_ranks_match_one_rank_with_twice_the_batch() {
     assert!((l1 - l2).abs() <= 1e-5 * l1.abs(), "train loss {l1} vs {l2}");
 }
 
+/// Two ranks, 2 epochs straight vs 1 epoch then `--resume` (two ranks again): bitwise the same
+/// weights, momentum buffers and metrics, as for one process.
+#[test]
+fn two_ranks_resume_exactly() {
+    let dir = TempDir::new("dist-resume");
+    let dataset = fmnist();
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train", "--dataset", &dataset, "--limit-train", "128", "--limit-test", "32", "--batch-size", "16",
+            "--epochs", "2", "--seed", "7", "--threads", "1", "--workers", "1", "--device", "cpu",
+            "--nproc-per-node", "2", "--out", out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = host(&args);
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    };
+    let straight = dir.join("straight");
+    let split = dir.join("split");
+    run(&straight, &[]);
+    run(&split, &["--run-epochs", "1"]);
+    assert_eq!(metrics(&split).len(), 1);
+    let o = host(&["train", "--resume", "--nproc-per-node", "2", "--out", split.to_str().unwrap()]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    for f in ["checkpoint.safetensors", "train_state.safetensors"] {
+        let (rel, name) = max_rel_diff(&straight.join(f), &split.join(f));
+        assert_eq!(rel, 0.0, "{f}: {name} differs");
+    }
+    let (a, b) = (metrics(&straight), metrics(&split));
+    for key in ["train_loss", "test_top1", "test_loss", "step"] {
+        assert_eq!(a[1][key], b[1][key], "{key}");
+    }
+}
+
 /// Two ranks on 2,048 Fashion-MNIST images for one epoch: well above chance, and rank 0 alone
 /// prints and writes the run directory; resuming it with another number of ranks is refused.
 #[test]
@@ -198,13 +231,13 @@ fn killing_a_rank_stops_the_job_and_names_it() {
     checkpoint_is_usable(&out);
 }
 
-/// A rank that hangs (SIGSTOP) makes rank 0's next collective time out (--dist-timeout 3): the
+/// A rank that hangs (SIGSTOP) makes rank 0's next collective time out (--dist-timeout 5): the
 /// job ends with rank 0's error and the hung rank is killed by the launcher.
 #[test]
 fn a_hung_rank_times_out() {
     let dir = TempDir::new("dist-hang");
     let out = dir.join("run");
-    let (child, pids, rx) = start_two_ranks(&out, &["--dist-timeout", "3"]);
+    let (child, pids, rx) = start_two_ranks(&out, &["--dist-timeout", "5"]);
     wait_for_checkpoint(&out, Duration::from_secs(60));
     signal(pids[1], "-STOP");
     let (code, err) = wait_for_exit(child, rx, Duration::from_secs(40));

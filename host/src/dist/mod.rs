@@ -155,8 +155,9 @@ pub struct Group {
 unsafe impl Send for Group {}
 
 impl Group {
-    /// Rendezvous at `MASTER_ADDR:MASTER_PORT` and build the process group; `nccl`: CUDA tensors
-    /// go through NCCL (an error when the binary has none).
+    /// Rendezvous at `MASTER_ADDR:MASTER_PORT` (waiting for all ranks at least a minute) and build
+    /// the process group, whose collectives wait at most `timeout`; `nccl`: CUDA tensors go through
+    /// NCCL (an error when the binary has none).
     pub fn init(r: &Rank, timeout: Duration, nccl: bool) -> Result<Group> {
         let addr = CString::new(r.master_addr.clone()).context("MASTER_ADDR holds a NUL byte")?;
         let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
@@ -175,12 +176,11 @@ impl Group {
         };
         if let Some(e) = check(err) {
             bail!(
-                "rank {} of {}: cannot join the process group at {}:{} within {:?}: {e}",
+                "rank {} of {}: cannot join the process group at {}:{}: {e}",
                 r.rank,
                 r.world,
                 r.master_addr,
-                r.master_port,
-                timeout
+                r.master_port
             );
         }
         Ok(Group { ptr, rank: r.rank, world: r.world })
