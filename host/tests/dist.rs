@@ -14,6 +14,16 @@ use std::time::{Duration, Instant};
 use common::{assert_error, fmnist, host, metrics, stderr, stdout, TempDir};
 use host::checkpoint::read_safetensors;
 
+/// `host` with `base`, `--out out` and `extra`; asserts it succeeded.
+fn train_ok(base: &[&str], out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    let o = host(&args);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    o
+}
+
 /// Largest |a - b| over a tensor relative to its largest |a| (absolute for all-zero tensors).
 fn max_rel_diff(a: &Path, b: &Path) -> (f64, String) {
     let (ta, _) = read_safetensors(a).unwrap();
@@ -45,15 +55,11 @@ fn two_ranks_match_one_rank_with_twice_the_batch() {
     let dir = TempDir::new("dist-parity");
     let dataset = fmnist();
     let run = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
+        let base = [
             "train", "--dataset", &dataset, "--limit-train", "64", "--limit-test", "32", "--epochs", "1",
             "--warmup-epochs", "0", "--seed", "5", "--sync-bn", "--threads", "1", "--workers", "1", "--device", "cpu",
-            "--out", out.to_str().unwrap(),
         ];
-        args.extend_from_slice(extra);
-        let o = host(&args);
-        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-        o
+        train_ok(&base, out, extra)
     };
     let one = dir.join("one");
     let two = dir.join("two");
@@ -80,14 +86,12 @@ fn two_ranks_resume_exactly() {
     let dir = TempDir::new("dist-resume");
     let dataset = fmnist();
     let run = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
+        let base = [
             "train", "--dataset", &dataset, "--limit-train", "128", "--limit-test", "32", "--batch-size", "16",
             "--epochs", "2", "--seed", "7", "--threads", "1", "--workers", "1", "--device", "cpu",
-            "--nproc-per-node", "2", "--out", out.to_str().unwrap(),
+            "--nproc-per-node", "2",
         ];
-        args.extend_from_slice(extra);
-        let o = host(&args);
-        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        train_ok(&base, out, extra);
     };
     let straight = dir.join("straight");
     let split = dir.join("split");
