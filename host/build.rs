@@ -12,6 +12,13 @@
 //!
 //! It also compiles `src/data/jpeg_shim.c`, the C layer over the system libjpeg-turbo
 //! (Debian: `libjpeg62-turbo-dev`) that `data::jpeg` calls, and links `-ljpeg`.
+//! And it compiles `csrc/dist.cpp`, the C ABI over libtorch's c10d that `host train` uses for
+//! data-parallel training, against the headers beside that library directory (`../include`, as
+//! the pip wheel and the libtorch zip lay them out), with the Gloo declarations of
+//! `csrc/gloo_decl` (the wheel ships ProcessGroupGloo.hpp but not Gloo's own headers). The NCCL
+//! backend is added when libtorch_cuda, `nccl.h` and a complete CUDA toolkit's headers are found
+//! and the shim compiles with them; otherwise multi-rank CUDA training uses Gloo (see
+//! host/README.md).
 
 use std::env;
 use std::path::PathBuf;
@@ -63,10 +70,63 @@ fn main() {
     };
     let dir_s = dir.display();
     println!("cargo:rustc-link-arg=-Wl,-rpath,{dir_s}");
+    compile_dist_shim(&dir);
     if dir.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-L{dir_s}");
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+}
+
+/// `nccl.h`'s directory and the CUDA include directory (with `crt/` and `nv/target`, which the
+/// pip wheels' `nvidia/cu13/include` lacks), when both are there.
+fn nccl_includes(lib_dir: &std::path::Path) -> Option<Vec<PathBuf>> {
+    if !lib_dir.join("libtorch_cuda.so").exists() {
+        return None;
+    }
+    let site = lib_dir.parent()?.parent()?;
+    let cuda_home = env_rerun("CUDA_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/local/cuda"));
+    let cuda_inc = cuda_home.join("include");
+    let complete = ["cuda_runtime.h", "crt/host_config.h", "nv/target"].iter().all(|f| cuda_inc.join(f).exists());
+    let nccl = [site.join("nvidia/nccl/include"), cuda_inc.clone(), PathBuf::from("/usr/include")]
+        .into_iter()
+        .find(|d| d.join("nccl.h").exists())?;
+    complete.then(|| vec![nccl, cuda_inc])
+}
+
+fn compile_dist_shim(lib_dir: &std::path::Path) {
+    println!("cargo:rerun-if-changed=csrc");
+    let root = lib_dir.parent().map(|p| p.join("include")).unwrap_or_default();
+    let base = || {
+        let mut b = cc::Build::new();
+        b.cpp(true)
+            .file("csrc/dist.cpp")
+            .include("csrc/gloo_decl")
+            .include(&root)
+            .include(root.join("torch/csrc/api/include"))
+            .flag("-std=c++17")
+            .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+            .define("GLOG_USE_GLOG_EXPORT", None)
+            .define("USE_C10D_GLOO", None)
+            .warnings(false);
+        b
+    };
+    let with_nccl = nccl_includes(lib_dir).and_then(|incs| {
+        let mut b = base();
+        b.includes(&incs).define("USE_C10D_NCCL", None).define("HOST_DIST_NCCL", None);
+        match b.try_compile("host_dist") {
+            Ok(()) => Some(()),
+            Err(e) => {
+                println!("cargo:warning=host: the c10d shim does not compile with NCCL ({e}); multi-rank CUDA training will use Gloo");
+                None
+            }
+        }
+    });
+    if with_nccl.is_none() {
+        base().compile("host_dist");
+    }
+    println!("cargo:rustc-link-search=native={}", lib_dir.display());
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
 }

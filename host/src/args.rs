@@ -49,7 +49,7 @@ pub struct ComputeArgs {
 
 impl ComputeArgs {
     pub fn model_options(&self, zero_init_residual: bool) -> ModelOptions {
-        ModelOptions { zero_init_residual, channels_last: self.channels_last, amp: self.amp }
+        ModelOptions { zero_init_residual, channels_last: self.channels_last, amp: self.amp, sync_bn: false }
     }
 }
 

@@ -103,7 +103,7 @@ pub fn measure(args: &BenchArgs) -> Result<BenchResult> {
     let model = ResNet::new(&vs, &config, options)?;
     let opt = Sgd::new(&model, SgdConfig { momentum: 0.875, weight_decay: 1.0 / 32768.0 });
     let scaler = LossScaler::new(LossScaleConfig::default(), args.compute.amp.needs_loss_scaling());
-    let mut trainer = Trainer { model: &model, opt, scaler, criterion: Criterion { label_smoothing: 0.1 } };
+    let mut trainer = Trainer { model: &model, opt, scaler, criterion: Criterion { label_smoothing: 0.1 }, reducer: None };
     let lr = LR_PER_256 * args.batch_size as f64 / REFERENCE_BATCH;
 
     let side = i64::from(args.image_size);
@@ -112,14 +112,14 @@ pub fn measure(args: &BenchArgs) -> Result<BenchResult> {
     let y = Tensor::randint(i64::from(args.num_classes), [args.batch_size as i64], (Kind::Int64, device));
 
     for _ in 0..args.warmup_steps {
-        trainer.step(&x, &y, lr, None);
+        trainer.step(&x, &y, lr, None)?;
     }
     device::synchronize(device);
     let mut ms = Vec::with_capacity(args.steps);
     let mut last = None;
     for _ in 0..args.steps {
         let t0 = Instant::now();
-        let out = trainer.step(&x, &y, lr, None);
+        let out = trainer.step(&x, &y, lr, None)?;
         device::synchronize(device);
         ms.push(t0.elapsed().as_secs_f64() * 1e3);
         last = Some(out.loss);

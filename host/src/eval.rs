@@ -121,7 +121,7 @@ pub fn main(args: EvalArgs) -> Result<()> {
     let model = ResNet::new(&vs, &config, ModelOptions::default())?;
     model.load_state_dict(&tensors, &weights, &[])?;
     let criterion = Criterion { label_smoothing: 0.0 };
-    let ev = evaluate(&model, &criterion, data.test.as_ref(), &preprocess, args.data.batch_size, device)?;
+    let ev = evaluate(&model, &criterion, data.test.as_ref(), &preprocess, args.data.batch_size, device, None)?;
     let report = EvalReport {
         checkpoint: weights.display().to_string(),
         dataset: spec.to_string(),

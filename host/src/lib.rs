@@ -14,6 +14,7 @@
 //! | [`schedule`] | linear warm-up then cosine learning rate, per step |
 //! | [`loss_scale`] | dynamic loss scaling for fp16 |
 //! | [`checkpoint`] | the run directory: checkpoint, optimizer state, `args.json`, saved as a unit under `run.json` with checksums |
+//! | [`dist`] | data-parallel training on libtorch's c10d (C++ shim `csrc/dist.cpp`): process group, DDP reducer, SyncBatchNorm all-reduce, `--nproc-per-node` launcher |
 //! | [`train`] | `load_data`, `train_one_epoch`, `evaluate`, `main` |
 //! | [`eval`] | `host eval` |
 //! | [`export`] | `host export`: BN folding, int8 calibration, compact weights, ONNX, parity file |
@@ -25,6 +26,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod eval;
 pub mod export;
 pub mod image;

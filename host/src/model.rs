@@ -39,11 +39,15 @@ pub struct ModelOptions {
     pub channels_last: bool,
     /// Compute dtype of convolutions and the classifier.
     pub amp: Amp,
+    /// In training mode, BatchNorm normalizes with the statistics of the whole global batch,
+    /// summed over the ranks of a data-parallel job ([`crate::dist::allreduce_autograd`]; on a
+    /// single process the same formula over the local batch): `host train --sync-bn`.
+    pub sync_bn: bool,
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        Self { zero_init_residual: true, channels_last: false, amp: Amp::Off }
+        Self { zero_init_residual: true, channels_last: false, amp: Amp::Off, sync_bn: false }
     }
 }
 
@@ -116,6 +120,35 @@ pub struct ResNet {
     /// `last_use[v]`: index of the last op that reads value `v` (values are dropped after it).
     last_use: Vec<usize>,
     logits: usize,
+}
+
+/// Training-mode BatchNorm over the global batch of a data-parallel job: per channel, the sums of
+/// `x` and `x^2` and the sample count are summed over ranks in one differentiable all-reduce (fp32),
+/// giving the batch mean and biased variance; the running statistics get the unbiased variance,
+/// as `torch.nn.SyncBatchNorm` does. Without a process group it is the same over the local batch.
+fn sync_batch_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, running_mean: &Tensor, running_var: &Tensor) -> Result<Tensor> {
+    let c = weight.size()[0];
+    let xf = x.to_kind(Kind::Float);
+    let dims = [0i64, 2, 3];
+    let sum = xf.sum_dim_intlist(dims.as_slice(), false, Kind::Float);
+    let sum_sq = (&xf * &xf).sum_dim_intlist(dims.as_slice(), false, Kind::Float);
+    let shape = x.size();
+    let count = Tensor::full([1], (shape[0] * shape[2] * shape[3]) as f64, (Kind::Float, x.device()));
+    let local = Tensor::cat(&[sum, sum_sq, count], 0);
+    let stats = if crate::dist::sync_bn_active() { crate::dist::allreduce_autograd(&local)? } else { local };
+    let n = stats.narrow(0, 2 * c, 1);
+    let mean = stats.narrow(0, 0, c) / &n;
+    let var = (stats.narrow(0, c, c) / &n - &mean * &mean).clamp_min(0.0);
+    {
+        let _guard = tch::no_grad_guard();
+        let unbiased = &var * (&n / (&n - 1.0).clamp_min(1.0));
+        let _ = running_mean.shallow_clone().g_mul_scalar_(1.0 - BN_MOMENTUM).g_add_(&(mean.detach() * BN_MOMENTUM));
+        let _ = running_var.shallow_clone().g_mul_scalar_(1.0 - BN_MOMENTUM).g_add_(&(unbiased.detach() * BN_MOMENTUM));
+    }
+    let scale = weight * (var + f64::from(shared::graph::BN_EPS)).rsqrt();
+    let shift = bias - &mean * &scale;
+    let y = &xf * scale.view([1, c, 1, 1]) + shift.view([1, c, 1, 1]);
+    Ok(y.to_kind(x.kind()))
 }
 
 /// `root / "layer1" / "0" / "conv1"` for the layer name `layer1.0.conv1`.
@@ -264,6 +297,11 @@ impl ResNet {
     /// Logits `[N, num_classes]` in fp32 for a batch `[N, in_channels, H, W]` (fp32, any memory
     /// format). `train` selects batch statistics (and updates the running ones) vs running stats.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.f_forward_t(x, train).expect("only --sync-bn's collectives can fail; training calls f_forward_t")
+    }
+
+    /// [`forward_t`](Self::forward_t), with the error of a failed SyncBatchNorm collective.
+    pub fn f_forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let compute = self.options.amp.compute_kind();
         let cast = |t: &Tensor| match compute {
             Some(k) => t.to_kind(k),
@@ -280,6 +318,15 @@ impl ResNet {
                 Op::Conv { weight, bias, stride, padding } => {
                     let b = bias.as_ref().map(cast);
                     arg(0).conv2d(&cast(weight), b.as_ref(), [*stride; 2], [*padding; 2], [1, 1], 1)
+                }
+                Op::BatchNorm { weight, bias, running_mean, running_var, num_batches_tracked }
+                    if train && self.options.sync_bn =>
+                {
+                    {
+                        let _guard = tch::no_grad_guard();
+                        let _ = num_batches_tracked.shallow_clone().g_add_scalar_(1);
+                    }
+                    sync_batch_norm(arg(0), weight, bias, running_mean, running_var)?
                 }
                 Op::BatchNorm { weight, bias, running_mean, running_var, num_batches_tracked } => {
                     if train {
@@ -308,7 +355,7 @@ impl ResNet {
             };
             wiring.store(i, &self.last_use, &mut values, y);
         }
-        values[self.logits].take().expect("the walk ends with the classifier").to_kind(Kind::Float)
+        Ok(values[self.logits].take().expect("the walk ends with the classifier").to_kind(Kind::Float))
     }
 
     /// Copies tensors from a `state_dict`-named map into the model (e.g. torchvision or timm

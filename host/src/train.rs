@@ -4,7 +4,7 @@
 //! metrics line).
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::builder::PossibleValuesParser;
@@ -22,8 +22,10 @@ use crate::args::{
 use crate::checkpoint::{RunDir, RunState, RUN_FORMAT};
 use crate::data::{DataOptions, Dataset, DatasetSpec, LoaderSpec, Source};
 use crate::device;
+use crate::dist::launch::{self, Launch};
+use crate::dist::{self, Group, Rank, Reducer};
 use crate::loss_scale::{LossScaleConfig, LossScaler};
-use crate::model::ResNet;
+use crate::model::{ModelOptions, ResNet};
 use crate::optim::{Sgd, SgdConfig};
 use crate::presets::Transform;
 use crate::rng::{epoch_order, Purpose, Rng};
@@ -38,6 +40,8 @@ pub const DEFAULT_BATCH_SIZE: usize = 128;
 /// NVIDIA recipe: lr 0.256 for a batch of 256, scaled linearly with the batch size.
 pub const LR_PER_256: f64 = 0.256;
 pub const REFERENCE_BATCH: f64 = 256.0;
+/// Most ranks of a data-parallel job (`--nproc-per-node`, `--nnodes`).
+pub const MAX_RANKS: u64 = 65_536;
 /// Progress-bar refresh interval in steps (each refresh reads the loss back from the device).
 const PROGRESS_EVERY: u64 = 10;
 
@@ -130,15 +134,55 @@ pub struct TrainArgs {
     /// Evaluation batch size (default: the training batch size).
     #[arg(long, value_parser = int_in::<usize>(1, MAX_BATCH))]
     pub eval_batch_size: Option<usize>,
+    /// Data-parallel: start N ranks of this command on this machine (as torchrun does), one per
+    /// GPU with --device cuda. --batch-size is per rank: the global batch is ranks x batch-size.
+    /// Without it, torchrun's environment (WORLD_SIZE > 1, RANK, ...) makes this process a rank.
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_RANKS))]
+    #[serde(skip)]
+    pub nproc_per_node: Option<usize>,
+    /// With --nproc-per-node: machines in the job (MASTER_ADDR and MASTER_PORT: rank 0's machine).
+    #[arg(long, default_value_t = 1, value_parser = int_in::<usize>(1, MAX_RANKS))]
+    #[serde(skip, default = "one")]
+    pub nnodes: usize,
+    /// With --nproc-per-node: this machine's index in 0..nnodes (its ranks are node-rank x N + local).
+    #[arg(long, default_value_t = 0, value_parser = int_in::<usize>(0, MAX_RANKS))]
+    #[serde(skip)]
+    pub node_rank: usize,
+    /// BatchNorm statistics over the global batch (summed over all ranks) instead of each rank's.
+    #[arg(long)]
+    #[serde(default)]
+    pub sync_bn: bool,
+    /// Seconds a collective waits for the other ranks before the job stops with an error.
+    #[arg(long, default_value_t = dist::DEFAULT_TIMEOUT_S, value_parser = int_in::<u64>(1, 86_400))]
+    #[serde(default = "default_dist_timeout")]
+    pub dist_timeout: u64,
+    /// Ranks the run trains on (from WORLD_SIZE; saved, so that --resume keeps the global batch).
+    #[arg(skip = 1usize)]
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_dist_timeout() -> u64 {
+    dist::DEFAULT_TIMEOUT_S
 }
 
 /// Flags that may differ when resuming (they do not change the computation).
-const RESUME_OVERRIDABLE: [&str; 8] =
-    ["epochs", "run_epochs", "device", "threads", "workers", "eval_batch_size", "resume", "out"];
+const RESUME_OVERRIDABLE: [&str; 9] =
+    ["epochs", "run_epochs", "device", "threads", "workers", "eval_batch_size", "resume", "out", "dist_timeout"];
 
 impl TrainArgs {
+    /// Images per optimizer step over all ranks.
+    pub fn global_batch(&self) -> usize {
+        self.batch_size * self.world_size
+    }
+
+    /// `--lr`, or 0.256 per 256 images of the global batch.
     pub fn base_lr(&self) -> f64 {
-        self.lr.unwrap_or(LR_PER_256 * self.batch_size as f64 / REFERENCE_BATCH)
+        self.lr.unwrap_or(LR_PER_256 * self.global_batch() as f64 / REFERENCE_BATCH)
     }
 
     fn data_options(&self) -> DataOptions {
@@ -210,6 +254,8 @@ pub struct Trainer<'a> {
     pub opt: Sgd,
     pub scaler: LossScaler,
     pub criterion: Criterion,
+    /// Data-parallel: averages the gradients over ranks during backward.
+    pub reducer: Option<&'a Reducer>,
 }
 
 /// What one step did.
@@ -221,9 +267,10 @@ pub struct StepOutcome {
 }
 
 impl Trainer<'_> {
-    /// Forward, loss, backward, unscale + overflow check, SGD update: one training step, the
-    /// same code `host train` and `host bench-train` run.
-    pub fn step(&mut self, x: &Tensor, y: &Tensor, lr: f64, mixup: Option<&Mixup>) -> StepOutcome {
+    /// Forward, loss, backward (with the reducer: gradients averaged over ranks, bucket by bucket
+    /// as backward produces them), unscale + overflow check, SGD update: one training step, the
+    /// same code `host train` and `host bench-train` run. Errors come from collectives only.
+    pub fn step(&mut self, x: &Tensor, y: &Tensor, lr: f64, mixup: Option<&Mixup>) -> Result<StepOutcome> {
         let (x, loss_of): (Tensor, Box<dyn Fn(&Tensor) -> Tensor>) = match mixup {
             Some(&Mixup { lam }) => {
                 let x = x * lam + x.flip([0]) * (1.0 - lam);
@@ -235,16 +282,24 @@ impl Trainer<'_> {
                 (x.shallow_clone(), Box::new(move |logits| c.loss(logits, &y)))
             }
         };
-        let logits = self.model.forward_t(&x, true);
+        let logits = self.model.f_forward_t(&x, true)?;
         let loss = loss_of(&logits);
         self.opt.zero_grad();
-        self.scaler.scale_loss(&loss).backward();
+        if let Some(r) = self.reducer {
+            r.prepare_for_backward()?;
+        }
+        if let Err(e) = self.scaler.scale_loss(&loss).f_backward() {
+            return Err(match self.reducer {
+                Some(r) => r.backward_error(e),
+                None => anyhow!("backward: {e}"),
+            });
+        }
         let applied = self.scaler.unscale(self.opt.params());
         if applied {
             self.opt.step(lr);
         }
         self.scaler.update(applied);
-        StepOutcome { loss: loss.detach(), applied }
+        Ok(StepOutcome { loss: loss.detach(), applied })
     }
 }
 
@@ -269,7 +324,10 @@ pub fn batch_tensors(images: &[f32], labels: &[i64], shape: [i64; 3], device: De
     (x, y)
 }
 
-fn progress_bar(len: u64, prefix: String) -> ProgressBar {
+fn progress_bar(len: u64, prefix: String, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
     let pb = ProgressBar::new(len);
     let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
         .map(|s| s.progress_chars("=> "))
@@ -279,7 +337,9 @@ fn progress_bar(len: u64, prefix: String) -> ProgressBar {
     pb
 }
 
-/// One pass over the training data; `step` is the global step counter (advanced here).
+/// One pass over the training data; `step` is the global step counter (advanced here). With a
+/// process group, this rank trains on its [`dist::shard`] of the epoch and the returned loss and
+/// image counts are summed over ranks.
 #[allow(clippy::too_many_arguments)]
 pub fn train_one_epoch(
     trainer: &mut Trainer,
@@ -291,18 +351,24 @@ pub fn train_one_epoch(
     epochs: u32,
     args: &TrainArgs,
     device: Device,
+    group: Option<&Group>,
 ) -> Result<EpochStats> {
+    let order = epoch_order(train.len(), args.seed, u64::from(epoch));
+    let order = match group {
+        Some(g) => dist::shard(&order, g.rank, g.world, args.batch_size),
+        None => order,
+    };
     let loader = LoaderSpec {
         source: train,
         transform,
-        order: epoch_order(train.len(), args.seed, u64::from(epoch)),
+        order,
         batch_size: args.batch_size,
         drop_last: true,
         seed: args.seed,
         epoch: u64::from(epoch),
     };
     let shape = transform.sample_shape();
-    let pb = progress_bar(loader.num_batches() as u64, format!("epoch {}/{epochs}", epoch + 1));
+    let pb = progress_bar(loader.num_batches() as u64, format!("epoch {}/{epochs}", epoch + 1), group.is_none_or(|g| g.rank == 0));
     let mut stats = EpochStats::default();
     let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
     let mut steps_in_epoch = 0u64;
@@ -313,6 +379,18 @@ pub fn train_one_epoch(
             stats.first_skip = batch.first_skip.clone();
         }
         if batch.len() < 2 {
+            if let Some(g) = group {
+                // Every rank must take part in every step's collectives: no rank may skip one.
+                bail!(
+                    "rank {}: step {} has {} readable image(s) of {} on this rank (the rest are unreadable: {}); \
+                     a data-parallel step needs at least 2 per rank: remove the unreadable files or raise --batch-size",
+                    g.rank,
+                    *step,
+                    batch.len(),
+                    args.batch_size,
+                    batch.first_skip.as_deref().unwrap_or("?")
+                );
+            }
             return Ok(()); // BatchNorm needs two samples; only corrupt files shrink a batch this far
         }
         let (x, y) = batch_tensors(&batch.images, &batch.labels, shape, device);
@@ -320,7 +398,7 @@ pub fn train_one_epoch(
         let mixup = (args.mixup > 0.0).then(|| Mixup {
             lam: Rng::stream(args.seed, Purpose::Mixup, u64::from(epoch), *step).beta(args.mixup, args.mixup),
         });
-        let out = trainer.step(&x, &y, lr, mixup.as_ref());
+        let out = trainer.step(&x, &y, lr, mixup.as_ref())?;
         loss_sum += out.loss.to_kind(Kind::Double) * batch.len() as f64;
         if !out.applied {
             stats.skipped_steps += 1;
@@ -339,6 +417,15 @@ pub fn train_one_epoch(
     })?;
     device::synchronize(device);
     pb.finish_and_clear();
+    if let Some(g) = group {
+        let counts = Tensor::from_slice(&[stats.images as f64, stats.skipped as f64]).to_device(device);
+        let totals = Tensor::cat(&[loss_sum.view([1]), counts], 0);
+        g.allreduce_sum(&[&totals], "summing the epoch's training loss over ranks")?;
+        let t: Vec<f64> = Vec::try_from(&totals.to_device(Device::Cpu))?;
+        loss_sum = Tensor::from(t[0]);
+        stats.images = t[1] as usize;
+        stats.skipped = t[2] as usize;
+    }
     stats.seconds = start.elapsed().as_secs_f64();
     stats.loss = if stats.images > 0 { loss_sum.double_value(&[]) / stats.images as f64 } else { f64::NAN };
     if !stats.loss.is_finite() {
@@ -362,7 +449,9 @@ pub struct EvalStats {
     pub seconds: f64,
 }
 
-/// Evaluates `model` on `source` with the `shared` eval preprocessing.
+/// Evaluates `model` on `source` with the `shared` eval preprocessing. With a process group, each
+/// rank evaluates every `world`-th image and the sums are all-reduced: every rank returns the
+/// statistics of the whole split.
 pub fn evaluate(
     model: &ResNet,
     criterion: &Criterion,
@@ -370,13 +459,17 @@ pub fn evaluate(
     preprocess: &Preprocess,
     batch_size: usize,
     device: Device,
+    group: Option<&Group>,
 ) -> Result<EvalStats> {
     let _guard = tch::no_grad_guard();
     let transform = Transform::Eval(*preprocess);
     let loader = LoaderSpec {
         source,
         transform: &transform,
-        order: (0..source.len()).collect(),
+        order: match group {
+            Some(g) => dist::shard_strided(source.len(), g.rank, g.world),
+            None => (0..source.len()).collect(),
+        },
         batch_size,
         drop_last: false,
         seed: 0,
@@ -403,6 +496,15 @@ pub fn evaluate(
         stats.images += batch.len();
         Ok(())
     })?;
+    if let Some(g) = group {
+        let counts = Tensor::from_slice(&[stats.images as f64, stats.skipped as f64]).to_device(device);
+        let totals = Tensor::cat(&[loss_sum.view([1]), top1.view([1]), top5.view([1]), counts], 0);
+        g.allreduce_sum(&[&totals], "summing the evaluation over ranks")?;
+        let t: Vec<f64> = Vec::try_from(&totals.to_device(Device::Cpu))?;
+        (loss_sum, top1, top5) = (Tensor::from(t[0]), Tensor::from(t[1]), Tensor::from(t[2]));
+        stats.images = t[3] as usize;
+        stats.skipped = t[4] as usize;
+    }
     if stats.images == 0 {
         bail!("no readable test image");
     }
@@ -438,11 +540,13 @@ pub struct EpochMetrics {
 /// The run directory of `args.out` and the flags to train with: for `--resume`, its saved state
 /// and the saved flags with the explicit overridable ones applied; otherwise a fresh directory.
 /// A save a kill interrupted is first finished or rolled back ([`RunDir::recover`]).
-fn open_run(args: TrainArgs, explicit: &[String]) -> Result<(RunDir, TrainArgs, Option<RunState>)> {
+/// In a data-parallel job, only rank 0 may finish or roll back an interrupted save; the other
+/// ranks (`writer` false) open the directory after it, read-only.
+fn open_run(args: TrainArgs, explicit: &[String], writer: bool) -> Result<(RunDir, TrainArgs, Option<RunState>)> {
     let run = RunDir::new(&args.out);
-    let committed = run.recover()?;
+    let committed = if writer { run.recover()?.is_some() } else { run.has_checkpoint() };
     let resumed = if args.resume {
-        if committed.is_none() {
+        if !committed {
             bail!(
                 "--resume: no checkpoint in {} ({} not found: no epoch was saved yet; start the run without --resume)",
                 run.dir.display(),
@@ -460,7 +564,7 @@ fn open_run(args: TrainArgs, explicit: &[String]) -> Result<(RunDir, TrainArgs, 
         }
         Some(state)
     } else {
-        if committed.is_some() {
+        if committed {
             bail!(
                 "{} already holds a checkpoint; pass --resume to continue it or choose another --out",
                 run.dir.display()
@@ -468,10 +572,22 @@ fn open_run(args: TrainArgs, explicit: &[String]) -> Result<(RunDir, TrainArgs, 
         }
         None
     };
+    let world = args.world_size;
     let args = match &resumed {
         Some(state) => args.merge_for_resume(&state.args, explicit)?,
         None => args,
     };
+    if args.world_size != world {
+        bail!(
+            "--resume: {} was trained on {} rank(s) (global batch {}) and this job has {world}; \
+             resume it with {} rank(s) so that every step sees the same global batch",
+            run.dir.display(),
+            args.world_size,
+            args.global_batch(),
+            args.world_size
+        );
+    }
+    let args = TrainArgs { world_size: world, ..args };
     if args.batch_size == 0 || args.eval_batch_size == Some(0) {
         bail!("--batch-size must be at least 1");
     }
@@ -484,7 +600,7 @@ fn open_run(args: TrainArgs, explicit: &[String]) -> Result<(RunDir, TrainArgs, 
 /// The network, seeded by `--seed`, initialised from `--init-from` unless resuming.
 fn build_model(args: &TrainArgs, vs: &nn::VarStore, config: &ResNetConfig, resuming: bool) -> Result<ResNet> {
     tch::manual_seed(args.seed as i64);
-    let options = args.compute.model_options(args.zero_init_residual);
+    let options = ModelOptions { sync_bn: args.sync_bn, ..args.compute.model_options(args.zero_init_residual) };
     let model = ResNet::new(vs, config, options)?;
     if let (Some(path), false) = (&args.init_from, resuming) {
         crate::checkpoint::load_weights(path, &model, &args.init_exclude)?;
@@ -493,7 +609,12 @@ fn build_model(args: &TrainArgs, vs: &nn::VarStore, config: &ResNetConfig, resum
 }
 
 /// Criterion, optimizer, loss scaler (in the [`Trainer`]) and the learning-rate schedule.
-fn build_trainer<'a>(args: &TrainArgs, model: &'a ResNet, steps_per_epoch: u64) -> (Trainer<'a>, WarmupCosine) {
+fn build_trainer<'a>(
+    args: &TrainArgs,
+    model: &'a ResNet,
+    steps_per_epoch: u64,
+    reducer: Option<&'a Reducer>,
+) -> (Trainer<'a>, WarmupCosine) {
     let criterion = Criterion { label_smoothing: args.label_smoothing };
     let opt = Sgd::new(model, SgdConfig { momentum: args.momentum, weight_decay: args.weight_decay });
     let warmup_steps = (args.warmup_epochs * steps_per_epoch as f64).round() as u64;
@@ -504,14 +625,22 @@ fn build_trainer<'a>(args: &TrainArgs, model: &'a ResNet, steps_per_epoch: u64) 
         ..LossScaleConfig::default()
     };
     let scaler = LossScaler::new(scale_config, args.compute.amp.needs_loss_scaling());
-    (Trainer { model, opt, scaler, criterion }, schedule)
+    (Trainer { model, opt, scaler, criterion, reducer }, schedule)
 }
 
 /// Restores a resumed run's weights, optimizer and loss scaler (or creates the run directory);
 /// returns the (epoch, step, training seconds) to continue from.
-fn resume(run: &RunDir, resumed: Option<&RunState>, config: &ResNetConfig, trainer: &mut Trainer<'_>) -> Result<(u32, u64, f64)> {
+fn resume(
+    run: &RunDir,
+    resumed: Option<&RunState>,
+    config: &ResNetConfig,
+    trainer: &mut Trainer<'_>,
+    writer: bool,
+) -> Result<(u32, u64, f64)> {
     let Some(state) = resumed else {
-        std::fs::create_dir_all(&run.dir).with_context(|| format!("cannot create {}", run.dir.display()))?;
+        if writer {
+            std::fs::create_dir_all(&run.dir).with_context(|| format!("cannot create {}", run.dir.display()))?;
+        }
         return Ok((0, 0, 0.0));
     };
     if state.config != *config {
@@ -531,7 +660,11 @@ fn describe(args: &TrainArgs, config: &ResNetConfig, data: &Dataset, device: Dev
         data.train.len(),
         data.test.len(),
         data.classes.len(),
-        if args.batch_size == 1 { "1 image/step".to_string() } else { format!("batch {}", args.batch_size) },
+        match (args.world_size, args.batch_size) {
+            (1, 1) => "1 image/step".to_string(),
+            (1, b) => format!("batch {b}"),
+            (w, b) => format!("{w} ranks x batch {b} (global batch {})", w * b),
+        },
         device::device_name(device),
         args.compute.amp.name(),
         if args.compute.channels_last { ", channels-last" } else { "" },
@@ -560,34 +693,134 @@ fn epoch_line(m: &EpochMetrics, epochs: u32, first_skip: Option<&str>) -> String
     line
 }
 
+/// This process's device: `--device`, with `cuda` meaning `cuda:LOCAL_RANK` in a data-parallel
+/// job (one GPU per local rank, as torchrun jobs do).
+fn rank_device(args: &TrainArgs, rank: Option<&Rank>) -> Result<Device> {
+    let device = args.runtime.device.resolve()?;
+    match (rank, device) {
+        (Some(r), Device::Cuda(0)) if r.local_world > 1 => {
+            let count = tch::Cuda::device_count() as usize;
+            if r.local_rank >= count {
+                bail!(
+                    "rank {} (local rank {}): this machine has {count} CUDA device(s) for {} local ranks; \
+                     start at most {count} ranks per machine",
+                    r.rank,
+                    r.local_rank,
+                    r.local_world
+                );
+            }
+            Ok(Device::Cuda(r.local_rank))
+        }
+        _ => Ok(device),
+    }
+}
+
+/// Joins the data-parallel job of torchrun's environment, if any.
+fn join_group(args: &TrainArgs, rank: Option<&Rank>, device: Device) -> Result<Option<Group>> {
+    let Some(r) = rank else { return Ok(None) };
+    let nccl = device.is_cuda() && dist::has_nccl();
+    if device.is_cuda() && !nccl && r.is_main() {
+        eprintln!(
+            "note: this host binary was built without NCCL (see host/README.md); gradients of CUDA tensors \
+             are all-reduced by Gloo through host memory"
+        );
+    }
+    Group::init(r, Duration::from_secs(args.dist_timeout), nccl).map(Some)
+}
+
+/// Every rank starts from rank 0's weights and BatchNorm statistics (they are equal already when
+/// all ranks built the network from the same seed or checkpoint; this makes it certain).
+fn sync_model(group: &Group, model: &ResNet) -> Result<()> {
+    let params: Vec<&Tensor> = model.trainable().map(|t| &t.tensor).collect();
+    group.verify_params(&params)?;
+    broadcast_tensors(group, model, |_| true, "broadcasting rank 0's initial weights")
+}
+
+/// Rank 0's values of the model tensors `keep` selects, in place on every rank.
+fn broadcast_tensors(group: &Group, model: &ResNet, keep: impl Fn(&crate::model::NamedTensor) -> bool, what: &str) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    let views: Vec<Tensor> = model.named_tensors().iter().filter(|t| keep(t)).map(|t| t.tensor.detach()).collect();
+    let refs: Vec<&Tensor> = views.iter().collect();
+    group.broadcast(&refs, 0, what)
+}
+
 /// `host train`: data -> model -> criterion, optimizer, schedule -> resume -> epoch loop (train,
 /// evaluate, checkpoint, metrics). `explicit` lists the flags given on the command line (clap
 /// ids), which `--resume` needs to tell overrides from defaults.
+///
+/// Data-parallel: with `--nproc-per-node` this process only launches and watches the ranks
+/// ([`launch::run`]); with torchrun's environment it is one rank: it joins the process group,
+/// trains on its shard of each epoch with gradients averaged by the DDP reducer, and only rank 0
+/// writes the run directory and prints.
 pub fn main(args: TrainArgs, explicit: &[String]) -> Result<()> {
-    let (run, args, resumed) = open_run(args, explicit)?;
-    let device = args.runtime.device.resolve()?;
+    if let Some(n) = args.nproc_per_node {
+        return launch::run(&Launch { nproc_per_node: n, nnodes: args.nnodes, node_rank: args.node_rank });
+    }
+    if args.nnodes != 1 || args.node_rank != 0 {
+        bail!("--nnodes and --node-rank go with --nproc-per-node");
+    }
+    let rank = Rank::from_env()?;
+    let writer = rank.as_ref().is_none_or(Rank::is_main);
+    let device = rank_device(&args, rank.as_ref())?;
+    let group = join_group(&args, rank.as_ref(), device)?;
+    let args = TrainArgs { world_size: rank.as_ref().map_or(1, |r| r.world), ..args };
+    // Rank 0 opens (and may repair) the run directory before the others read it.
+    if let (Some(g), false) = (&group, writer) {
+        g.barrier("waiting for rank 0 to open the run directory")?;
+    }
+    let (run, args, resumed) = open_run(args, explicit, writer)?;
+    if let (Some(g), true) = (&group, writer) {
+        g.barrier("waiting for the other ranks to start")?;
+    }
     device::configure(device);
-    let threads = device::set_threads(args.runtime.threads);
-    crate::data::init_workers(args.workers);
+    let per_rank = |n: Option<usize>| {
+        n.or_else(|| {
+            let local = rank.as_ref()?.local_world;
+            let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+            Some((cores / local).max(1))
+        })
+    };
+    let threads = device::set_threads(per_rank(args.runtime.threads));
+    crate::data::init_workers(per_rank(args.workers));
 
     let data = load_data(&args)?;
-    let steps_per_epoch = (data.train.len() / args.batch_size) as u64;
+    let steps_per_epoch = (data.train.len() / args.global_batch()) as u64;
     if steps_per_epoch == 0 {
-        bail!("--batch-size {} is larger than the {} training images", args.batch_size, data.train.len());
+        bail!(
+            "the global batch ({} rank(s) x --batch-size {}) is larger than the {} training images",
+            args.world_size,
+            args.batch_size,
+            data.train.len()
+        );
     }
     let config = model_config(&args.arch, args.stem, &args.dataset, data.classes.len(), data.in_channels)?;
     let vs = nn::VarStore::new(device);
     let model = build_model(&args, &vs, &config, resumed.is_some())?;
-    let (mut trainer, schedule) = build_trainer(&args, &model, steps_per_epoch);
+    let reducer = match &group {
+        Some(g) => {
+            if args.sync_bn {
+                g.enable_sync_bn();
+            }
+            let params: Vec<&Tensor> = model.trainable().map(|t| &t.tensor).collect();
+            Some(Reducer::new(g, &params)?)
+        }
+        None => None,
+    };
+    let (mut trainer, schedule) = build_trainer(&args, &model, steps_per_epoch, reducer.as_ref());
     let criterion = trainer.criterion;
-    let (mut epoch, mut step, mut train_seconds) = resume(&run, resumed.as_ref(), &config, &mut trainer)?;
+    let (mut epoch, mut step, mut train_seconds) = resume(&run, resumed.as_ref(), &config, &mut trainer, writer)?;
+    if let Some(g) = &group {
+        sync_model(g, &model)?;
+    }
 
     let end = match args.run_epochs {
         Some(n) => args.epochs.min(epoch + n),
         None => args.epochs,
     };
     let eval_batch = args.eval_batch_size.unwrap_or(args.batch_size);
-    println!("{}", describe(&args, &config, &data, device, threads, epoch + 1, end));
+    if writer {
+        println!("{}", describe(&args, &config, &data, device, threads, epoch + 1, end));
+    }
     let train_transform = Transform::Train(data.presets.train.clone());
     let command: Vec<String> = std::env::args().collect();
     while epoch < end {
@@ -601,10 +834,19 @@ pub fn main(args: TrainArgs, explicit: &[String]) -> Result<()> {
             args.epochs,
             &args,
             device,
+            group.as_ref(),
         )?;
-        let ev = evaluate(&model, &criterion, data.test.as_ref(), &data.presets.eval, eval_batch, device)?;
+        if let Some(g) = &group {
+            // Without --sync-bn each rank has its own running statistics: evaluate and save rank
+            // 0's (DDP's broadcast_buffers does the same at every forward).
+            broadcast_tensors(g, &model, |t| !t.kind.is_trainable(), "broadcasting rank 0's BatchNorm statistics")?;
+        }
+        let ev = evaluate(&model, &criterion, data.test.as_ref(), &data.presets.eval, eval_batch, device, group.as_ref())?;
         epoch += 1;
         train_seconds += stats.seconds;
+        if !writer {
+            continue;
+        }
         let state = RunState {
             format: RUN_FORMAT.into(),
             epoch,
@@ -638,7 +880,7 @@ pub fn main(args: TrainArgs, explicit: &[String]) -> Result<()> {
         run.save(&model, &trainer.opt, &trainer.scaler, &state, &serde_json::to_string(&m)?)?;
         println!("{}", epoch_line(&m, args.epochs, stats.first_skip.as_deref()));
     }
-    if run.has_checkpoint() {
+    if writer && run.has_checkpoint() {
         println!("checkpoint: {}", run.checkpoint().display());
     }
     Ok(())

@@ -6,20 +6,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_error, fashion_mnist_dir, host, stderr, stdout, TempDir};
+use common::{assert_error, fmnist, host, metrics, stderr, stdout, TempDir};
 use host::checkpoint::{read_safetensors, write_atomic};
-
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn fmnist() -> String {
-    format!("fashion-mnist:{}", fashion_mnist_dir().display())
-}
 
 /// A small Fashion-MNIST run: 512 training and 128 test images, batch 64, 2 epochs.
 fn small_run(out: &Path, extra: &[&str]) -> std::process::Output {

@@ -426,10 +426,17 @@ impl LoaderSpec<'_> {
                     }
                 }
             });
-            for batch in rx.iter() {
-                f(batch)?;
-            }
-            Ok(())
+            let mut consume = || {
+                for batch in rx.iter() {
+                    f(batch)?;
+                }
+                Ok(())
+            };
+            let result = consume();
+            // On an error, hang up first: the producer blocked in `send` then ends and the scope
+            // can join it (otherwise it waits for a receiver that will never read again).
+            drop(rx);
+            result
         })
     }
 }

@@ -35,6 +35,20 @@ pub fn fashion_mnist_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(host::data::fashion_mnist::DEFAULT_DIR))
 }
 
+/// `--dataset` for the test Fashion-MNIST files.
+pub fn fmnist() -> String {
+    format!("fashion-mnist:{}", fashion_mnist_dir().display())
+}
+
+/// The lines of a run directory's `metrics.jsonl`.
+pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Runs the `host` binary.
 pub fn host(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_host")).args(args).output().expect("cannot run the host binary")

@@ -1,0 +1,3 @@
+// Declaration stub for torch's ProcessGroupGloo.hpp; see README.md in this folder.
+#pragma once
+#include <stdexcept>
