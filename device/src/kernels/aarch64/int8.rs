@@ -82,9 +82,9 @@ unsafe fn outputs<T: Tiles, const RES: bool, const RELU: bool>(
 /// The epilogue of one tile of an `m x n` output (`e`): channels `c0..c0 + 8` (those below
 /// `m`), output pixels `p0..p0 + lanes`; the steps (`RES`idual, `RELU`, `F32` and `I8`
 /// outputs) are the op's ([`run_tiles`]). As `Int8Epilogue`: same f32 operations, same
-/// order, the same bits.
-#[target_feature(enable = "neon")]
-#[inline]
+/// order, the same bits. (Inlined into the tile loops, so the accumulators stay in registers:
+/// NEON is part of aarch64, no target feature to enable.)
+#[inline(always)]
 pub(crate) unsafe fn finish<const RES: bool, const RELU: bool, const F32: bool, const I8: bool>(
     e: &Int8Epilogue,
     (m, n): (usize, usize),
