@@ -79,20 +79,24 @@ fn main() {
     }
 }
 
-/// `nccl.h`'s directory and the CUDA include directory (with `crt/` and `nv/target`, which the
-/// pip wheels' `nvidia/cu13/include` lacks), when both are there.
+/// `nccl.h`'s directory and the CUDA include directory (with `crt/` and `nv/target`), when both
+/// are there: `$CUDA_HOME/include` (default /usr/local/cuda) or the pip wheels' own
+/// `nvidia/cu13/include` beside torch, which has them once `nvidia-cuda-crt` and
+/// `nvidia-cuda-cccl` are installed (tools/requirements.txt).
 fn nccl_includes(lib_dir: &std::path::Path) -> Option<Vec<PathBuf>> {
     if !lib_dir.join("libtorch_cuda.so").exists() {
         return None;
     }
     let site = lib_dir.parent()?.parent()?;
     let cuda_home = env_rerun("CUDA_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/local/cuda"));
-    let cuda_inc = cuda_home.join("include");
-    let complete = ["cuda_runtime.h", "crt/host_config.h", "nv/target"].iter().all(|f| cuda_inc.join(f).exists());
+    let complete = |inc: &PathBuf| ["cuda_runtime.h", "crt/host_config.h", "nv/target"].iter().all(|f| inc.join(f).exists());
+    let cuda_inc = [cuda_home.join("include"), site.join("nvidia/cu13/include"), site.join("nvidia/cuda_runtime/include")]
+        .into_iter()
+        .find(complete)?;
     let nccl = [site.join("nvidia/nccl/include"), cuda_inc.clone(), PathBuf::from("/usr/include")]
         .into_iter()
         .find(|d| d.join("nccl.h").exists())?;
-    complete.then(|| vec![nccl, cuda_inc])
+    Some(vec![nccl, cuda_inc])
 }
 
 fn compile_dist_shim(lib_dir: &std::path::Path) {
