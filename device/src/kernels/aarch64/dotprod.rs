@@ -33,7 +33,7 @@
 //! `--threads N` splits the output channels over tract's pool.
 
 use crate::kernels::aarch64::int8::{
-    finish, row_tiles, run_tiles, Buffers, NeonQuads, Tile, Tiles, CHANNELS, PIXELS,
+    finish, row_tiles, run_tiles, Buffers, NeonQuads, RowTile, Tile, Tiles, CHANNELS, PIXELS,
 };
 use crate::kernels::frame::int8_chains::{self, Int8Chain, Swap};
 use crate::kernels::frame::quads::Quads;
@@ -75,7 +75,7 @@ struct Implicit {
     /// Per tile: its first position in the planes, its first output pixel, and how many of
     /// its 8 lanes to store: all 8 (those past the output row land on the next row's first
     /// pixels, which the next tile writes after) but for the last tile of the plane.
-    tiles: Vec<(usize, usize, usize)>,
+    tiles: Vec<RowTile>,
 }
 
 impl Eq for SdotConv {}
@@ -200,10 +200,15 @@ impl Tiles for SdotConv {
                 let w = self.weights.as_ptr().add(block * panel_len);
                 let c0 = block * CHANNELS;
                 // In order: a tile's stores past its output row are overwritten by the next.
-                for &(at, p0, lanes) in &i.tiles {
-                    let x = buf.patches.add(at * 4);
-                    let acc = dot_3x3(w, x, q.quads(), quad_bytes, row_bytes, &self.offsets[c0..]);
-                    finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &acc, c0, p0, lanes, buf);
+                for t in &i.tiles {
+                    let x = buf.patches.add(t.at * 4);
+                    let offsets = &self.offsets[c0..];
+                    // Rows of 4 pixels or fewer left (28 = 3 x 8 + 4): half a tile.
+                    let acc = match t.pixels > PIXELS / 2 {
+                        true => dot_3x3(w, x, q.quads(), quad_bytes, row_bytes, offsets),
+                        false => dot_3x3_half(w, x, q.quads(), quad_bytes, row_bytes, offsets),
+                    };
+                    finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &acc, c0, t.p0, t.store, buf);
                 }
             }
             return;
@@ -415,6 +420,88 @@ unsafe fn dot_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usize, r
     a
 }
 
+/// [`dot_3x3`] on the first 4 positions only (the tile's pixels 4-7 stay at their offsets):
+/// the last tile of rows of 4 pixels or fewer past a multiple of 8 (28 = 3 x 8 + 4). Per quad,
+/// 92 instructions for 72 `sdot`.
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+unsafe fn dot_3x3_half(w: *const i8, x: *const i8, quads: usize, quad_bytes: usize, row_bytes: usize, offsets: &[i32]) -> Tile {
+    let mut a: Tile = std::array::from_fn(|j| [vdupq_n_s32(offsets[j]); 2]);
+    // The 8 sdot of one tap: positions v0 (0-3), weights `$lo` (channels 0-3) and `$hi` (4-7).
+    macro_rules! sdots_half {
+        ($lo:literal, $hi:literal) => {
+            concat!(
+                "sdot {a00:v}.4s, v0.16b, ", $lo, ".4b[0]\n",
+                "sdot {a10:v}.4s, v0.16b, ", $lo, ".4b[1]\n",
+                "sdot {a20:v}.4s, v0.16b, ", $lo, ".4b[2]\n",
+                "sdot {a30:v}.4s, v0.16b, ", $lo, ".4b[3]\n",
+                "sdot {a40:v}.4s, v0.16b, ", $hi, ".4b[0]\n",
+                "sdot {a50:v}.4s, v0.16b, ", $hi, ".4b[1]\n",
+                "sdot {a60:v}.4s, v0.16b, ", $hi, ".4b[2]\n",
+                "sdot {a70:v}.4s, v0.16b, ", $hi, ".4b[3]\n",
+            )
+        };
+    }
+    asm!(
+        "2:",
+        // Kernel row 0: taps 0, 1, 2.
+        "mov {p}, {b}",
+        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
+        "ld1 {{v0.16b}}, [{p}], {four}",
+        sdots_half!("v2", "v3"),
+        "ld1 {{v0.16b}}, [{p}], {four}",
+        sdots_half!("v4", "v5"),
+        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
+        "ld1 {{v0.16b}}, [{p}]",
+        sdots_half!("v2", "v3"),
+        // Kernel row 1: taps 3, 4, 5.
+        "add {p}, {b}, {rb}",
+        "ld1 {{v0.16b}}, [{p}], {four}",
+        sdots_half!("v4", "v5"),
+        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
+        "ld1 {{v0.16b}}, [{p}], {four}",
+        sdots_half!("v2", "v3"),
+        "ld1 {{v0.16b}}, [{p}]",
+        sdots_half!("v4", "v5"),
+        // Kernel row 2: taps 6, 7, 8.
+        "add {p}, {b}, {rb2}",
+        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
+        "ld1 {{v0.16b}}, [{p}], {four}",
+        sdots_half!("v2", "v3"),
+        "ld1 {{v0.16b}}, [{p}], {four}",
+        sdots_half!("v4", "v5"),
+        "ldp q2, q3, [{w}], #32",
+        "ld1 {{v0.16b}}, [{p}]",
+        sdots_half!("v2", "v3"),
+        "add {b}, {b}, {qb}",
+        "subs {n}, {n}, #1",
+        "b.ne 2b",
+        b = inout(reg) x => _,
+        p = out(reg) _,
+        rb = in(reg) row_bytes,
+        rb2 = in(reg) 2 * row_bytes,
+        qb = in(reg) quad_bytes,
+        four = in(reg) 4usize,
+        w = inout(reg) w => _,
+        n = inout(reg) quads => _,
+        out("v0") _,
+        out("v2") _,
+        out("v3") _,
+        out("v4") _,
+        out("v5") _,
+        a00 = inout(vreg) a[0][0],
+        a10 = inout(vreg) a[1][0],
+        a20 = inout(vreg) a[2][0],
+        a30 = inout(vreg) a[3][0],
+        a40 = inout(vreg) a[4][0],
+        a50 = inout(vreg) a[5][0],
+        a60 = inout(vreg) a[6][0],
+        a70 = inout(vreg) a[7][0],
+        options(nostack, readonly),
+    );
+    a
+}
+
 impl EvalOp for SdotConv {
     op_out_of_plan!();
 
@@ -519,7 +606,8 @@ mod tests {
 
     /// The implicit kernel (`NeonQuads` -> `SdotConv::implicit`, 3x3 stride-1 convs) against a
     /// scalar integer convolution, bit for bit: ResNet's sizes (56, 28, 14, 7: output rows of
-    /// whole and partial tiles), odd sizes, rows shorter than a tile, paddings 0 to 2, channel
+    /// whole and partial tiles, half tiles for the last 1 to 4 pixels), odd sizes, rows shorter
+    /// than a tile, paddings 0 to 2, channel
     /// counts of one quad and many, on one and two threads.
     #[test]
     fn implicit_kernel_equals_scalar_convolution() {
@@ -533,6 +621,8 @@ mod tests {
             (4, 5, 3, 3, 1, 2, 5),
             (8, 13, 21, 3, 1, 0, 9),
             (4, 1, 1, 3, 1, 1, 8),
+            (8, 6, 4, 3, 1, 1, 8),
+            (8, 3, 12, 3, 1, 1, 16),
         ];
         crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Signed, _>(
             (crate::cpu::Cpu::get().dotprod, "dotprod"),

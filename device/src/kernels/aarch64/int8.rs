@@ -34,18 +34,35 @@ pub(crate) trait Tiles {
     );
 }
 
+/// One tile of an implicit conv ([`row_tiles`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RowTile {
+    /// Its first position in the planes.
+    pub at: usize,
+    /// Its first output pixel.
+    pub p0: usize,
+    /// Its pixels in the output row (1 to 8): from 4 down, a kernel may compute half a tile.
+    pub pixels: usize,
+    /// The lanes to store: all 8 (those past the output row land on the next row's first
+    /// pixels, which the next tile writes after) but for the last tile of the plane.
+    pub store: usize,
+}
+
 /// The tiles of an implicit conv of shape `g` over [`NeonQuads`]: per output row, 8
 /// consecutive output pixels, which are 8 consecutive positions of a plane row for every
-/// kernel tap of a stride-1 conv. Each: its first position in the planes, its first output
-/// pixel, and how many of its lanes to store: all 8 (those past the output row land on the
-/// next row's first pixels, which the next tile writes after) but for the last tile.
-pub(crate) fn row_tiles(g: &ConvShape) -> Vec<(usize, usize, usize)> {
+/// kernel tap of a stride-1 conv.
+pub(crate) fn row_tiles(g: &ConvShape) -> Vec<RowTile> {
     let (oh, ow, wq) = (g.out_height, g.out_width, g.plane_width());
-    let mut tiles: Vec<(usize, usize, usize)> = (0..oh)
-        .flat_map(|y| (0..ow).step_by(PIXELS).map(move |x| (y * wq + x, y * ow + x, PIXELS)))
+    let mut tiles: Vec<RowTile> = (0..oh)
+        .flat_map(|y| {
+            (0..ow).step_by(PIXELS).map(move |x| {
+                let pixels = PIXELS.min(ow - x);
+                RowTile { at: y * wq + x, p0: y * ow + x, pixels, store: PIXELS }
+            })
+        })
         .collect();
     if let Some(last) = tiles.last_mut() {
-        last.2 = PIXELS.min(oh * ow - last.1);
+        last.store = last.pixels;
     }
     tiles
 }

@@ -26,7 +26,7 @@
 //! tract's kernels.
 
 use crate::kernels::aarch64::int8::{
-    finish, row_tiles, run_tiles, Buffers, NeonQuads, Tile, Tiles, CHANNELS, PIXELS,
+    finish, row_tiles, run_tiles, Buffers, NeonQuads, RowTile, Tile, Tiles, CHANNELS, PIXELS,
 };
 use crate::kernels::frame::int8_chains::{self, Int8Chain, Swap};
 use crate::kernels::frame::quads::Quads;
@@ -66,7 +66,7 @@ pub struct SmullConv {
 enum Input {
     /// A 3x3 stride-1 conv: the padded input in channel quads ([`NeonQuads`]), by
     /// [`row_tiles`].
-    Implicit { quads: Quads, tiles: Vec<(usize, usize, usize)> },
+    Implicit { quads: Quads, tiles: Vec<RowTile> },
     /// Any other conv: `FastIm2Col`'s patches in tract's K4 layout 8 pixels wide
     /// (`KernelPatches::Sdot`), `steps` steps of 4 along k.
     Patches { steps: usize },
@@ -210,14 +210,14 @@ impl Tiles for SmullConv {
                     let (quad_bytes, row_bytes) = (q.quad_len() * 4, q.g.plane_width() * 4);
                     let w = self.weights.as_ptr().add(block * q.quads() * QUAD_BYTES);
                     // In order: a tile's stores past its output row are overwritten by the next.
-                    for &(at, p0, lanes) in tiles {
-                        let x = buf.patches.add(at * 4);
+                    for t in tiles {
+                        let x = buf.patches.add(t.at * 4);
                         let lo = multiply_3x3(w, x, q.quads(), quad_bytes, row_bytes);
-                        let hi = match lanes > PIXELS / 2 {
+                        let hi = match t.pixels > PIXELS / 2 {
                             true => multiply_3x3(w, x.add(16), q.quads(), quad_bytes, row_bytes),
                             false => zero,
                         };
-                        finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &tile(lo, hi), c0, p0, lanes, buf);
+                        finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &tile(lo, hi), c0, t.p0, t.store, buf);
                     }
                 }
                 Input::Patches { steps } => {
