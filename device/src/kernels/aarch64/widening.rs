@@ -18,8 +18,9 @@
 //! whose epilogue (scale, residual, ReLU, requantize) finishes it in registers, bit-identical
 //! to `Int8Epilogue` (the integer sums are tract's: same products, other order).
 //!
-//! Per channel quad and tile, 257 instructions for 1152 multiply-adds. The weights, repeated,
-//! take 4 times their size (1152 bytes per channel quad and block of 8 output channels).
+//! Per pair of channel quads and tile, 497 instructions for 2304 multiply-adds (their 18 taps
+//! in 9 pairs; an odd last quad: 257 for 1152, tap 8 alone). The weights, repeated, take 4
+//! times their size (1152 bytes per channel quad and block of 8 output channels).
 //!
 //! [`speed_up`] swaps it in for the int8 plan's 3x3 stride-1 convs on NEON CPUs without
 //! dotprod (`crate::kernels::aarch64::plug`); the other convs (the stem, stride 2, 1x1) keep
@@ -50,9 +51,10 @@ pub struct SmullConv {
     m: usize,
     /// Output pixels.
     n: usize,
-    /// Per block of 8 channels, per channel quad: per pair of taps, per pair of channels,
-    /// (tap A, tap B) x (channel, channel + 1), then tap 8 for 4 channels twice; each the
-    /// channel's 4 weight bytes of the tap, 4 times (zero past `m`).
+    /// Per block of 8 channels, per pair of channel quads: per pair of their 18 taps, per
+    /// channel, (tap A, tap B); an odd last quad: per pair of taps 0-7 the same, then tap 8 per
+    /// channel. Each the channel's 4 weight bytes of the tap, 4 times (zero past `m`). (The
+    /// patch kernel: pairs of steps, an odd last step alone, the same way.)
     weights: Arc<Vec<i8>>,
     /// Per channel (zero past `m`, to a whole block), added to the integer sums: tract's bias
     /// and zero-point terms.
@@ -123,7 +125,20 @@ impl SmullConv {
         let mut weights = Vec::with_capacity(blocks * q4 * QUAD_BYTES);
         for block in 0..blocks {
             let c0 = block * CHANNELS;
-            for q in 0..q4 {
+            // Two quads at a time: their 18 taps in 9 pairs (tap 8 of the first with tap 0 of
+            // the second), as `multiply_3x3` steps through them.
+            for qq in 0..q4 / 2 {
+                for pair in 0..TAPS {
+                    let (a, b) = (2 * pair, 2 * pair + 1);
+                    for o in c0..c0 + CHANNELS {
+                        weights.extend(rep(o, 2 * qq + a / TAPS, a % TAPS));
+                        weights.extend(rep(o, 2 * qq + b / TAPS, b % TAPS));
+                    }
+                }
+            }
+            // An odd last quad: 4 pairs, then tap 8 alone.
+            if q4 % 2 == 1 {
+                let q = q4 - 1;
                 for pair in 0..4 {
                     for o in c0..c0 + CHANNELS {
                         weights.extend(rep(o, q, 2 * pair));
@@ -309,8 +324,49 @@ macro_rules! singles {
 unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usize, row_bytes: usize) -> [int32x4_t; CHANNELS] {
     let mut a = [[vdupq_n_s32(0); 2]; CHANNELS];
     asm!(
+        // Two quads a turn: 9 pairs of taps, the first quad's tap 8 with the second's tap 0.
+        "cbz {n}, 5f",
         "2:",
-        // Taps 0 and 1, then 2 and 3 (kernel rows 0 and 1), 4 and 5, 6 and 7, then 8.
+        "mov {p}, {b}",
+        "ld1 {{v0.16b}}, [{p}], {four}",
+        "ld1 {{v1.16b}}, [{p}], {four}",
+        pairs!(),
+        "ld1 {{v0.16b}}, [{p}]",
+        "add {p}, {b}, {rb}",
+        "ld1 {{v1.16b}}, [{p}], {four}",
+        pairs!(),
+        "ld1 {{v0.16b}}, [{p}], {four}",
+        "ld1 {{v1.16b}}, [{p}]",
+        pairs!(),
+        "add {p}, {b}, {rb2}",
+        "ld1 {{v0.16b}}, [{p}], {four}",
+        "ld1 {{v1.16b}}, [{p}], {four}",
+        pairs!(),
+        "ld1 {{v0.16b}}, [{p}]",
+        "add {b}, {b}, {qb}",
+        "mov {p}, {b}",
+        "ld1 {{v1.16b}}, [{p}], {four}",
+        pairs!(),
+        "ld1 {{v0.16b}}, [{p}], {four}",
+        "ld1 {{v1.16b}}, [{p}]",
+        pairs!(),
+        "add {p}, {b}, {rb}",
+        "ld1 {{v0.16b}}, [{p}], {four}",
+        "ld1 {{v1.16b}}, [{p}], {four}",
+        pairs!(),
+        "ld1 {{v0.16b}}, [{p}]",
+        "add {p}, {b}, {rb2}",
+        "ld1 {{v1.16b}}, [{p}], {four}",
+        pairs!(),
+        "ld1 {{v0.16b}}, [{p}], {four}",
+        "ld1 {{v1.16b}}, [{p}]",
+        pairs!(),
+        "add {b}, {b}, {qb}",
+        "subs {n}, {n}, #1",
+        "b.ne 2b",
+        "5:",
+        // An odd last quad: taps 0 and 1, 2 and 3, 4 and 5, 6 and 7, then 8 alone.
+        "cbz {odd}, 6f",
         "mov {p}, {b}",
         "ld1 {{v0.16b}}, [{p}], {four}",
         "ld1 {{v1.16b}}, [{p}], {four}",
@@ -328,9 +384,7 @@ unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usi
         pairs!(),
         "ld1 {{v0.16b}}, [{p}]",
         singles!(),
-        "add {b}, {b}, {qb}",
-        "subs {n}, {n}, #1",
-        "b.ne 2b",
+        "6:",
         b = inout(reg) x => _,
         p = out(reg) _,
         rb = in(reg) row_bytes,
@@ -338,7 +392,8 @@ unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usi
         qb = in(reg) quad_bytes,
         four = in(reg) 4usize,
         w = inout(reg) w => _,
-        n = inout(reg) quads => _,
+        n = inout(reg) quads / 2 => _,
+        odd = in(reg) quads % 2,
         out("v0") _,
         out("v1") _,
         out("v2") _,
