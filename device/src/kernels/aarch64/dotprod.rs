@@ -233,6 +233,92 @@ impl Tiles for SdotConv {
 
 }
 
+/// `asm!` over a tile's 16 accumulators `$a` (`a<channel><half>`: pixels 0-3, 4-7 of a
+/// channel) with the template and operands `$body`.
+macro_rules! sdot_tile {
+    ($a:ident; $($body:tt)*) => {
+        asm!(
+            $($body)*
+            a00 = inout(vreg) $a[0][0],
+            a01 = inout(vreg) $a[0][1],
+            a10 = inout(vreg) $a[1][0],
+            a11 = inout(vreg) $a[1][1],
+            a20 = inout(vreg) $a[2][0],
+            a21 = inout(vreg) $a[2][1],
+            a30 = inout(vreg) $a[3][0],
+            a31 = inout(vreg) $a[3][1],
+            a40 = inout(vreg) $a[4][0],
+            a41 = inout(vreg) $a[4][1],
+            a50 = inout(vreg) $a[5][0],
+            a51 = inout(vreg) $a[5][1],
+            a60 = inout(vreg) $a[6][0],
+            a61 = inout(vreg) $a[6][1],
+            a70 = inout(vreg) $a[7][0],
+            a71 = inout(vreg) $a[7][1],
+            options(nostack, readonly),
+        )
+    };
+}
+
+/// [`sdot_tile`] on the first halves only (`a<channel>0`: pixels 0-3).
+macro_rules! sdot_half_tile {
+    ($a:ident; $($body:tt)*) => {
+        asm!(
+            $($body)*
+            a00 = inout(vreg) $a[0][0],
+            a10 = inout(vreg) $a[1][0],
+            a20 = inout(vreg) $a[2][0],
+            a30 = inout(vreg) $a[3][0],
+            a40 = inout(vreg) $a[4][0],
+            a50 = inout(vreg) $a[5][0],
+            a60 = inout(vreg) $a[6][0],
+            a70 = inout(vreg) $a[7][0],
+            options(nostack, readonly),
+        )
+    };
+}
+
+/// The 16 sdot of one step or tap: positions v0 (pixels 0-3) and v1 (4-7) by the weights `$lo`
+/// (channels 0-3) and `$hi` (4-7).
+macro_rules! sdots {
+    ($lo:literal, $hi:literal) => {
+        concat!(
+            "sdot {a00:v}.4s, v0.16b, ", $lo, ".4b[0]\n",
+            "sdot {a01:v}.4s, v1.16b, ", $lo, ".4b[0]\n",
+            "sdot {a10:v}.4s, v0.16b, ", $lo, ".4b[1]\n",
+            "sdot {a11:v}.4s, v1.16b, ", $lo, ".4b[1]\n",
+            "sdot {a20:v}.4s, v0.16b, ", $lo, ".4b[2]\n",
+            "sdot {a21:v}.4s, v1.16b, ", $lo, ".4b[2]\n",
+            "sdot {a30:v}.4s, v0.16b, ", $lo, ".4b[3]\n",
+            "sdot {a31:v}.4s, v1.16b, ", $lo, ".4b[3]\n",
+            "sdot {a40:v}.4s, v0.16b, ", $hi, ".4b[0]\n",
+            "sdot {a41:v}.4s, v1.16b, ", $hi, ".4b[0]\n",
+            "sdot {a50:v}.4s, v0.16b, ", $hi, ".4b[1]\n",
+            "sdot {a51:v}.4s, v1.16b, ", $hi, ".4b[1]\n",
+            "sdot {a60:v}.4s, v0.16b, ", $hi, ".4b[2]\n",
+            "sdot {a61:v}.4s, v1.16b, ", $hi, ".4b[2]\n",
+            "sdot {a70:v}.4s, v0.16b, ", $hi, ".4b[3]\n",
+            "sdot {a71:v}.4s, v1.16b, ", $hi, ".4b[3]\n",
+        )
+    };
+}
+
+/// [`sdots`] for pixels 0-3 only (v0).
+macro_rules! sdots_half {
+    ($lo:literal, $hi:literal) => {
+        concat!(
+            "sdot {a00:v}.4s, v0.16b, ", $lo, ".4b[0]\n",
+            "sdot {a10:v}.4s, v0.16b, ", $lo, ".4b[1]\n",
+            "sdot {a20:v}.4s, v0.16b, ", $lo, ".4b[2]\n",
+            "sdot {a30:v}.4s, v0.16b, ", $lo, ".4b[3]\n",
+            "sdot {a40:v}.4s, v0.16b, ", $hi, ".4b[0]\n",
+            "sdot {a50:v}.4s, v0.16b, ", $hi, ".4b[1]\n",
+            "sdot {a60:v}.4s, v0.16b, ", $hi, ".4b[2]\n",
+            "sdot {a70:v}.4s, v0.16b, ", $hi, ".4b[3]\n",
+        )
+    };
+}
+
 /// One tile's integer sums: 8 channels (`w`: per step, 8 x 4 signed bytes) by 8 pixels (`x`:
 /// per step, 8 x 4 signed bytes), over `k4` steps (at least 1), plus `offsets[j]` for channel
 /// `j`.
@@ -240,34 +326,15 @@ impl Tiles for SdotConv {
 #[inline]
 unsafe fn dot(w: *const i8, x: *const i8, k4: usize, offsets: &[i32]) -> Tile {
     let mut a: Tile = std::array::from_fn(|j| [vdupq_n_s32(offsets[j]); 2]);
-    // One step: 8 pixels (x0: 0-3, x1: 4-7) and 8 channels (w0: 0-3, w1: 4-7), 16 sdot.
+    // One step: 8 pixels (v0, v1) and 8 channels (v2, v3), 16 sdot.
     macro_rules! step {
         () => {
-            concat!(
-                "ldp {x0:q}, {x1:q}, [{x}], #32\n",
-                "ldp {w0:q}, {w1:q}, [{w}], #32\n",
-                "sdot {a00:v}.4s, {x0:v}.16b, {w0:v}.4b[0]\n",
-                "sdot {a01:v}.4s, {x1:v}.16b, {w0:v}.4b[0]\n",
-                "sdot {a10:v}.4s, {x0:v}.16b, {w0:v}.4b[1]\n",
-                "sdot {a11:v}.4s, {x1:v}.16b, {w0:v}.4b[1]\n",
-                "sdot {a20:v}.4s, {x0:v}.16b, {w0:v}.4b[2]\n",
-                "sdot {a21:v}.4s, {x1:v}.16b, {w0:v}.4b[2]\n",
-                "sdot {a30:v}.4s, {x0:v}.16b, {w0:v}.4b[3]\n",
-                "sdot {a31:v}.4s, {x1:v}.16b, {w0:v}.4b[3]\n",
-                "sdot {a40:v}.4s, {x0:v}.16b, {w1:v}.4b[0]\n",
-                "sdot {a41:v}.4s, {x1:v}.16b, {w1:v}.4b[0]\n",
-                "sdot {a50:v}.4s, {x0:v}.16b, {w1:v}.4b[1]\n",
-                "sdot {a51:v}.4s, {x1:v}.16b, {w1:v}.4b[1]\n",
-                "sdot {a60:v}.4s, {x0:v}.16b, {w1:v}.4b[2]\n",
-                "sdot {a61:v}.4s, {x1:v}.16b, {w1:v}.4b[2]\n",
-                "sdot {a70:v}.4s, {x0:v}.16b, {w1:v}.4b[3]\n",
-                "sdot {a71:v}.4s, {x1:v}.16b, {w1:v}.4b[3]\n",
-            )
+            concat!("ldp q0, q1, [{x}], #32\n", "ldp q2, q3, [{w}], #32\n", sdots!("v2", "v3"))
         };
     }
     // k4 % 4 steps first (one, then two), then four per loop turn: the loop's counter and
     // branch are 2 instructions per 64 sdot.
-    asm!(
+    sdot_tile!(a;
         "tbz {k}, #0, 3f",
         step!(),
         "3:",
@@ -288,219 +355,116 @@ unsafe fn dot(w: *const i8, x: *const i8, k4: usize, offsets: &[i32]) -> Tile {
         x = inout(reg) x => _,
         w = inout(reg) w => _,
         k = inout(reg) k4 => _,
-        x0 = out(vreg) _,
-        x1 = out(vreg) _,
-        w0 = out(vreg_low16) _,
-        w1 = out(vreg_low16) _,
-        a00 = inout(vreg) a[0][0],
-        a01 = inout(vreg) a[0][1],
-        a10 = inout(vreg) a[1][0],
-        a11 = inout(vreg) a[1][1],
-        a20 = inout(vreg) a[2][0],
-        a21 = inout(vreg) a[2][1],
-        a30 = inout(vreg) a[3][0],
-        a31 = inout(vreg) a[3][1],
-        a40 = inout(vreg) a[4][0],
-        a41 = inout(vreg) a[4][1],
-        a50 = inout(vreg) a[5][0],
-        a51 = inout(vreg) a[5][1],
-        a60 = inout(vreg) a[6][0],
-        a61 = inout(vreg) a[6][1],
-        a70 = inout(vreg) a[7][0],
-        a71 = inout(vreg) a[7][1],
-        options(nostack, readonly),
-    );
-    a
-}
-
-/// [`dot`] on the padded input of [`NeonQuads`] for a 3x3 stride-1 conv: 8 channels (`w`:
-/// per step 8 x 4 bytes; steps by channel quad, then tap) by the 8 positions from `x` (the
-/// first quad's, tap (0, 0)), over `quads` channel quads (`quad_bytes` apart), the taps of
-/// kernel row `ky` `ky * row_bytes` further and of column `kx` `4 * kx` bytes, plus
-/// `offsets[j]` for channel `j`.
-///
-/// Per quad, 164 instructions for 144 `sdot`: one `ld1` of two registers per tap (its 8
-/// positions, the pointer then moved on by one position for the next column), one `ld1` of
-/// four registers per two taps' weights. (`ld1` lists take consecutive registers: the operands
-/// are v0-v5, the accumulators wherever the compiler puts them.)
-#[target_feature(enable = "neon,dotprod")]
-#[inline]
-unsafe fn dot_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usize, row_bytes: usize, offsets: &[i32]) -> Tile {
-    let mut a: Tile = std::array::from_fn(|j| [vdupq_n_s32(offsets[j]); 2]);
-    // The 16 sdot of one tap: positions v0 (0-3), v1 (4-7), weights `$lo` (channels 0-3) and
-    // `$hi` (4-7).
-    macro_rules! sdots {
-        ($lo:literal, $hi:literal) => {
-            concat!(
-                "sdot {a00:v}.4s, v0.16b, ", $lo, ".4b[0]\n",
-                "sdot {a01:v}.4s, v1.16b, ", $lo, ".4b[0]\n",
-                "sdot {a10:v}.4s, v0.16b, ", $lo, ".4b[1]\n",
-                "sdot {a11:v}.4s, v1.16b, ", $lo, ".4b[1]\n",
-                "sdot {a20:v}.4s, v0.16b, ", $lo, ".4b[2]\n",
-                "sdot {a21:v}.4s, v1.16b, ", $lo, ".4b[2]\n",
-                "sdot {a30:v}.4s, v0.16b, ", $lo, ".4b[3]\n",
-                "sdot {a31:v}.4s, v1.16b, ", $lo, ".4b[3]\n",
-                "sdot {a40:v}.4s, v0.16b, ", $hi, ".4b[0]\n",
-                "sdot {a41:v}.4s, v1.16b, ", $hi, ".4b[0]\n",
-                "sdot {a50:v}.4s, v0.16b, ", $hi, ".4b[1]\n",
-                "sdot {a51:v}.4s, v1.16b, ", $hi, ".4b[1]\n",
-                "sdot {a60:v}.4s, v0.16b, ", $hi, ".4b[2]\n",
-                "sdot {a61:v}.4s, v1.16b, ", $hi, ".4b[2]\n",
-                "sdot {a70:v}.4s, v0.16b, ", $hi, ".4b[3]\n",
-                "sdot {a71:v}.4s, v1.16b, ", $hi, ".4b[3]\n",
-            )
-        };
-    }
-    asm!(
-        "2:",
-        // Kernel row 0: taps 0, 1, 2.
-        "mov {p}, {b}",
-        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
-        "ld1 {{v0.16b, v1.16b}}, [{p}], {four}",
-        sdots!("v2", "v3"),
-        "ld1 {{v0.16b, v1.16b}}, [{p}], {four}",
-        sdots!("v4", "v5"),
-        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
-        "ld1 {{v0.16b, v1.16b}}, [{p}]",
-        sdots!("v2", "v3"),
-        // Kernel row 1: taps 3, 4, 5.
-        "add {p}, {b}, {rb}",
-        "ld1 {{v0.16b, v1.16b}}, [{p}], {four}",
-        sdots!("v4", "v5"),
-        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
-        "ld1 {{v0.16b, v1.16b}}, [{p}], {four}",
-        sdots!("v2", "v3"),
-        "ld1 {{v0.16b, v1.16b}}, [{p}]",
-        sdots!("v4", "v5"),
-        // Kernel row 2: taps 6, 7, 8.
-        "add {p}, {b}, {rb2}",
-        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
-        "ld1 {{v0.16b, v1.16b}}, [{p}], {four}",
-        sdots!("v2", "v3"),
-        "ld1 {{v0.16b, v1.16b}}, [{p}], {four}",
-        sdots!("v4", "v5"),
-        "ldp q2, q3, [{w}], #32",
-        "ld1 {{v0.16b, v1.16b}}, [{p}]",
-        sdots!("v2", "v3"),
-        "add {b}, {b}, {qb}",
-        "subs {n}, {n}, #1",
-        "b.ne 2b",
-        b = inout(reg) x => _,
-        p = out(reg) _,
-        rb = in(reg) row_bytes,
-        rb2 = in(reg) 2 * row_bytes,
-        qb = in(reg) quad_bytes,
-        four = in(reg) 4usize,
-        w = inout(reg) w => _,
-        n = inout(reg) quads => _,
         out("v0") _,
         out("v1") _,
         out("v2") _,
         out("v3") _,
-        out("v4") _,
-        out("v5") _,
-        a00 = inout(vreg) a[0][0],
-        a01 = inout(vreg) a[0][1],
-        a10 = inout(vreg) a[1][0],
-        a11 = inout(vreg) a[1][1],
-        a20 = inout(vreg) a[2][0],
-        a21 = inout(vreg) a[2][1],
-        a30 = inout(vreg) a[3][0],
-        a31 = inout(vreg) a[3][1],
-        a40 = inout(vreg) a[4][0],
-        a41 = inout(vreg) a[4][1],
-        a50 = inout(vreg) a[5][0],
-        a51 = inout(vreg) a[5][1],
-        a60 = inout(vreg) a[6][0],
-        a61 = inout(vreg) a[6][1],
-        a70 = inout(vreg) a[7][0],
-        a71 = inout(vreg) a[7][1],
-        options(nostack, readonly),
     );
     a
 }
 
-/// [`dot_3x3`] on the first 4 positions only (the tile's pixels 4-7 stay at their offsets):
-/// the last tile of rows of 4 pixels or fewer past a multiple of 8 (28 = 3 x 8 + 4). Per quad,
-/// 92 instructions for 72 `sdot`.
-#[target_feature(enable = "neon,dotprod")]
-#[inline]
-unsafe fn dot_3x3_half(w: *const i8, x: *const i8, quads: usize, quad_bytes: usize, row_bytes: usize, offsets: &[i32]) -> Tile {
-    let mut a: Tile = std::array::from_fn(|j| [vdupq_n_s32(offsets[j]); 2]);
-    // The 8 sdot of one tap: positions v0 (0-3), weights `$lo` (channels 0-3) and `$hi` (4-7).
-    macro_rules! sdots_half {
-        ($lo:literal, $hi:literal) => {
-            concat!(
-                "sdot {a00:v}.4s, v0.16b, ", $lo, ".4b[0]\n",
-                "sdot {a10:v}.4s, v0.16b, ", $lo, ".4b[1]\n",
-                "sdot {a20:v}.4s, v0.16b, ", $lo, ".4b[2]\n",
-                "sdot {a30:v}.4s, v0.16b, ", $lo, ".4b[3]\n",
-                "sdot {a40:v}.4s, v0.16b, ", $hi, ".4b[0]\n",
-                "sdot {a50:v}.4s, v0.16b, ", $hi, ".4b[1]\n",
-                "sdot {a60:v}.4s, v0.16b, ", $hi, ".4b[2]\n",
-                "sdot {a70:v}.4s, v0.16b, ", $hi, ".4b[3]\n",
-            )
-        };
-    }
-    asm!(
-        "2:",
-        // Kernel row 0: taps 0, 1, 2.
-        "mov {p}, {b}",
-        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
-        "ld1 {{v0.16b}}, [{p}], {four}",
-        sdots_half!("v2", "v3"),
-        "ld1 {{v0.16b}}, [{p}], {four}",
-        sdots_half!("v4", "v5"),
-        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
-        "ld1 {{v0.16b}}, [{p}]",
-        sdots_half!("v2", "v3"),
-        // Kernel row 1: taps 3, 4, 5.
-        "add {p}, {b}, {rb}",
-        "ld1 {{v0.16b}}, [{p}], {four}",
-        sdots_half!("v4", "v5"),
-        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
-        "ld1 {{v0.16b}}, [{p}], {four}",
-        sdots_half!("v2", "v3"),
-        "ld1 {{v0.16b}}, [{p}]",
-        sdots_half!("v4", "v5"),
-        // Kernel row 2: taps 6, 7, 8.
-        "add {p}, {b}, {rb2}",
-        "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64",
-        "ld1 {{v0.16b}}, [{p}], {four}",
-        sdots_half!("v2", "v3"),
-        "ld1 {{v0.16b}}, [{p}], {four}",
-        sdots_half!("v4", "v5"),
-        "ldp q2, q3, [{w}], #32",
-        "ld1 {{v0.16b}}, [{p}]",
-        sdots_half!("v2", "v3"),
-        "add {b}, {b}, {qb}",
-        "subs {n}, {n}, #1",
-        "b.ne 2b",
-        b = inout(reg) x => _,
-        p = out(reg) _,
-        rb = in(reg) row_bytes,
-        rb2 = in(reg) 2 * row_bytes,
-        qb = in(reg) quad_bytes,
-        four = in(reg) 4usize,
-        w = inout(reg) w => _,
-        n = inout(reg) quads => _,
-        out("v0") _,
-        out("v2") _,
-        out("v3") _,
-        out("v4") _,
-        out("v5") _,
-        a00 = inout(vreg) a[0][0],
-        a10 = inout(vreg) a[1][0],
-        a20 = inout(vreg) a[2][0],
-        a30 = inout(vreg) a[3][0],
-        a40 = inout(vreg) a[4][0],
-        a50 = inout(vreg) a[5][0],
-        a60 = inout(vreg) a[6][0],
-        a70 = inout(vreg) a[7][0],
-        options(nostack, readonly),
-    );
-    a
+/// The 9 taps of one channel quad of a 3x3 stride-1 conv on [`NeonQuads`], as one template:
+/// the positions loaded into `$x` (two registers for 8 pixels, one for 4), `$sdots` per tap.
+/// Kernel row `ky` from `{b} + ky * {rb}`, column `kx` 4 bytes on (`ld1` post-incremented
+/// by `{four}`); the weights two taps a `ld1` of v2-v5, the ninth by `ldp`.
+macro_rules! taps_3x3 {
+    ($x:literal, $sdots:ident) => {
+        concat!(
+            // Kernel row 0: taps 0, 1, 2.
+            "mov {p}, {b}\n",
+            "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
+            "ld1 ", $x, ", [{p}], {four}\n",
+            $sdots!("v2", "v3"),
+            "ld1 ", $x, ", [{p}], {four}\n",
+            $sdots!("v4", "v5"),
+            "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
+            "ld1 ", $x, ", [{p}]\n",
+            $sdots!("v2", "v3"),
+            // Kernel row 1: taps 3, 4, 5.
+            "add {p}, {b}, {rb}\n",
+            "ld1 ", $x, ", [{p}], {four}\n",
+            $sdots!("v4", "v5"),
+            "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
+            "ld1 ", $x, ", [{p}], {four}\n",
+            $sdots!("v2", "v3"),
+            "ld1 ", $x, ", [{p}]\n",
+            $sdots!("v4", "v5"),
+            // Kernel row 2: taps 6, 7, 8.
+            "add {p}, {b}, {rb2}\n",
+            "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
+            "ld1 ", $x, ", [{p}], {four}\n",
+            $sdots!("v2", "v3"),
+            "ld1 ", $x, ", [{p}], {four}\n",
+            $sdots!("v4", "v5"),
+            "ldp q2, q3, [{w}], #32\n",
+            "ld1 ", $x, ", [{p}]\n",
+            $sdots!("v2", "v3"),
+        )
+    };
 }
+
+/// A tile's sums on [`NeonQuads`] for a 3x3 stride-1 conv, `$name(w, x, quads, quad_bytes,
+/// row_bytes, offsets)`: per channel quad ([`taps_3x3`] with `$x` and `$sdots`, accumulators
+/// by `$tile`), then the next quad `quad_bytes` on.
+macro_rules! dot_3x3_fn {
+    ($(#[$doc:meta])* $name:ident, $x:literal, $sdots:ident, $tile:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = "neon,dotprod")]
+        #[inline]
+        unsafe fn $name(w: *const i8, x: *const i8, quads: usize, quad_bytes: usize, row_bytes: usize, offsets: &[i32]) -> Tile {
+            let mut a: Tile = std::array::from_fn(|j| [vdupq_n_s32(offsets[j]); 2]);
+            $tile!(a;
+                "2:",
+                taps_3x3!($x, $sdots),
+                "add {b}, {b}, {qb}",
+                "subs {n}, {n}, #1",
+                "b.ne 2b",
+                b = inout(reg) x => _,
+                p = out(reg) _,
+                rb = in(reg) row_bytes,
+                rb2 = in(reg) 2 * row_bytes,
+                qb = in(reg) quad_bytes,
+                four = in(reg) 4usize,
+                w = inout(reg) w => _,
+                n = inout(reg) quads => _,
+                out("v0") _,
+                out("v1") _,
+                out("v2") _,
+                out("v3") _,
+                out("v4") _,
+                out("v5") _,
+            );
+            a
+        }
+    };
+}
+
+dot_3x3_fn!(
+    /// [`dot`] on the padded input of [`NeonQuads`] for a 3x3 stride-1 conv: 8 channels (`w`:
+    /// per step 8 x 4 bytes; steps by channel quad, then tap) by the 8 positions from `x` (the
+    /// first quad's, tap (0, 0)), over `quads` channel quads (`quad_bytes` apart), the taps of
+    /// kernel row `ky` `ky * row_bytes` further and of column `kx` `4 * kx` bytes, plus
+    /// `offsets[j]` for channel `j`.
+    ///
+    /// Per quad, 164 instructions for 144 `sdot`: one `ld1` of two registers per tap (its 8
+    /// positions, the pointer then moved on by one position for the next column), one `ld1` of
+    /// four registers per two taps' weights. (`ld1` lists take consecutive registers: the
+    /// operands are v0-v5, the accumulators wherever the compiler puts them.)
+    dot_3x3,
+    "{{v0.16b, v1.16b}}",
+    sdots,
+    sdot_tile
+);
+
+dot_3x3_fn!(
+    /// [`dot_3x3`] on the first 4 positions only (the tile's pixels 4-7 stay at their offsets):
+    /// the last tile of rows of 4 pixels or fewer past a multiple of 8 (28 = 3 x 8 + 4). Per
+    /// quad, 92 instructions for 72 `sdot`.
+    dot_3x3_half,
+    "{{v0.16b}}",
+    sdots_half,
+    sdot_half_tile
+);
 
 impl EvalOp for SdotConv {
     op_out_of_plan!();
@@ -605,28 +569,12 @@ mod tests {
     }
 
     /// The implicit kernel (`NeonQuads` -> `SdotConv::implicit`, 3x3 stride-1 convs) against a
-    /// scalar integer convolution, bit for bit: ResNet's sizes (56, 28, 14, 7: output rows of
-    /// whole and partial tiles, half tiles for the last 1 to 4 pixels), odd sizes, rows shorter
-    /// than a tile, paddings 0 to 2, channel
-    /// counts of one quad and many, on one and two threads.
+    /// scalar integer convolution, bit for bit, on `IMPLICIT_3X3_CASES`, one and two threads.
     #[test]
     fn implicit_kernel_equals_scalar_convolution() {
-        // (channels, h, w, kernel, stride, pad, out channels)
-        let cases = [
-            (4, 9, 11, 3, 1, 1, 20),
-            (8, 56, 56, 3, 1, 1, 16),
-            (16, 28, 28, 3, 1, 1, 8),
-            (12, 14, 14, 3, 1, 1, 17),
-            (32, 7, 7, 3, 1, 1, 24),
-            (4, 5, 3, 3, 1, 2, 5),
-            (8, 13, 21, 3, 1, 0, 9),
-            (4, 1, 1, 3, 1, 1, 8),
-            (8, 6, 4, 3, 1, 1, 8),
-            (8, 3, 12, 3, 1, 1, 16),
-        ];
         crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Signed, _>(
             (crate::cpu::Cpu::get().dotprod, "dotprod"),
-            &cases,
+            &crate::kernels::aarch64::int8::IMPLICIT_3X3_CASES,
             -128,
             SdotConv::implicit,
         );

@@ -271,3 +271,21 @@ impl QuadsFill for Signed {
     }
 }
 
+/// The 3x3 stride-1 convs both implicit kernels are tested on against a scalar convolution
+/// (`implicit_kernel_equals_scalar_convolution`): (channels, h, w, kernel, stride, padding,
+/// output channels). ResNet's sizes (56, 28, 14, 7: rows of whole tiles, of a half tile for the
+/// last 1-4 pixels), odd sizes, rows shorter than a tile, paddings 0 to 2, channel counts of one
+/// quad, of odd and even numbers of quads and many.
+#[cfg(test)]
+pub(crate) const IMPLICIT_3X3_CASES: [(usize, usize, usize, usize, usize, usize, usize); 10] = [
+    (4, 9, 11, 3, 1, 1, 20),
+    (8, 56, 56, 3, 1, 1, 16),
+    (16, 28, 28, 3, 1, 1, 8),
+    (12, 14, 14, 3, 1, 1, 17),
+    (32, 7, 7, 3, 1, 1, 24),
+    (4, 5, 3, 3, 1, 2, 5),
+    (8, 13, 21, 3, 1, 0, 9),
+    (4, 1, 1, 3, 1, 1, 8),
+    (8, 6, 4, 3, 1, 1, 8),
+    (8, 3, 12, 3, 1, 1, 16),
+];

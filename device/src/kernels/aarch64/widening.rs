@@ -315,6 +315,43 @@ macro_rules! singles {
     };
 }
 
+/// `asm!` over a tile's 16 accumulators `$a` (`a<channel>l`: positions 0-1, `h`: 2-3) with the
+/// template and operands `$body`; v0-v9 are the operands [`pair`] and [`one`] name.
+macro_rules! smull_tile {
+    ($a:ident; $($body:tt)*) => {
+        asm!(
+            $($body)*
+            out("v0") _,
+            out("v1") _,
+            out("v2") _,
+            out("v3") _,
+            out("v4") _,
+            out("v5") _,
+            out("v6") _,
+            out("v7") _,
+            out("v8") _,
+            out("v9") _,
+            a0l = inout(vreg) $a[0][0],
+            a0h = inout(vreg) $a[0][1],
+            a1l = inout(vreg) $a[1][0],
+            a1h = inout(vreg) $a[1][1],
+            a2l = inout(vreg) $a[2][0],
+            a2h = inout(vreg) $a[2][1],
+            a3l = inout(vreg) $a[3][0],
+            a3h = inout(vreg) $a[3][1],
+            a4l = inout(vreg) $a[4][0],
+            a4h = inout(vreg) $a[4][1],
+            a5l = inout(vreg) $a[5][0],
+            a5h = inout(vreg) $a[5][1],
+            a6l = inout(vreg) $a[6][0],
+            a6h = inout(vreg) $a[6][1],
+            a7l = inout(vreg) $a[7][0],
+            a7h = inout(vreg) $a[7][1],
+            options(nostack, readonly),
+        )
+    };
+}
+
 /// The integer sums of 8 output channels (`w`: a block's weights, see [`SmullConv`]) by the 4
 /// positions from `x` (the first quad's, tap (0, 0)) over `quads` channel quads
 /// (`quad_bytes` apart), the taps of kernel row `ky` `ky * row_bytes` further and of column
@@ -323,7 +360,7 @@ macro_rules! singles {
 #[inline]
 unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usize, row_bytes: usize) -> [int32x4_t; CHANNELS] {
     let mut a = [[vdupq_n_s32(0); 2]; CHANNELS];
-    asm!(
+    smull_tile!(a;
         // Two quads a turn: 9 pairs of taps, the first quad's tap 8 with the second's tap 0.
         "cbz {n}, 5f",
         "2:",
@@ -394,33 +431,6 @@ unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usi
         w = inout(reg) w => _,
         n = inout(reg) quads / 2 => _,
         odd = in(reg) quads % 2,
-        out("v0") _,
-        out("v1") _,
-        out("v2") _,
-        out("v3") _,
-        out("v4") _,
-        out("v5") _,
-        out("v6") _,
-        out("v7") _,
-        out("v8") _,
-        out("v9") _,
-        a0l = inout(vreg) a[0][0],
-        a0h = inout(vreg) a[0][1],
-        a1l = inout(vreg) a[1][0],
-        a1h = inout(vreg) a[1][1],
-        a2l = inout(vreg) a[2][0],
-        a2h = inout(vreg) a[2][1],
-        a3l = inout(vreg) a[3][0],
-        a3h = inout(vreg) a[3][1],
-        a4l = inout(vreg) a[4][0],
-        a4h = inout(vreg) a[4][1],
-        a5l = inout(vreg) a[5][0],
-        a5h = inout(vreg) a[5][1],
-        a6l = inout(vreg) a[6][0],
-        a6h = inout(vreg) a[6][1],
-        a7l = inout(vreg) a[7][0],
-        a7h = inout(vreg) a[7][1],
-        options(nostack, readonly),
     );
     // (position, channel pair) sums -> position sums.
     a.map(|[lo, hi]| vpaddq_s32(lo, hi))
@@ -433,7 +443,7 @@ unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usi
 #[inline]
 unsafe fn multiply_steps(w: *const i8, x: *const i8, steps: usize) -> [int32x4_t; CHANNELS] {
     let mut a = [[vdupq_n_s32(0); 2]; CHANNELS];
-    asm!(
+    smull_tile!(a;
         "cbz {n}, 3f",
         "2:",
         "ld1 {{v0.16b}}, [{x}], {step}",
@@ -451,33 +461,6 @@ unsafe fn multiply_steps(w: *const i8, x: *const i8, steps: usize) -> [int32x4_t
         w = inout(reg) w => _,
         n = inout(reg) steps / 2 => _,
         odd = in(reg) steps % 2,
-        out("v0") _,
-        out("v1") _,
-        out("v2") _,
-        out("v3") _,
-        out("v4") _,
-        out("v5") _,
-        out("v6") _,
-        out("v7") _,
-        out("v8") _,
-        out("v9") _,
-        a0l = inout(vreg) a[0][0],
-        a0h = inout(vreg) a[0][1],
-        a1l = inout(vreg) a[1][0],
-        a1h = inout(vreg) a[1][1],
-        a2l = inout(vreg) a[2][0],
-        a2h = inout(vreg) a[2][1],
-        a3l = inout(vreg) a[3][0],
-        a3h = inout(vreg) a[3][1],
-        a4l = inout(vreg) a[4][0],
-        a4h = inout(vreg) a[4][1],
-        a5l = inout(vreg) a[5][0],
-        a5h = inout(vreg) a[5][1],
-        a6l = inout(vreg) a[6][0],
-        a6h = inout(vreg) a[6][1],
-        a7l = inout(vreg) a[7][0],
-        a7h = inout(vreg) a[7][1],
-        options(nostack, readonly),
     );
     a.map(|[lo, hi]| vpaddq_s32(lo, hi))
 }
@@ -554,26 +537,13 @@ mod tests {
     }
 
     /// The kernel (`NeonQuads` -> `SmullConv::implicit`) against a scalar integer convolution,
-    /// bit for bit, weights -127..=127 (-128 drawn as -127: the 16-bit pair sums' extreme):
-    /// ResNet's sizes, odd sizes, rows of 1 to 4 pixels (one half tile), paddings 0 to 2, on
-    /// one and two threads.
+    /// bit for bit, weights -127..=127 (-128 drawn as -127: the 16-bit pair sums' extreme), on
+    /// `IMPLICIT_3X3_CASES` (odd quad counts too: tap 8 alone), one and two threads.
     #[test]
     fn implicit_kernel_equals_scalar_convolution() {
-        // (channels, h, w, kernel, stride, pad, out channels)
-        let cases = [
-            (4, 9, 11, 3, 1, 1, 20),
-            (8, 56, 56, 3, 1, 1, 16),
-            (16, 28, 28, 3, 1, 1, 8),
-            (12, 14, 14, 3, 1, 1, 17),
-            (32, 7, 7, 3, 1, 1, 24),
-            (4, 5, 3, 3, 1, 2, 5),
-            (8, 13, 21, 3, 1, 0, 9),
-            (4, 1, 1, 3, 1, 1, 8),
-            (8, 6, 4, 3, 1, 1, 8),
-        ];
         crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Signed, _>(
             (crate::cpu::Cpu::get().asimd, "NEON"),
-            &cases,
+            &crate::kernels::aarch64::int8::IMPLICIT_3X3_CASES,
             -127,
             SmullConv::implicit,
         );
