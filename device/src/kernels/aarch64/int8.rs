@@ -200,74 +200,61 @@ impl QuadsFill for Signed {
     type Byte = i8;
     const TAIL: i8 = 0;
 
+    fn byte(v: i8) -> i8 {
+        v
+    }
+
     /// Stride 1 (the convs the kernels read directly): 16 columns of the quad's 4 channel
     /// rows at a time, interleaved by two zip steps into 16 positions; other strides byte by
     /// byte.
     #[target_feature(enable = "neon")]
-    unsafe fn fill(q: &Quads, x: *const i8, pad: i8, out: *mut i8, quads: Range<usize>) {
+    unsafe fn fill_row(q: &Quads, x: *const i8, y: usize, channels: &Range<usize>, pad: i8, dst: *mut i8) -> bool {
         let g = &q.g;
-        let (sy, sx) = g.stride;
-        let (hp, wp) = g.extent();
-        let (wq, plane) = (g.plane_width(), g.plane());
-        let (top, left) = g.pad;
-        let rows = g.height.min(hp.saturating_sub(top));
-        let cols = g.width.min(wp.saturating_sub(left));
-        for quad in quads {
-            let dst = out.add(quad * q.quad_len() * 4);
-            std::ptr::write_bytes(dst, pad as u8, q.quad_len() * 4);
-            let channels = 4 * quad..(4 * quad + 4).min(g.channels);
-            for y in 0..rows {
-                let (yy, py) = ((y + top) / sy, (y + top) % sy);
-                if (sy, sx) != (1, 1) {
-                    for (j, c) in channels.clone().enumerate() {
-                        let src = x.add((c * g.height + y) * g.width);
-                        for xi in 0..cols {
-                            let (xx, px) = ((xi + left) / sx, (xi + left) % sx);
-                            let at = (py * sx + px) * plane + yy * wq + xx;
-                            *dst.add(at * 4 + j) = *src.add(xi);
-                        }
-                    }
-                    continue;
+        if g.stride != (1, 1) {
+            return false;
+        }
+        let wq = g.plane_width();
+        let left = g.pad.1;
+        let cols = g.width.min(g.extent().1.saturating_sub(left));
+        let (yy, _) = q.plane_row(y);
+        let row = dst.add((yy * wq + left) * 4);
+        for x0 in (0..cols).step_by(16) {
+            let n = 16.min(cols - x0);
+            // The 4 channels' 16 columns (the padding for channels past the last).
+            let mut bytes = [[pad; 16]; 4];
+            let src: [int8x16_t; 4] = std::array::from_fn(|j| {
+                let c = channels.start + j;
+                if c >= g.channels {
+                    vdupq_n_s8(pad)
+                } else if n == 16 {
+                    vld1q_s8(x.add((c * g.height + y) * g.width + x0))
+                } else {
+                    std::ptr::copy_nonoverlapping(
+                        x.add((c * g.height + y) * g.width + x0),
+                        bytes[j].as_mut_ptr(),
+                        n,
+                    );
+                    vld1q_s8(bytes[j].as_ptr())
                 }
-                let row = dst.add((yy * wq + left) * 4);
-                for x0 in (0..cols).step_by(16) {
-                    let n = 16.min(cols - x0);
-                    // The 4 channels' 16 columns (the padding for channels past the last).
-                    let mut bytes = [[pad; 16]; 4];
-                    let src: [int8x16_t; 4] = std::array::from_fn(|j| {
-                        let c = 4 * quad + j;
-                        if c >= g.channels {
-                            vdupq_n_s8(pad)
-                        } else if n == 16 {
-                            vld1q_s8(x.add((c * g.height + y) * g.width + x0))
-                        } else {
-                            std::ptr::copy_nonoverlapping(
-                                x.add((c * g.height + y) * g.width + x0),
-                                bytes[j].as_mut_ptr(),
-                                n,
-                            );
-                            vld1q_s8(bytes[j].as_ptr())
-                        }
-                    });
-                    let ab = vzipq_s8(src[0], src[1]);
-                    let cd = vzipq_s8(src[2], src[3]);
-                    let lo = vzipq_s16(vreinterpretq_s16_s8(ab.0), vreinterpretq_s16_s8(cd.0));
-                    let hi = vzipq_s16(vreinterpretq_s16_s8(ab.1), vreinterpretq_s16_s8(cd.1));
-                    let v = [lo.0, lo.1, hi.0, hi.1].map(|v| vreinterpretq_s8_s16(v));
-                    if n == 16 {
-                        for (i, v) in v.iter().enumerate() {
-                            vst1q_s8(row.add(x0 * 4 + 16 * i), *v);
-                        }
-                    } else {
-                        let mut positions = [0i8; 64];
-                        for (i, v) in v.iter().enumerate() {
-                            vst1q_s8(positions.as_mut_ptr().add(16 * i), *v);
-                        }
-                        std::ptr::copy_nonoverlapping(positions.as_ptr(), row.add(x0 * 4), 4 * n);
-                    }
+            });
+            let ab = vzipq_s8(src[0], src[1]);
+            let cd = vzipq_s8(src[2], src[3]);
+            let lo = vzipq_s16(vreinterpretq_s16_s8(ab.0), vreinterpretq_s16_s8(cd.0));
+            let hi = vzipq_s16(vreinterpretq_s16_s8(ab.1), vreinterpretq_s16_s8(cd.1));
+            let v = [lo.0, lo.1, hi.0, hi.1].map(|v| vreinterpretq_s8_s16(v));
+            if n == 16 {
+                for (i, v) in v.iter().enumerate() {
+                    vst1q_s8(row.add(x0 * 4 + 16 * i), *v);
                 }
+            } else {
+                let mut positions = [0i8; 64];
+                for (i, v) in v.iter().enumerate() {
+                    vst1q_s8(positions.as_mut_ptr().add(16 * i), *v);
+                }
+                std::ptr::copy_nonoverlapping(positions.as_ptr(), row.add(x0 * 4), 4 * n);
             }
         }
+        true
     }
 }
 

@@ -60,7 +60,8 @@ impl Quads {
     }
 }
 
-/// How one instruction set writes [`Quads`] (and which kernel reads them).
+/// How one instruction set writes [`Quads`] (and which kernel reads them): its rows, where it
+/// has a fast way for the geometry; [`Quads::fill`] does the rest.
 pub trait QuadsFill: 'static + Send + Sync {
     /// The op's name (`device inspect`, node names).
     const NAME: &'static str;
@@ -71,13 +72,60 @@ pub trait QuadsFill: 'static + Send + Sync {
     /// The byte of the room past the last plane (only padding lanes read it).
     const TAIL: Self::Byte;
 
-    /// Writes the planes of channel quads `quads` of `x` (`[c][h][w]` i8) padded with `pad`
-    /// into `out`.
+    /// The kernel's byte for the input value `v`.
+    fn byte(v: i8) -> Self::Byte;
+
+    /// Writes input row `y` of the channels `channels` (one quad, whose planes start at `dst`
+    /// and hold the padding `pad` already) of `x` (`[c][h][w]` i8), if this instruction set
+    /// has a way for `q`'s geometry; false leaves the row to [`Quads::fill`]'s byte loop.
     ///
     /// # Safety
-    /// The CPU has the instruction set; `x` holds the input, `out` [`Quads::len`] bytes; no
-    /// other thread writes these quads.
-    unsafe fn fill(q: &Quads, x: *const i8, pad: i8, out: *mut Self::Byte, quads: Range<usize>);
+    /// The CPU has the instruction set; `x` holds the input, `dst` the quad's planes.
+    unsafe fn fill_row(q: &Quads, x: *const i8, y: usize, channels: &Range<usize>, pad: Self::Byte, dst: *mut Self::Byte) -> bool;
+}
+
+impl Quads {
+    /// The plane row and the row phase of input row `y`.
+    pub(crate) fn plane_row(&self, y: usize) -> (usize, usize) {
+        let (sy, top) = (self.g.stride.0, self.g.pad.0);
+        ((y + top) / sy, (y + top) % sy)
+    }
+
+    /// Writes the planes of channel quads `quads` of `x` (`[c][h][w]` i8) padded with `pad`
+    /// into `out`: each quad's planes set to the padding, then each input row by
+    /// `F::fill_row`, or byte by byte where it has no way.
+    ///
+    /// # Safety
+    /// As `F::fill_row`; `out` holds [`Quads::len`] bytes; no other thread writes these quads.
+    pub(crate) unsafe fn fill<F: QuadsFill>(&self, x: *const i8, pad: i8, out: *mut F::Byte, quads: Range<usize>) {
+        let g = &self.g;
+        let sx = g.stride.1;
+        let (hp, wp) = g.extent();
+        let (wq, plane) = (g.plane_width(), g.plane());
+        let (top, left) = g.pad;
+        let pad = F::byte(pad);
+        let rows = g.height.min(hp.saturating_sub(top));
+        let cols = g.width.min(wp.saturating_sub(left));
+        for quad in quads {
+            let dst = out.add(quad * self.quad_len() * 4);
+            std::slice::from_raw_parts_mut(dst, self.quad_len() * 4).fill(pad);
+            let channels = 4 * quad..(4 * quad + 4).min(g.channels);
+            for y in 0..rows {
+                if F::fill_row(self, x, y, &channels, pad, dst) {
+                    continue;
+                }
+                let (yy, py) = self.plane_row(y);
+                for (j, c) in channels.clone().enumerate() {
+                    let src = x.add((c * g.height + y) * g.width);
+                    for xi in 0..cols {
+                        let (xx, px) = ((xi + left) / sx, (xi + left) % sx);
+                        let at = (py * sx + px) * plane + yy * wq + xx;
+                        *dst.add(at * 4 + j) = F::byte(*src.add(xi));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The input of a kernel reading [`Quads`] from an i8 `[1, C, H, W]` or `[C, H, W]` input and
@@ -181,7 +229,7 @@ impl<F: QuadsFill> EvalOp for QuadsOp<F> {
         };
         crate::ops::parallel::for_ranges(planes, |r| unsafe {
             let p = &p;
-            F::fill(&self.quads, p.0, pad, p.1, r)
+            self.quads.fill::<F>(p.0, pad, p.1, r)
         });
         // The room past the last plane: any initialized bytes (only padding lanes read them).
         unsafe { out.as_slice_mut_unchecked::<F::Byte>()[tail..].fill(F::TAIL) };

@@ -426,55 +426,44 @@ impl QuadsFill for Vnni {
     type Byte = u8;
     const TAIL: u8 = 0x80;
 
+    fn byte(v: i8) -> u8 {
+        (v as u8) ^ 0x80
+    }
+
+    /// Column strides 1 (16 columns a vector, the quad's 4 channels shifted into each 32-bit
+    /// lane) and 2 ([`fill_row_stride2`]); larger ones byte by byte.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn fill(q: &Quads, x: *const i8, pad: i8, out: *mut u8, quads: Range<usize>) {
+    unsafe fn fill_row(q: &Quads, x: *const i8, y: usize, channels: &Range<usize>, pad: u8, dst: *mut u8) -> bool {
         let g = &q.g;
-        let (sy, sx) = g.stride;
-        let (hp, wp) = g.extent();
+        let sx = g.stride.1;
         let (wq, plane) = (g.plane_width(), g.plane());
-        let (top, left) = g.pad;
-        let pad = (pad as u8) ^ 0x80;
-        let flip = _mm512_set1_epi32(0x80);
-        let rows = g.height.min(hp.saturating_sub(top));
-        let cols = g.width.min(wp.saturating_sub(left));
-        for quad in quads {
-            let dst = out.add(quad * q.quad_len() * 4);
-            std::ptr::write_bytes(dst, pad, q.quad_len() * 4);
-            let channels = 4 * quad..(4 * quad + 4).min(g.channels);
-            for y in 0..rows {
-                let (yy, py) = ((y + top) / sy, (y + top) % sy);
-                if sx == 2 {
-                    fill_row_stride2(q, x, y, &channels, pad, dst.add(py * sx * plane * 4), yy);
-                    continue;
-                }
-                if sx > 2 {
-                    for (j, c) in channels.clone().enumerate() {
-                        let src = x.add((c * g.height + y) * g.width);
-                        for xi in 0..cols {
-                            let (xx, px) = ((xi + left) / sx, (xi + left) % sx);
-                            let at = (py * sx + px) * plane + yy * wq + xx;
-                            *dst.add(at * 4 + j) = (*src.add(xi) as u8) ^ 0x80;
-                        }
-                    }
-                    continue;
-                }
-                let row = dst.add((py * plane + yy * wq + left) * 4);
-                for x0 in (0..cols).step_by(PIXELS) {
-                    let lanes = PIXELS.min(cols - x0);
-                    let m = lane_mask(lanes);
-                    let mut v = _mm512_set1_epi32(i32::from_ne_bytes([pad; 4]));
-                    for (j, c) in channels.clone().enumerate() {
-                        let src = x.add((c * g.height + y) * g.width + x0);
-                        let bytes = _mm_maskz_loadu_epi8(m, src);
-                        let b = _mm512_xor_si512(_mm512_cvtepu8_epi32(bytes), flip);
-                        let shift = _mm512_set1_epi32(8 * j as i32);
-                        let keep = _mm512_set1_epi32(!(0xff << (8 * j)));
-                        v = _mm512_or_si512(_mm512_and_si512(v, keep), _mm512_sllv_epi32(b, shift));
-                    }
-                    _mm512_mask_storeu_epi32(row.add(x0 * 4) as *mut _, m, v);
-                }
-            }
+        let left = g.pad.1;
+        let cols = g.width.min(g.extent().1.saturating_sub(left));
+        let (yy, py) = q.plane_row(y);
+        if sx == 2 {
+            fill_row_stride2(q, x, y, channels, pad, dst.add(py * sx * plane * 4), yy);
+            return true;
         }
+        if sx > 2 {
+            return false;
+        }
+        let flip = _mm512_set1_epi32(0x80);
+        let row = dst.add((py * plane + yy * wq + left) * 4);
+        for x0 in (0..cols).step_by(PIXELS) {
+            let lanes = PIXELS.min(cols - x0);
+            let m = lane_mask(lanes);
+            let mut v = _mm512_set1_epi32(i32::from_ne_bytes([pad; 4]));
+            for (j, c) in channels.clone().enumerate() {
+                let src = x.add((c * g.height + y) * g.width + x0);
+                let bytes = _mm_maskz_loadu_epi8(m, src);
+                let b = _mm512_xor_si512(_mm512_cvtepu8_epi32(bytes), flip);
+                let shift = _mm512_set1_epi32(8 * j as i32);
+                let keep = _mm512_set1_epi32(!(0xff << (8 * j)));
+                v = _mm512_or_si512(_mm512_and_si512(v, keep), _mm512_sllv_epi32(b, shift));
+            }
+            _mm512_mask_storeu_epi32(row.add(x0 * 4) as *mut _, m, v);
+        }
+        true
     }
 }
 
