@@ -352,6 +352,31 @@ macro_rules! smull_tile {
     };
 }
 
+/// A channel quad's taps 0-7 in 4 pairs (kernel rows from `{b}`, `{rb}` apart), then its tap 8
+/// loaded into v0 for what follows: the pair with the next quad's tap 0, or alone.
+macro_rules! taps_0_to_8 {
+    () => {
+        concat!(
+            "mov {p}, {b}\n",
+            "ld1 {{v0.16b}}, [{p}], {four}\n",
+            "ld1 {{v1.16b}}, [{p}], {four}\n",
+            pairs!(),
+            "ld1 {{v0.16b}}, [{p}]\n",
+            "add {p}, {b}, {rb}\n",
+            "ld1 {{v1.16b}}, [{p}], {four}\n",
+            pairs!(),
+            "ld1 {{v0.16b}}, [{p}], {four}\n",
+            "ld1 {{v1.16b}}, [{p}]\n",
+            pairs!(),
+            "add {p}, {b}, {rb2}\n",
+            "ld1 {{v0.16b}}, [{p}], {four}\n",
+            "ld1 {{v1.16b}}, [{p}], {four}\n",
+            pairs!(),
+            "ld1 {{v0.16b}}, [{p}]\n",
+        )
+    };
+}
+
 /// The integer sums of 8 output channels (`w`: a block's weights, see [`SmullConv`]) by the 4
 /// positions from `x` (the first quad's, tap (0, 0)) over `quads` channel quads
 /// (`quad_bytes` apart), the taps of kernel row `ky` `ky * row_bytes` further and of column
@@ -364,22 +389,7 @@ unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usi
         // Two quads a turn: 9 pairs of taps, the first quad's tap 8 with the second's tap 0.
         "cbz {n}, 5f",
         "2:",
-        "mov {p}, {b}",
-        "ld1 {{v0.16b}}, [{p}], {four}",
-        "ld1 {{v1.16b}}, [{p}], {four}",
-        pairs!(),
-        "ld1 {{v0.16b}}, [{p}]",
-        "add {p}, {b}, {rb}",
-        "ld1 {{v1.16b}}, [{p}], {four}",
-        pairs!(),
-        "ld1 {{v0.16b}}, [{p}], {four}",
-        "ld1 {{v1.16b}}, [{p}]",
-        pairs!(),
-        "add {p}, {b}, {rb2}",
-        "ld1 {{v0.16b}}, [{p}], {four}",
-        "ld1 {{v1.16b}}, [{p}], {four}",
-        pairs!(),
-        "ld1 {{v0.16b}}, [{p}]",
+        taps_0_to_8!(),
         "add {b}, {b}, {qb}",
         "mov {p}, {b}",
         "ld1 {{v1.16b}}, [{p}], {four}",
@@ -404,22 +414,7 @@ unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usi
         "5:",
         // An odd last quad: taps 0 and 1, 2 and 3, 4 and 5, 6 and 7, then 8 alone.
         "cbz {odd}, 6f",
-        "mov {p}, {b}",
-        "ld1 {{v0.16b}}, [{p}], {four}",
-        "ld1 {{v1.16b}}, [{p}], {four}",
-        pairs!(),
-        "ld1 {{v0.16b}}, [{p}]",
-        "add {p}, {b}, {rb}",
-        "ld1 {{v1.16b}}, [{p}], {four}",
-        pairs!(),
-        "ld1 {{v0.16b}}, [{p}], {four}",
-        "ld1 {{v1.16b}}, [{p}]",
-        pairs!(),
-        "add {p}, {b}, {rb2}",
-        "ld1 {{v0.16b}}, [{p}], {four}",
-        "ld1 {{v1.16b}}, [{p}], {four}",
-        pairs!(),
-        "ld1 {{v0.16b}}, [{p}]",
+        taps_0_to_8!(),
         singles!(),
         "6:",
         b = inout(reg) x => _,
