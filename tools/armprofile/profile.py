@@ -100,7 +100,7 @@ def main():
     total = sum(per.values())
     print(f"{args.device} on {args.model}, qemu -cpu {args.cpu}: {total / 1e6:.1f} M instructions per inference")
     for name, v in per.most_common(args.top):
-        print(f"{v / 1e6:9.2f} M {100 * v / total:5.1f}%  {name[:140]}")
+        print(f"{v / 1e6:9.2f} M {100 * v / total:5.1f}%  {name[:60]}..{name[-90:]}")
     if args.blocks:
         print(f"\nblocks of {args.blocks}:")
         rows = [(a - base, sizes[a], (three[a] - one.get(a, 0)) / 2) for a in three if function(a) == args.blocks]

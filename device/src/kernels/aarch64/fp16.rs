@@ -1,7 +1,8 @@
 //! The f16 plans' own convolutions on aarch64 (`--precision f16`, on CPUs with FEAT_FP16: a
 //! Pi 5's Cortex-A76, Orin's A78AE): [`prepare`] swaps `crate::kernels::aarch64::winograd` on
-//! f16 tensors (Winograd F(4x4, 3x3), its transforms and products in f32 lanes, the input,
-//! residual and output converted at the edges) in for the 3x3 stride-1 padding-1 f16 `Conv`s
+//! f16 tensors (Winograd F(4x4, 3x3): its transforms in f32 lanes, the input, residual and
+//! output converted at the edges; its products in f16 lanes, 8 tiles a `fmla`, summed in f32
+//! by 32 input channels) in for the 3x3 stride-1 padding-1 f16 `Conv`s
 //! that tract's `FloatPrecisionTranslator` leaves in the decluttered model, with the residual
 //! addition and the ReLU that follow. Everything else stays tract's fp16 kernels.
 //!
@@ -15,8 +16,10 @@ use tract_core::internal::*;
 /// tensors; returns how many. Plugged (`crate::kernels::aarch64::plug`) on CPUs with fp16
 /// arithmetic (the plans it applies to exist only there); runs before tract's optimizer.
 pub fn prepare(model: &mut TypedModel) -> TractResult<usize> {
-    // The op runs NEON instructions: never wired in on a CPU without them, whoever calls.
-    if !crate::cpu::Cpu::get().asimd {
+    // The op runs NEON and FEAT_FP16 instructions: never wired in on a CPU without them,
+    // whoever calls.
+    let cpu = crate::cpu::Cpu::get();
+    if !(cpu.asimd && cpu.fp16) {
         return Ok(0);
     }
     place(model, WinogradConv::<f16>::take)

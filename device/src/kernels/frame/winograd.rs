@@ -53,6 +53,23 @@ pub trait WinogradKernel<E: Elem = f32>: Lanes + Send + Sync + 'static {
     const MIN_BLOCK_TILES: usize;
     /// Panels of `R` output channels that [`multiply`] hands its `tile` at once, at most.
     const GROUP: usize;
+    /// The element of the transformed weights `u` and inputs `v`, the products' operands: f32,
+    /// or f16 where the products run in f16 lanes (the sums over the input channels then go
+    /// to f32 by chunks: see `crate::kernels::aarch64::winograd`).
+    type V: Copy + PartialEq + Send + Sync + 'static;
+    /// Tiles per vector of the products (a multiple of `LANES`): block strides are multiples
+    /// of it.
+    const V_LANES: usize;
+
+    /// A transformed weight (computed in float64) as the products read it.
+    fn weight(u: f64) -> Self::V;
+
+    /// Stores the lanes `..n` of a transformed input `x` at `p` (all lanes where the set has no
+    /// masked stores), as [`Self::V`].
+    ///
+    /// # Safety
+    /// See the trait.
+    unsafe fn store_v(x: Self, p: *mut Self::V, n: usize);
 
     /// Splits the rows of channels `channels` of the padded input into `buf.split`, by column
     /// phase (`x % m`): row `yp` (input row `yp - 1`) of channel `ch` at
@@ -71,7 +88,7 @@ pub trait WinogradKernel<E: Elem = f32>: Lanes + Send + Sync + 'static {
     unsafe fn transform_input(
         conv: &WinogradConv<Self, E>,
         buf: Buffers<E>,
-        b: &Block,
+        b: &Block<Self::V>,
         channels: Range<usize>,
     );
 
@@ -80,7 +97,7 @@ pub trait WinogradKernel<E: Elem = f32>: Lanes + Send + Sync + 'static {
     ///
     /// # Safety
     /// See the trait.
-    unsafe fn multiply(conv: &WinogradConv<Self, E>, b: &Block, pairs: Range<usize>);
+    unsafe fn multiply(conv: &WinogradConv<Self, E>, b: &Block<Self::V>, pairs: Range<usize>);
 
     /// `A^T m A` plus the bias (plus the residual) (max 0) on output channels `outs` of the
     /// tiles of block `b`, into the output.
@@ -90,14 +107,14 @@ pub trait WinogradKernel<E: Elem = f32>: Lanes + Send + Sync + 'static {
     unsafe fn transform_output(
         conv: &WinogradConv<Self, E>,
         buf: Buffers<E>,
-        b: &Block,
+        b: &Block<Self::V>,
         outs: Range<usize>,
     );
 }
 
 /// The element type of the op's tensors (input, residual, output): `f32`, or `f16` where the
-/// kernel converts at the split and the output transform (the transforms and products stay in
-/// its vectors' f32 lanes).
+/// kernel converts at the split and the output transform (the transforms stay in its vectors'
+/// f32 lanes; the products in its [`WinogradKernel::V`]).
 pub trait Elem: Datum + Copy {}
 impl<T: Datum + Copy> Elem for T {}
 
@@ -237,7 +254,7 @@ pub(crate) unsafe fn at6<V: Lanes>(m: [V; 6]) -> [V; 4] {
 pub(crate) unsafe fn transform_input<K: WinogradKernel<E>, const A: usize, E: Elem>(
     conv: &WinogradConv<K, E>,
     buf: Buffers<E>,
-    b: &Block,
+    b: &Block<K::V>,
     channels: Range<usize>,
     bt: impl Fn([K; A]) -> [K; A],
 ) {
@@ -261,7 +278,7 @@ pub(crate) unsafe fn transform_input<K: WinogradKernel<E>, const A: usize, E: El
                     let cols = bt(std::array::from_fn(|r| h[r][j]));
                     for (i, value) in cols.into_iter().enumerate() {
                         let xi = A * i + j;
-                        value.store(v.add((xi * conv.c + ch) * stride + t), n);
+                        K::store_v(value, v.add((xi * conv.c + ch) * stride + t), n);
                     }
                 }
             }
@@ -271,19 +288,19 @@ pub(crate) unsafe fn transform_input<K: WinogradKernel<E>, const A: usize, E: El
 
 /// [`WinogradKernel::multiply`]'s loops: the pairs by groups of `g` (up to `K::GROUP`)
 /// consecutive panels of `R` output channels of one transformed value, and their products in
-/// runs of `nv` (3, the rest 2 or 1) vectors of `K::LANES` tiles, by
+/// runs of `nv` (3, the rest 2 or 1) vectors of `K::V_LANES` tiles, by
 /// `tile(nv, g, u, v, out)`: `g * R` output channels (`u`: per input channel, `R` weights; the
 /// next panel's `c * R` further) by those tiles (`v`: per input channel, a row of `b.stride`
 /// values) over the `c` input channels, into `out` (`g * R` rows of `b.stride`).
 #[inline(always)]
 pub(crate) unsafe fn multiply<K: WinogradKernel<E>, E: Elem>(
     conv: &WinogradConv<K, E>,
-    b: &Block,
+    b: &Block<K::V>,
     pairs: Range<usize>,
-    tile: impl Fn(usize, usize, *const f32, *const f32, *mut f32),
+    tile: impl Fn(usize, usize, *const K::V, *const K::V, *mut f32),
 ) {
     let blocks = conv.k / R;
-    let panels = (b.rows.len() * conv.tw()).div_ceil(K::LANES);
+    let panels = (b.rows.len() * conv.tw()).div_ceil(K::V_LANES);
     let mut pair = pairs.start;
     while pair < pairs.end {
         let (xi, kb) = (pair / blocks, pair % blocks);
@@ -294,7 +311,7 @@ pub(crate) unsafe fn multiply<K: WinogradKernel<E>, E: Elem>(
         let mut p = 0;
         while p < panels {
             let nv = (panels - p).min(3);
-            tile(nv, g, u, v.add(p * K::LANES), out.add(p * K::LANES));
+            tile(nv, g, u, v.add(p * K::V_LANES), out.add(p * K::V_LANES));
             p += nv;
         }
         pair += g;
@@ -316,7 +333,7 @@ pub(crate) unsafe fn transform_output<
 >(
     conv: &WinogradConv<K, E>,
     buf: Buffers<E>,
-    b: &Block,
+    b: &Block<K::V>,
     outs: Range<usize>,
     at: impl Fn([K; A]) -> [K; M],
     emit: impl Fn([K; M], *mut E, Option<*const E>, usize, usize),
@@ -365,7 +382,7 @@ pub struct WinogradConv<K: WinogradKernel<E>, E: Elem = f32> {
     pub(crate) m: usize,
     /// `G g G^T` per output channel panel: `[xi][k / R][c][R]` (`xi`: the `(m + 2)^2`
     /// transformed values).
-    pub(crate) u: Arc<Vec<f32>>,
+    pub(crate) u: Arc<Vec<K::V>>,
     pub(crate) bias: Vec<f32>,
     /// Residual (the op's second input, of the output's shape) and ReLU after the bias.
     pub(crate) epilogue: Epilogue,
@@ -441,12 +458,12 @@ pub struct Buffers<E: Elem = f32> {
     pub(crate) residual: Option<*const E>,
 }
 
-/// One block of tile rows and its scratch: the transformed inputs `v` (`[xi][c][stride]`) and
-/// the products `m` (`[xi][k][stride]`), `stride` >= the block's tiles plus `SLACK`, a multiple
-/// of `LANES`.
-pub struct Block {
+/// One block of tile rows and its scratch: the transformed inputs `v` (`[xi][c][stride]`, in
+/// the kernel's `V`) and the products `m` (`[xi][k][stride]`, f32), `stride` >= the block's
+/// tiles plus `SLACK`, a multiple of `V_LANES`.
+pub struct Block<V = f32> {
     pub(crate) rows: Range<usize>,
-    pub(crate) v: *mut f32,
+    pub(crate) v: *mut V,
     pub(crate) m: *mut f32,
     pub(crate) stride: usize,
 }
@@ -454,7 +471,7 @@ pub struct Block {
 // SAFETY: the pointers outlive the eval that shares them; threads write disjoint parts.
 unsafe impl<E: Elem> Send for Buffers<E> {}
 unsafe impl<E: Elem> Sync for Buffers<E> {}
-unsafe impl Sync for Block {}
+unsafe impl<V> Sync for Block<V> {}
 
 thread_local! {
     /// Per thread: the transformed inputs and the products of one block.
@@ -510,7 +527,7 @@ impl<E: Elem, K: WinogradKernel<E>> WinogradConv<K, E> {
         assert!(m == 2 || m == 4);
         let blocks = k / R;
         let alpha = m + 2;
-        let mut u = vec![0f32; alpha * alpha * blocks * c * R];
+        let mut u = vec![K::weight(0.0); alpha * alpha * blocks * c * R];
         // G, in f64: F(2x2, 3x3) and F(4x4, 3x3) (points 0, 1, -1, 2, -2, infinity).
         let g: &[[f64; 3]] = if m == 2 {
             &[
@@ -545,7 +562,7 @@ impl<E: Elem, K: WinogradKernel<E>> WinogradConv<K, E> {
                     for b in 0..alpha {
                         let v: f64 = (0..3).map(|col| t[a][col] * g[b][col]).sum();
                         let xi = alpha * a + b;
-                        u[((xi * blocks + o / R) * c + i) * R + o % R] = v as f32;
+                        u[((xi * blocks + o / R) * c + i) * R + o % R] = K::weight(v);
                     }
                 }
             }
@@ -605,15 +622,18 @@ impl<E: Elem, K: WinogradKernel<E>> WinogradConv<K, E> {
     }
 
     /// The block of tile rows number `block`, its products in `scratch`.
-    fn block(&self, block: usize, scratch: &mut (Vec<f32>, Vec<f32>)) -> Block {
+    fn block(&self, block: usize, scratch: &mut (Vec<f32>, Vec<f32>)) -> Block<K::V> {
         let per = self.rows_per_block();
-        let stride = (per * self.tw() + K::SLACK).div_ceil(K::LANES) * K::LANES;
+        let stride = (per * self.tw() + K::SLACK).div_ceil(K::V_LANES) * K::V_LANES;
         let (v, m) = scratch;
-        grow(v, self.xi() * self.c * stride);
+        // `v` holds `V`s (no larger than an f32, no more aligned) in the f32 scratch.
+        const { assert!(std::mem::size_of::<K::V>() <= 4 && std::mem::align_of::<K::V>() <= 4) };
+        let v_bytes = self.xi() * self.c * stride * std::mem::size_of::<K::V>();
+        grow(v, v_bytes.div_ceil(4));
         grow(m, self.xi() * self.k * stride);
         Block {
             rows: block * per..((block + 1) * per).min(self.th()),
-            v: v.as_mut_ptr(),
+            v: v.as_mut_ptr() as *mut K::V,
             m: m.as_mut_ptr(),
             stride,
         }

@@ -35,6 +35,17 @@ impl WinogradKernel for __m512 {
     const MIN_TILES4: usize = 128;
     const MIN_BLOCK_TILES: usize = LANES;
     const GROUP: usize = 1;
+    type V = f32;
+    const V_LANES: usize = LANES;
+
+    fn weight(u: f64) -> f32 {
+        u as f32
+    }
+
+    #[inline(always)]
+    unsafe fn store_v(x: __m512, p: *mut f32, n: usize) {
+        crate::kernels::frame::winograd::Lanes::store(x, p, n)
+    }
 
     unsafe fn split(conv: &WinogradConv, buf: Buffers, channels: Range<usize>) {
         conv.split(buf, channels)
