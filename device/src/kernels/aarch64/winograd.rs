@@ -27,7 +27,7 @@
 //! float `Conv`s, before tract's optimizer, with the residual and ReLU that follow them.
 
 use crate::kernels::frame::winograd::{
-    at4, at6, bt4, bt6, impl_lanes, multiply, transform_input, transform_output, Block, Buffers,
+    at4, at6, bt4, bt6, impl_lanes, multiply, multiply_in_groups, transform_input, transform_output, Block, Buffers,
     Elem, WinogradKernel, R,
 };
 use std::arch::aarch64::*;
@@ -220,7 +220,11 @@ impl<E: NeonElem> WinogradKernel<E> for float32x4_t {
                 }
                 let src = buf.x.add((ch * conv.h + y) * conv.w);
                 E::widen(src, padded.as_mut_ptr().add(1), conv.w);
-                for i0 in (0..half).step_by(LANES) {
+                // Whole vectors only: a phase's last, partial vector first, its lanes past the
+                // phase landing on the next phase's first (written after, by the first vector)
+                // or the next row's (written after too; past the last row, the split's SLACK).
+                let last = (half - 1) / LANES * LANES;
+                for i0 in std::iter::once(last).chain((0..last).step_by(LANES)) {
                     let at = padded.as_ptr().add(m * i0);
                     let phases = if m == 4 {
                         let p = vld4q_f32(at);
@@ -230,7 +234,7 @@ impl<E: NeonElem> WinogradKernel<E> for float32x4_t {
                         [p.0, p.1, p.0, p.1]
                     };
                     for (r, phase) in phases[..m].iter().enumerate() {
-                        store_first(*phase, dst.add(r * half + i0), half - i0);
+                        vst1q_f32(dst.add(r * half + i0), *phase);
                     }
                 }
             }
@@ -392,9 +396,91 @@ unsafe fn multiply_f32(conv: &WinogradConv<f32>, b: &Block, pairs: Range<usize>)
 /// # Safety
 /// As there; the CPU has FEAT_FP16 (the f16 plans that wire this op in ask for it).
 unsafe fn multiply_f16(conv: &WinogradConv<f16>, b: &Block<f16>, pairs: Range<usize>) {
+    if b.rows.len() * conv.tw() <= FEW {
+        // A block of 4 tiles or fewer (7x7 layers): output channels in the lanes.
+        let (stride, c) = (b.stride, conv.c);
+        let few: [TileFn<f16>; FEW_PANELS] = [
+            tile_f16_few::<1>,
+            tile_f16_few::<2>,
+            tile_f16_few::<3>,
+            tile_f16_few::<4>,
+            tile_f16_few::<5>,
+            tile_f16_few::<6>,
+        ];
+        return multiply_in_groups(conv, b, pairs, FEW_PANELS, |_, g, u, v, out| {
+            few[g - 1](u, v, stride, c, out)
+        });
+    }
     let tiles: [TileFn<f16>; 5] =
         [tile_f16::<3, 1>, tile_f16::<2, 1>, tile_f16::<1, 3>, tile_f16::<1, 2>, tile_f16::<1, 1>];
     multiply_by(conv, b, pairs, tiles)
+}
+
+/// The 8 f16 values at `*p` (as bits), `*p` then moved on past them: one post-indexed `ldr`
+/// (the compiler keeps one pointer for several panels and adds their distance instead).
+#[inline(always)]
+unsafe fn load_next(p: &mut *const f16) -> uint16x8_t {
+    let v;
+    std::arch::asm!("ldr {v:q}, [{p}], #16", v = out(vreg) v, p = inout(reg) *p,
+        options(nostack, readonly, preserves_flags));
+    v
+}
+
+/// Tiles of the blocks that [`tile_f16_few`] takes (a block's tiles in one half register).
+const FEW: usize = 4;
+/// Panels of `R` output channels a [`tile_f16_few`] takes at most: 24 accumulators.
+const FEW_PANELS: usize = 6;
+
+/// [`tile_f16`] for blocks of [`FEW`] tiles or fewer (7x7 layers: 4 tiles of 4x4), where 8
+/// tiles a register would leave half the lanes idle: the lanes run over the `R` output
+/// channels of a panel instead (the weights' register as it is in `u`), each tile's
+/// transformed input taken from its lane of `v`'s 4 values (`fmla` by element), for `G`
+/// panels: `4 * G` accumulators. Each [`F16_CHUNK`] channels' sums are widened and added to
+/// f32 sums (tile by channel, on the stack), written to `out` transposed at the end.
+#[target_feature(enable = "neon,fp16")]
+unsafe fn tile_f16_few<const G: usize>(
+    u: *const f16,
+    v: *const f16,
+    stride: usize,
+    c: usize,
+    out: *mut f32,
+) {
+    let zero = vreinterpretq_f16_u16(vdupq_n_u16(0));
+    // sums[g][t]: panel g's R channels of tile t.
+    let mut sums = [[[0f32; R]; FEW]; G];
+    let mut c0 = 0;
+    while c0 < c {
+        let n = F16_CHUNK.min(c - c0);
+        let mut acc = [[zero; FEW]; G];
+        // One pointer a panel, each moved on by a channel's R weights (post-indexed loads).
+        let mut ws: [*const f16; G] = std::array::from_fn(|g| u.add((g * c + c0) * R));
+        let mut xp = v.add(c0 * stride);
+        for _ in 0..n {
+            let x = vreinterpret_f16_u16(vld1_u16(xp as *const u16));
+            xp = xp.add(stride);
+            for (acc, w) in acc.iter_mut().zip(ws.iter_mut()) {
+                let wv = vreinterpretq_f16_u16(load_next(w));
+                acc[0] = vfmaq_lane_f16::<0>(acc[0], wv, x);
+                acc[1] = vfmaq_lane_f16::<1>(acc[1], wv, x);
+                acc[2] = vfmaq_lane_f16::<2>(acc[2], wv, x);
+                acc[3] = vfmaq_lane_f16::<3>(acc[3], wv, x);
+            }
+        }
+        for (sums, acc) in sums.iter_mut().zip(&acc) {
+            for (s, a) in sums.iter_mut().zip(acc) {
+                let p = s.as_mut_ptr();
+                vst1q_f32(p, vaddq_f32(vld1q_f32(p), vcvt_f32_f16(vget_low_f16(*a))));
+                vst1q_f32(p.add(LANES), vaddq_f32(vld1q_f32(p.add(LANES)), vcvt_high_f32_f16(*a)));
+            }
+        }
+        c0 += n;
+    }
+    for (g, sums) in sums.iter().enumerate() {
+        for j in 0..R {
+            let tiles: [f32; FEW] = std::array::from_fn(|t| sums[t][j]);
+            vst1q_f32(out.add((g * R + j) * stride), vld1q_f32(tiles.as_ptr()));
+        }
+    }
 }
 
 /// Input channels whose products [`tile_f16`] sums in f16 lanes before adding them to the f32

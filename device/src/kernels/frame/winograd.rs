@@ -299,12 +299,24 @@ pub(crate) unsafe fn multiply<K: WinogradKernel<E>, E: Elem>(
     pairs: Range<usize>,
     tile: impl Fn(usize, usize, *const K::V, *const K::V, *mut f32),
 ) {
+    multiply_in_groups(conv, b, pairs, K::GROUP, tile)
+}
+
+/// [`multiply`] with groups of up to `group` panels.
+#[inline(always)]
+pub(crate) unsafe fn multiply_in_groups<K: WinogradKernel<E>, E: Elem>(
+    conv: &WinogradConv<K, E>,
+    b: &Block<K::V>,
+    pairs: Range<usize>,
+    group: usize,
+    tile: impl Fn(usize, usize, *const K::V, *const K::V, *mut f32),
+) {
     let blocks = conv.k / R;
     let panels = (b.rows.len() * conv.tw()).div_ceil(K::V_LANES);
     let mut pair = pairs.start;
     while pair < pairs.end {
         let (xi, kb) = (pair / blocks, pair % blocks);
-        let g = K::GROUP.min(blocks - kb).min(pairs.end - pair);
+        let g = group.min(blocks - kb).min(pairs.end - pair);
         let v = b.v.add(xi * conv.c * b.stride);
         let u = conv.u.as_ptr().add(pair * conv.c * R);
         let out = b.m.add((xi * conv.k + kb * R) * b.stride);
