@@ -1,6 +1,7 @@
 //! int8 runs integer kernels, not float in disguise: every matrix product of the optimized int8
 //! plan is an `OptMatMul` whose kernel accumulates in i32 on i8 operands, or the device's own
-//! `VnniConv` (x86 with AVX-512 VNNI) or `SdotConv` (aarch64 with dotprod), and no float matrix
+//! `VnniConv` (x86 with AVX-512 VNNI), `MaddConv` (x86 with AVX2 only) or `SdotConv` / `SmullConv`
+//! (aarch64), and no float matrix
 //! product or float convolution is left. For contrast, tract-onnx on the QDQ ONNX
 //! of the same network keeps float matrix products (the upstream issue this crate works around).
 #![cfg(feature = "engine")] // the binary and the engine
@@ -30,6 +31,12 @@ fn matmuls(model: &TypedModel) -> Vec<(String, String, DatumType, Vec<DatumType>
             if n.op_is::<device::kernels::x86_64::vnni::VnniConv>() {
                 // u8 x i8 dot products into i32 accumulators, by construction.
                 let kernel = device::kernels::x86_64::vnni::VnniConv::KERNEL.to_string();
+                return Some((n.name.clone(), kernel, i32::datum_type(), inputs));
+            }
+            #[cfg(target_arch = "x86_64")]
+            if n.op_is::<device::kernels::x86_64::avx2::MaddConv>() {
+                // i8 values widened to i16, products added in pairs into i32 accumulators.
+                let kernel = device::kernels::x86_64::avx2::MaddConv::KERNEL.to_string();
                 return Some((n.name.clone(), kernel, i32::datum_type(), inputs));
             }
             #[cfg(target_arch = "aarch64")]
@@ -64,6 +71,7 @@ fn float_convs(model: &TypedModel) -> Vec<String> {
             let name = n.op.name();
             (name.contains("Conv") || name.contains("EinSum") || name.contains("MatMul"))
                 && name != "VnniConv"
+                && name != "MaddConv"
                 && name != "SdotConv"
                 && name != "SmullConv"
                 && n.outputs[0].fact.datum_type.is_float()
@@ -119,11 +127,15 @@ fn check(arch: &str) {
     );
     // The device's own glue replaced tract's (device::ops::epilogue, im2col): no tract `Im2col` left.
     // With AVX-512 VNNI, device::kernels::x86_64::vnni took over every conv with an epilogue, 1x1
-    // ones included; with dotprod on aarch64, device::kernels::aarch64::dotprod. Both read the
-    // padded input of their 3x3 convs directly (VnniQuads, NeonQuads).
+    // ones included; with AVX2 and no VNNI, device::kernels::x86_64::avx2; with dotprod on aarch64,
+    // device::kernels::aarch64::dotprod. They read the padded input of their 3x3 convs directly
+    // (VnniQuads, Avx2Quads, NeonQuads).
     let cpu = device::cpu::Cpu::get();
     let (ops, own_kernel) = if cpu.avx512_vnni {
         (["VnniConv", "VnniQuads"], true)
+    } else if cfg!(target_arch = "x86_64") && cpu.avx2 {
+        // Every conv, the stem and 1x1 ones included, reads its padded input (Avx2Quads).
+        (["MaddConv", "Avx2Quads"], true)
     } else if cfg!(target_arch = "aarch64") && cpu.dotprod && !cpu.sve {
         // (With SVE tract runs its SVE kernels: `kernels::aarch64::dotprod::takes_over`.)
         (["SdotConv", "NeonQuads"], true)

@@ -5,7 +5,8 @@
 //! (as tract-linalg's `generic()` then `x86_64_fma::plug(&mut ops)`).
 //!
 //! [`frame`]: what the architectures share (the fp32 conv placement, the Winograd op).
-//! [`x86_64`]: AVX-512 F convs for fp32 plans (Winograd, direct) and the AVX-512 VNNI int8 conv.
+//! [`x86_64`]: AVX-512 F convs for fp32 plans (Winograd, direct), the AVX-512 VNNI int8 conv and
+//! the AVX2 one for CPUs without VNNI.
 //! [`aarch64`]: NEON fp32 Winograd and the dotprod (`sdot`) int8 conv; where fp16/i8mm kernels
 //! register.
 
@@ -106,6 +107,13 @@ mod tests {
             let f_only = Kernels::for_cpu(&Cpu { avx512f: true, ..Cpu::default() });
             let names: Vec<_> = f_only.passes().map(|p| p.name).collect();
             assert_eq!(names, ["x86_64-fp32-convs"]);
+            // AVX2 without VNNI (Zen 1-3, Intel before Ice Lake): the vpmaddwd int8 convs.
+            let avx2 = Kernels::for_cpu(&Cpu { avx2: true, ..Cpu::default() });
+            let names: Vec<_> = avx2.passes().map(|p| p.name).collect();
+            assert_eq!(names, ["x86_64-avx2-int8-convs"]);
+            let skylake_x = Kernels::for_cpu(&Cpu { avx2: true, avx512f: true, ..Cpu::default() });
+            let names: Vec<_> = skylake_x.passes().map(|p| p.name).collect();
+            assert_eq!(names, ["x86_64-fp32-convs", "x86_64-avx2-int8-convs"]);
             // The VNNI pass takes over the portable int8 passes' chains: it runs after them.
             let list = avx512.plan_passes();
             let at = |n: &str| list.iter().position(|p| p.name == n).unwrap();

@@ -12,11 +12,12 @@
 //! are the same operations in the same order as the ops it replaces, so the result is
 //! bit-identical (tested on whole networks in `tests/int8_kernels.rs`). [`speed_up`] finds the
 //! pattern in an optimized plan (`OptMatMul` -> `Cast` i32 -> f32 -> [`IntoShape`] ->
-//! `OptBinChain` of `Mul` [, `Add`] [, `Max` 0] [-> `FastQuantizeLinearI8`]) and swaps it in.
+//! `OptBinChain` of `Mul` [, `Add`] [, `Max` 0], or a lone `OptMulByScalar` / `OptMulUnicast`, [->
+//! `FastQuantizeLinearI8`]) and swaps it in.
 
 use crate::ops::quantize::{quantize, quantize_all, FastQuantize};
 use tract_core::internal::*;
-use tract_core::ops::binary::OptBinChain;
+use tract_core::ops::binary::{OptBinByScalar, OptBinChain, OptBinUnicast};
 use tract_core::ops::cast::Cast;
 use tract_core::ops::change_axes::IntoShape;
 
@@ -256,11 +257,23 @@ fn recognize(
     }
     let chain_id = single_consumer(model, values)?;
     let chain = model.node(chain_id);
-    let steps = &chain.op_as::<OptBinChain>()?.steps;
+    // The element-wise steps: a fused chain, or a lone per-channel multiply, which tract keeps
+    // as `OptMulByScalar` (the strided 1x1 convs of the residual shortcuts, where nothing else
+    // follows before the next conv's residual add) or `OptMulUnicast` (the classifier's logits).
+    let names: Vec<String> = if let Some(op) = chain.op_as::<OptBinChain>() {
+        op.steps.iter().map(|s| s.binop.name().to_string()).collect()
+    } else if chain.op_as::<OptBinByScalar>().is_some_and(|op| op.binop.name() == "Mul")
+        || chain.op_as::<OptBinUnicast>().is_some_and(|op| op.binop.name() == "Mul")
+    {
+        vec!["Mul".to_string()]
+    } else {
+        return None;
+    };
     let shape: TVec<usize> = chain.outputs[0].fact.shape.as_concrete()?.into();
-    // One image, channel-major: [1, C, H, W] or (batch axis dropped by tract) [C, H, W].
+    // One image, channel-major: [1, C, H, W] or (batch axis dropped by tract) [C, H, W], or
+    // the classifier's [1, C].
     let c_axis = match shape.len() {
-        4 if shape[0] == 1 => 1,
+        4 | 2 if shape[0] == 1 => 1,
         3 => 0,
         _ => return None,
     };
@@ -268,7 +281,6 @@ fn recognize(
         return None;
     }
     let channels = shape[c_axis];
-    let names: Vec<String> = steps.iter().map(|s| s.binop.name().to_string()).collect();
     let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     let (residual, relu) = match names[..] {
         ["Mul"] => (false, false),

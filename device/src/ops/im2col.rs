@@ -206,17 +206,18 @@ impl ConvShape {
             .collect()
     }
 
-    /// Per vector of 16 consecutive output positions: the mask of its lanes that are outputs
-    /// (`x < out_width`, rows inside) and the output index (`y * out_width + x`) of the first;
-    /// the outputs of the kept lanes are consecutive.
-    pub fn output_lanes(&self) -> Vec<(u16, usize)> {
+    /// Per vector of `lanes` (at most 16) consecutive output positions: the mask of its lanes
+    /// that are outputs (`x < out_width`, rows inside) and the output index (`y * out_width +
+    /// x`) of the first; the outputs of the kept lanes are consecutive.
+    pub fn output_lanes(&self, lanes: usize) -> Vec<(u16, usize)> {
+        assert!(lanes <= 16, "output_lanes: {lanes} lanes in a 16-bit mask");
         let (oh, ow, wq) = (self.out_height, self.out_width, self.plane_width());
-        (0..(oh * wq).div_ceil(16))
+        (0..(oh * wq).div_ceil(lanes))
             .map(|v| {
                 let mut mask = 0u16;
                 let mut first = None;
-                for lane in 0..16 {
-                    let q = v * 16 + lane;
+                for lane in 0..lanes {
+                    let q = v * lanes + lane;
                     if q < oh * wq && q % wq < ow {
                         mask |= 1 << lane;
                         first.get_or_insert((q / wq) * ow + q % wq);
@@ -639,7 +640,7 @@ fn interleave8(a: &[i8; 8], b: &[i8; 8], c: &[i8; 8], d: &[i8; 8], dst: &mut [i8
 
 /// `dst[4m + q] = row_q[m]`: 16 lanes of 4 rows in the K4 layout.
 #[inline(always)]
-fn interleave16(a: &[i8; 16], b: &[i8; 16], c: &[i8; 16], d: &[i8; 16], dst: &mut [i8; 64]) {
+pub(crate) fn interleave16(a: &[i8; 16], b: &[i8; 16], c: &[i8; 16], d: &[i8; 16], dst: &mut [i8; 64]) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: SSE2 is part of x86_64; unaligned 16-byte loads and stores stay inside the arrays.
     unsafe {
@@ -703,6 +704,11 @@ impl FastIm2Col {
                 packing: Packing::Kernel(layout),
             },
         }
+    }
+
+    /// The geometry of the convolution (also of the 1x1 convs' patches in a kernel's layout).
+    pub(crate) fn shape(&self) -> &ConvShape {
+        &self.geometry.conv
     }
 
     /// The geometry of the convolution, if this writes patches for tract (for the convs the

@@ -239,7 +239,8 @@ pub(crate) fn recognize(
         || e.scale.len() != m
         || e.shape.iter().product::<usize>() != m * n
         || mm.c_fact.shape.iter().product::<TDim>() != (m * n).to_dim()
-        || mm.c_m_axis? >= mm.c_n_axis?
+        // Channel-major accumulators (either order for one pixel: the classifier's [1, m]).
+        || (n > 1 && mm.c_m_axis? >= mm.c_n_axis?)
     {
         return None;
     }

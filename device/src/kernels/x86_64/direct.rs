@@ -122,7 +122,7 @@ impl DirectConv {
             .flat_map(|c| taps.iter().map(move |t| c * channel + t))
             .collect();
         DirectConv {
-            vectors: g.output_lanes(),
+            vectors: g.output_lanes(crate::kernels::x86_64::avx512::LANES),
             steps,
             g,
             k,

@@ -1,7 +1,9 @@
-//! x86_64 kernels (AVX-512 F and VNNI): [`fp32`] swaps fp32 plans' convs for [`winograd`]
-//! (3x3 stride 1) and [`direct`] (the 7x7/2 stem); [`vnni`] runs int8 plans' convs; [`avx512`]
-//! holds the register helpers they share. [`plug`] registers them.
+//! x86_64 kernels: [`fp32`] swaps fp32 plans' convs for [`winograd`] (3x3 stride 1) and
+//! [`direct`] (the 7x7/2 stem), AVX-512 F; [`vnni`] runs int8 plans' convs with AVX-512 VNNI,
+//! [`avx2`] on CPUs with AVX2 and no VNNI; [`avx512`] holds the register helpers the AVX-512
+//! kernels share. [`plug`] registers them.
 
+pub mod avx2;
 pub mod avx512;
 pub mod direct;
 pub mod fp32;
@@ -35,5 +37,16 @@ pub fn plug(cpu: &Cpu, kernels: &mut Kernels) {
         },
         "AVX-512 F, BW, VL and VNNI",
         cpu.avx512_vnni,
+    );
+    kernels.offer(
+        Pass {
+            name: "x86_64-avx2-int8-convs",
+            what: "int8 convs reading the input directly (vpmaddwd on 16-bit lanes), requantize epilogue in registers",
+            stage: Stage::Optimized,
+            applies: Applies::Int8,
+            run: avx2::speed_up,
+        },
+        "AVX2, where there is no AVX-512 VNNI",
+        cpu.avx2 && !cpu.avx512_vnni,
     );
 }

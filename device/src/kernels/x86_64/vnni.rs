@@ -167,7 +167,7 @@ impl VnniConv {
         let g = &quads.g;
         let reordered = quads.reorder(w);
         let (oh, ow) = (g.out_height, g.out_width);
-        let tiles = g.output_lanes();
+        let tiles = g.output_lanes(crate::kernels::x86_64::avx512::LANES);
         let taps = g.tap_offsets();
         let groups = (0..tiles.len())
             .step_by(IMPLICIT_PANELS)
