@@ -60,10 +60,45 @@ impl Op for FastQuantize {
 crate::ops::simd::wide_fn! {
     /// `ys[i] = quantize(xs[i], scale, zp)`.
     pub(crate) fn quantize_all(xs: &[f32], ys: &mut [i8], scale: f32, zp: i32) {
+        // aarch64: 8 lanes at a time by [`quantize8_neon`] (the compiler's loop took 7.9
+        // instructions a value, 1.6 M of ResNet-18 int8's), the rest below.
+        #[cfg(target_arch = "aarch64")]
+        let (xs, ys) = {
+            use std::arch::aarch64::*;
+            let whole = xs.len().min(ys.len()) / 8 * 8;
+            // SAFETY: NEON is part of aarch64; the loads and stores stay below `whole`.
+            unsafe {
+                let (s, z) = (vdupq_n_f32(scale), vdupq_n_s32(zp));
+                for i in (0..whole).step_by(8) {
+                    let v = [vld1q_f32(xs.as_ptr().add(i)), vld1q_f32(xs.as_ptr().add(i + 4))];
+                    vst1_s8(ys.as_mut_ptr().add(i), quantize8_neon(v, s, z));
+                }
+            }
+            (&xs[whole..], &mut ys[whole..])
+        };
         for (x, y) in xs.iter().zip(ys.iter_mut()) {
             *y = quantize(*x, scale, zp);
         }
     }
+}
+
+/// [`quantize`] on 8 lanes (`scale`, `zero_point` in every lane):
+/// `clamp(round_ties_even(clamp(v * scale, +-1024)) + zero_point, -128, 127)`, NaN ->
+/// `zero_point`. On NEON without the inner clamp and the NaN mask, the same bytes: `fcvtns`
+/// rounds to nearest even, turns a NaN into 0 and saturates at the i32 range, the zero point
+/// is added saturating and the narrowing saturates, so beyond +-1024 the result is 127 or
+/// -128 either way. (Also the aarch64 int8 kernels' epilogue, `crate::kernels::aarch64::int8`.)
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+#[inline]
+pub(crate) unsafe fn quantize8_neon(
+    v: [std::arch::aarch64::float32x4_t; 2],
+    scale: std::arch::aarch64::float32x4_t,
+    zero_point: std::arch::aarch64::int32x4_t,
+) -> std::arch::aarch64::int8x8_t {
+    use std::arch::aarch64::*;
+    let q = |v| vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(v, scale)), zero_point);
+    vqmovn_s16(vcombine_s16(vqmovn_s32(q(v[0])), vqmovn_s32(q(v[1]))))
 }
 
 impl EvalOp for FastQuantize {
@@ -155,6 +190,14 @@ mod tests {
                     quantize_linear_f32_i8(x, scale, zp as i32),
                     "x {x:e} scale {scale} zp {zp}"
                 );
+            }
+            // The whole-slice loop (NEON on aarch64, AVX2 or SSE2 on x86) gives `quantize`'s
+            // bytes, on a length that leaves a tail.
+            let xs = &xs[..xs.len() / 8 * 8 - 3];
+            let mut ys = vec![0i8; xs.len()];
+            quantize_all(xs, &mut ys, scale, i32::from(zp));
+            for (x, y) in xs.iter().zip(&ys) {
+                assert_eq!(*y, quantize(*x, scale, i32::from(zp)), "x {x:e} scale {scale} zp {zp}");
             }
         }
     }

@@ -76,7 +76,16 @@ struct Implicit {
     /// its 8 lanes to store: all 8 (those past the output row land on the next row's first
     /// pixels, which the next tile writes after) but for the last tile of the plane.
     tiles: Vec<RowTile>,
+    /// Tiles of 12 output channels (in the lanes) by 7 pixels ([`dot_3x3_lanes`]) instead of 8
+    /// by 8 (pixels in the lanes): for rows of 7 and 14 pixels, where 8-pixel tiles compute an
+    /// eighth of their lanes for nothing.
+    channels_in_lanes: bool,
 }
+
+/// Output channels per tile of [`dot_3x3_lanes`] (three registers of 4, lanes of the
+/// accumulators), and its pixels (the 4-byte lanes of two position registers, one unused).
+const LANE_CHANNELS: usize = 12;
+const LANE_PIXELS: usize = 7;
 
 impl Eq for SdotConv {}
 
@@ -122,18 +131,24 @@ impl SdotConv {
     /// The conv with weights `w` (`[m][k]`) computing `w . x + offsets` on `n` pixels, then
     /// `epilogue`.
     pub(crate) fn new(w: &[Vec<i8>], offsets: &[i32], n: usize, epilogue: Int8Epilogue) -> Self {
+        Self::blocked(w, offsets, n, epilogue, CHANNELS)
+    }
+
+    /// [`SdotConv::new`] with the weights in blocks of `channels` output channels.
+    fn blocked(w: &[Vec<i8>], offsets: &[i32], n: usize, epilogue: Int8Epilogue, channels: usize) -> Self {
         let (m, k) = (w.len(), w.first().map_or(0, |row| row.len()));
         let k4 = k.div_ceil(4);
-        let blocks = m.div_ceil(CHANNELS);
-        let mut weights = vec![0i8; blocks * k4 * STEP];
+        let blocks = m.div_ceil(channels);
+        let step = 4 * channels;
+        let mut weights = vec![0i8; blocks * k4 * step];
         for (c, row) in w.iter().enumerate() {
-            let (block, j) = (c / CHANNELS, c % CHANNELS);
+            let (block, j) = (c / channels, c % channels);
             for (kk, v) in row.iter().enumerate() {
-                weights[(block * k4 + kk / 4) * STEP + 4 * j + kk % 4] = *v;
+                weights[(block * k4 + kk / 4) * step + 4 * j + kk % 4] = *v;
             }
         }
         let mut padded = offsets.to_vec();
-        padded.resize(blocks * CHANNELS, 0);
+        padded.resize(blocks * channels, 0);
         SdotConv {
             m,
             n,
@@ -159,12 +174,44 @@ impl SdotConv {
             g.kernel == (3, 3) && g.stride == (1, 1),
             "SdotConv::implicit: 3x3 stride-1 convs only"
         );
+        // Instructions per useful multiply-add, about: 8 x 8 tiles 164 per 144 `sdot`, their
+        // last tile of a row half or whole; 12 x 7 tiles 213 per 189, whole blocks of 12
+        // channels.
+        let ow = g.out_width as f64;
+        let rows = |tile: usize| (g.out_width.div_ceil(tile) * tile) as f64 / ow;
+        let half = g.out_width % PIXELS != 0 && g.out_width % PIXELS <= PIXELS / 2;
+        let pixels = 164.0 / 144.0 * if half { 1.0 } else { rows(PIXELS) };
+        let m = w.len();
+        let lanes = 213.0 / 189.0 * rows(LANE_PIXELS) * (m.div_ceil(LANE_CHANNELS) * LANE_CHANNELS) as f64 / m as f64;
+        Self::implicit_in(w, offsets, quads, epilogue, lanes < pixels)
+    }
+
+    /// [`SdotConv::implicit`] with 12 x 7 tiles (channels in the lanes) or 8 x 8 ones.
+    pub(crate) fn implicit_in(
+        w: &[Vec<i8>],
+        offsets: &[i32],
+        quads: Quads,
+        epilogue: Int8Epilogue,
+        channels_in_lanes: bool,
+    ) -> Self {
+        let g = &quads.g;
         let (oh, ow) = (g.out_height, g.out_width);
-        let tiles = row_tiles(g);
+        let (tiles, channels) = match channels_in_lanes {
+            true => (row_tiles(g, LANE_PIXELS), LANE_CHANNELS),
+            false => (row_tiles(g, PIXELS), CHANNELS),
+        };
         let reordered = quads.reorder(w);
         SdotConv {
-            implicit: Some(Implicit { quads, tiles }),
-            ..Self::new(&reordered, offsets, oh * ow, epilogue)
+            implicit: Some(Implicit { quads, tiles, channels_in_lanes }),
+            ..Self::blocked(&reordered, offsets, oh * ow, epilogue, channels)
+        }
+    }
+
+    /// Output channels per block of weights (and per tile).
+    fn block_channels(&self) -> usize {
+        match &self.implicit {
+            Some(i) if i.channels_in_lanes => LANE_CHANNELS,
+            _ => CHANNELS,
         }
     }
 
@@ -193,6 +240,24 @@ impl Tiles for SdotConv {
         blocks: Range<usize>,
     ) {
         let panel_len = self.panel_len();
+        if let Some(i) = self.implicit.as_ref().filter(|i| i.channels_in_lanes) {
+            let q = &i.quads;
+            let (quad_bytes, row_bytes) = (q.quad_len() * 4, q.g.plane_width() * 4);
+            let block_len = self.k4 * 4 * LANE_CHANNELS;
+            for block in blocks {
+                let w = self.weights.as_ptr().add(block * block_len);
+                let c0 = block * LANE_CHANNELS;
+                // In order: a tile's stores past its pixels are overwritten by the next.
+                for t in &i.tiles {
+                    let x = buf.patches.add(t.at * 4);
+                    let acc = dot_3x3_lanes(w, x, q.quads(), quad_bytes, row_bytes, &self.offsets[c0..]);
+                    let (mn, e) = ((self.m, self.n), &self.epilogue);
+                    finish::<RES, RELU, F32, I8>(e, mn, &acc[..CHANNELS], c0, t.p0, t.store, buf);
+                    finish::<RES, RELU, F32, I8>(e, mn, &acc[CHANNELS..], c0 + CHANNELS, t.p0, t.store, buf);
+                }
+            }
+            return;
+        }
         if let Some(i) = &self.implicit {
             let q = &i.quads;
             let (quad_bytes, row_bytes) = (q.quad_len() * 4, q.g.plane_width() * 4);
@@ -403,6 +468,35 @@ macro_rules! taps_3x3 {
     };
 }
 
+/// The loop over a tile's channel quads, `$tile!` (the accumulators `$a`) around `$taps` (one
+/// quad's 9 taps, kernel rows from `{b}`, `{rb}` apart, columns by `{four}`, weights from
+/// `{w}`, scratch v0-v5), then the next quad `quad_bytes` on.
+macro_rules! quad_loop {
+    ($tile:ident, $a:ident, $taps:expr, ($x:ident, $w:ident, $quads:ident, $quad_bytes:ident, $row_bytes:ident)) => {
+        $tile!($a;
+            "2:",
+            $taps,
+            "add {b}, {b}, {qb}",
+            "subs {n}, {n}, #1",
+            "b.ne 2b",
+            b = inout(reg) $x => _,
+            p = out(reg) _,
+            rb = in(reg) $row_bytes,
+            rb2 = in(reg) 2 * $row_bytes,
+            qb = in(reg) $quad_bytes,
+            four = in(reg) 4usize,
+            w = inout(reg) $w => _,
+            n = inout(reg) $quads => _,
+            out("v0") _,
+            out("v1") _,
+            out("v2") _,
+            out("v3") _,
+            out("v4") _,
+            out("v5") _,
+        )
+    };
+}
+
 /// A tile's sums on [`NeonQuads`] for a 3x3 stride-1 conv, `$name(w, x, quads, quad_bytes,
 /// row_bytes, offsets)`: per channel quad ([`taps_3x3`] with `$x` and `$sdots`, accumulators
 /// by `$tile`), then the next quad `quad_bytes` on.
@@ -413,27 +507,7 @@ macro_rules! dot_3x3_fn {
         #[inline]
         unsafe fn $name(w: *const i8, x: *const i8, quads: usize, quad_bytes: usize, row_bytes: usize, offsets: &[i32]) -> Tile {
             let mut a: Tile = std::array::from_fn(|j| [vdupq_n_s32(offsets[j]); 2]);
-            $tile!(a;
-                "2:",
-                taps_3x3!($x, $sdots),
-                "add {b}, {b}, {qb}",
-                "subs {n}, {n}, #1",
-                "b.ne 2b",
-                b = inout(reg) x => _,
-                p = out(reg) _,
-                rb = in(reg) row_bytes,
-                rb2 = in(reg) 2 * row_bytes,
-                qb = in(reg) quad_bytes,
-                four = in(reg) 4usize,
-                w = inout(reg) w => _,
-                n = inout(reg) quads => _,
-                out("v0") _,
-                out("v1") _,
-                out("v2") _,
-                out("v3") _,
-                out("v4") _,
-                out("v5") _,
-            );
+            quad_loop!($tile, a, taps_3x3!($x, $sdots), (x, w, quads, quad_bytes, row_bytes));
             a
         }
     };
@@ -466,6 +540,145 @@ dot_3x3_fn!(
     sdot_half_tile
 );
 
+/// The 21 `sdot` of one tap of [`dot_3x3_lanes`]: pixel `p` (lane `p % 4` of v0, v1) by the
+/// weights of channels 0-3, 4-7, 8-11 (v2, v3, v4) into `c<p><block>`.
+macro_rules! sdots_lanes {
+    () => {
+        concat!(
+            "sdot {c00:v}.4s, v2.16b, v0.4b[0]\n",
+            "sdot {c01:v}.4s, v3.16b, v0.4b[0]\n",
+            "sdot {c02:v}.4s, v4.16b, v0.4b[0]\n",
+            "sdot {c10:v}.4s, v2.16b, v0.4b[1]\n",
+            "sdot {c11:v}.4s, v3.16b, v0.4b[1]\n",
+            "sdot {c12:v}.4s, v4.16b, v0.4b[1]\n",
+            "sdot {c20:v}.4s, v2.16b, v0.4b[2]\n",
+            "sdot {c21:v}.4s, v3.16b, v0.4b[2]\n",
+            "sdot {c22:v}.4s, v4.16b, v0.4b[2]\n",
+            "sdot {c30:v}.4s, v2.16b, v0.4b[3]\n",
+            "sdot {c31:v}.4s, v3.16b, v0.4b[3]\n",
+            "sdot {c32:v}.4s, v4.16b, v0.4b[3]\n",
+            "sdot {c40:v}.4s, v2.16b, v1.4b[0]\n",
+            "sdot {c41:v}.4s, v3.16b, v1.4b[0]\n",
+            "sdot {c42:v}.4s, v4.16b, v1.4b[0]\n",
+            "sdot {c50:v}.4s, v2.16b, v1.4b[1]\n",
+            "sdot {c51:v}.4s, v3.16b, v1.4b[1]\n",
+            "sdot {c52:v}.4s, v4.16b, v1.4b[1]\n",
+            "sdot {c60:v}.4s, v2.16b, v1.4b[2]\n",
+            "sdot {c61:v}.4s, v3.16b, v1.4b[2]\n",
+            "sdot {c62:v}.4s, v4.16b, v1.4b[2]\n",
+        )
+    };
+}
+
+/// `asm!` over the 21 accumulators `$a` of [`dot_3x3_lanes`] (`c<pixel><channel block>`) with
+/// the template and operands `$body`.
+macro_rules! sdot_lanes_tile {
+    ($a:ident; $($body:tt)*) => {
+        asm!(
+            $($body)*
+            c00 = inout(vreg) $a[0][0],
+            c01 = inout(vreg) $a[0][1],
+            c02 = inout(vreg) $a[0][2],
+            c10 = inout(vreg) $a[1][0],
+            c11 = inout(vreg) $a[1][1],
+            c12 = inout(vreg) $a[1][2],
+            c20 = inout(vreg) $a[2][0],
+            c21 = inout(vreg) $a[2][1],
+            c22 = inout(vreg) $a[2][2],
+            c30 = inout(vreg) $a[3][0],
+            c31 = inout(vreg) $a[3][1],
+            c32 = inout(vreg) $a[3][2],
+            c40 = inout(vreg) $a[4][0],
+            c41 = inout(vreg) $a[4][1],
+            c42 = inout(vreg) $a[4][2],
+            c50 = inout(vreg) $a[5][0],
+            c51 = inout(vreg) $a[5][1],
+            c52 = inout(vreg) $a[5][2],
+            c60 = inout(vreg) $a[6][0],
+            c61 = inout(vreg) $a[6][1],
+            c62 = inout(vreg) $a[6][2],
+            options(nostack, readonly),
+        )
+    };
+}
+
+/// One tap of [`dot_3x3_lanes`]: 8 positions (7 used) from `{p}`, then `{p}` moved on by
+/// `$next` (`", {four}"`: the next column; `""`: stay), 12 channels' 4 weights from `{w}`.
+macro_rules! tap_lanes {
+    ($next:literal) => {
+        concat!(
+            "ld1 {{v0.16b, v1.16b}}, [{p}]", $next, "\n",
+            "ld1 {{v2.16b, v3.16b, v4.16b}}, [{w}], #48\n",
+            sdots_lanes!(),
+        )
+    };
+}
+
+/// One channel quad's 9 taps of [`dot_3x3_lanes`]: kernel row `ky` from `{b} + ky * {rb}`,
+/// column `kx` 4 bytes on.
+macro_rules! taps_3x3_lanes {
+    () => {
+        concat!(
+            "mov {p}, {b}\n",
+            tap_lanes!(", {four}"),
+            tap_lanes!(", {four}"),
+            tap_lanes!(""),
+            "add {p}, {b}, {rb}\n",
+            tap_lanes!(", {four}"),
+            tap_lanes!(", {four}"),
+            tap_lanes!(""),
+            "add {p}, {b}, {rb2}\n",
+            tap_lanes!(", {four}"),
+            tap_lanes!(", {four}"),
+            tap_lanes!(""),
+        )
+    };
+}
+
+/// A tile's sums on [`NeonQuads`] for a 3x3 stride-1 conv with the output channels in the
+/// lanes: 12 channels (`w`: per step 12 x 4 bytes; steps by channel quad, then tap) by the 7
+/// pixels from `x` (the first quad's, tap (0, 0)), over `quads` channel quads (`quad_bytes`
+/// apart), kernel rows `row_bytes` apart, plus `offsets[j]` for channel `j`; per channel, its
+/// pixels 0-3 and 4-7 (the eighth lane is zero), as [`finish`] takes them.
+///
+/// `sdot` by element adds the dot product of each 4-byte lane of one register with one 4-byte
+/// lane of another: here the weights of 4 channels with one pixel's 4 input channels, so a tile
+/// can be 7 pixels wide - no lane computed for nothing on ResNet's rows of 7 and 14 pixels,
+/// where 8 x 8 tiles waste an eighth. Per quad, 213 instructions for 189 `sdot`; the 21
+/// accumulators are then transposed 4 x 4 (`trn1`/`trn2`) into channels of pixels.
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+unsafe fn dot_3x3_lanes(
+    w: *const i8,
+    x: *const i8,
+    quads: usize,
+    quad_bytes: usize,
+    row_bytes: usize,
+    offsets: &[i32],
+) -> [[int32x4_t; 2]; LANE_CHANNELS] {
+    let starts: [int32x4_t; 3] = std::array::from_fn(|b| vld1q_s32(offsets[4 * b..4 * b + 4].as_ptr()));
+    let mut a: [[int32x4_t; 3]; LANE_PIXELS] = [starts; LANE_PIXELS];
+    quad_loop!(sdot_lanes_tile, a, taps_3x3_lanes!(), (x, w, quads, quad_bytes, row_bytes));
+    // Rows (pixels) of 4 channels -> per channel, its pixels.
+    let transpose = |r: [int32x4_t; 4]| -> [int32x4_t; 4] {
+        let (t0, t1) = (vtrn1q_s32(r[0], r[1]), vtrn2q_s32(r[0], r[1]));
+        let (t2, t3) = (vtrn1q_s32(r[2], r[3]), vtrn2q_s32(r[2], r[3]));
+        let lo = |x: int32x4_t, y: int32x4_t| vreinterpretq_s32_s64(vtrn1q_s64(vreinterpretq_s64_s32(x), vreinterpretq_s64_s32(y)));
+        let hi = |x: int32x4_t, y: int32x4_t| vreinterpretq_s32_s64(vtrn2q_s64(vreinterpretq_s64_s32(x), vreinterpretq_s64_s32(y)));
+        [lo(t0, t2), lo(t1, t3), hi(t0, t2), hi(t1, t3)]
+    };
+    let zero = vdupq_n_s32(0);
+    let mut out = [[zero; 2]; LANE_CHANNELS];
+    for b in 0..3 {
+        let first = transpose([a[0][b], a[1][b], a[2][b], a[3][b]]);
+        let second = transpose([a[4][b], a[5][b], a[6][b], zero]);
+        for k in 0..4 {
+            out[4 * b + k] = [first[k], second[k]];
+        }
+    }
+    out
+}
+
 impl EvalOp for SdotConv {
     op_out_of_plan!();
 
@@ -474,7 +687,7 @@ impl EvalOp for SdotConv {
             crate::cpu::Cpu::get().dotprod,
             "SdotConv: this CPU has no dotprod"
         );
-        let (e, blocks) = (&self.epilogue, self.m.div_ceil(CHANNELS));
+        let (e, blocks) = (&self.epilogue, self.m.div_ceil(self.block_channels()));
         let len = self.patch_bytes();
         // SAFETY: the CPU has dotprod; eval_conv checks the sizes. Each range of channel
         // blocks writes its own rows of the outputs.
@@ -577,6 +790,18 @@ mod tests {
             &crate::kernels::aarch64::int8::IMPLICIT_3X3_CASES,
             -128,
             SdotConv::implicit,
+        );
+    }
+
+    /// The same with every case in 12 x 7 tiles, output channels in the lanes (which
+    /// `SdotConv::implicit` picks for rows of 7 and 14 pixels).
+    #[test]
+    fn implicit_kernel_with_channels_in_lanes_equals_scalar_convolution() {
+        crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Signed, _>(
+            (crate::cpu::Cpu::get().dotprod, "dotprod"),
+            &crate::kernels::aarch64::int8::IMPLICIT_3X3_CASES,
+            -128,
+            |w, o, q, e| SdotConv::implicit_in(w, o, q, e, true),
         );
     }
 }

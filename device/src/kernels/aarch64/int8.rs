@@ -41,22 +41,24 @@ pub(crate) struct RowTile {
     pub at: usize,
     /// Its first output pixel.
     pub p0: usize,
-    /// Its pixels in the output row (1 to 8): from 4 down, a kernel may compute half a tile.
+    /// Its pixels in the output row (1 to the tile's width, 8 or 7): from 4 down, an 8-wide
+    /// kernel may compute half a tile.
     pub pixels: usize,
     /// The lanes to store: all 8 (those past the output row land on the next row's first
     /// pixels, which the next tile writes after) but for the last tile of the plane.
     pub store: usize,
 }
 
-/// The tiles of an implicit conv of shape `g` over [`NeonQuads`]: per output row, 8
-/// consecutive output pixels, which are 8 consecutive positions of a plane row for every
-/// kernel tap of a stride-1 conv.
-pub(crate) fn row_tiles(g: &ConvShape) -> Vec<RowTile> {
+/// The tiles of an implicit conv of shape `g` over [`NeonQuads`]: per output row, `width` (8,
+/// or 7 for `dotprod`'s channels-in-lanes tiles) consecutive output pixels, which are as many
+/// consecutive positions of a plane row for every kernel tap of a stride-1 conv; 8 lanes
+/// stored but for the last tile.
+pub(crate) fn row_tiles(g: &ConvShape, width: usize) -> Vec<RowTile> {
     let (oh, ow, wq) = (g.out_height, g.out_width, g.plane_width());
     let mut tiles: Vec<RowTile> = (0..oh)
         .flat_map(|y| {
-            (0..ow).step_by(PIXELS).map(move |x| {
-                let pixels = PIXELS.min(ow - x);
+            (0..ow).step_by(width).map(move |x| {
+                let pixels = width.min(ow - x);
                 RowTile { at: y * wq + x, p0: y * ow + x, pixels, store: PIXELS }
             })
         })
@@ -96,8 +98,8 @@ unsafe fn outputs<T: Tiles, const RES: bool, const RELU: bool>(
     }
 }
 
-/// The epilogue of one tile of an `m x n` output (`e`): channels `c0..c0 + 8` (those below
-/// `m`), output pixels `p0..p0 + lanes`; the steps (`RES`idual, `RELU`, `F32` and `I8`
+/// The epilogue of one tile of an `m x n` output (`e`): channels `c0..c0 + acc.len()` (those
+/// below `m`), output pixels `p0..p0 + lanes`; the steps (`RES`idual, `RELU`, `F32` and `I8`
 /// outputs) are the op's ([`run_tiles`]). As `Int8Epilogue`: same f32 operations, same
 /// order, the same bits. (Inlined into the tile loops, so the accumulators stay in registers:
 /// NEON is part of aarch64, no target feature to enable.)
@@ -105,7 +107,7 @@ unsafe fn outputs<T: Tiles, const RES: bool, const RELU: bool>(
 pub(crate) unsafe fn finish<const RES: bool, const RELU: bool, const F32: bool, const I8: bool>(
     e: &Int8Epilogue,
     (m, n): (usize, usize),
-    acc: &Tile,
+    acc: &[[int32x4_t; 2]],
     c0: usize,
     p0: usize,
     lanes: usize,
@@ -133,7 +135,7 @@ pub(crate) unsafe fn finish<const RES: bool, const RELU: bool, const F32: bool, 
             store(buf.f32_out.unwrap_unchecked().add(at), lanes, v);
         }
         if I8 {
-            let q = quantize(v, qscale, qzero);
+            let q = crate::ops::quantize::quantize8_neon(v, qscale, qzero);
             let out = buf.i8_out.unwrap_unchecked().add(at);
             if lanes == PIXELS {
                 vst1_s8(out, q);
@@ -173,19 +175,6 @@ pub(crate) unsafe fn store(p: *mut f32, lanes: usize, v: [float32x4_t; 2]) {
     std::ptr::copy_nonoverlapping(out.as_ptr(), p, lanes);
 }
 
-/// `crate::ops::quantize::quantize` on 8 lanes (`scale`, `zero_point` in every lane):
-/// `clamp(round_ties_even(clamp(v * scale, +-1024)) + zero_point, -128, 127)`, NaN ->
-/// `zero_point`. On NEON without the inner clamp and the NaN mask, the same bytes: `fcvtns`
-/// rounds to nearest even, turns a NaN into 0 and saturates at the i32 range, the zero point
-/// is added saturating and the narrowing saturates, so beyond +-1024 the result is 127 or
-/// -128 either way.
-#[target_feature(enable = "neon")]
-#[inline]
-pub(crate) unsafe fn quantize(v: [float32x4_t; 2], scale: float32x4_t, zero_point: int32x4_t) -> int8x8_t {
-    let q = |v| vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(v, scale)), zero_point);
-    vqmovn_s16(vcombine_s16(vqmovn_s32(q(v[0])), vqmovn_s32(q(v[1]))))
-}
-
 /// [`Quads`] as the aarch64 int8 kernels read them: the input's signed bytes as they are, in
 /// 4-byte positions, 8 a tile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -205,7 +194,8 @@ impl QuadsFill for Signed {
     }
 
     /// Stride 1 (the convs the kernels read directly): 16 columns of the quad's 4 channel
-    /// rows at a time, interleaved by two zip steps into 16 positions; other strides byte by
+    /// rows at a time, interleaved by two zip steps into 16 positions (whole quads' rows of 16
+    /// columns and more end on their last 16; the rest through copies); other strides byte by
     /// byte.
     #[target_feature(enable = "neon")]
     unsafe fn fill_row(q: &Quads, x: *const i8, y: usize, channels: &Range<usize>, pad: i8, dst: *mut i8) -> bool {
@@ -218,6 +208,28 @@ impl QuadsFill for Signed {
         let cols = g.width.min(g.extent().1.saturating_sub(left));
         let (yy, _) = q.plane_row(y);
         let row = dst.add((yy * wq + left) * 4);
+        // 4 channels by 16 columns into 16 positions.
+        let interleave = |src: [int8x16_t; 4]| -> [int8x16_t; 4] {
+            let ab = vzipq_s8(src[0], src[1]);
+            let cd = vzipq_s8(src[2], src[3]);
+            let lo = vzipq_s16(vreinterpretq_s16_s8(ab.0), vreinterpretq_s16_s8(cd.0));
+            let hi = vzipq_s16(vreinterpretq_s16_s8(ab.1), vreinterpretq_s16_s8(cd.1));
+            [lo.0, lo.1, hi.0, hi.1].map(|v| vreinterpretq_s8_s16(v))
+        };
+        if channels.len() == 4 && cols >= 16 {
+            // The common case, without per-chunk checks: a whole quad, rows of 16 columns or
+            // more; the last, partial 16 columns are the row's last 16 (the overlap rewrites
+            // the same bytes).
+            let src: [*const i8; 4] = std::array::from_fn(|j| x.add(((channels.start + j) * g.height + y) * g.width));
+            for x0 in (0..cols).step_by(16) {
+                let x0 = x0.min(cols - 16);
+                let v = interleave(src.map(|p| vld1q_s8(p.add(x0))));
+                for (i, v) in v.iter().enumerate() {
+                    vst1q_s8(row.add(x0 * 4 + 16 * i), *v);
+                }
+            }
+            return true;
+        }
         for x0 in (0..cols).step_by(16) {
             let n = 16.min(cols - x0);
             // The 4 channels' 16 columns (the padding for channels past the last).
@@ -237,11 +249,7 @@ impl QuadsFill for Signed {
                     vld1q_s8(bytes[j].as_ptr())
                 }
             });
-            let ab = vzipq_s8(src[0], src[1]);
-            let cd = vzipq_s8(src[2], src[3]);
-            let lo = vzipq_s16(vreinterpretq_s16_s8(ab.0), vreinterpretq_s16_s8(cd.0));
-            let hi = vzipq_s16(vreinterpretq_s16_s8(ab.1), vreinterpretq_s16_s8(cd.1));
-            let v = [lo.0, lo.1, hi.0, hi.1].map(|v| vreinterpretq_s8_s16(v));
+            let v = interleave(src);
             if n == 16 {
                 for (i, v) in v.iter().enumerate() {
                     vst1q_s8(row.add(x0 * 4 + 16 * i), *v);

@@ -152,7 +152,7 @@ impl SmullConv {
         }
         let mut padded = offsets.to_vec();
         padded.resize(blocks * CHANNELS, 0);
-        let tiles = row_tiles(g);
+        let tiles = row_tiles(g, PIXELS);
         SmullConv {
             m,
             n: g.out_height * g.out_width,
