@@ -762,7 +762,6 @@ impl FastIm2Col {
     }
 
     /// The geometry of the convolution (also of the 1x1 convs' patches in a kernel's layout).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn shape(&self) -> &ConvShape {
         &self.geometry.conv
     }

@@ -64,6 +64,10 @@ pub struct SdotConv {
     epilogue: Int8Epilogue,
     /// 3x3 stride-1 convs read [`NeonQuads`]' padded input instead of patches.
     implicit: Option<Implicit>,
+    /// 1x1 stride-1 convs (`SdotConv::pointwise`) read their input in [`NeonQuads`]' channel
+    /// quads (no padding: a quad's positions are the output pixels in order) instead of
+    /// patches: a panel's step is 8 positions of one quad, the next step a quad further.
+    pointwise: Option<Quads>,
 }
 
 /// How a [`SdotConv`] reads the padded input of [`NeonQuads`] directly (3x3 stride-1 convs):
@@ -111,9 +115,10 @@ impl Op for SdotConv {
     fn info(&self) -> TractResult<Vec<String>> {
         let mkn = (self.m, 4 * self.k4, self.n);
         let mut info = int8_chains::conv_info(Self::KERNEL, mkn, &self.epilogue);
-        let patches = match self.implicit {
-            Some(_) => "implicit (padded input in channel quads)",
-            None => "packed",
+        let patches = match (&self.implicit, &self.pointwise) {
+            (Some(_), _) => "implicit (padded input in channel quads)",
+            (None, Some(_)) => "pointwise (input in channel quads)",
+            (None, None) => "packed",
         };
         info.push(format!("patches: {patches}"));
         Ok(info)
@@ -157,6 +162,7 @@ impl SdotConv {
             offsets: padded,
             epilogue,
             implicit: None,
+            pointwise: None,
         }
     }
 
@@ -207,6 +213,20 @@ impl SdotConv {
         }
     }
 
+    /// The 1x1 stride-1 conv (`quads`: its geometry, unpadded) with weights `w` (`[m][c]`)
+    /// reading its input in channel quads: the patch kernel's sums, each step's 8 positions
+    /// from the quads instead of a packed panel (tract repacked the input into panels: 45 M
+    /// of ResNet-50 int8's aarch64 instructions, with the strided convs' patches).
+    pub(crate) fn pointwise(w: &[Vec<i8>], offsets: &[i32], quads: Quads, epilogue: Int8Epilogue) -> Self {
+        let g = &quads.g;
+        assert!(
+            g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == (0, 0),
+            "SdotConv::pointwise: 1x1 stride-1 convs without padding only"
+        );
+        let n = g.out_height * g.out_width;
+        SdotConv { pointwise: Some(quads), ..Self::new(w, offsets, n, epilogue) }
+    }
+
     /// Output channels per block of weights (and per tile).
     fn block_channels(&self) -> usize {
         match &self.implicit {
@@ -217,6 +237,9 @@ impl SdotConv {
 
     /// The bytes of the patch input.
     fn patch_bytes(&self) -> usize {
+        if let Some(q) = &self.pointwise {
+            return q.len(PIXELS);
+        }
         match &self.implicit {
             Some(i) => i.quads.len(PIXELS),
             None => self.panels() * self.panel_len(),
@@ -278,6 +301,11 @@ impl Tiles for SdotConv {
             }
             return;
         }
+        // Where a panel's steps are: packed patches, or 8 positions of each channel quad.
+        let (panel_bytes, step_bytes) = match &self.pointwise {
+            Some(q) => (STEP, q.quad_len() * 4),
+            None => (panel_len, STEP),
+        };
         // Each block of weights is read once, the patches once per block.
         for block in blocks {
             let w = self.weights.as_ptr().add(block * panel_len);
@@ -285,8 +313,9 @@ impl Tiles for SdotConv {
             for panel in 0..self.panels() {
                 let acc = dot(
                     w,
-                    buf.patches.add(panel * panel_len),
+                    buf.patches.add(panel * panel_bytes),
                     self.k4,
+                    step_bytes,
                     &self.offsets[c0..],
                 );
                 let p0 = panel * PIXELS;
@@ -385,16 +414,17 @@ macro_rules! sdots_half {
 }
 
 /// One tile's integer sums: 8 channels (`w`: per step, 8 x 4 signed bytes) by 8 pixels (`x`:
-/// per step, 8 x 4 signed bytes), over `k4` steps (at least 1), plus `offsets[j]` for channel
-/// `j`.
+/// per step, 8 x 4 signed bytes, steps `step_bytes` apart: 32 in packed patches, a channel
+/// quad's positions in pointwise quads), over `k4` steps (at least 1), plus `offsets[j]` for
+/// channel `j`.
 #[target_feature(enable = "neon,dotprod")]
 #[inline]
-unsafe fn dot(w: *const i8, x: *const i8, k4: usize, offsets: &[i32]) -> Tile {
+unsafe fn dot(w: *const i8, x: *const i8, k4: usize, step_bytes: usize, offsets: &[i32]) -> Tile {
     let mut a: Tile = std::array::from_fn(|j| [vdupq_n_s32(offsets[j]); 2]);
     // One step: 8 pixels (v0, v1) and 8 channels (v2, v3), 16 sdot.
     macro_rules! step {
         () => {
-            concat!("ldp q0, q1, [{x}], #32\n", "ldp q2, q3, [{w}], #32\n", sdots!("v2", "v3"))
+            concat!("ld1 {{v0.16b, v1.16b}}, [{x}], {s}\n", "ldp q2, q3, [{w}], #32\n", sdots!("v2", "v3"))
         };
     }
     // k4 % 4 steps first (one, then two), then four per loop turn: the loop's counter and
@@ -418,6 +448,7 @@ unsafe fn dot(w: *const i8, x: *const i8, k4: usize, offsets: &[i32]) -> Tile {
         "b.ne 2b",
         "4:",
         x = inout(reg) x => _,
+        s = in(reg) step_bytes,
         w = inout(reg) w => _,
         k = inout(reg) k4 => _,
         out("v0") _,
@@ -728,6 +759,17 @@ fn kernel(chain: Int8Chain) -> Option<Swap> {
             input_suffix: "quads",
         });
     }
+    // 1x1 stride-1 convs (tract lowered them to plain matrix products: no geometry in the
+    // chain) read their input in channel quads, not repacked into panels.
+    if chain.shape.is_none() && chain.patches.shape().kernel == (1, 1) {
+        let quads = Quads { g: chain.patches.shape().clone() };
+        let Int8Chain { w, offsets, epilogue, .. } = chain;
+        return Some(Swap {
+            conv: Box::new(SdotConv::pointwise(&w, &offsets, quads.clone(), epilogue)),
+            input: Box::new(NeonQuads::new(quads)),
+            input_suffix: "quads",
+        });
+    }
     let conv = SdotConv::new(&chain.w, &chain.offsets, chain.n, chain.epilogue.clone());
     Some(Swap::on_patches(conv, chain))
 }
@@ -790,6 +832,18 @@ mod tests {
             &crate::kernels::aarch64::int8::IMPLICIT_3X3_CASES,
             -128,
             SdotConv::implicit,
+        );
+    }
+
+    /// The 1x1 stride-1 convs on their input in channel quads (`SdotConv::pointwise`) against
+    /// a scalar integer convolution, bit for bit, on `POINTWISE_CASES`, one and two threads.
+    #[test]
+    fn pointwise_kernel_equals_scalar_convolution() {
+        crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Signed, _>(
+            (crate::cpu::Cpu::get().dotprod, "dotprod"),
+            &crate::kernels::aarch64::int8::POINTWISE_CASES,
+            -128,
+            SdotConv::pointwise,
         );
     }
 

@@ -195,8 +195,8 @@ impl QuadsFill for Signed {
 
     /// Stride 1 (the convs the kernels read directly): 16 columns of the quad's 4 channel
     /// rows at a time, interleaved by two zip steps into 16 positions (whole quads' rows of 16
-    /// columns and more end on their last 16; the rest through copies); other strides byte by
-    /// byte.
+    /// columns and more end on their last 16; the rest through copies; without padding, the
+    /// plane at once as one row); other strides byte by byte.
     #[target_feature(enable = "neon")]
     unsafe fn fill_row(q: &Quads, x: *const i8, y: usize, channels: &Range<usize>, pad: i8, dst: *mut i8) -> bool {
         let g = &q.g;
@@ -216,6 +216,23 @@ impl QuadsFill for Signed {
             let hi = vzipq_s16(vreinterpretq_s16_s8(ab.1), vreinterpretq_s16_s8(cd.1));
             [lo.0, lo.1, hi.0, hi.1].map(|v| vreinterpretq_s8_s16(v))
         };
+        let plane = g.height * g.width;
+        if g.pad == (0, 0) && wq == g.width && channels.len() == 4 && plane >= 16 {
+            // No padding (the 1x1 convs): the quad's plane is its input rows back to back.
+            // Filled whole with the first row, 16 positions at a time, the last 16 ending
+            // the plane; the other rows have nothing left to do.
+            if y == 0 {
+                let src: [*const i8; 4] = std::array::from_fn(|j| x.add((channels.start + j) * plane));
+                for f in (0..plane).step_by(16) {
+                    let f = f.min(plane - 16);
+                    let v = interleave(src.map(|p| vld1q_s8(p.add(f))));
+                    for (i, v) in v.iter().enumerate() {
+                        vst1q_s8(dst.add(f * 4 + 16 * i), *v);
+                    }
+                }
+            }
+            return true;
+        }
         if channels.len() == 4 && cols >= 16 {
             // The common case, without per-chunk checks: a whole quad, rows of 16 columns or
             // more; the last, partial 16 columns are the row's last 16 (the overlap rewrites
@@ -283,4 +300,18 @@ pub(crate) const IMPLICIT_3X3_CASES: [(usize, usize, usize, usize, usize, usize,
     (4, 1, 1, 3, 1, 1, 8),
     (8, 6, 4, 3, 1, 1, 8),
     (8, 3, 12, 3, 1, 1, 16),
+];
+
+/// The 1x1 stride-1 convs both kernels' pointwise paths are tested on (the same columns):
+/// channel counts of whole quads and not (the last quad's padding channels), planes of 16
+/// positions and more (filled at once) and fewer, pixel counts that leave a partial last panel
+/// (1 to 4 pixels in it: half a tile).
+#[cfg(test)]
+pub(crate) const POINTWISE_CASES: [(usize, usize, usize, usize, usize, usize, usize); 6] = [
+    (16, 7, 7, 1, 1, 0, 13),
+    (4, 8, 10, 1, 1, 0, 16),
+    (6, 9, 11, 1, 1, 0, 8),
+    (64, 14, 14, 1, 1, 0, 24),
+    (8, 3, 4, 1, 1, 0, 9),
+    (12, 1, 1, 1, 1, 0, 20),
 ];

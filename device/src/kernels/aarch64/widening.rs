@@ -72,6 +72,9 @@ enum Input {
     /// Any other conv: `FastIm2Col`'s patches in tract's K4 layout 8 pixels wide
     /// (`KernelPatches::Sdot`), `steps` steps of 4 along k.
     Patches { steps: usize },
+    /// A 1x1 stride-1 conv: its input in channel quads ([`NeonQuads`], no padding), a step
+    /// per quad, the positions in output order (`SmullConv::pointwise`).
+    Pointwise { quads: Quads },
 }
 
 impl Eq for SmullConv {}
@@ -92,6 +95,7 @@ impl Op for SmullConv {
         let (k, patches) = match &self.input {
             Input::Implicit { quads, .. } => (TAPS * quads.g.channels, "implicit (padded input in channel quads)"),
             Input::Patches { steps } => (4 * steps, "packed"),
+            Input::Pointwise { quads } => (quads.g.channels, "pointwise (input in channel quads)"),
         };
         let mut info = int8_chains::conv_info(Self::KERNEL, (self.m, k, self.n), &self.epilogue);
         info.push(format!("patches: {patches}"));
@@ -196,10 +200,23 @@ impl SmullConv {
         SmullConv { m, n, weights: Arc::new(weights), offsets: padded, epilogue, input: Input::Patches { steps } }
     }
 
+    /// The 1x1 stride-1 conv (`quads`: its geometry, unpadded) with weights `w` (`[m][c]`, all
+    /// in -127..=127) reading its input in channel quads: [`SmullConv::new`]'s sums, each
+    /// step's positions from the quads instead of a packed panel.
+    pub(crate) fn pointwise(w: &[Vec<i8>], offsets: &[i32], quads: Quads, epilogue: Int8Epilogue) -> Self {
+        let g = &quads.g;
+        assert!(
+            g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == (0, 0),
+            "SmullConv::pointwise: 1x1 stride-1 convs without padding only"
+        );
+        let n = g.out_height * g.out_width;
+        SmullConv { input: Input::Pointwise { quads }, ..Self::new(w, offsets, n, epilogue) }
+    }
+
     /// The bytes of the patch input.
     fn patch_bytes(&self) -> usize {
         match &self.input {
-            Input::Implicit { quads, .. } => quads.len(PIXELS),
+            Input::Implicit { quads, .. } | Input::Pointwise { quads } => quads.len(PIXELS),
             Input::Patches { steps } => self.n.div_ceil(PIXELS) * steps * 4 * PIXELS,
         }
     }
@@ -235,14 +252,19 @@ impl Tiles for SmullConv {
                         finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &tile(lo, hi), c0, t.p0, t.store, buf);
                     }
                 }
-                Input::Patches { steps } => {
-                    let panel_len = steps * 4 * PIXELS;
+                Input::Patches { .. } | Input::Pointwise { .. } => {
+                    // A panel's steps: packed, 32 bytes apart; or 8 positions of each quad.
+                    let (steps, panel_bytes, step_bytes) = match &self.input {
+                        Input::Pointwise { quads } => (quads.quads(), 4 * PIXELS, quads.quad_len() * 4),
+                        Input::Patches { steps } => (*steps, steps * 4 * PIXELS, 4 * PIXELS),
+                        Input::Implicit { .. } => unreachable!(),
+                    };
                     let w = self.weights.as_ptr().add(block * steps * CHANNELS * 16);
                     for p0 in (0..self.n).step_by(PIXELS) {
-                        let (x, lanes) = (buf.patches.add(p0 / PIXELS * panel_len), PIXELS.min(self.n - p0));
-                        let lo = multiply_steps(w, x, *steps);
+                        let (x, lanes) = (buf.patches.add(p0 / PIXELS * panel_bytes), PIXELS.min(self.n - p0));
+                        let lo = multiply_steps(w, x, steps, step_bytes);
                         let hi = match lanes > PIXELS / 2 {
-                            true => multiply_steps(w, x.add(16), *steps),
+                            true => multiply_steps(w, x.add(16), steps, step_bytes),
                             false => zero,
                         };
                         finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &tile(lo, hi), c0, p0, lanes, buf);
@@ -432,11 +454,12 @@ unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usi
 }
 
 /// [`multiply_3x3`] on patches in tract's K4 layout 8 pixels wide: the 4 pixels from `x`
-/// (a panel's first or second half) over `steps` steps of 4 along k (32 bytes apart): by
-/// pairs, then the last alone if they are odd; the weights `w` in [`SmullConv::new`]'s order.
+/// (a panel's first or second half) over `steps` steps of 4 along k (`step_bytes` apart: 32
+/// in packed patches, a channel quad's positions in pointwise quads): by pairs, then the last
+/// alone if they are odd; the weights `w` in [`SmullConv::new`]'s order.
 #[target_feature(enable = "neon")]
 #[inline]
-unsafe fn multiply_steps(w: *const i8, x: *const i8, steps: usize) -> [int32x4_t; CHANNELS] {
+unsafe fn multiply_steps(w: *const i8, x: *const i8, steps: usize, step_bytes: usize) -> [int32x4_t; CHANNELS] {
     let mut a = [[vdupq_n_s32(0); 2]; CHANNELS];
     smull_tile!(a;
         "cbz {n}, 3f",
@@ -452,7 +475,7 @@ unsafe fn multiply_steps(w: *const i8, x: *const i8, steps: usize) -> [int32x4_t
         singles!(),
         "4:",
         x = inout(reg) x => _,
-        step = in(reg) 32usize,
+        step = in(reg) step_bytes,
         w = inout(reg) w => _,
         n = inout(reg) steps / 2 => _,
         odd = in(reg) steps % 2,
@@ -493,6 +516,17 @@ fn kernel(chain: Int8Chain) -> Option<Swap> {
         let Int8Chain { w, offsets, epilogue, .. } = chain;
         return Some(Swap {
             conv: Box::new(SmullConv::implicit(&w, &offsets, quads.clone(), epilogue)),
+            input: Box::new(NeonQuads::new(quads)),
+            input_suffix: "quads",
+        });
+    }
+    // 1x1 stride-1 convs (plain matrix products in tract's plan: no geometry in the chain)
+    // read their input in channel quads, not repacked into panels.
+    if chain.shape.is_none() && chain.patches.shape().kernel == (1, 1) {
+        let quads = Quads { g: chain.patches.shape().clone() };
+        let Int8Chain { w, offsets, epilogue, .. } = chain;
+        return Some(Swap {
+            conv: Box::new(SmullConv::pointwise(&w, &offsets, quads.clone(), epilogue)),
             input: Box::new(NeonQuads::new(quads)),
             input_suffix: "quads",
         });
@@ -541,6 +575,18 @@ mod tests {
             &crate::kernels::aarch64::int8::IMPLICIT_3X3_CASES,
             -127,
             SmullConv::implicit,
+        );
+    }
+
+    /// The 1x1 stride-1 convs on their input in channel quads (`SmullConv::pointwise`) against
+    /// a scalar integer convolution, bit for bit, on `POINTWISE_CASES`.
+    #[test]
+    fn pointwise_kernel_equals_scalar_convolution() {
+        crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Signed, _>(
+            (crate::cpu::Cpu::get().asimd, "NEON"),
+            &crate::kernels::aarch64::int8::POINTWISE_CASES,
+            -127,
+            SmullConv::pointwise,
         );
     }
 }
