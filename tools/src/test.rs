@@ -37,8 +37,12 @@ pub const FUZZ_TARGETS: &[&str] = &["weights", "parity", "mjpeg", "raw"];
 pub const FUZZ_SECONDS: u32 = 10;
 
 pub fn run(args: &Args) -> Result<()> {
+    let start = std::time::Instant::now();
+    // How long each step took (CI's log says where its time goes).
+    let mark = |step: &str| eprintln!("xtask test: {step} done at {:.0} s", start.elapsed().as_secs_f64());
     if !args.no_setup {
         setup::run(&setup::Args { no_apt: false })?;
+        mark("set-up");
     }
     // 1. The whole workspace on x86, host (libtorch) included. The device tests make their
     //    fixtures with the venv (tools/make_test_models.py) when they are missing.
@@ -46,6 +50,7 @@ pub fn run(args: &Args) -> Result<()> {
     //    and its tests run; in one build with the rest (the feature changes libc's features, so a
     //    separate build would compile tract again).
     cmd::run(cargo().args(["test", "--workspace", "--release", "--no-fail-fast", "--features", "device/gpio"]))?;
+    mark("1 (x86 workspace)");
     // 2. shared stays no_std on a bare-metal target.
     cmd::run(cargo().args(["check", "-p", "shared", "--target", "thumbv7em-none-eabihf", "--no-default-features"]))?;
     cmd::run(cargo().args(["check", "-p", "shared", "--target", "thumbv7em-none-eabihf", "--no-default-features", "--features", "defmt"]))?;
@@ -65,6 +70,7 @@ pub fn run(args: &Args) -> Result<()> {
             cmd::run(c
                 .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER", qemu_runner(cpu))
                 .env("DEVICE_TEST_RUNNER", qemu_runner(cpu)))?;
+            mark(&format!("3 (aarch64 under qemu -cpu {cpu})"));
         }
     }
     // 4. A short coverage-guided run of each fuzz target (libFuzzer); a crash fails.
@@ -72,6 +78,7 @@ pub fn run(args: &Args) -> Result<()> {
     for target in FUZZ_TARGETS {
         cmd::run(&mut fuzz(&fuzzers, target)?)?;
     }
+    mark("4 (fuzz)");
     eprintln!("all tests passed");
     Ok(())
 }
