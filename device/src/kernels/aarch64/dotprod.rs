@@ -746,29 +746,12 @@ fn kernel(chain: Int8Chain) -> Option<Swap> {
     let direct =
         |g: &ConvShape| g.channels.is_multiple_of(4) && g.kernel == (3, 3) && g.stride == (1, 1);
     if let Some(g) = chain.shape.clone().filter(direct) {
-        let quads = Quads { g };
-        let Int8Chain {
-            w,
-            offsets,
-            epilogue,
-            ..
-        } = chain;
-        return Some(Swap {
-            conv: Box::new(SdotConv::implicit(&w, &offsets, quads.clone(), epilogue)),
-            input: Box::new(NeonQuads::new(quads)),
-            input_suffix: "quads",
-        });
+        return Some(Swap::on_quads(chain, g, SdotConv::implicit, NeonQuads::new));
     }
     // 1x1 stride-1 convs (tract lowered them to plain matrix products: no geometry in the
     // chain) read their input in channel quads, not repacked into panels.
-    if chain.shape.is_none() && chain.patches.shape().kernel == (1, 1) {
-        let quads = Quads { g: chain.patches.shape().clone() };
-        let Int8Chain { w, offsets, epilogue, .. } = chain;
-        return Some(Swap {
-            conv: Box::new(SdotConv::pointwise(&w, &offsets, quads.clone(), epilogue)),
-            input: Box::new(NeonQuads::new(quads)),
-            input_suffix: "quads",
-        });
+    if let Some(g) = chain.pointwise_shape() {
+        return Some(Swap::on_quads(chain, g, SdotConv::pointwise, NeonQuads::new));
     }
     let conv = SdotConv::new(&chain.w, &chain.offsets, chain.n, chain.epilogue.clone());
     Some(Swap::on_patches(conv, chain))

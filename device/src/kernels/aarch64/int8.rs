@@ -216,35 +216,31 @@ impl QuadsFill for Signed {
             let hi = vzipq_s16(vreinterpretq_s16_s8(ab.1), vreinterpretq_s16_s8(cd.1));
             [lo.0, lo.1, hi.0, hi.1].map(|v| vreinterpretq_s8_s16(v))
         };
+        // A whole quad's `len` (16 or more) consecutive columns from `src` (per channel) into
+        // positions from `out`, without per-chunk checks: the last, partial 16 columns are the
+        // run's last 16 (the overlap rewrites the same bytes).
+        let run = |src: [*const i8; 4], len: usize, out: *mut i8| {
+            for x0 in (0..len).step_by(16) {
+                let x0 = x0.min(len - 16);
+                let v = interleave(src.map(|p| vld1q_s8(p.add(x0))));
+                for (i, v) in v.iter().enumerate() {
+                    vst1q_s8(out.add(x0 * 4 + 16 * i), *v);
+                }
+            }
+        };
         let plane = g.height * g.width;
         if g.pad == (0, 0) && wq == g.width && channels.len() == 4 && plane >= 16 {
             // No padding (the 1x1 convs): the quad's plane is its input rows back to back.
-            // Filled whole with the first row, 16 positions at a time, the last 16 ending
-            // the plane; the other rows have nothing left to do.
+            // Filled whole as one run with the first row; the other rows have nothing left to
+            // do.
             if y == 0 {
-                let src: [*const i8; 4] = std::array::from_fn(|j| x.add((channels.start + j) * plane));
-                for f in (0..plane).step_by(16) {
-                    let f = f.min(plane - 16);
-                    let v = interleave(src.map(|p| vld1q_s8(p.add(f))));
-                    for (i, v) in v.iter().enumerate() {
-                        vst1q_s8(dst.add(f * 4 + 16 * i), *v);
-                    }
-                }
+                run(std::array::from_fn(|j| x.add((channels.start + j) * plane)), plane, dst);
             }
             return true;
         }
         if channels.len() == 4 && cols >= 16 {
-            // The common case, without per-chunk checks: a whole quad, rows of 16 columns or
-            // more; the last, partial 16 columns are the row's last 16 (the overlap rewrites
-            // the same bytes).
-            let src: [*const i8; 4] = std::array::from_fn(|j| x.add(((channels.start + j) * g.height + y) * g.width));
-            for x0 in (0..cols).step_by(16) {
-                let x0 = x0.min(cols - 16);
-                let v = interleave(src.map(|p| vld1q_s8(p.add(x0))));
-                for (i, v) in v.iter().enumerate() {
-                    vst1q_s8(row.add(x0 * 4 + 16 * i), *v);
-                }
-            }
+            // The common case: a whole quad, rows of 16 columns or more.
+            run(std::array::from_fn(|j| x.add(((channels.start + j) * g.height + y) * g.width)), cols, row);
             return true;
         }
         for x0 in (0..cols).step_by(16) {

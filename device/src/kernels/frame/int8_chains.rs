@@ -8,6 +8,7 @@
 //! per-channel offsets added to `w . x`, the epilogue, and the patches in the kernel's layout;
 //! [`swap_in`] replaces every chain a kernel takes by its patch op and its conv op.
 
+use crate::kernels::frame::quads::{Quads, QuadsFill, QuadsOp};
 use crate::ops::epilogue::Int8Epilogue;
 use crate::ops::im2col::{ConvShape, FastIm2Col, KernelPatches};
 use tract_core::internal::*;
@@ -49,6 +50,32 @@ impl Swap {
     /// `conv` on the chain's own patches (in the kernel's layout).
     pub fn on_patches(conv: impl TypedOp + 'static, chain: Int8Chain) -> Swap {
         Swap { input: Box::new(chain.patches), input_suffix: "im2col", conv: Box::new(conv) }
+    }
+
+    /// The conv `conv(w, offsets, quads, epilogue)` makes on the chain's input in channel quads
+    /// of geometry `g`, written by the op `input(quads)` makes instead of patches.
+    pub fn on_quads<F: QuadsFill, C: TypedOp + 'static>(
+        chain: Int8Chain,
+        g: ConvShape,
+        conv: impl FnOnce(&[Vec<i8>], &[i32], Quads, Int8Epilogue) -> C,
+        input: impl FnOnce(Quads) -> QuadsOp<F>,
+    ) -> Swap {
+        let quads = Quads { g };
+        let Int8Chain { w, offsets, epilogue, .. } = chain;
+        Swap {
+            conv: Box::new(conv(&w, &offsets, quads.clone(), epilogue)),
+            input: Box::new(input(quads)),
+            input_suffix: "quads",
+        }
+    }
+}
+
+impl Int8Chain {
+    /// The geometry of a 1x1 stride-1 conv tract lowered to a plain matrix product (no
+    /// `shape`): its patches', which are the input itself.
+    pub fn pointwise_shape(&self) -> Option<ConvShape> {
+        let g = self.patches.shape();
+        (self.shape.is_none() && g.kernel == (1, 1)).then(|| g.clone())
     }
 }
 

@@ -339,14 +339,8 @@ impl QuadsFill for Avx2 {
 /// The [`MaddConv`] and its [`Avx2Quads`] input for an int8 conv `chain` (every one: the
 /// geometry of a 1x1 stride-1 conv tract lowered to a plain matrix product is its patches').
 fn kernel(chain: Int8Chain) -> Option<Swap> {
-    let g = chain.shape.clone().unwrap_or_else(|| chain.patches.shape().clone());
-    let quads = Quads { g };
-    let Int8Chain { w, offsets, epilogue, .. } = chain;
-    Some(Swap {
-        conv: Box::new(MaddConv::implicit(&w, &offsets, quads.clone(), epilogue)),
-        input: Box::new(Avx2Quads::new(quads)),
-        input_suffix: "quads",
-    })
+    let g = chain.shape.clone().or_else(|| chain.pointwise_shape())?;
+    Some(Swap::on_quads(chain, g, MaddConv::implicit, Avx2Quads::new))
 }
 
 /// Replaces every `FastIm2col -> OptMatMul -> Int8Epilogue` chain of an optimized model (and

@@ -527,18 +527,7 @@ fn kernel(chain: Int8Chain) -> Option<Swap> {
     // (Not for inputs with channels that do not fill whole quads, such as the RGB stem: the
     // padding channels would cost a third more products there.)
     if let Some(g) = chain.shape.clone().filter(|g| g.channels.is_multiple_of(4)) {
-        let quads = Quads { g };
-        let Int8Chain {
-            w,
-            offsets,
-            epilogue,
-            ..
-        } = chain;
-        return Some(Swap {
-            conv: Box::new(VnniConv::implicit(&w, &offsets, quads.clone(), epilogue)),
-            input: Box::new(VnniQuads::new(quads)),
-            input_suffix: "quads",
-        });
+        return Some(Swap::on_quads(chain, g, VnniConv::implicit, VnniQuads::new));
     }
     let conv = VnniConv::new(&chain.w, &chain.offsets, chain.n, chain.epilogue.clone());
     Some(Swap::on_patches(conv, chain))
