@@ -68,7 +68,7 @@ crate::ops::simd::wide_fn! {
             let whole = xs.len().min(ys.len()) / 8 * 8;
             // SAFETY: NEON is part of aarch64; the loads and stores stay below `whole`.
             unsafe {
-                let (s, z) = (vdupq_n_f32(scale), vdupq_n_s32(zp));
+                let (s, z) = (vdupq_n_f32(scale), vdupq_n_s16(zp.clamp(-128, 127) as i16));
                 for i in (0..whole).step_by(8) {
                     let v = [vld1q_f32(xs.as_ptr().add(i)), vld1q_f32(xs.as_ptr().add(i + 4))];
                     vst1_s8(ys.as_mut_ptr().add(i), quantize8_neon(v, s, z));
@@ -85,20 +85,20 @@ crate::ops::simd::wide_fn! {
 /// [`quantize`] on 8 lanes (`scale`, `zero_point` in every lane):
 /// `clamp(round_ties_even(clamp(v * scale, +-1024)) + zero_point, -128, 127)`, NaN ->
 /// `zero_point`. On NEON without the inner clamp and the NaN mask, the same bytes: `fcvtns`
-/// rounds to nearest even, turns a NaN into 0 and saturates at the i32 range, the zero point
-/// is added saturating and the narrowing saturates, so beyond +-1024 the result is 127 or
-/// -128 either way. (Also the aarch64 int8 kernels' epilogue, `crate::kernels::aarch64::int8`.)
+/// rounds to nearest even, turns a NaN into 0 and saturates at the i32 range, the narrowing to
+/// 16 bits saturates, the zero point (an i8's) is added saturating to 8 lanes at once, and the
+/// narrowing to 8 bits saturates, so beyond +-1024 the result is 127 or -128 either way. (Also the aarch64 int8 kernels' epilogue, `crate::kernels::aarch64::int8`.)
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 #[inline]
 pub(crate) unsafe fn quantize8_neon(
     v: [std::arch::aarch64::float32x4_t; 2],
     scale: std::arch::aarch64::float32x4_t,
-    zero_point: std::arch::aarch64::int32x4_t,
+    zero_point: std::arch::aarch64::int16x8_t,
 ) -> std::arch::aarch64::int8x8_t {
     use std::arch::aarch64::*;
-    let q = |v| vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(v, scale)), zero_point);
-    vqmovn_s16(vcombine_s16(vqmovn_s32(q(v[0])), vqmovn_s32(q(v[1]))))
+    let q = |v| vqmovn_s32(vcvtnq_s32_f32(vmulq_f32(v, scale)));
+    vqmovn_s16(vqaddq_s16(vcombine_s16(q(v[0]), q(v[1])), zero_point))
 }
 
 impl EvalOp for FastQuantize {

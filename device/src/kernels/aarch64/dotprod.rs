@@ -33,7 +33,7 @@
 //! `--threads N` splits the output channels over tract's pool.
 
 use crate::kernels::aarch64::int8::{
-    finish, row_tiles, run_tiles, Buffers, NeonQuads, RowTile, Tile, Tiles, CHANNELS, PIXELS,
+    finish, row_tiles, run_tiles, transpose4, Buffers, NeonQuads, RowTile, Tile, Tiles, CHANNELS, PIXELS,
 };
 use crate::kernels::frame::int8_chains::{self, Int8Chain, Swap};
 use crate::kernels::frame::quads::Quads;
@@ -690,19 +690,12 @@ unsafe fn dot_3x3_lanes(
     let starts: [int32x4_t; 3] = std::array::from_fn(|b| vld1q_s32(offsets[4 * b..4 * b + 4].as_ptr()));
     let mut a: [[int32x4_t; 3]; LANE_PIXELS] = [starts; LANE_PIXELS];
     quad_loop!(sdot_lanes_tile, a, taps_3x3_lanes!(), (x, w, quads, quad_bytes, row_bytes));
-    // Rows (pixels) of 4 channels -> per channel, its pixels.
-    let transpose = |r: [int32x4_t; 4]| -> [int32x4_t; 4] {
-        let (t0, t1) = (vtrn1q_s32(r[0], r[1]), vtrn2q_s32(r[0], r[1]));
-        let (t2, t3) = (vtrn1q_s32(r[2], r[3]), vtrn2q_s32(r[2], r[3]));
-        let lo = |x: int32x4_t, y: int32x4_t| vreinterpretq_s32_s64(vtrn1q_s64(vreinterpretq_s64_s32(x), vreinterpretq_s64_s32(y)));
-        let hi = |x: int32x4_t, y: int32x4_t| vreinterpretq_s32_s64(vtrn2q_s64(vreinterpretq_s64_s32(x), vreinterpretq_s64_s32(y)));
-        [lo(t0, t2), lo(t1, t3), hi(t0, t2), hi(t1, t3)]
-    };
     let zero = vdupq_n_s32(0);
     let mut out = [[zero; 2]; LANE_CHANNELS];
     for b in 0..3 {
-        let first = transpose([a[0][b], a[1][b], a[2][b], a[3][b]]);
-        let second = transpose([a[4][b], a[5][b], a[6][b], zero]);
+        // Rows (pixels) of 4 channels -> per channel, its pixels.
+        let first = transpose4([a[0][b], a[1][b], a[2][b], a[3][b]]);
+        let second = transpose4([a[4][b], a[5][b], a[6][b], zero]);
         for k in 0..4 {
             out[4 * b + k] = [first[k], second[k]];
         }

@@ -102,7 +102,8 @@ unsafe fn outputs<T: Tiles, const RES: bool, const RELU: bool>(
 /// below `m`), output pixels `p0..p0 + lanes`; the steps (`RES`idual, `RELU`, `F32` and `I8`
 /// outputs) are the op's ([`run_tiles`]). As `Int8Epilogue`: same f32 operations, same
 /// order, the same bits. (Inlined into the tile loops, so the accumulators stay in registers:
-/// NEON is part of aarch64, no target feature to enable.)
+/// NEON is part of aarch64, no target feature to enable.) A whole tile (8 channels below `m`,
+/// 8 lanes) takes its own copy, unrolled with no tests per channel.
 #[inline(always)]
 pub(crate) unsafe fn finish<const RES: bool, const RELU: bool, const F32: bool, const I8: bool>(
     e: &Int8Epilogue,
@@ -113,18 +114,43 @@ pub(crate) unsafe fn finish<const RES: bool, const RELU: bool, const F32: bool, 
     lanes: usize,
     buf: Buffers,
 ) {
+    match <&[[int32x4_t; 2]; CHANNELS]>::try_from(acc) {
+        Ok(tile) if lanes == PIXELS && m >= c0 + CHANNELS => {
+            finish_channels::<RES, RELU, F32, I8, true>(e, n, tile, c0, p0, PIXELS, buf)
+        }
+        _ => finish_channels::<RES, RELU, F32, I8, false>(e, n, &acc[..m.saturating_sub(c0).min(acc.len())], c0, p0, lanes, buf),
+    }
+}
+
+/// [`finish`] on the channels of `acc`; `WHOLE`: 8 lanes.
+#[inline(always)]
+unsafe fn finish_channels<const RES: bool, const RELU: bool, const F32: bool, const I8: bool, const WHOLE: bool>(
+    e: &Int8Epilogue,
+    n: usize,
+    acc: &[[int32x4_t; 2]],
+    c0: usize,
+    p0: usize,
+    lanes: usize,
+    buf: Buffers,
+) {
     let zero = vdupq_n_f32(0.0);
     let (qscale, qzero) = buf.quantize.unwrap_or((1.0, 0));
-    let (qscale, qzero) = (vdupq_n_f32(qscale), vdupq_n_s32(qzero));
-    let scale = e.scale.as_ptr();
-    for (j, acc) in acc.iter().enumerate().take(m.saturating_sub(c0)) {
-        let c = c0 + j;
-        let at = c * n + p0;
-        let s = vld1q_dup_f32(scale.add(c));
+    let (qscale, qzero) = (vdupq_n_f32(qscale), vdupq_n_s16(qzero.clamp(-128, 127) as i16));
+    // Channel c0's scale and row of each output; the next channel's a row (n) on.
+    let at = c0 * n + p0;
+    let mut scale = e.scale.as_ptr().add(c0);
+    let mut residual = buf.residual.map_or(std::ptr::null(), |r| r.add(at));
+    let mut f32_out = buf.f32_out.map_or(std::ptr::null_mut(), |o| o.add(at));
+    let mut i8_out = buf.i8_out.map_or(std::ptr::null_mut(), |o| o.add(at));
+    for acc in acc {
+        let s = vld1q_dup_f32(scale);
         // As Int8Epilogue: acc as f32 * scale (+ residual) (max 0).
         let mut v = [vmulq_f32(vcvtq_f32_s32(acc[0]), s), vmulq_f32(vcvtq_f32_s32(acc[1]), s)];
         if RES {
-            let r = load(buf.residual.unwrap_unchecked().add(at), lanes);
+            let r = match WHOLE {
+                true => [vld1q_f32(residual), vld1q_f32(residual.add(4))],
+                false => load(residual, lanes),
+            };
             v = [vaddq_f32(v[0], r[0]), vaddq_f32(v[1], r[1])];
         }
         if RELU {
@@ -132,20 +158,41 @@ pub(crate) unsafe fn finish<const RES: bool, const RELU: bool, const F32: bool, 
             v = [vmaxnmq_f32(v[0], zero), vmaxnmq_f32(v[1], zero)];
         }
         if F32 {
-            store(buf.f32_out.unwrap_unchecked().add(at), lanes, v);
+            match WHOLE {
+                true => {
+                    vst1q_f32(f32_out, v[0]);
+                    vst1q_f32(f32_out.add(4), v[1]);
+                }
+                false => store(f32_out, lanes, v),
+            }
         }
         if I8 {
             let q = crate::ops::quantize::quantize8_neon(v, qscale, qzero);
-            let out = buf.i8_out.unwrap_unchecked().add(at);
-            if lanes == PIXELS {
-                vst1_s8(out, q);
+            if WHOLE {
+                vst1_s8(i8_out, q);
             } else {
                 let mut bytes = [0i8; PIXELS];
                 vst1_s8(bytes.as_mut_ptr(), q);
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), out, lanes);
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), i8_out, lanes);
             }
         }
+        scale = scale.add(1);
+        residual = residual.wrapping_add(n);
+        f32_out = f32_out.wrapping_add(n);
+        i8_out = i8_out.wrapping_add(n);
     }
+}
+
+/// Four rows of 4 lanes transposed: lane `j` of row `i` to lane `i` of row `j` (`trn1`/`trn2`
+/// on 32-bit, then 64-bit lanes). The kernels whose accumulators hold a pixel's channels turn
+/// them into a channel's pixels, as [`finish`] takes them.
+#[inline(always)]
+pub(crate) unsafe fn transpose4(r: [int32x4_t; 4]) -> [int32x4_t; 4] {
+    let (t0, t1) = (vtrn1q_s32(r[0], r[1]), vtrn2q_s32(r[0], r[1]));
+    let (t2, t3) = (vtrn1q_s32(r[2], r[3]), vtrn2q_s32(r[2], r[3]));
+    let lo = |x: int32x4_t, y: int32x4_t| vreinterpretq_s32_s64(vtrn1q_s64(vreinterpretq_s64_s32(x), vreinterpretq_s64_s32(y)));
+    let hi = |x: int32x4_t, y: int32x4_t| vreinterpretq_s32_s64(vtrn2q_s64(vreinterpretq_s64_s32(x), vreinterpretq_s64_s32(y)));
+    [lo(t0, t2), lo(t1, t3), hi(t0, t2), hi(t1, t3)]
 }
 
 /// `lanes` (1 to 8) f32 at `p`, in two registers (zeros past `lanes`).

@@ -8,26 +8,31 @@
 //! a -128 weight keeps tract's kernel).
 //!
 //! [`SmullConv`] reads the padded input directly ([`NeonQuads`]: 4 channels per 32-bit
-//! position): a 16-byte register is 4 positions x 4 channels of one kernel tap. Per output
-//! channel and pair of taps, the weights are that channel's 4 bytes of each tap repeated 4
-//! times, so that lanes line up: `smull` of tap A's positions 0-1 with its weights, `smlal`
-//! of tap B's, the same `2` forms for positions 2-3, and two `sadalp` - 6 instructions per 32
-//! multiply-adds (`sdot` does 16 in one). The accumulators of a channel hold (position,
-//! channel pair) sums, added pairwise (`addp`) at the end. A tile is 8 output channels by 4
-//! positions (16 accumulators); two make the 8x8 tile of `crate::kernels::aarch64::int8`,
-//! whose epilogue (scale, residual, ReLU, requantize) finishes it in registers, bit-identical
-//! to `Int8Epilogue` (the integer sums are tract's: same products, other order).
+//! position). A tile's step is a pair of kernel taps (or of steps of 4 along k): `ld4r` loads
+//! 4 consecutive positions of a tap, each position's 4 channel bytes repeated in a register of
+//! its own, and the weights are 4 output channels' 4 bytes of the tap in a register, as they
+//! are (as `sdot` takes them). Then per position and pair of output channels: `smull` of tap A
+//! with its weights, `smlal` of tap B's, the same `2` forms for the next pair of channels, and
+//! two `sadalp` - 6 instructions per 32 multiply-adds (`sdot` does 16 in one). A run is 8
+//! output channels by 4 positions (16 accumulators, each a position's (channel, input-channel
+//! pair) sums): per pair of taps two `ld4r` and one `ld1` of the weights, 51 instructions for
+//! 48 multiplies. At the end the sums are added pairwise (`addp`) into a position's channels
+//! and transposed 4 x 4 into a channel's positions. Two runs make the 8x8 tile of
+//! `crate::kernels::aarch64::int8`, whose epilogue (scale, residual, ReLU, requantize) finishes
+//! it in registers, bit-identical to `Int8Epilogue` (the integer sums are tract's: same
+//! products, other order).
 //!
-//! Per pair of channel quads and tile, 497 instructions for 2304 multiply-adds (their 18 taps
-//! in 9 pairs; an odd last quad: 257 for 1152, tap 8 alone). The weights, repeated, take 4
-//! times their size (1152 bytes per channel quad and block of 8 output channels).
+//! Per pair of channel quads and run, 469 instructions for 2304 multiply-adds (their 18 taps
+//! in 9 pairs; an odd last quad: tap 8 alone). (The first version repeated each channel's
+//! weights 4 times to line up with 4 positions in a register: 6 loads per pair of taps, not
+//! 3, and 497 instructions.)
 //!
 //! [`speed_up`] swaps it in for the int8 plan's 3x3 stride-1 convs on NEON CPUs without
 //! dotprod (`crate::kernels::aarch64::plug`); the other convs (the stem, stride 2, 1x1) keep
 //! tract's kernels.
 
 use crate::kernels::aarch64::int8::{
-    finish, row_tiles, run_tiles, Buffers, NeonQuads, RowTile, Tile, Tiles, CHANNELS, PIXELS,
+    finish, row_tiles, run_tiles, transpose4, Buffers, NeonQuads, RowTile, Tile, Tiles, CHANNELS, PIXELS,
 };
 use crate::kernels::frame::int8_chains::{self, Int8Chain, Swap};
 use crate::kernels::frame::quads::Quads;
@@ -40,8 +45,8 @@ use tract_core::internal::*;
 
 /// Kernel taps of a 3x3 conv.
 const TAPS: usize = 9;
-/// Weight bytes per block of 8 output channels and channel quad: 9 taps x 8 channels x 16.
-const QUAD_BYTES: usize = TAPS * CHANNELS * 16;
+/// Weight bytes per block of 8 output channels and channel quad: 9 taps x 8 channels x 4.
+const QUAD_BYTES: usize = TAPS * CHANNELS * 4;
 
 /// A 3x3 stride-1 int8 convolution's matrix product and epilogue on [`NeonQuads`] (see the
 /// module doc).
@@ -51,10 +56,9 @@ pub struct SmullConv {
     m: usize,
     /// Output pixels.
     n: usize,
-    /// Per block of 8 channels, per pair of channel quads: per pair of their 18 taps, per
-    /// channel, (tap A, tap B); an odd last quad: per pair of taps 0-7 the same, then tap 8 per
-    /// channel. Each the channel's 4 weight bytes of the tap, 4 times (zero past `m`). (The
-    /// patch kernel: pairs of steps, an odd last step alone, the same way.)
+    /// Per block of 8 channels, per step (a tap of a channel quad, or 4 along k), the 8
+    /// channels' 4 bytes (zero past `m`), in the order the kernel reads the steps: by pairs, an
+    /// odd last step alone ([`pack`]).
     weights: Arc<Vec<i8>>,
     /// Per channel (zero past `m`, to a whole block), added to the integer sums: tract's bias
     /// and zero-point terms.
@@ -119,41 +123,24 @@ impl SmullConv {
         let m = w.len();
         let rows = quads.reorder(w);
         let (blocks, q4) = (m.div_ceil(CHANNELS), quads.quads());
-        // Channel o's 4 bytes of tap t in quad q, 4 times.
-        let rep = |o: usize, q: usize, t: usize| -> [i8; 16] {
+        // Channel o's 4 bytes of tap t of quad q (zero past m).
+        let bytes = |o: usize, (q, t): (usize, usize)| -> [i8; 4] {
             match rows.get(o) {
-                Some(row) => std::array::from_fn(|i| row[(q * TAPS + t) * 4 + i % 4]),
-                None => [0; 16],
+                Some(row) => std::array::from_fn(|i| row[(q * TAPS + t) * 4 + i]),
+                None => [0; 4],
             }
         };
-        let mut weights = Vec::with_capacity(blocks * q4 * QUAD_BYTES);
-        for block in 0..blocks {
-            let c0 = block * CHANNELS;
-            // Two quads at a time: their 18 taps in 9 pairs (tap 8 of the first with tap 0 of
-            // the second), as `multiply_3x3` steps through them.
-            for qq in 0..q4 / 2 {
-                for pair in 0..TAPS {
-                    let (a, b) = (2 * pair, 2 * pair + 1);
-                    for o in c0..c0 + CHANNELS {
-                        weights.extend(rep(o, 2 * qq + a / TAPS, a % TAPS));
-                        weights.extend(rep(o, 2 * qq + b / TAPS, b % TAPS));
-                    }
-                }
-            }
-            // An odd last quad: 4 pairs, then tap 8 alone.
-            if q4 % 2 == 1 {
-                let q = q4 - 1;
-                for pair in 0..4 {
-                    for o in c0..c0 + CHANNELS {
-                        weights.extend(rep(o, q, 2 * pair));
-                        weights.extend(rep(o, q, 2 * pair + 1));
-                    }
-                }
-                for o in c0..c0 + CHANNELS {
-                    weights.extend(rep(o, q, 8));
-                }
-            }
+        // Two quads at a time: their 18 taps in 9 pairs (tap 8 of the first with tap 0 of the
+        // second), as `multiply_3x3` steps through them; an odd last quad: 4 pairs, then tap 8
+        // alone.
+        let mut steps = Vec::with_capacity(q4 * TAPS);
+        for qq in 0..q4 / 2 {
+            steps.extend((0..2 * TAPS).map(|t| (2 * qq + t / TAPS, t % TAPS)));
         }
+        if q4 % 2 == 1 {
+            steps.extend((0..TAPS).map(|t| (q4 - 1, t)));
+        }
+        let weights = pack(blocks, &steps, bytes);
         let mut padded = offsets.to_vec();
         padded.resize(blocks * CHANNELS, 0);
         let tiles = row_tiles(g, PIXELS);
@@ -176,25 +163,11 @@ impl SmullConv {
         let (m, k) = (w.len(), w.first().map_or(0, |row| row.len()));
         let steps = k.div_ceil(4);
         let blocks = m.div_ceil(CHANNELS);
-        // Channel o's 4 bytes of step s, 4 times (0 past k and m).
-        let rep = |o: usize, s: usize| -> [i8; 16] {
-            std::array::from_fn(|i| w.get(o).and_then(|row| row.get(4 * s + i % 4)).copied().unwrap_or(0))
+        // Channel o's 4 bytes of step s (0 past k and m).
+        let bytes = |o: usize, s: usize| -> [i8; 4] {
+            std::array::from_fn(|i| w.get(o).and_then(|row| row.get(4 * s + i)).copied().unwrap_or(0))
         };
-        let mut weights = Vec::with_capacity(blocks * steps * CHANNELS * 16);
-        for block in 0..blocks {
-            let channels = block * CHANNELS..(block + 1) * CHANNELS;
-            for pair in 0..steps / 2 {
-                for o in channels.clone() {
-                    weights.extend(rep(o, 2 * pair));
-                    weights.extend(rep(o, 2 * pair + 1));
-                }
-            }
-            if steps % 2 == 1 {
-                for o in channels {
-                    weights.extend(rep(o, steps - 1));
-                }
-            }
-        }
+        let weights = pack(blocks, &(0..steps).collect::<Vec<_>>(), bytes);
         let mut padded = offsets.to_vec();
         padded.resize(blocks * CHANNELS, 0);
         SmullConv { m, n, weights: Arc::new(weights), offsets: padded, epilogue, input: Input::Patches { steps } }
@@ -222,6 +195,21 @@ impl SmullConv {
     }
 }
 
+/// The weights of `blocks` blocks of 8 output channels over `steps` (in the kernel's order):
+/// per block, per step, each channel's 4 bytes (`bytes(channel, step)`). A pair of steps is
+/// then one 64-byte `ld1` of 4 registers: (step A, channels 0-3), (A, 4-7), (B, 0-3), (B, 4-7).
+fn pack<S: Copy>(blocks: usize, steps: &[S], bytes: impl Fn(usize, S) -> [i8; 4]) -> Vec<i8> {
+    let mut weights = Vec::with_capacity(blocks * steps.len() * CHANNELS * 4);
+    for block in 0..blocks {
+        for &step in steps {
+            for o in block * CHANNELS..(block + 1) * CHANNELS {
+                weights.extend(bytes(o, step));
+            }
+        }
+    }
+    weights
+}
+
 impl Tiles for SmullConv {
     #[target_feature(enable = "neon")]
     unsafe fn run_with<const RES: bool, const RELU: bool, const F32: bool, const I8: bool>(
@@ -231,10 +219,10 @@ impl Tiles for SmullConv {
     ) {
         for block in blocks {
             let c0 = block * CHANNELS;
-            let offsets: [int32x4_t; CHANNELS] = std::array::from_fn(|j| vdupq_n_s32(self.offsets[c0 + j]));
+            let init = starts(&self.offsets[c0..c0 + CHANNELS]);
             // Two runs of 4 pixels make a tile of 8 (the second only if it has pixels).
             let tile = |lo: [int32x4_t; CHANNELS], hi: [int32x4_t; CHANNELS]| -> Tile {
-                std::array::from_fn(|j| [vaddq_s32(lo[j], offsets[j]), vaddq_s32(hi[j], offsets[j])])
+                std::array::from_fn(|j| [lo[j], hi[j]])
             };
             let zero = [vdupq_n_s32(0); CHANNELS];
             match &self.input {
@@ -244,9 +232,9 @@ impl Tiles for SmullConv {
                     // In order: a tile's stores past its output row are overwritten by the next.
                     for t in tiles {
                         let x = buf.patches.add(t.at * 4);
-                        let lo = multiply_3x3(w, x, q.quads(), quad_bytes, row_bytes);
+                        let lo = multiply_3x3(w, x, (q.quads(), quad_bytes, row_bytes), init);
                         let hi = match t.pixels > PIXELS / 2 {
-                            true => multiply_3x3(w, x.add(16), q.quads(), quad_bytes, row_bytes),
+                            true => multiply_3x3(w, x.add(16), (q.quads(), quad_bytes, row_bytes), init),
                             false => zero,
                         };
                         finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &tile(lo, hi), c0, t.p0, t.store, buf);
@@ -259,12 +247,12 @@ impl Tiles for SmullConv {
                         Input::Patches { steps } => (*steps, steps * 4 * PIXELS, 4 * PIXELS),
                         Input::Implicit { .. } => unreachable!(),
                     };
-                    let w = self.weights.as_ptr().add(block * steps * CHANNELS * 16);
+                    let w = self.weights.as_ptr().add(block * steps * CHANNELS * 4);
                     for p0 in (0..self.n).step_by(PIXELS) {
                         let (x, lanes) = (buf.patches.add(p0 / PIXELS * panel_bytes), PIXELS.min(self.n - p0));
-                        let lo = multiply_steps(w, x, steps, step_bytes);
+                        let lo = multiply_steps(w, x, steps, step_bytes, init);
                         let hi = match lanes > PIXELS / 2 {
-                            true => multiply_steps(w, x.add(16), steps, step_bytes),
+                            true => multiply_steps(w, x.add(16), steps, step_bytes, init),
                             false => zero,
                         };
                         finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &tile(lo, hi), c0, p0, lanes, buf);
@@ -275,70 +263,73 @@ impl Tiles for SmullConv {
     }
 }
 
-// Taps (or steps) A (v0) and B (v1) for channels j (weights v2, v3) and k (v4, v5): per channel,
-// positions 0-1 into its first accumulator, 2-3 into its second.
+// Position `$a` of tap (or step) A and `$b` of tap B, each its 4 channel bytes 4 times
+// (`ld4r`), by the weights of A (v8: channels 0-3, v9: 4-7) and B (v10, v11): channels 0-1 into
+// accumulator `$j0`, 2-3 into `$j1`, 4-5 into `$j2`, 6-7 into `$j3`.
+macro_rules! position {
+    ($a:literal, $b:literal, $j0:literal, $j1:literal, $j2:literal, $j3:literal) => {
+        concat!(
+            "smull v12.8h, ", $a, ".8b, v8.8b\n",
+            "smlal v12.8h, ", $b, ".8b, v10.8b\n",
+            "smull2 v13.8h, ", $a, ".16b, v8.16b\n",
+            "smlal2 v13.8h, ", $b, ".16b, v10.16b\n",
+            "smull v14.8h, ", $a, ".8b, v9.8b\n",
+            "smlal v14.8h, ", $b, ".8b, v11.8b\n",
+            "smull2 v15.8h, ", $a, ".16b, v9.16b\n",
+            "smlal2 v15.8h, ", $b, ".16b, v11.16b\n",
+            "sadalp {", $j0, ":v}.4s, v12.8h\n",
+            "sadalp {", $j1, ":v}.4s, v13.8h\n",
+            "sadalp {", $j2, ":v}.4s, v14.8h\n",
+            "sadalp {", $j3, ":v}.4s, v15.8h\n",
+        )
+    };
+}
+
+// A pair of taps (or steps): A's 4 positions in v0-v3, B's in v4-v7; their weights in one load.
 macro_rules! pair {
-    ($jl:literal, $jh:literal, $kl:literal, $kh:literal) => {
-        concat!(
-            "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
-            "smull v6.8h, v0.8b, v2.8b\n",
-            "smlal v6.8h, v1.8b, v3.8b\n",
-            "smull2 v7.8h, v0.16b, v2.16b\n",
-            "smlal2 v7.8h, v1.16b, v3.16b\n",
-            "sadalp {", $jl, ":v}.4s, v6.8h\n",
-            "sadalp {", $jh, ":v}.4s, v7.8h\n",
-            "smull v8.8h, v0.8b, v4.8b\n",
-            "smlal v8.8h, v1.8b, v5.8b\n",
-            "smull2 v9.8h, v0.16b, v4.16b\n",
-            "smlal2 v9.8h, v1.16b, v5.16b\n",
-            "sadalp {", $kl, ":v}.4s, v8.8h\n",
-            "sadalp {", $kh, ":v}.4s, v9.8h\n",
-        )
-    };
-}
-macro_rules! pairs {
     () => {
         concat!(
-            pair!("a0l", "a0h", "a1l", "a1h"),
-            pair!("a2l", "a2h", "a3l", "a3h"),
-            pair!("a4l", "a4h", "a5l", "a5h"),
-            pair!("a6l", "a6h", "a7l", "a7h"),
+            "ld1 {{v8.16b, v9.16b, v10.16b, v11.16b}}, [{w}], #64\n",
+            position!("v0", "v4", "a00", "a01", "a02", "a03"),
+            position!("v1", "v5", "a10", "a11", "a12", "a13"),
+            position!("v2", "v6", "a20", "a21", "a22", "a23"),
+            position!("v3", "v7", "a30", "a31", "a32", "a33"),
         )
     };
 }
 
-// One tap (or step) alone (v0) for one channel (weights `$r`).
+// Position `$a` of a tap (or step) alone, by its weights (v8, v9).
 macro_rules! one {
-    ($r:literal, $l:literal, $h:literal) => {
+    ($a:literal, $j0:literal, $j1:literal, $j2:literal, $j3:literal) => {
         concat!(
-            "smull v6.8h, v0.8b, ", $r, ".8b\n",
-            "smull2 v7.8h, v0.16b, ", $r, ".16b\n",
-            "sadalp {", $l, ":v}.4s, v6.8h\n",
-            "sadalp {", $h, ":v}.4s, v7.8h\n",
+            "smull v12.8h, ", $a, ".8b, v8.8b\n",
+            "smull2 v13.8h, ", $a, ".16b, v8.16b\n",
+            "smull v14.8h, ", $a, ".8b, v9.8b\n",
+            "smull2 v15.8h, ", $a, ".16b, v9.16b\n",
+            "sadalp {", $j0, ":v}.4s, v12.8h\n",
+            "sadalp {", $j1, ":v}.4s, v13.8h\n",
+            "sadalp {", $j2, ":v}.4s, v14.8h\n",
+            "sadalp {", $j3, ":v}.4s, v15.8h\n",
         )
     };
 }
 
-// One tap (or step) alone (v0) for the 8 channels: their weights in two loads.
-macro_rules! singles {
+// A tap (or step) alone: its 4 positions in v0-v3, its weights in one load.
+macro_rules! single {
     () => {
         concat!(
-            "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
-            one!("v2", "a0l", "a0h"),
-            one!("v3", "a1l", "a1h"),
-            one!("v4", "a2l", "a2h"),
-            one!("v5", "a3l", "a3h"),
-            "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
-            one!("v2", "a4l", "a4h"),
-            one!("v3", "a5l", "a5h"),
-            one!("v4", "a6l", "a6h"),
-            one!("v5", "a7l", "a7h"),
+            "ldp q8, q9, [{w}], #32\n",
+            one!("v0", "a00", "a01", "a02", "a03"),
+            one!("v1", "a10", "a11", "a12", "a13"),
+            one!("v2", "a20", "a21", "a22", "a23"),
+            one!("v3", "a30", "a31", "a32", "a33"),
         )
     };
 }
 
-/// `asm!` over a tile's 16 accumulators `$a` (`a<channel>l`: positions 0-1, `h`: 2-3) with the
-/// template and operands `$body`; v0-v9 are the operands [`pair`] and [`one`] name.
+/// `asm!` over a run's 16 accumulators `$a` (`a<position><j>`: channels 2j and 2j + 1) with the
+/// template and operands `$body`; v0-v15 are the registers [`position`] and [`one`] name (the
+/// accumulators take the other 16).
 macro_rules! smull_tile {
     ($a:ident; $($body:tt)*) => {
         asm!(
@@ -353,60 +344,114 @@ macro_rules! smull_tile {
             out("v7") _,
             out("v8") _,
             out("v9") _,
-            a0l = inout(vreg) $a[0][0],
-            a0h = inout(vreg) $a[0][1],
-            a1l = inout(vreg) $a[1][0],
-            a1h = inout(vreg) $a[1][1],
-            a2l = inout(vreg) $a[2][0],
-            a2h = inout(vreg) $a[2][1],
-            a3l = inout(vreg) $a[3][0],
-            a3h = inout(vreg) $a[3][1],
-            a4l = inout(vreg) $a[4][0],
-            a4h = inout(vreg) $a[4][1],
-            a5l = inout(vreg) $a[5][0],
-            a5h = inout(vreg) $a[5][1],
-            a6l = inout(vreg) $a[6][0],
-            a6h = inout(vreg) $a[6][1],
-            a7l = inout(vreg) $a[7][0],
-            a7h = inout(vreg) $a[7][1],
+            out("v10") _,
+            out("v11") _,
+            out("v12") _,
+            out("v13") _,
+            out("v14") _,
+            out("v15") _,
+            a00 = inout(vreg) $a[0][0],
+            a01 = inout(vreg) $a[0][1],
+            a02 = inout(vreg) $a[0][2],
+            a03 = inout(vreg) $a[0][3],
+            a10 = inout(vreg) $a[1][0],
+            a11 = inout(vreg) $a[1][1],
+            a12 = inout(vreg) $a[1][2],
+            a13 = inout(vreg) $a[1][3],
+            a20 = inout(vreg) $a[2][0],
+            a21 = inout(vreg) $a[2][1],
+            a22 = inout(vreg) $a[2][2],
+            a23 = inout(vreg) $a[2][3],
+            a30 = inout(vreg) $a[3][0],
+            a31 = inout(vreg) $a[3][1],
+            a32 = inout(vreg) $a[3][2],
+            a33 = inout(vreg) $a[3][3],
             options(nostack, readonly),
         )
     };
 }
 
+/// Tap (or step) A's 4 positions from `{p}` (then `$post`), into v0-v3.
+macro_rules! tap_a {
+    ($($post:literal)?) => {
+        concat!("ld4r {{v0.4s, v1.4s, v2.4s, v3.4s}}, [{p}]", $(", ", $post,)? "\n")
+    };
+}
+
+/// Tap (or step) B's, into v4-v7.
+macro_rules! tap_b {
+    ($($post:literal)?) => {
+        concat!("ld4r {{v4.4s, v5.4s, v6.4s, v7.4s}}, [{p}]", $(", ", $post,)? "\n")
+    };
+}
+
+/// A pair of steps of 4 along k (`{step}` bytes apart, from `{p}`), multiplied.
+macro_rules! steps_pair {
+    () => {
+        concat!(tap_a!("{step}"), tap_b!("{step}"), pair!())
+    };
+}
+
 /// A channel quad's taps 0-7 in 4 pairs (kernel rows from `{b}`, `{rb}` apart), then its tap 8
-/// loaded into v0 for what follows: the pair with the next quad's tap 0, or alone.
+/// loaded as tap A for what follows: the pair with the next quad's tap 0, or alone.
 macro_rules! taps_0_to_8 {
     () => {
         concat!(
             "mov {p}, {b}\n",
-            "ld1 {{v0.16b}}, [{p}], {four}\n",
-            "ld1 {{v1.16b}}, [{p}], {four}\n",
-            pairs!(),
-            "ld1 {{v0.16b}}, [{p}]\n",
+            tap_a!("{four}"),
+            tap_b!("{four}"),
+            pair!(),
+            tap_a!(),
             "add {p}, {b}, {rb}\n",
-            "ld1 {{v1.16b}}, [{p}], {four}\n",
-            pairs!(),
-            "ld1 {{v0.16b}}, [{p}], {four}\n",
-            "ld1 {{v1.16b}}, [{p}]\n",
-            pairs!(),
+            tap_b!("{four}"),
+            pair!(),
+            tap_a!("{four}"),
+            tap_b!(),
+            pair!(),
             "add {p}, {b}, {rb2}\n",
-            "ld1 {{v0.16b}}, [{p}], {four}\n",
-            "ld1 {{v1.16b}}, [{p}], {four}\n",
-            pairs!(),
-            "ld1 {{v0.16b}}, [{p}]\n",
+            tap_a!("{four}"),
+            tap_b!("{four}"),
+            pair!(),
+            tap_a!(),
         )
     };
+}
+
+/// A position's 4 accumulators at the start: channels 2j and 2j + 1's offsets in lanes 0 and 2
+/// of accumulator j (lanes 1 and 3 hold the same channels' other sums), so that [`channels`]
+/// adds each once.
+#[inline(always)]
+unsafe fn starts(offsets: &[i32]) -> [int32x4_t; 4] {
+    std::array::from_fn(|j| {
+        let lanes = [offsets[2 * j], 0, offsets[2 * j + 1], 0];
+        vld1q_s32(lanes.as_ptr())
+    })
+}
+
+/// A run's accumulators (per position, channel pairs' input-channel pair sums) as per channel,
+/// its 4 positions' sums: pairs added (`addp`: a position's 8 channels), then transposed.
+#[inline(always)]
+unsafe fn channels(a: [[int32x4_t; 4]; 4]) -> [int32x4_t; CHANNELS] {
+    let sums = a.map(|[j0, j1, j2, j3]| [vpaddq_s32(j0, j1), vpaddq_s32(j2, j3)]);
+    let lo = transpose4([sums[0][0], sums[1][0], sums[2][0], sums[3][0]]);
+    let hi = transpose4([sums[0][1], sums[1][1], sums[2][1], sums[3][1]]);
+    [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]]
 }
 
 /// The integer sums of 8 output channels (`w`: a block's weights, see [`SmullConv`]) by the 4
 /// positions from `x` (the first quad's, tap (0, 0)) over `quads` channel quads
 /// (`quad_bytes` apart), the taps of kernel row `ky` `ky * row_bytes` further and of column
-/// `kx` `4 * kx` bytes: per channel, the 4 positions' sums.
+/// `kx` `4 * kx` bytes: per channel, the 4 positions' sums. Each position's accumulators start
+/// at `init` ([`starts`]: the channels' offsets, each once).
 #[target_feature(enable = "neon")]
 #[inline]
-unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usize, row_bytes: usize) -> [int32x4_t; CHANNELS] {
-    let mut a = [[vdupq_n_s32(0); 2]; CHANNELS];
+unsafe fn multiply_3x3(
+    w: *const i8,
+    x: *const i8,
+    (quads, quad_bytes, row_bytes): (usize, usize, usize),
+    init: [int32x4_t; 4],
+) -> [int32x4_t; CHANNELS] {
+    let mut a = [init; 4];
     smull_tile!(a;
         // Two quads a turn: 9 pairs of taps, the first quad's tap 8 with the second's tap 0.
         "cbz {n}, 5f",
@@ -414,22 +459,22 @@ unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usi
         taps_0_to_8!(),
         "add {b}, {b}, {qb}",
         "mov {p}, {b}",
-        "ld1 {{v1.16b}}, [{p}], {four}",
-        pairs!(),
-        "ld1 {{v0.16b}}, [{p}], {four}",
-        "ld1 {{v1.16b}}, [{p}]",
-        pairs!(),
+        tap_b!("{four}"),
+        pair!(),
+        tap_a!("{four}"),
+        tap_b!(),
+        pair!(),
         "add {p}, {b}, {rb}",
-        "ld1 {{v0.16b}}, [{p}], {four}",
-        "ld1 {{v1.16b}}, [{p}], {four}",
-        pairs!(),
-        "ld1 {{v0.16b}}, [{p}]",
+        tap_a!("{four}"),
+        tap_b!("{four}"),
+        pair!(),
+        tap_a!(),
         "add {p}, {b}, {rb2}",
-        "ld1 {{v1.16b}}, [{p}], {four}",
-        pairs!(),
-        "ld1 {{v0.16b}}, [{p}], {four}",
-        "ld1 {{v1.16b}}, [{p}]",
-        pairs!(),
+        tap_b!("{four}"),
+        pair!(),
+        tap_a!("{four}"),
+        tap_b!(),
+        pair!(),
         "add {b}, {b}, {qb}",
         "subs {n}, {n}, #1",
         "b.ne 2b",
@@ -437,7 +482,7 @@ unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usi
         // An odd last quad: taps 0 and 1, 2 and 3, 4 and 5, 6 and 7, then 8 alone.
         "cbz {odd}, 6f",
         taps_0_to_8!(),
-        singles!(),
+        single!(),
         "6:",
         b = inout(reg) x => _,
         p = out(reg) _,
@@ -449,38 +494,48 @@ unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, quad_bytes: usi
         n = inout(reg) quads / 2 => _,
         odd = in(reg) quads % 2,
     );
-    // (position, channel pair) sums -> position sums.
-    a.map(|[lo, hi]| vpaddq_s32(lo, hi))
+    channels(a)
 }
 
 /// [`multiply_3x3`] on patches in tract's K4 layout 8 pixels wide: the 4 pixels from `x`
 /// (a panel's first or second half) over `steps` steps of 4 along k (`step_bytes` apart: 32
-/// in packed patches, a channel quad's positions in pointwise quads): by pairs, then the last
-/// alone if they are odd; the weights `w` in [`SmullConv::new`]'s order.
+/// in packed patches, a channel quad's positions in pointwise quads): by pairs (four a loop
+/// turn), then the last alone if they are odd; the weights `w` in [`SmullConv::new`]'s order;
+/// the accumulators start at `init` (as [`multiply_3x3`]).
 #[target_feature(enable = "neon")]
 #[inline]
-unsafe fn multiply_steps(w: *const i8, x: *const i8, steps: usize, step_bytes: usize) -> [int32x4_t; CHANNELS] {
-    let mut a = [[vdupq_n_s32(0); 2]; CHANNELS];
+unsafe fn multiply_steps(w: *const i8, x: *const i8, steps: usize, step_bytes: usize, init: [int32x4_t; 4]) -> [int32x4_t; CHANNELS] {
+    let mut a = [init; 4];
+    // n % 4 pairs first (one, then two), then four a loop turn.
     smull_tile!(a;
-        "cbz {n}, 3f",
+        "tbz {n}, #0, 3f",
+        steps_pair!(),
+        "3:",
+        "tbz {n}, #1, 4f",
+        steps_pair!(),
+        steps_pair!(),
+        "4:",
+        "lsr {n}, {n}, #2",
+        "cbz {n}, 5f",
         "2:",
-        "ld1 {{v0.16b}}, [{x}], {step}",
-        "ld1 {{v1.16b}}, [{x}], {step}",
-        pairs!(),
+        steps_pair!(),
+        steps_pair!(),
+        steps_pair!(),
+        steps_pair!(),
         "subs {n}, {n}, #1",
         "b.ne 2b",
-        "3:",
-        "cbz {odd}, 4f",
-        "ld1 {{v0.16b}}, [{x}]",
-        singles!(),
-        "4:",
-        x = inout(reg) x => _,
+        "5:",
+        "cbz {odd}, 6f",
+        tap_a!(),
+        single!(),
+        "6:",
+        p = inout(reg) x => _,
         step = in(reg) step_bytes,
         w = inout(reg) w => _,
         n = inout(reg) steps / 2 => _,
         odd = in(reg) steps % 2,
     );
-    a.map(|[lo, hi]| vpaddq_s32(lo, hi))
+    channels(a)
 }
 
 impl EvalOp for SmullConv {
