@@ -222,23 +222,15 @@ fn resnet18_device_ops_change_no_bit() {
 }
 
 // ResNet-50: bottlenecks, whose 1x1 convs tract lowers to plain matrix products on [C, H, W]
-// (no batch axis) - other shapes for the rewrites to recognize. x86 only: a ResNet-50 inference
-// takes about a minute under qemu, and the rewrites' per-architecture code (im2col packings) is
-// covered by ResNet-8/18 there.
+// (no batch axis) - other shapes for the rewrites to recognize, and the only network here whose
+// 1x1 stride-1 convs reach the aarch64 kernels' pointwise paths (`SdotConv`'s 12-pixel tiles).
+// Under qemu too: 15-30 s per CPU model with those kernels.
 #[test]
-#[cfg_attr(
-    not(target_arch = "x86_64"),
-    ignore = "slow under qemu; covered on x86"
-)]
 fn resnet50_int8_plan_holds_only_integer_matmuls() {
     check("resnet50");
 }
 
 #[test]
-#[cfg_attr(
-    not(target_arch = "x86_64"),
-    ignore = "slow under qemu; covered on x86"
-)]
 fn resnet50_device_ops_change_no_bit() {
     same_bits_as_tract("resnet50", 1);
 }

@@ -33,7 +33,7 @@
 //! `--threads N` splits the output channels over tract's pool.
 
 use crate::kernels::aarch64::int8::{
-    finish, row_tiles, run_tiles, transpose4, Buffers, NeonQuads, RowTile, Tile, Tiles, CHANNELS, PIXELS,
+    finish, finish_whole, row_tiles, run_tiles, tap_steps, transpose4, Buffers, NeonQuads, RowTile, Tile, Tiles, CHANNELS, PIXELS,
 };
 use crate::kernels::frame::int8_chains::{self, Int8Chain, Swap};
 use crate::kernels::frame::quads::Quads;
@@ -90,6 +90,9 @@ struct Implicit {
 /// accumulators), and its pixels (the 4-byte lanes of two position registers, one unused).
 const LANE_CHANNELS: usize = 12;
 const LANE_PIXELS: usize = 7;
+
+/// Pixels per tile of a pointwise conv's [`dot_wide`] (three registers of 4, by 8 channels).
+const WIDE_PIXELS: usize = 12;
 
 impl Eq for SdotConv {}
 
@@ -177,8 +180,8 @@ impl SdotConv {
     ) -> Self {
         let g = &quads.g;
         assert!(
-            g.kernel == (3, 3) && g.stride == (1, 1),
-            "SdotConv::implicit: 3x3 stride-1 convs only"
+            g.kernel == (3, 3) && (g.stride == (1, 1) || g.stride == (2, 2)),
+            "SdotConv::implicit: 3x3 convs of stride 1 or 2 only"
         );
         // Instructions per useful multiply-add, about: 8 x 8 tiles 164 per 144 `sdot`, their
         // last tile of a row half or whole; 12 x 7 tiles 213 per 189, whole blocks of 12
@@ -264,8 +267,7 @@ impl Tiles for SdotConv {
     ) {
         let panel_len = self.panel_len();
         if let Some(i) = self.implicit.as_ref().filter(|i| i.channels_in_lanes) {
-            let q = &i.quads;
-            let (quad_bytes, row_bytes) = (q.quad_len() * 4, q.g.plane_width() * 4);
+            let (q, steps) = (&i.quads, tap_steps(&i.quads));
             let block_len = self.k4 * 4 * LANE_CHANNELS;
             for block in blocks {
                 let w = self.weights.as_ptr().add(block * block_len);
@@ -273,7 +275,7 @@ impl Tiles for SdotConv {
                 // In order: a tile's stores past its pixels are overwritten by the next.
                 for t in &i.tiles {
                     let x = buf.patches.add(t.at * 4);
-                    let acc = dot_3x3_lanes(w, x, q.quads(), quad_bytes, row_bytes, &self.offsets[c0..]);
+                    let acc = dot_3x3_lanes(w, x, q.quads(), &steps, &self.offsets[c0..]);
                     let (mn, e) = ((self.m, self.n), &self.epilogue);
                     finish::<RES, RELU, F32, I8>(e, mn, &acc[..CHANNELS], c0, t.p0, t.store, buf);
                     finish::<RES, RELU, F32, I8>(e, mn, &acc[CHANNELS..], c0 + CHANNELS, t.p0, t.store, buf);
@@ -282,8 +284,7 @@ impl Tiles for SdotConv {
             return;
         }
         if let Some(i) = &self.implicit {
-            let q = &i.quads;
-            let (quad_bytes, row_bytes) = (q.quad_len() * 4, q.g.plane_width() * 4);
+            let (q, steps) = (&i.quads, tap_steps(&i.quads));
             for block in blocks {
                 let w = self.weights.as_ptr().add(block * panel_len);
                 let c0 = block * CHANNELS;
@@ -293,8 +294,8 @@ impl Tiles for SdotConv {
                     let offsets = &self.offsets[c0..];
                     // Rows of 4 pixels or fewer left (28 = 3 x 8 + 4): half a tile.
                     let acc = match t.pixels > PIXELS / 2 {
-                        true => dot_3x3(w, x, q.quads(), quad_bytes, row_bytes, offsets),
-                        false => dot_3x3_half(w, x, q.quads(), quad_bytes, row_bytes, offsets),
+                        true => dot_3x3(w, x, q.quads(), &steps, offsets),
+                        false => dot_3x3_half(w, x, q.quads(), &steps, offsets),
                     };
                     finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &acc, c0, t.p0, t.store, buf);
                 }
@@ -310,21 +311,26 @@ impl Tiles for SdotConv {
         for block in blocks {
             let w = self.weights.as_ptr().add(block * panel_len);
             let c0 = block * CHANNELS;
-            for panel in 0..self.panels() {
-                let acc = dot(
-                    w,
-                    buf.patches.add(panel * panel_bytes),
-                    self.k4,
-                    step_bytes,
-                    &self.offsets[c0..],
-                );
-                let p0 = panel * PIXELS;
+            let offsets = &self.offsets[c0..];
+            // Pointwise: tiles 12 pixels wide while whole ones fit (24 accumulators), the rest
+            // 8 wide.
+            let mut p0 = 0;
+            if self.pointwise.is_some() {
+                while self.n - p0 >= WIDE_PIXELS {
+                    let acc = dot_wide(w, buf.patches.add(4 * p0), self.k4, step_bytes, offsets);
+                    finish_whole::<RES, RELU, F32, I8, 3>(&self.epilogue, (self.m, self.n), &acc, c0, p0, buf);
+                    p0 += WIDE_PIXELS;
+                }
+            }
+            while p0 < self.n {
+                // Packed patches: p0 is a panel's first pixel.
+                let x = buf.patches.add(p0 / PIXELS * panel_bytes + 4 * (p0 % PIXELS));
+                let acc = dot(w, x, self.k4, step_bytes, offsets);
                 finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &acc, c0, p0, PIXELS.min(self.n - p0), buf);
+                p0 += PIXELS;
             }
         }
     }
-
-
 }
 
 /// `asm!` over a tile's 16 accumulators `$a` (`a<channel><half>`: pixels 0-3, 4-7 of a
@@ -413,6 +419,42 @@ macro_rules! sdots_half {
     };
 }
 
+/// `k4` steps (at least 1) of `$step` (patches from `{x}`, `{s}` apart; weights from `{w}`;
+/// scratch v0-v4) on the accumulators `$a` of `$tile`: `k4 % 4` first (one, then two), then
+/// four a loop turn (the loop's counter and branch: 2 instructions per 4 steps).
+macro_rules! steps_loop {
+    ($tile:ident, $a:ident, $step:expr, ($x:ident, $step_bytes:ident, $w:ident, $k4:ident)) => {
+        $tile!($a;
+            "tbz {k}, #0, 3f",
+            $step,
+            "3:",
+            "tbz {k}, #1, 5f",
+            $step,
+            $step,
+            "5:",
+            "lsr {k}, {k}, #2",
+            "cbz {k}, 4f",
+            "2:",
+            $step,
+            $step,
+            $step,
+            $step,
+            "subs {k}, {k}, #1",
+            "b.ne 2b",
+            "4:",
+            x = inout(reg) $x => _,
+            s = in(reg) $step_bytes,
+            w = inout(reg) $w => _,
+            k = inout(reg) $k4 => _,
+            out("v0") _,
+            out("v1") _,
+            out("v2") _,
+            out("v3") _,
+            out("v4") _,
+        )
+    };
+}
+
 /// One tile's integer sums: 8 channels (`w`: per step, 8 x 4 signed bytes) by 8 pixels (`x`:
 /// per step, 8 x 4 signed bytes, steps `step_bytes` apart: 32 in packed patches, a channel
 /// quad's positions in pointwise quads), over `k4` steps (at least 1), plus `offsets[j]` for
@@ -427,95 +469,122 @@ unsafe fn dot(w: *const i8, x: *const i8, k4: usize, step_bytes: usize, offsets:
             concat!("ld1 {{v0.16b, v1.16b}}, [{x}], {s}\n", "ldp q2, q3, [{w}], #32\n", sdots!("v2", "v3"))
         };
     }
-    // k4 % 4 steps first (one, then two), then four per loop turn: the loop's counter and
-    // branch are 2 instructions per 64 sdot.
-    sdot_tile!(a;
-        "tbz {k}, #0, 3f",
-        step!(),
-        "3:",
-        "tbz {k}, #1, 5f",
-        step!(),
-        step!(),
-        "5:",
-        "lsr {k}, {k}, #2",
-        "cbz {k}, 4f",
-        "2:",
-        step!(),
-        step!(),
-        step!(),
-        step!(),
-        "subs {k}, {k}, #1",
-        "b.ne 2b",
-        "4:",
-        x = inout(reg) x => _,
-        s = in(reg) step_bytes,
-        w = inout(reg) w => _,
-        k = inout(reg) k4 => _,
-        out("v0") _,
-        out("v1") _,
-        out("v2") _,
-        out("v3") _,
-    );
+    steps_loop!(sdot_tile, a, step!(), (x, step_bytes, w, k4));
     a
 }
 
-/// The 9 taps of one channel quad of a 3x3 stride-1 conv on [`NeonQuads`], as one template:
-/// the positions loaded into `$x` (two registers for 8 pixels, one for 4), `$sdots` per tap.
-/// Kernel row `ky` from `{b} + ky * {rb}`, column `kx` 4 bytes on (`ld1` post-incremented
-/// by `{four}`); the weights two taps a `ld1` of v2-v5, the ninth by `ldp`.
+/// `asm!` over a wide tile's 24 accumulators `$a` (`a<channel><third>`: pixels 0-3, 4-7, 8-11
+/// of a channel) with the template and operands `$body`.
+macro_rules! sdot_wide_tile {
+    ($a:ident; $($body:tt)*) => {
+        asm!(
+            $($body)*
+            a00 = inout(vreg) $a[0][0], a01 = inout(vreg) $a[0][1], a02 = inout(vreg) $a[0][2],
+            a10 = inout(vreg) $a[1][0], a11 = inout(vreg) $a[1][1], a12 = inout(vreg) $a[1][2],
+            a20 = inout(vreg) $a[2][0], a21 = inout(vreg) $a[2][1], a22 = inout(vreg) $a[2][2],
+            a30 = inout(vreg) $a[3][0], a31 = inout(vreg) $a[3][1], a32 = inout(vreg) $a[3][2],
+            a40 = inout(vreg) $a[4][0], a41 = inout(vreg) $a[4][1], a42 = inout(vreg) $a[4][2],
+            a50 = inout(vreg) $a[5][0], a51 = inout(vreg) $a[5][1], a52 = inout(vreg) $a[5][2],
+            a60 = inout(vreg) $a[6][0], a61 = inout(vreg) $a[6][1], a62 = inout(vreg) $a[6][2],
+            a70 = inout(vreg) $a[7][0], a71 = inout(vreg) $a[7][1], a72 = inout(vreg) $a[7][2],
+            options(nostack, readonly),
+        )
+    };
+}
+
+/// The 3 sdot of channel `$c` (weights `$w`, lane `$l`) on the 12 pixels in v0-v2.
+macro_rules! sdots_wide_channel {
+    ($c:literal, $w:literal, $l:literal) => {
+        concat!(
+            "sdot {a", $c, "0:v}.4s, v0.16b, ", $w, ".4b[", $l, "]\n",
+            "sdot {a", $c, "1:v}.4s, v1.16b, ", $w, ".4b[", $l, "]\n",
+            "sdot {a", $c, "2:v}.4s, v2.16b, ", $w, ".4b[", $l, "]\n",
+        )
+    };
+}
+
+/// One step of a wide tile: 12 pixels (v0-v2, one load), 8 channels' weights (v3, v4), 24 sdot.
+macro_rules! wide_step {
+    () => {
+        concat!(
+            "ld1 {{v0.16b, v1.16b, v2.16b}}, [{x}], {s}\n",
+            "ldp q3, q4, [{w}], #32\n",
+            sdots_wide_channel!("0", "v3", "0"),
+            sdots_wide_channel!("1", "v3", "1"),
+            sdots_wide_channel!("2", "v3", "2"),
+            sdots_wide_channel!("3", "v3", "3"),
+            sdots_wide_channel!("4", "v4", "0"),
+            sdots_wide_channel!("5", "v4", "1"),
+            sdots_wide_channel!("6", "v4", "2"),
+            sdots_wide_channel!("7", "v4", "3"),
+        )
+    };
+}
+
+/// [`dot`] 12 pixels wide (`x`: per step 12 x 4 signed bytes, steps `step_bytes` apart: a
+/// pointwise conv's channel quads): 26 instructions per 24 `sdot` (8 x 8 tiles: 18 per 16),
+/// then the loop's 2 per 4 steps.
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+unsafe fn dot_wide(w: *const i8, x: *const i8, k4: usize, step_bytes: usize, offsets: &[i32]) -> [[int32x4_t; 3]; CHANNELS] {
+    let mut a: [[int32x4_t; 3]; CHANNELS] = std::array::from_fn(|j| [vdupq_n_s32(offsets[j]); 3]);
+    steps_loop!(sdot_wide_tile, a, wide_step!(), (x, step_bytes, w, k4));
+    a
+}
+
+/// The 9 taps of one channel quad of a 3x3 conv on [`NeonQuads`], as one template: the
+/// positions loaded into `$x` (two registers for 8 pixels, one for 4) from `{p}`, which then
+/// moves on by `{d<tap>}` ([`tap_steps`]: to the next tap, the last to the next quad's first),
+/// `$sdots` per tap; the weights two taps a `ld1` of v2-v5, the ninth by `ldp`.
 macro_rules! taps_3x3 {
     ($x:literal, $sdots:ident) => {
         concat!(
-            // Kernel row 0: taps 0, 1, 2.
-            "mov {p}, {b}\n",
             "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
-            "ld1 ", $x, ", [{p}], {four}\n",
+            "ld1 ", $x, ", [{p}], {d0}\n",
             $sdots!("v2", "v3"),
-            "ld1 ", $x, ", [{p}], {four}\n",
+            "ld1 ", $x, ", [{p}], {d1}\n",
             $sdots!("v4", "v5"),
             "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
-            "ld1 ", $x, ", [{p}]\n",
+            "ld1 ", $x, ", [{p}], {d2}\n",
             $sdots!("v2", "v3"),
-            // Kernel row 1: taps 3, 4, 5.
-            "add {p}, {b}, {rb}\n",
-            "ld1 ", $x, ", [{p}], {four}\n",
+            "ld1 ", $x, ", [{p}], {d3}\n",
             $sdots!("v4", "v5"),
             "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
-            "ld1 ", $x, ", [{p}], {four}\n",
+            "ld1 ", $x, ", [{p}], {d4}\n",
             $sdots!("v2", "v3"),
-            "ld1 ", $x, ", [{p}]\n",
+            "ld1 ", $x, ", [{p}], {d5}\n",
             $sdots!("v4", "v5"),
-            // Kernel row 2: taps 6, 7, 8.
-            "add {p}, {b}, {rb2}\n",
             "ld1 {{v2.16b, v3.16b, v4.16b, v5.16b}}, [{w}], #64\n",
-            "ld1 ", $x, ", [{p}], {four}\n",
+            "ld1 ", $x, ", [{p}], {d6}\n",
             $sdots!("v2", "v3"),
-            "ld1 ", $x, ", [{p}], {four}\n",
+            "ld1 ", $x, ", [{p}], {d7}\n",
             $sdots!("v4", "v5"),
             "ldp q2, q3, [{w}], #32\n",
-            "ld1 ", $x, ", [{p}]\n",
+            "ld1 ", $x, ", [{p}], {d8}\n",
             $sdots!("v2", "v3"),
         )
     };
 }
 
 /// The loop over a tile's channel quads, `$tile!` (the accumulators `$a`) around `$taps` (one
-/// quad's 9 taps, kernel rows from `{b}`, `{rb}` apart, columns by `{four}`, weights from
-/// `{w}`, scratch v0-v5), then the next quad `quad_bytes` on.
+/// quad's 9 taps from `{p}`, by the steps `{d0}`-`{d8}`, weights from `{w}`, scratch v0-v5).
 macro_rules! quad_loop {
-    ($tile:ident, $a:ident, $taps:expr, ($x:ident, $w:ident, $quads:ident, $quad_bytes:ident, $row_bytes:ident)) => {
+    ($tile:ident, $a:ident, $taps:expr, ($x:ident, $w:ident, $quads:ident, $steps:ident)) => {
         $tile!($a;
             "2:",
             $taps,
-            "add {b}, {b}, {qb}",
             "subs {n}, {n}, #1",
             "b.ne 2b",
-            b = inout(reg) $x => _,
-            p = out(reg) _,
-            rb = in(reg) $row_bytes,
-            rb2 = in(reg) 2 * $row_bytes,
-            qb = in(reg) $quad_bytes,
-            four = in(reg) 4usize,
+            p = inout(reg) $x => _,
+            d0 = in(reg) $steps[0],
+            d1 = in(reg) $steps[1],
+            d2 = in(reg) $steps[2],
+            d3 = in(reg) $steps[3],
+            d4 = in(reg) $steps[4],
+            d5 = in(reg) $steps[5],
+            d6 = in(reg) $steps[6],
+            d7 = in(reg) $steps[7],
+            d8 = in(reg) $steps[8],
             w = inout(reg) $w => _,
             n = inout(reg) $quads => _,
             out("v0") _,
@@ -528,32 +597,31 @@ macro_rules! quad_loop {
     };
 }
 
-/// A tile's sums on [`NeonQuads`] for a 3x3 stride-1 conv, `$name(w, x, quads, quad_bytes,
-/// row_bytes, offsets)`: per channel quad ([`taps_3x3`] with `$x` and `$sdots`, accumulators
-/// by `$tile`), then the next quad `quad_bytes` on.
+/// A tile's sums on [`NeonQuads`] for a 3x3 conv, `$name(w, x, quads, steps, offsets)`: per
+/// channel quad ([`taps_3x3`] with `$x` and `$sdots`, accumulators by `$tile`), the taps
+/// `steps` apart ([`tap_steps`]).
 macro_rules! dot_3x3_fn {
     ($(#[$doc:meta])* $name:ident, $x:literal, $sdots:ident, $tile:ident) => {
         $(#[$doc])*
         #[target_feature(enable = "neon,dotprod")]
         #[inline]
-        unsafe fn $name(w: *const i8, x: *const i8, quads: usize, quad_bytes: usize, row_bytes: usize, offsets: &[i32]) -> Tile {
+        unsafe fn $name(w: *const i8, x: *const i8, quads: usize, steps: &[usize; 9], offsets: &[i32]) -> Tile {
             let mut a: Tile = std::array::from_fn(|j| [vdupq_n_s32(offsets[j]); 2]);
-            quad_loop!($tile, a, taps_3x3!($x, $sdots), (x, w, quads, quad_bytes, row_bytes));
+            quad_loop!($tile, a, taps_3x3!($x, $sdots), (x, w, quads, steps));
             a
         }
     };
 }
 
 dot_3x3_fn!(
-    /// [`dot`] on the padded input of [`NeonQuads`] for a 3x3 stride-1 conv: 8 channels (`w`:
-    /// per step 8 x 4 bytes; steps by channel quad, then tap) by the 8 positions from `x` (the
-    /// first quad's, tap (0, 0)), over `quads` channel quads (`quad_bytes` apart), the taps of
-    /// kernel row `ky` `ky * row_bytes` further and of column `kx` `4 * kx` bytes, plus
-    /// `offsets[j]` for channel `j`.
+    /// [`dot`] on the padded input of [`NeonQuads`] for a 3x3 conv (stride 1 or 2): 8 channels
+    /// (`w`: per step 8 x 4 bytes; steps by channel quad, then tap) by the 8 positions from `x`
+    /// (the first quad's, tap (0, 0)), over `quads` channel quads, the taps `steps` apart
+    /// ([`tap_steps`]), plus `offsets[j]` for channel `j`.
     ///
-    /// Per quad, 164 instructions for 144 `sdot`: one `ld1` of two registers per tap (its 8
-    /// positions, the pointer then moved on by one position for the next column), one `ld1` of
-    /// four registers per two taps' weights. (`ld1` lists take consecutive registers: the
+    /// Per quad, 160 instructions for 144 `sdot`: one `ld1` of two registers per tap (its 8
+    /// positions, the pointer then moved on to the next tap's), one `ld1` of four registers per
+    /// two taps' weights. (`ld1` lists take consecutive registers: the
     /// operands are v0-v5, the accumulators wherever the compiler puts them.)
     dot_3x3,
     "{{v0.16b, v1.16b}}",
@@ -564,7 +632,7 @@ dot_3x3_fn!(
 dot_3x3_fn!(
     /// [`dot_3x3`] on the first 4 positions only (the tile's pixels 4-7 stay at their offsets):
     /// the last tile of rows of 4 pixels or fewer past a multiple of 8 (28 = 3 x 8 + 4). Per
-    /// quad, 92 instructions for 72 `sdot`.
+    /// quad, 88 instructions for 72 `sdot`.
     dot_3x3_half,
     "{{v0.16b}}",
     sdots_half,
@@ -634,48 +702,44 @@ macro_rules! sdot_lanes_tile {
 }
 
 /// One tap of [`dot_3x3_lanes`]: 8 positions (7 used) from `{p}`, then `{p}` moved on by
-/// `$next` (`", {four}"`: the next column; `""`: stay), 12 channels' 4 weights from `{w}`.
+/// `$next` (the step to the next tap), 12 channels' 4 weights from `{w}`.
 macro_rules! tap_lanes {
     ($next:literal) => {
         concat!(
-            "ld1 {{v0.16b, v1.16b}}, [{p}]", $next, "\n",
+            "ld1 {{v0.16b, v1.16b}}, [{p}], ", $next, "\n",
             "ld1 {{v2.16b, v3.16b, v4.16b}}, [{w}], #48\n",
             sdots_lanes!(),
         )
     };
 }
 
-/// One channel quad's 9 taps of [`dot_3x3_lanes`]: kernel row `ky` from `{b} + ky * {rb}`,
-/// column `kx` 4 bytes on.
+/// One channel quad's 9 taps of [`dot_3x3_lanes`], `{d<tap>}` apart ([`tap_steps`]).
 macro_rules! taps_3x3_lanes {
     () => {
         concat!(
-            "mov {p}, {b}\n",
-            tap_lanes!(", {four}"),
-            tap_lanes!(", {four}"),
-            tap_lanes!(""),
-            "add {p}, {b}, {rb}\n",
-            tap_lanes!(", {four}"),
-            tap_lanes!(", {four}"),
-            tap_lanes!(""),
-            "add {p}, {b}, {rb2}\n",
-            tap_lanes!(", {four}"),
-            tap_lanes!(", {four}"),
-            tap_lanes!(""),
+            tap_lanes!("{d0}"),
+            tap_lanes!("{d1}"),
+            tap_lanes!("{d2}"),
+            tap_lanes!("{d3}"),
+            tap_lanes!("{d4}"),
+            tap_lanes!("{d5}"),
+            tap_lanes!("{d6}"),
+            tap_lanes!("{d7}"),
+            tap_lanes!("{d8}"),
         )
     };
 }
 
-/// A tile's sums on [`NeonQuads`] for a 3x3 stride-1 conv with the output channels in the
-/// lanes: 12 channels (`w`: per step 12 x 4 bytes; steps by channel quad, then tap) by the 7
-/// pixels from `x` (the first quad's, tap (0, 0)), over `quads` channel quads (`quad_bytes`
-/// apart), kernel rows `row_bytes` apart, plus `offsets[j]` for channel `j`; per channel, its
-/// pixels 0-3 and 4-7 (the eighth lane is zero), as [`finish`] takes them.
+/// A tile's sums on [`NeonQuads`] for a 3x3 conv with the output channels in the lanes: 12
+/// channels (`w`: per step 12 x 4 bytes; steps by channel quad, then tap) by the 7 pixels from
+/// `x` (the first quad's, tap (0, 0)), over `quads` channel quads, the taps `steps` apart
+/// ([`tap_steps`]), plus `offsets[j]` for channel `j`; per channel, its pixels 0-3 and 4-7
+/// (the eighth lane is zero), as [`finish`] takes them.
 ///
 /// `sdot` by element adds the dot product of each 4-byte lane of one register with one 4-byte
 /// lane of another: here the weights of 4 channels with one pixel's 4 input channels, so a tile
 /// can be 7 pixels wide - no lane computed for nothing on ResNet's rows of 7 and 14 pixels,
-/// where 8 x 8 tiles waste an eighth. Per quad, 213 instructions for 189 `sdot`; the 21
+/// where 8 x 8 tiles waste an eighth. Per quad, 209 instructions for 189 `sdot`; the 21
 /// accumulators are then transposed 4 x 4 (`trn1`/`trn2`) into channels of pixels.
 #[target_feature(enable = "neon,dotprod")]
 #[inline]
@@ -683,13 +747,12 @@ unsafe fn dot_3x3_lanes(
     w: *const i8,
     x: *const i8,
     quads: usize,
-    quad_bytes: usize,
-    row_bytes: usize,
+    steps: &[usize; 9],
     offsets: &[i32],
 ) -> [[int32x4_t; 2]; LANE_CHANNELS] {
     let starts: [int32x4_t; 3] = std::array::from_fn(|b| vld1q_s32(offsets[4 * b..4 * b + 4].as_ptr()));
     let mut a: [[int32x4_t; 3]; LANE_PIXELS] = [starts; LANE_PIXELS];
-    quad_loop!(sdot_lanes_tile, a, taps_3x3_lanes!(), (x, w, quads, quad_bytes, row_bytes));
+    quad_loop!(sdot_lanes_tile, a, taps_3x3_lanes!(), (x, w, quads, steps));
     let zero = vdupq_n_s32(0);
     let mut out = [[zero; 2]; LANE_CHANNELS];
     for b in 0..3 {
@@ -733,11 +796,12 @@ impl TypedOp for SdotConv {
 
 /// The [`SdotConv`] for an int8 conv `chain`, on its patches.
 fn kernel(chain: Int8Chain) -> Option<Swap> {
-    // 3x3 stride-1 convs read the padded input directly (the input once, not once per kernel
-    // tap). Not the stem (3 channels: a quad's padding channel would cost a third more
-    // products) nor the stride-2 convs (a sixth of the products), which keep their patches.
-    let direct =
-        |g: &ConvShape| g.channels.is_multiple_of(4) && g.kernel == (3, 3) && g.stride == (1, 1);
+    // 3x3 convs of stride 1 and 2 read the padded input directly (the input once, not once
+    // per kernel tap; stride 2 by column and row phases). Not the stem (3 channels: a quad's
+    // padding channel would cost a third more products), which keeps its patches.
+    let direct = |g: &ConvShape| {
+        g.channels.is_multiple_of(4) && g.kernel == (3, 3) && (g.stride == (1, 1) || g.stride == (2, 2))
+    };
     if let Some(g) = chain.shape.clone().filter(direct) {
         return Some(Swap::on_quads(chain, g, SdotConv::implicit, NeonQuads::new));
     }
@@ -776,7 +840,7 @@ pub fn takes_over(cpu: &crate::cpu::Cpu) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::aarch64::int8::Signed;
+    use crate::kernels::aarch64::int8::{Signed, IMPLICIT_3X3_CASES, IMPLICIT_3X3_STRIDE_2_CASES};
     use crate::kernels::frame::int8_chains::tests::kernel_equals_scalar_reference;
 
     /// The kernel against a scalar evaluation of the same function, bit for bit, on sizes that
@@ -799,16 +863,19 @@ mod tests {
         kernel_equals_scalar_reference(dotprod, &sizes, true, -128, KernelPatches::Sdot, SdotConv::new);
     }
 
-    /// The implicit kernel (`NeonQuads` -> `SdotConv::implicit`, 3x3 stride-1 convs) against a
-    /// scalar integer convolution, bit for bit, on `IMPLICIT_3X3_CASES`, one and two threads.
+    /// The implicit kernel (`NeonQuads` -> `SdotConv::implicit`, 3x3 convs) against a scalar
+    /// integer convolution, bit for bit, on `IMPLICIT_3X3_CASES` (stride 1) and
+    /// `IMPLICIT_3X3_STRIDE_2_CASES` (the fill's column phases too), one and two threads.
     #[test]
     fn implicit_kernel_equals_scalar_convolution() {
-        crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Signed, _>(
-            (crate::cpu::Cpu::get().dotprod, "dotprod"),
-            &crate::kernels::aarch64::int8::IMPLICIT_3X3_CASES,
-            -128,
-            SdotConv::implicit,
-        );
+        for cases in [&IMPLICIT_3X3_CASES[..], &IMPLICIT_3X3_STRIDE_2_CASES[..]] {
+            crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Signed, _>(
+                (crate::cpu::Cpu::get().dotprod, "dotprod"),
+                cases,
+                -128,
+                SdotConv::implicit,
+            );
+        }
     }
 
     /// The 1x1 stride-1 convs on their input in channel quads (`SdotConv::pointwise`) against
@@ -827,11 +894,13 @@ mod tests {
     /// `SdotConv::implicit` picks for rows of 7 and 14 pixels).
     #[test]
     fn implicit_kernel_with_channels_in_lanes_equals_scalar_convolution() {
-        crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Signed, _>(
-            (crate::cpu::Cpu::get().dotprod, "dotprod"),
-            &crate::kernels::aarch64::int8::IMPLICIT_3X3_CASES,
-            -128,
-            |w, o, q, e| SdotConv::implicit_in(w, o, q, e, true),
-        );
+        for cases in [&IMPLICIT_3X3_CASES[..], &IMPLICIT_3X3_STRIDE_2_CASES[..]] {
+            crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Signed, _>(
+                (crate::cpu::Cpu::get().dotprod, "dotprod"),
+                cases,
+                -128,
+                |w, o, q, e| SdotConv::implicit_in(w, o, q, e, true),
+            );
+        }
     }
 }

@@ -51,8 +51,8 @@ pub(crate) struct RowTile {
 
 /// The tiles of an implicit conv of shape `g` over [`NeonQuads`]: per output row, `width` (8,
 /// or 7 for `dotprod`'s channels-in-lanes tiles) consecutive output pixels, which are as many
-/// consecutive positions of a plane row for every kernel tap of a stride-1 conv; 8 lanes
-/// stored but for the last tile.
+/// consecutive positions of a plane row for every kernel tap of a stride-1 conv (of a stride-2
+/// conv: of its tap's phase plane); 8 lanes stored but for the last tile.
 pub(crate) fn row_tiles(g: &ConvShape, width: usize) -> Vec<RowTile> {
     let (oh, ow, wq) = (g.out_height, g.out_width, g.plane_width());
     let mut tiles: Vec<RowTile> = (0..oh)
@@ -67,6 +67,19 @@ pub(crate) fn row_tiles(g: &ConvShape, width: usize) -> Vec<RowTile> {
         last.store = last.pixels;
     }
     tiles
+}
+
+/// The bytes a 3x3 implicit kernel's input pointer moves on after each tap on `q`'s layout
+/// (from tap `t` to `t + 1` in tract's order, ky then kx; from tap 8 to the next quad's tap 0),
+/// wrapping: the phases of a stride-2 conv lie in other planes, behind as well as ahead. One
+/// post-incremented load per tap, whatever the stride.
+pub(crate) fn tap_steps(q: &Quads) -> [usize; 9] {
+    let offsets = q.g.tap_offsets();
+    debug_assert_eq!(offsets.len(), 9, "tap_steps: a 3x3 conv");
+    std::array::from_fn(|t| {
+        let next = offsets.get(t + 1).copied().unwrap_or(q.quad_len());
+        next.wrapping_sub(offsets[t]).wrapping_mul(4)
+    })
 }
 
 /// `t.run_with` for the steps `buf` and `relu` ask.
@@ -116,18 +129,43 @@ pub(crate) unsafe fn finish<const RES: bool, const RELU: bool, const F32: bool, 
 ) {
     match <&[[int32x4_t; 2]; CHANNELS]>::try_from(acc) {
         Ok(tile) if lanes == PIXELS && m >= c0 + CHANNELS => {
-            finish_channels::<RES, RELU, F32, I8, true>(e, n, tile, c0, p0, PIXELS, buf)
+            finish_channels::<RES, RELU, F32, I8, 2, true>(e, n, tile, c0, p0, PIXELS, buf)
         }
-        _ => finish_channels::<RES, RELU, F32, I8, false>(e, n, &acc[..m.saturating_sub(c0).min(acc.len())], c0, p0, lanes, buf),
+        _ => finish_channels::<RES, RELU, F32, I8, 2, false>(e, n, &acc[..m.saturating_sub(c0).min(acc.len())], c0, p0, lanes, buf),
     }
 }
 
-/// [`finish`] on the channels of `acc`; `WHOLE`: 8 lanes.
+/// [`finish`] for a tile of 8 channels by `4 * R` pixels, all stored (`SdotConv`'s pointwise
+/// tiles are 12 wide).
 #[inline(always)]
-unsafe fn finish_channels<const RES: bool, const RELU: bool, const F32: bool, const I8: bool, const WHOLE: bool>(
+pub(crate) unsafe fn finish_whole<const RES: bool, const RELU: bool, const F32: bool, const I8: bool, const R: usize>(
+    e: &Int8Epilogue,
+    (m, n): (usize, usize),
+    acc: &[[int32x4_t; R]; CHANNELS],
+    c0: usize,
+    p0: usize,
+    buf: Buffers,
+) {
+    match m >= c0 + CHANNELS {
+        true => finish_channels::<RES, RELU, F32, I8, R, true>(e, n, acc, c0, p0, 4 * R, buf),
+        false => finish_channels::<RES, RELU, F32, I8, R, true>(e, n, &acc[..m.saturating_sub(c0)], c0, p0, 4 * R, buf),
+    }
+}
+
+/// [`finish`] on the channels of `acc`, `4 * R` pixels each (`R` is 2 or 3); `WHOLE`: all
+/// stored, else the first `lanes` (`R` 2 only).
+#[inline(always)]
+unsafe fn finish_channels<
+    const RES: bool,
+    const RELU: bool,
+    const F32: bool,
+    const I8: bool,
+    const R: usize,
+    const WHOLE: bool,
+>(
     e: &Int8Epilogue,
     n: usize,
-    acc: &[[int32x4_t; 2]],
+    acc: &[[int32x4_t; R]],
     c0: usize,
     p0: usize,
     lanes: usize,
@@ -145,31 +183,37 @@ unsafe fn finish_channels<const RES: bool, const RELU: bool, const F32: bool, co
     for acc in acc {
         let s = vld1q_dup_f32(scale);
         // As Int8Epilogue: acc as f32 * scale (+ residual) (max 0).
-        let mut v = [vmulq_f32(vcvtq_f32_s32(acc[0]), s), vmulq_f32(vcvtq_f32_s32(acc[1]), s)];
+        let mut v: [float32x4_t; R] = std::array::from_fn(|i| vmulq_f32(vcvtq_f32_s32(acc[i]), s));
         if RES {
-            let r = match WHOLE {
-                true => [vld1q_f32(residual), vld1q_f32(residual.add(4))],
-                false => load(residual, lanes),
+            let r: [float32x4_t; R] = match WHOLE {
+                true => std::array::from_fn(|i| vld1q_f32(residual.add(4 * i))),
+                false => {
+                    let r = load(residual, lanes);
+                    std::array::from_fn(|i| r[i])
+                }
             };
-            v = [vaddq_f32(v[0], r[0]), vaddq_f32(v[1], r[1])];
+            v = std::array::from_fn(|i| vaddq_f32(v[i], r[i]));
         }
         if RELU {
             // f32::max: the number where one side is a NaN (fmaxnm).
-            v = [vmaxnmq_f32(v[0], zero), vmaxnmq_f32(v[1], zero)];
+            v = v.map(|v| vmaxnmq_f32(v, zero));
         }
         if F32 {
             match WHOLE {
-                true => {
-                    vst1q_f32(f32_out, v[0]);
-                    vst1q_f32(f32_out.add(4), v[1]);
-                }
-                false => store(f32_out, lanes, v),
+                true => (0..R).for_each(|i| vst1q_f32(f32_out.add(4 * i), v[i])),
+                false => store(f32_out, lanes, [v[0], v[1]]),
             }
         }
         if I8 {
-            let q = crate::ops::quantize::quantize8_neon(v, qscale, qzero);
+            let q = crate::ops::quantize::quantize8_neon([v[0], v[1]], qscale, qzero);
             if WHOLE {
                 vst1_s8(i8_out, q);
+                if R == 3 {
+                    // Pixels 8-11: quantize8_neon's steps on 4 lanes.
+                    let q = vqmovn_s32(vcvtnq_s32_f32(vmulq_f32(v[2], qscale)));
+                    let q = vqmovn_s16(vqaddq_s16(vcombine_s16(q, q), qzero));
+                    std::ptr::write_unaligned(i8_out.add(PIXELS) as *mut i32, vget_lane_s32::<0>(vreinterpret_s32_s8(q)));
+                }
             } else {
                 let mut bytes = [0i8; PIXELS];
                 vst1_s8(bytes.as_mut_ptr(), q);
@@ -243,10 +287,13 @@ impl QuadsFill for Signed {
     /// Stride 1 (the convs the kernels read directly): 16 columns of the quad's 4 channel
     /// rows at a time, interleaved by two zip steps into 16 positions (whole quads' rows of 16
     /// columns and more end on their last 16; the rest through copies; without padding, the
-    /// plane at once as one row); other strides byte by byte.
+    /// plane at once as one row); stride 2 by [`fill_row_2`]; other strides byte by byte.
     #[target_feature(enable = "neon")]
     unsafe fn fill_row(q: &Quads, x: *const i8, y: usize, channels: &Range<usize>, pad: i8, dst: *mut i8) -> bool {
         let g = &q.g;
+        if g.stride == (2, 2) && channels.len() == 4 {
+            return fill_row_2(q, x, y, channels.start, pad, dst);
+        }
         if g.stride != (1, 1) {
             return false;
         }
@@ -255,14 +302,6 @@ impl QuadsFill for Signed {
         let cols = g.width.min(g.extent().1.saturating_sub(left));
         let (yy, _) = q.plane_row(y);
         let row = dst.add((yy * wq + left) * 4);
-        // 4 channels by 16 columns into 16 positions.
-        let interleave = |src: [int8x16_t; 4]| -> [int8x16_t; 4] {
-            let ab = vzipq_s8(src[0], src[1]);
-            let cd = vzipq_s8(src[2], src[3]);
-            let lo = vzipq_s16(vreinterpretq_s16_s8(ab.0), vreinterpretq_s16_s8(cd.0));
-            let hi = vzipq_s16(vreinterpretq_s16_s8(ab.1), vreinterpretq_s16_s8(cd.1));
-            [lo.0, lo.1, hi.0, hi.1].map(|v| vreinterpretq_s8_s16(v))
-        };
         // A whole quad's `len` (16 or more) consecutive columns from `src` (per channel) into
         // positions from `out`, without per-chunk checks: the last, partial 16 columns are the
         // run's last 16 (the overlap rewrites the same bytes).
@@ -325,6 +364,82 @@ impl QuadsFill for Signed {
         true
     }
 }
+
+/// 4 channels' 16 bytes (columns) into 16 positions of 4 bytes: two zip steps.
+#[inline(always)]
+unsafe fn interleave(src: [int8x16_t; 4]) -> [int8x16_t; 4] {
+    let ab = vzipq_s8(src[0], src[1]);
+    let cd = vzipq_s8(src[2], src[3]);
+    let lo = vzipq_s16(vreinterpretq_s16_s8(ab.0), vreinterpretq_s16_s8(cd.0));
+    let hi = vzipq_s16(vreinterpretq_s16_s8(ab.1), vreinterpretq_s16_s8(cd.1));
+    [lo.0, lo.1, hi.0, hi.1].map(|v| vreinterpretq_s8_s16(v))
+}
+
+/// [`Signed`]'s row `y` of a stride-2 conv's whole quad from channel `c0`: 32 columns of the 4
+/// channel rows at a time, split by `ld2` into even and odd columns, which are 16 consecutive
+/// positions of one column phase each (padded column `X` at position `X / 2` of phase
+/// `X % 2`), then interleaved as the stride-1 rows. A row's last, partial 32 columns go
+/// through copies (the positions past the row keep the padding).
+#[target_feature(enable = "neon")]
+unsafe fn fill_row_2(q: &Quads, x: *const i8, y: usize, c0: usize, pad: i8, dst: *mut i8) -> bool {
+    let g = &q.g;
+    let (wq, plane, left) = (g.plane_width(), g.plane(), g.pad.1);
+    let cols = g.width.min(g.extent().1.saturating_sub(left));
+    let (yy, py) = q.plane_row(y);
+    // Input column xi's byte offset in the quad's planes.
+    let at = |xi: usize| {
+        let xx = xi + left;
+        ((py * 2 + xx % 2) * plane + yy * wq + xx / 2) * 4
+    };
+    for x0 in (0..cols).step_by(32) {
+        let n = 32.min(cols - x0);
+        let mut rows = [[pad; 32]; 4];
+        let columns: [int8x16x2_t; 4] = std::array::from_fn(|j| {
+            let src = x.add(((c0 + j) * g.height + y) * g.width + x0);
+            if n == 32 {
+                vld2q_s8(src)
+            } else {
+                std::ptr::copy_nonoverlapping(src, rows[j].as_mut_ptr(), n);
+                vld2q_s8(rows[j].as_ptr())
+            }
+        });
+        // Even columns from x0, odd ones from x0 + 1: 16 positions each, fewer at a row's end.
+        for (first, count) in [(0, n.div_ceil(2)), (1, n / 2)] {
+            if count == 0 {
+                continue;
+            }
+            let v = interleave(columns.map(|c| if first == 0 { c.0 } else { c.1 }));
+            let out = dst.add(at(x0 + first));
+            if count == 16 {
+                for (i, v) in v.iter().enumerate() {
+                    vst1q_s8(out.add(16 * i), *v);
+                }
+            } else {
+                let mut positions = [0i8; 64];
+                for (i, v) in v.iter().enumerate() {
+                    vst1q_s8(positions.as_mut_ptr().add(16 * i), *v);
+                }
+                std::ptr::copy_nonoverlapping(positions.as_ptr(), out, 4 * count);
+            }
+        }
+    }
+    true
+}
+
+/// The 3x3 stride-2 convs `SdotConv::implicit` is tested on, as [`IMPLICIT_3X3_CASES`]: ResNet's
+/// sizes (56, 28, 14 in), odd sizes and rows under, at and past 32 columns (the fill's chunks,
+/// a last partial one of 1 to 31), no padding, channel counts of one quad and many.
+#[cfg(test)]
+pub(crate) const IMPLICIT_3X3_STRIDE_2_CASES: [(usize, usize, usize, usize, usize, usize, usize); 8] = [
+    (8, 56, 56, 3, 2, 1, 16),
+    (16, 28, 28, 3, 2, 1, 8),
+    (12, 14, 14, 3, 2, 1, 17),
+    (4, 9, 11, 3, 2, 1, 20),
+    (8, 13, 21, 3, 2, 0, 9),
+    (4, 6, 70, 3, 2, 1, 8),
+    (8, 7, 33, 3, 2, 1, 12),
+    (32, 7, 7, 3, 2, 1, 24),
+];
 
 /// The 3x3 stride-1 convs both implicit kernels are tested on against a scalar convolution
 /// (`implicit_kernel_equals_scalar_convolution`): (channels, h, w, kernel, stride, padding,
