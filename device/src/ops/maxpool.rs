@@ -10,6 +10,13 @@
 //! the f16 ones on aarch64 CPUs with FEAT_FP16 (`fmaxnm` on 8 f16 lanes; tract's own f16 max pool
 //! goes tap by tap through software f16 compares: 37.6 M of ResNet-18's 288.5 M instructions
 //! per fp16 inference on cortex-a76).
+//!
+//! In int8 plans the pool sits between the stem's epilogue (f32) and the quantizer of the
+//! first block's input. [`pool_quantized`] swaps the two where the pooled f32 values go
+//! nowhere else (ResNet-50; not ResNet-18, whose first block adds them as its residual): the
+//! epilogue then writes i8 and the pool runs on i8, 16 lanes a register and a quarter of the
+//! bytes. Quantizing is monotone, so the maxima are the same bytes (the ReLU before keeps NaN
+//! out: tract's pool skips a NaN, the quantized one would not).
 
 use tract_core::internal::*;
 use tract_core::ops::cnn::OptMaxPool;
@@ -45,6 +52,16 @@ impl PoolElem for f32 {
     fn max_into(acc: &mut [f32], v: &[f32]) {
         for (m, v) in acc.iter_mut().zip(v) {
             *m = m.max(*v);
+        }
+    }
+}
+
+impl PoolElem for i8 {
+    const MIN: i8 = i8::MIN;
+    #[inline(always)]
+    fn max_into(acc: &mut [i8], v: &[i8]) {
+        for (m, v) in acc.iter_mut().zip(v) {
+            *m = (*m).max(*v);
         }
     }
 }
@@ -200,8 +217,14 @@ crate::ops::simd::wide_fn! {
     }
 }
 
-/// How [`FastMaxPool::eval_as`] pools all planes: [`pool_all`] (f32, AVX2 where the CPU has
-/// it) or [`pool_planes`].
+crate::ops::simd::wide_fn! {
+    fn pool_all_i8(pool: &FastMaxPool, xs: &[i8], ys: &mut [i8], col_max: &mut [i8], phases: &mut [i8]) {
+        pool_planes(pool, xs, ys, col_max, phases)
+    }
+}
+
+/// How [`FastMaxPool::eval_as`] pools all planes: [`pool_all`] (f32) and [`pool_all_i8`]
+/// (AVX2 where the CPU has it: SSE2 has no signed byte max), or [`pool_planes`].
 type PoolFn<E> = fn(&FastMaxPool, &[E], &mut [E], &mut [E], &mut [E]);
 
 impl FastMaxPool {
@@ -252,6 +275,8 @@ impl EvalOp for FastMaxPool {
         );
         let y = if self.dt == f16::datum_type() {
             self.eval_as::<f16>(x, pool_planes)?
+        } else if self.dt == i8::datum_type() {
+            self.eval_as::<i8>(x, pool_all_i8)?
         } else {
             self.eval_as::<f32>(x, pool_all)?
         };
@@ -280,7 +305,7 @@ fn plan(model: &TypedModel, node: &TypedNode, op: &OptMaxPool) -> TractResult<Op
         return Ok(None);
     };
     let dt = input.datum_type;
-    if !(dt == f32::datum_type() || dt == f16::datum_type() && f16_pools())
+    if !(dt == f32::datum_type() || dt == i8::datum_type() || dt == f16::datum_type() && f16_pools())
         || op.with_index_outputs.is_some()
         || spec.data_format != DataFormat::NCHW
         || shape.len() != 4
@@ -320,6 +345,52 @@ pub fn speed_up(model: &mut TypedModel) -> TractResult<usize> {
     })
 }
 
+/// Moves the quantizer of every int8 plan's f32 [`FastMaxPool`] ahead of it, into the
+/// epilogue before (see the module doc): `Int8Epilogue` (ReLU, f32 out only) -> pool ->
+/// `FastQuantize`, each the only consumer of the one before, becomes `Int8Epilogue` (i8 out)
+/// -> pool on i8. Returns how many. Run after `crate::ops::epilogue::speed_up`.
+pub fn pool_quantized(model: &mut TypedModel) -> TractResult<usize> {
+    use crate::ops::epilogue::Int8Epilogue;
+    use crate::ops::quantize::FastQuantize;
+    let single = |model: &TypedModel, node: usize| -> Option<usize> {
+        match &model.node(node).outputs[..] {
+            [o] if o.successors.len() == 1 => Some(o.successors[0].node),
+            _ => None,
+        }
+    };
+    let mut found = vec![];
+    for node in model.nodes() {
+        let Some(pool) = node.op_as::<FastMaxPool>().filter(|p| p.dt == f32::datum_type()) else {
+            continue;
+        };
+        let Some(epilogue) = model.node(node.inputs[0].node).op_as::<Int8Epilogue>() else {
+            continue;
+        };
+        let Some(q) = single(model, node.id).filter(|q| model.node(*q).op_is::<FastQuantize>()) else {
+            continue;
+        };
+        if epilogue.relu && epilogue.quantize.is_none() && single(model, node.inputs[0].node) == Some(node.id) {
+            found.push((node.inputs[0].node, pool.clone(), q));
+        }
+    }
+    for (e, pool, q) in &found {
+        let mut epilogue = model.node(*e).op_as::<Int8Epilogue>().cloned().context("pool_quantized: epilogue")?;
+        epilogue.quantize = model.node(*q).op_as::<FastQuantize>().cloned();
+        let mut patch = TypedModelPatch::default();
+        let inputs = model.node(*e).inputs.iter().map(|i| patch.tap_model(model, *i)).collect::<TractResult<TVec<_>>>()?;
+        let quantized = patch.wire_node(format!("{}.i8", model.node(*e).name), epilogue, &inputs)?;
+        let pooled = patch.wire_node(
+            format!("{}.i8", model.node(*q).name),
+            FastMaxPool { dt: i8::datum_type(), ..pool.clone() },
+            &quantized,
+        )?;
+        patch.shunt_outside(model, OutletId::new(*q, 0), pooled[0])?;
+        patch.apply(model)?;
+    }
+    model.compact()?;
+    Ok(found.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +400,13 @@ mod tests {
     #[test]
     fn same_as_tract() {
         same_as_tract_in::<f32>(|v| v, |v| v.to_bits() as u32);
+    }
+
+    /// The i8 pool (the int8 plans' stem pool after `pool_quantized`; also any i8 pool)
+    /// against tract's i8 pool.
+    #[test]
+    fn i8_same_as_tract() {
+        same_as_tract_in::<i8>(|v| (v * 25.0) as i8, |v| v as u8 as u32);
     }
 
     /// The f16 pool (planned where the CPU has fp16: the qemu passes on cortex-a76 and max,

@@ -48,7 +48,7 @@ pub struct Pass {
 }
 
 /// The passes every CPU runs, in order.
-pub const PORTABLE: [Pass; 6] = [
+pub const PORTABLE: [Pass; 7] = [
     Pass {
         name: "const-fold",
         what: "evaluates constant subgraphs tract leaves to run time (int8 kernel sums)",
@@ -90,6 +90,13 @@ pub const PORTABLE: [Pass; 6] = [
         stage: Stage::Optimized,
         applies: Applies::Int8,
         run: crate::ops::epilogue::speed_up,
+    },
+    Pass {
+        name: "int8-pool",
+        what: "the stem's max pool on its quantized output (i8), where only the next conv reads it",
+        stage: Stage::Optimized,
+        applies: Applies::Int8,
+        run: crate::ops::maxpool::pool_quantized,
     },
 ];
 

@@ -426,7 +426,7 @@ unsafe fn fill_row_2(q: &Quads, x: *const i8, y: usize, c0: usize, pad: i8, dst:
     true
 }
 
-/// The 3x3 stride-2 convs `SdotConv::implicit` is tested on, as [`IMPLICIT_3X3_CASES`]: ResNet's
+/// The 3x3 stride-2 convs both implicit kernels are tested on, as [`IMPLICIT_3X3_CASES`]: ResNet's
 /// sizes (56, 28, 14 in), odd sizes and rows under, at and past 32 columns (the fill's chunks,
 /// a last partial one of 1 to 31), no padding, channel counts of one quad and many.
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The int8 3x3 stride-1 convolutions on aarch64 CPUs without FEAT_DotProd (Raspberry Pi 4's
-//! Cortex-A72): widening multiplies, integer matrix product and epilogue in one op.
+//! The int8 convolutions on aarch64 CPUs without FEAT_DotProd (Raspberry Pi 4's Cortex-A72):
+//! widening multiplies, integer matrix product and epilogue in one op.
 //!
 //! Without `sdot`, NEON multiplies bytes into 16-bit lanes: `smull` (8 products), `smlal` (8
 //! more added), then `sadalp` adds neighbouring 16-bit lanes into 32-bit accumulators. A
@@ -22,17 +22,19 @@
 //! it in registers, bit-identical to `Int8Epilogue` (the integer sums are tract's: same
 //! products, other order).
 //!
-//! Per pair of channel quads and run, 469 instructions for 2304 multiply-adds (their 18 taps
-//! in 9 pairs; an odd last quad: tap 8 alone). (The first version repeated each channel's
-//! weights 4 times to line up with 4 positions in a register: 6 loads per pair of taps, not
-//! 3, and 497 instructions.)
+//! Per pair of channel quads and run of a 3x3 conv, 461 instructions for 2304 multiply-adds
+//! (their 18 taps in 9 pairs, each tap's load moving the pointer on to the next tap's
+//! positions, [`tap_steps`], so stride-2 convs read their phases the same way; an odd last
+//! quad: tap 8 alone). (The first version repeated each channel's weights 4 times to line up
+//! with 4 positions in a register: 6 loads per pair of taps, not 3, and 497 instructions.)
 //!
-//! [`speed_up`] swaps it in for the int8 plan's 3x3 stride-1 convs on NEON CPUs without
-//! dotprod (`crate::kernels::aarch64::plug`); the other convs (the stem, stride 2, 1x1) keep
-//! tract's kernels.
+//! [`speed_up`] swaps it in for the int8 plan's convs on NEON CPUs without dotprod
+//! (`crate::kernels::aarch64::plug`): 3x3 convs of stride 1 and 2 on the padded input, 1x1
+//! stride-1 convs on their input in channel quads, the rest (the stem, the strided 1x1
+//! shortcuts) on patches.
 
 use crate::kernels::aarch64::int8::{
-    finish, row_tiles, run_tiles, transpose4, Buffers, NeonQuads, RowTile, Tile, Tiles, CHANNELS, PIXELS,
+    finish, row_tiles, run_tiles, tap_steps, transpose4, Buffers, NeonQuads, RowTile, Tile, Tiles, CHANNELS, PIXELS,
 };
 use crate::kernels::frame::int8_chains::{self, Int8Chain, Swap};
 use crate::kernels::frame::quads::Quads;
@@ -48,7 +50,7 @@ const TAPS: usize = 9;
 /// Weight bytes per block of 8 output channels and channel quad: 9 taps x 8 channels x 4.
 const QUAD_BYTES: usize = TAPS * CHANNELS * 4;
 
-/// A 3x3 stride-1 int8 convolution's matrix product and epilogue on [`NeonQuads`] (see the
+/// An int8 convolution's matrix product and epilogue on [`NeonQuads`] or patches (see the
 /// module doc).
 #[derive(Clone, PartialEq)]
 pub struct SmullConv {
@@ -70,7 +72,7 @@ pub struct SmullConv {
 /// What a [`SmullConv`] reads.
 #[derive(Clone, PartialEq)]
 enum Input {
-    /// A 3x3 stride-1 conv: the padded input in channel quads ([`NeonQuads`]), by
+    /// A 3x3 conv of stride 1 or 2: the padded input in channel quads ([`NeonQuads`]), by
     /// [`row_tiles`].
     Implicit { quads: Quads, tiles: Vec<RowTile> },
     /// Any other conv: `FastIm2Col`'s patches in tract's K4 layout 8 pixels wide
@@ -113,12 +115,15 @@ impl SmullConv {
     /// The kernel, as `device inspect` and the tests name it.
     pub const KERNEL: &'static str = "aarch64_smull_i32_8x8 (device::kernels::aarch64::widening)";
 
-    /// The 3x3 stride-1 conv with weights `w` (`[m][k]`, tract's order: channel, kernel y,
+    /// The 3x3 conv (stride 1 or 2) with weights `w` (`[m][k]`, tract's order: channel, kernel y,
     /// kernel x; all in -127..=127) computing `w . x + offsets` on `quads`' layout, then
     /// `epilogue`.
     pub(crate) fn implicit(w: &[Vec<i8>], offsets: &[i32], quads: Quads, epilogue: Int8Epilogue) -> Self {
         let g = &quads.g;
-        assert!(g.kernel == (3, 3) && g.stride == (1, 1), "SmullConv: 3x3 stride-1 convs only");
+        assert!(
+            g.kernel == (3, 3) && (g.stride == (1, 1) || g.stride == (2, 2)),
+            "SmullConv: 3x3 convs of stride 1 or 2 only"
+        );
         assert!(w.iter().flatten().all(|v| *v > i8::MIN), "SmullConv: a weight is -128");
         let m = w.len();
         let rows = quads.reorder(w);
@@ -227,14 +232,14 @@ impl Tiles for SmullConv {
             let zero = [vdupq_n_s32(0); CHANNELS];
             match &self.input {
                 Input::Implicit { quads: q, tiles } => {
-                    let (quad_bytes, row_bytes) = (q.quad_len() * 4, q.g.plane_width() * 4);
+                    let steps = tap_steps(q);
                     let w = self.weights.as_ptr().add(block * q.quads() * QUAD_BYTES);
                     // In order: a tile's stores past its output row are overwritten by the next.
                     for t in tiles {
                         let x = buf.patches.add(t.at * 4);
-                        let lo = multiply_3x3(w, x, (q.quads(), quad_bytes, row_bytes), init);
+                        let lo = multiply_3x3(w, x, q.quads(), &steps, init);
                         let hi = match t.pixels > PIXELS / 2 {
-                            true => multiply_3x3(w, x.add(16), (q.quads(), quad_bytes, row_bytes), init),
+                            true => multiply_3x3(w, x.add(16), q.quads(), &steps, init),
                             false => zero,
                         };
                         finish::<RES, RELU, F32, I8>(&self.epilogue, (self.m, self.n), &tile(lo, hi), c0, t.p0, t.store, buf);
@@ -392,28 +397,11 @@ macro_rules! steps_pair {
     };
 }
 
-/// A channel quad's taps 0-7 in 4 pairs (kernel rows from `{b}`, `{rb}` apart), then its tap 8
-/// loaded as tap A for what follows: the pair with the next quad's tap 0, or alone.
-macro_rules! taps_0_to_8 {
-    () => {
-        concat!(
-            "mov {p}, {b}\n",
-            tap_a!("{four}"),
-            tap_b!("{four}"),
-            pair!(),
-            tap_a!(),
-            "add {p}, {b}, {rb}\n",
-            tap_b!("{four}"),
-            pair!(),
-            tap_a!("{four}"),
-            tap_b!(),
-            pair!(),
-            "add {p}, {b}, {rb2}\n",
-            tap_a!("{four}"),
-            tap_b!("{four}"),
-            pair!(),
-            tap_a!(),
-        )
+/// Taps `$a` (into v0-v3) and `$b` (v4-v7) of a pair, the pointer moved on by the step after
+/// each (`"{d<tap>}"`, [`tap_steps`]), then multiplied.
+macro_rules! taps_pair {
+    ($a:literal, $b:literal) => {
+        concat!(tap_a!($a), tap_b!($b), pair!())
     };
 }
 
@@ -439,57 +427,49 @@ unsafe fn channels(a: [[int32x4_t; 4]; 4]) -> [int32x4_t; CHANNELS] {
 }
 
 /// The integer sums of 8 output channels (`w`: a block's weights, see [`SmullConv`]) by the 4
-/// positions from `x` (the first quad's, tap (0, 0)) over `quads` channel quads
-/// (`quad_bytes` apart), the taps of kernel row `ky` `ky * row_bytes` further and of column
-/// `kx` `4 * kx` bytes: per channel, the 4 positions' sums. Each position's accumulators start
-/// at `init` ([`starts`]: the channels' offsets, each once).
+/// positions from `x` (the first quad's, tap (0, 0)) over `quads` channel quads, tap after tap
+/// `steps` apart ([`tap_steps`]: stride 1 or 2): per channel, the 4 positions' sums. Each
+/// position's accumulators start at `init` ([`starts`]: the channels' offsets, each once).
 #[target_feature(enable = "neon")]
 #[inline]
-unsafe fn multiply_3x3(
-    w: *const i8,
-    x: *const i8,
-    (quads, quad_bytes, row_bytes): (usize, usize, usize),
-    init: [int32x4_t; 4],
-) -> [int32x4_t; CHANNELS] {
+unsafe fn multiply_3x3(w: *const i8, x: *const i8, quads: usize, steps: &[usize; 9], init: [int32x4_t; 4]) -> [int32x4_t; CHANNELS] {
     let mut a = [init; 4];
     smull_tile!(a;
-        // Two quads a turn: 9 pairs of taps, the first quad's tap 8 with the second's tap 0.
+        // Two quads a turn: their 18 taps in 9 pairs, the first quad's tap 8 with the second's
+        // tap 0.
         "cbz {n}, 5f",
         "2:",
-        taps_0_to_8!(),
-        "add {b}, {b}, {qb}",
-        "mov {p}, {b}",
-        tap_b!("{four}"),
-        pair!(),
-        tap_a!("{four}"),
-        tap_b!(),
-        pair!(),
-        "add {p}, {b}, {rb}",
-        tap_a!("{four}"),
-        tap_b!("{four}"),
-        pair!(),
-        tap_a!(),
-        "add {p}, {b}, {rb2}",
-        tap_b!("{four}"),
-        pair!(),
-        tap_a!("{four}"),
-        tap_b!(),
-        pair!(),
-        "add {b}, {b}, {qb}",
+        taps_pair!("{d0}", "{d1}"),
+        taps_pair!("{d2}", "{d3}"),
+        taps_pair!("{d4}", "{d5}"),
+        taps_pair!("{d6}", "{d7}"),
+        taps_pair!("{d8}", "{d0}"),
+        taps_pair!("{d1}", "{d2}"),
+        taps_pair!("{d3}", "{d4}"),
+        taps_pair!("{d5}", "{d6}"),
+        taps_pair!("{d7}", "{d8}"),
         "subs {n}, {n}, #1",
         "b.ne 2b",
         "5:",
         // An odd last quad: taps 0 and 1, 2 and 3, 4 and 5, 6 and 7, then 8 alone.
         "cbz {odd}, 6f",
-        taps_0_to_8!(),
+        taps_pair!("{d0}", "{d1}"),
+        taps_pair!("{d2}", "{d3}"),
+        taps_pair!("{d4}", "{d5}"),
+        taps_pair!("{d6}", "{d7}"),
+        tap_a!(),
         single!(),
         "6:",
-        b = inout(reg) x => _,
-        p = out(reg) _,
-        rb = in(reg) row_bytes,
-        rb2 = in(reg) 2 * row_bytes,
-        qb = in(reg) quad_bytes,
-        four = in(reg) 4usize,
+        p = inout(reg) x => _,
+        d0 = in(reg) steps[0],
+        d1 = in(reg) steps[1],
+        d2 = in(reg) steps[2],
+        d3 = in(reg) steps[3],
+        d4 = in(reg) steps[4],
+        d5 = in(reg) steps[5],
+        d6 = in(reg) steps[6],
+        d7 = in(reg) steps[7],
+        d8 = in(reg) steps[8],
         w = inout(reg) w => _,
         n = inout(reg) quads / 2 => _,
         odd = in(reg) quads % 2,
@@ -559,13 +539,15 @@ impl TypedOp for SmullConv {
 }
 
 /// The [`SmullConv`] (and the op making its input) for an int8 conv `chain` with weights in
-/// -127..=127: on the padded input ([`NeonQuads`]) for 3x3 stride-1 convs over whole channel
-/// quads, else on its patches. A conv with a -128 weight keeps tract's kernel.
+/// -127..=127: on the padded input ([`NeonQuads`]) for 3x3 convs of stride 1 and 2 over whole
+/// channel quads, else on its patches. A conv with a -128 weight keeps tract's kernel.
 fn kernel(chain: Int8Chain) -> Option<Swap> {
     if chain.w.iter().flatten().any(|v| *v == i8::MIN) {
         return None;
     }
-    let direct = |g: &ConvShape| g.channels.is_multiple_of(4) && g.kernel == (3, 3) && g.stride == (1, 1);
+    let direct = |g: &ConvShape| {
+        g.channels.is_multiple_of(4) && g.kernel == (3, 3) && (g.stride == (1, 1) || g.stride == (2, 2))
+    };
     if let Some(g) = chain.shape.clone().filter(direct) {
         return Some(Swap::on_quads(chain, g, SmullConv::implicit, NeonQuads::new));
     }
@@ -593,7 +575,7 @@ pub fn takes_over(cpu: &crate::cpu::Cpu) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::aarch64::int8::Signed;
+    use crate::kernels::aarch64::int8::{Signed, IMPLICIT_3X3_CASES, IMPLICIT_3X3_STRIDE_2_CASES};
     use crate::kernels::frame::int8_chains::tests::kernel_equals_scalar_reference;
 
     /// The patch kernel against a scalar evaluation of the same function, bit for bit, weights
@@ -610,15 +592,18 @@ mod tests {
 
     /// The kernel (`NeonQuads` -> `SmullConv::implicit`) against a scalar integer convolution,
     /// bit for bit, weights -127..=127 (-128 drawn as -127: the 16-bit pair sums' extreme), on
-    /// `IMPLICIT_3X3_CASES` (odd quad counts too: tap 8 alone), one and two threads.
+    /// `IMPLICIT_3X3_CASES` (odd quad counts too: tap 8 alone) and
+    /// `IMPLICIT_3X3_STRIDE_2_CASES`, one and two threads.
     #[test]
     fn implicit_kernel_equals_scalar_convolution() {
-        crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Signed, _>(
-            (crate::cpu::Cpu::get().asimd, "NEON"),
-            &crate::kernels::aarch64::int8::IMPLICIT_3X3_CASES,
-            -127,
-            SmullConv::implicit,
-        );
+        for cases in [&IMPLICIT_3X3_CASES[..], &IMPLICIT_3X3_STRIDE_2_CASES[..]] {
+            crate::kernels::frame::quads::tests::implicit_equals_scalar_convolution::<Signed, _>(
+                (crate::cpu::Cpu::get().asimd, "NEON"),
+                cases,
+                -127,
+                SmullConv::implicit,
+            );
+        }
     }
 
     /// The 1x1 stride-1 convs on their input in channel quads (`SmullConv::pointwise`) against
