@@ -135,10 +135,9 @@ fn resnet50_fp32_within_1e4_of_the_host() {
 
 /// On x86 with AVX-512 and on every aarch64 CPU (NEON) the fp32 plan runs exactly ResNet-18's
 /// 3x3 stride-1 convs (13: two per block but the first conv of layers 2-4, which has stride 2)
-/// as Winograd, each with the ReLU (and residual) after it; on x86 also its 7x7 stem as
-/// `DirectConv` with its ReLU. The only element-wise ops left to tract are the ReLUs after its
-/// own stride-2 convs (3), and on aarch64 the stem's; the float parity above holds with them
-/// (and without: `ConvAlgorithm::Tract`).
+/// as Winograd, each with the ReLU (and residual) after it, and its 7x7 stem as `DirectConv`
+/// with its ReLU. The only element-wise ops left to tract are the ReLUs after its own stride-2
+/// convs (3); the float parity above holds with them (and without: `ConvAlgorithm::Tract`).
 #[test]
 fn resnet18_fp32_runs_the_devices_convs() {
     let dir = common::fixtures("resnet18");
@@ -158,7 +157,7 @@ fn resnet18_fp32_runs_the_devices_convs() {
         .all(|n| !n.contains(".0.conv1") || n.starts_with("layer1")));
     let direct = common::nodes_of(plan, "DirectConv");
     assert_eq!(e.info().plan.direct_layers, direct.len());
-    assert_eq!(direct, if x86 { vec!["conv1.direct"] } else { vec![] });
+    assert_eq!(direct, vec!["conv1.direct"]);
     let elementwise: Vec<String> = plan
         .nodes()
         .iter()
@@ -167,7 +166,7 @@ fn resnet18_fp32_runs_the_devices_convs() {
         })
         .map(|n| format!("{} ({})", n.name, n.op.name()))
         .collect();
-    assert_eq!(elementwise.len(), if x86 { 3 } else { 4 }, "{elementwise:?}");
+    assert_eq!(elementwise.len(), 3, "{elementwise:?}");
 }
 
 /// One quantization step of the logits: the step of a per-tensor int8 quantization of the ORT

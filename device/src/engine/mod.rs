@@ -469,12 +469,13 @@ impl Engine {
         }
         #[cfg(target_arch = "aarch64")]
         {
-            use crate::kernels::aarch64::winograd::WinogradConv;
+            use crate::kernels::aarch64::{direct::DirectConv, winograd::WinogradConv};
             info.plan.winograd_layers = model
                 .nodes()
                 .iter()
                 .filter(|n| n.op_is::<WinogradConv>() || n.op_is::<WinogradConv<f16>>())
                 .count();
+            info.plan.direct_layers = model.nodes().iter().filter(|n| n.op_is::<DirectConv>()).count();
         }
         Ok(model)
     }

@@ -473,50 +473,13 @@ unsafe fn dot(w: *const i8, x: *const i8, k4: usize, step_bytes: usize, offsets:
     a
 }
 
-/// `asm!` over a wide tile's 24 accumulators `$a` (`a<channel><third>`: pixels 0-3, 4-7, 8-11
-/// of a channel) with the template and operands `$body`.
-macro_rules! sdot_wide_tile {
-    ($a:ident; $($body:tt)*) => {
-        asm!(
-            $($body)*
-            a00 = inout(vreg) $a[0][0], a01 = inout(vreg) $a[0][1], a02 = inout(vreg) $a[0][2],
-            a10 = inout(vreg) $a[1][0], a11 = inout(vreg) $a[1][1], a12 = inout(vreg) $a[1][2],
-            a20 = inout(vreg) $a[2][0], a21 = inout(vreg) $a[2][1], a22 = inout(vreg) $a[2][2],
-            a30 = inout(vreg) $a[3][0], a31 = inout(vreg) $a[3][1], a32 = inout(vreg) $a[3][2],
-            a40 = inout(vreg) $a[4][0], a41 = inout(vreg) $a[4][1], a42 = inout(vreg) $a[4][2],
-            a50 = inout(vreg) $a[5][0], a51 = inout(vreg) $a[5][1], a52 = inout(vreg) $a[5][2],
-            a60 = inout(vreg) $a[6][0], a61 = inout(vreg) $a[6][1], a62 = inout(vreg) $a[6][2],
-            a70 = inout(vreg) $a[7][0], a71 = inout(vreg) $a[7][1], a72 = inout(vreg) $a[7][2],
-            options(nostack, readonly),
-        )
-    };
-}
-
-/// The 3 sdot of channel `$c` (weights `$w`, lane `$l`) on the 12 pixels in v0-v2.
-macro_rules! sdots_wide_channel {
-    ($c:literal, $w:literal, $l:literal) => {
-        concat!(
-            "sdot {a", $c, "0:v}.4s, v0.16b, ", $w, ".4b[", $l, "]\n",
-            "sdot {a", $c, "1:v}.4s, v1.16b, ", $w, ".4b[", $l, "]\n",
-            "sdot {a", $c, "2:v}.4s, v2.16b, ", $w, ".4b[", $l, "]\n",
-        )
-    };
-}
-
 /// One step of a wide tile: 12 pixels (v0-v2, one load), 8 channels' weights (v3, v4), 24 sdot.
 macro_rules! wide_step {
     () => {
         concat!(
             "ld1 {{v0.16b, v1.16b, v2.16b}}, [{x}], {s}\n",
             "ldp q3, q4, [{w}], #32\n",
-            sdots_wide_channel!("0", "v3", "0"),
-            sdots_wide_channel!("1", "v3", "1"),
-            sdots_wide_channel!("2", "v3", "2"),
-            sdots_wide_channel!("3", "v3", "3"),
-            sdots_wide_channel!("4", "v4", "0"),
-            sdots_wide_channel!("5", "v4", "1"),
-            sdots_wide_channel!("6", "v4", "2"),
-            sdots_wide_channel!("7", "v4", "3"),
+            step_8x12!("sdot", ".16b", ".4b"),
         )
     };
 }
@@ -528,7 +491,7 @@ macro_rules! wide_step {
 #[inline]
 unsafe fn dot_wide(w: *const i8, x: *const i8, k4: usize, step_bytes: usize, offsets: &[i32]) -> [[int32x4_t; 3]; CHANNELS] {
     let mut a: [[int32x4_t; 3]; CHANNELS] = std::array::from_fn(|j| [vdupq_n_s32(offsets[j]); 3]);
-    steps_loop!(sdot_wide_tile, a, wide_step!(), (x, step_bytes, w, k4));
+    steps_loop!(tile_8x12, a, wide_step!(), (x, step_bytes, w, k4));
     a
 }
 

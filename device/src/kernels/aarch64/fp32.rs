@@ -1,23 +1,39 @@
 //! The fp32 plans' own convolutions on aarch64 (NEON, every aarch64 CPU; what a Pi 4's
-//! Cortex-A72 runs): [`prepare`] swaps `crate::kernels::aarch64::winograd` (Winograd F(4x4,
-//! 3x3): 4x fewer multiply-adds) in for tract's 3x3 stride-1 padding-1 float `Conv`s of the
-//! decluttered model, before tract's optimizer, with the residual addition and the ReLU that
-//! follow. Everything else (the 7x7/2 stem, stride-2 3x3, 1x1) stays tract's.
+//! Cortex-A72 runs): [`prepare`] swaps them in for tract's float `Conv`s of the decluttered
+//! model, before tract's optimizer.
+//!
+//! - 3x3 stride-1 padding-1 convs: `crate::kernels::aarch64::winograd` (Winograd F(4x4, 3x3):
+//!   4x fewer multiply-adds), with the residual addition and the ReLU that follow.
+//! - Convs with kernels of 5 and more (ResNet's 7x7/2 stem): `crate::kernels::aarch64::direct`,
+//!   with the ReLU.
+//! - Everything else (stride-2 3x3, 1x1) stays tract's.
 //!
 //! Which convs qualify and how they are swapped in is `crate::kernels::frame::float_conv`'s
 //! (shared with x86_64). `--conv tract` (`ConvAlgorithm::Tract`) keeps tract's everywhere.
 
+use crate::kernels::aarch64::direct::DirectConv;
 use crate::kernels::aarch64::winograd::WinogradConv;
-use crate::kernels::frame::float_conv::place;
+use crate::kernels::frame::float_conv::{place, Take};
 use tract_core::internal::*;
 
-/// Replaces every float 3x3 stride-1 `Conv` of a decluttered model by a [`WinogradConv`];
-/// returns how many. Plugged (`crate::kernels::aarch64::plug`) on CPUs with NEON; runs before
-/// tract's optimizer, on f32 plans only.
+/// Replaces every float `Conv` of a decluttered model that an op of this crate computes (see
+/// the module doc); returns how many. Plugged (`crate::kernels::aarch64::plug`) on CPUs with
+/// NEON; runs before tract's optimizer, on f32 plans only.
 pub fn prepare(model: &mut TypedModel) -> TractResult<usize> {
-    // The op runs NEON instructions: never wired in on a CPU without them, whoever calls.
+    // The ops run NEON instructions: never wired in on a CPU without them, whoever calls.
     if !crate::cpu::Cpu::get().asimd {
         return Ok(0);
     }
-    place(model, WinogradConv::<f32>::take)
+    place(model, |conv| {
+        if let Some(take) = WinogradConv::<f32>::take(conv) {
+            return Some(take);
+        }
+        (conv.dt == f32::datum_type() && conv.g.kernel.0 >= 5 && conv.g.kernel.1 >= 5).then(|| Take {
+            suffix: "direct",
+            residuals: false,
+            op: Box::new(|conv, epilogue| {
+                Box::new(DirectConv::new(conv.g.clone(), conv.k, conv.batched, &conv.kernel, &conv.bias, epilogue))
+            }),
+        })
+    })
 }

@@ -1,5 +1,5 @@
-//! aarch64 kernels: [`fp32`] swaps fp32 plans' 3x3 stride-1 convs for [`winograd`] (NEON, every
-//! board); [`dotprod`] runs int8 plans' convs with `sdot` (FEAT_DotProd: Cortex-A76, A78AE),
+//! aarch64 kernels: [`fp32`] swaps fp32 plans' 3x3 stride-1 convs for [`winograd`] and the
+//! 7x7 stem for [`direct`] (NEON, every board); [`dotprod`] runs int8 plans' convs with `sdot` (FEAT_DotProd: Cortex-A76, A78AE),
 //! [`widening`] their 3x3 stride-1 convs with `smull`/`smlal` where there is no dotprod
 //! (Cortex-A72); [`int8`] holds what those two share.
 //! Everything else runs tract's own NEON kernels behind the portable passes of
@@ -10,6 +10,52 @@
 //! from [`Cpu`] (`asimd`, `fp16`, `dotprod`, `i8mm`, `sve`: read from HWCAP), exactly as
 //! `crate::kernels::x86_64::plug` does.
 
+/// `asm!` over an 8 x 12 tile's 24 accumulators `$a` (`a<channel><third>`: pixels 0-3, 4-7,
+/// 8-11 of a channel) with the template and operands `$body` (`dotprod`'s pointwise tiles,
+/// `direct`'s stem).
+macro_rules! tile_8x12 {
+    ($a:ident; $($body:tt)*) => {
+        std::arch::asm!(
+            $($body)*
+            a00 = inout(vreg) $a[0][0], a01 = inout(vreg) $a[0][1], a02 = inout(vreg) $a[0][2],
+            a10 = inout(vreg) $a[1][0], a11 = inout(vreg) $a[1][1], a12 = inout(vreg) $a[1][2],
+            a20 = inout(vreg) $a[2][0], a21 = inout(vreg) $a[2][1], a22 = inout(vreg) $a[2][2],
+            a30 = inout(vreg) $a[3][0], a31 = inout(vreg) $a[3][1], a32 = inout(vreg) $a[3][2],
+            a40 = inout(vreg) $a[4][0], a41 = inout(vreg) $a[4][1], a42 = inout(vreg) $a[4][2],
+            a50 = inout(vreg) $a[5][0], a51 = inout(vreg) $a[5][1], a52 = inout(vreg) $a[5][2],
+            a60 = inout(vreg) $a[6][0], a61 = inout(vreg) $a[6][1], a62 = inout(vreg) $a[6][2],
+            a70 = inout(vreg) $a[7][0], a71 = inout(vreg) $a[7][1], a72 = inout(vreg) $a[7][2],
+            options(nostack, readonly),
+        )
+    };
+}
+
+/// One step of an 8 x 12 tile ([`tile_8x12`]): the 24 multiply-adds `$op` by element of the
+/// 12 pixels in v0-v2 (arrangement `$x`) by the 8 channels' weights in v3, v4 (lanes `$lane`,
+/// `.s` for `fmla`, `.4b` for `sdot`).
+macro_rules! step_8x12 {
+    ($op:literal, $x:literal, $lane:literal) => {
+        concat!(
+            step_8x12!(@channel $op, $x, $lane, "0", "v3", "0"),
+            step_8x12!(@channel $op, $x, $lane, "1", "v3", "1"),
+            step_8x12!(@channel $op, $x, $lane, "2", "v3", "2"),
+            step_8x12!(@channel $op, $x, $lane, "3", "v3", "3"),
+            step_8x12!(@channel $op, $x, $lane, "4", "v4", "0"),
+            step_8x12!(@channel $op, $x, $lane, "5", "v4", "1"),
+            step_8x12!(@channel $op, $x, $lane, "6", "v4", "2"),
+            step_8x12!(@channel $op, $x, $lane, "7", "v4", "3"),
+        )
+    };
+    (@channel $op:literal, $x:literal, $lane:literal, $c:literal, $w:literal, $l:literal) => {
+        concat!(
+            $op, " {a", $c, "0:v}.4s, v0", $x, ", ", $w, $lane, "[", $l, "]\n",
+            $op, " {a", $c, "1:v}.4s, v1", $x, ", ", $w, $lane, "[", $l, "]\n",
+            $op, " {a", $c, "2:v}.4s, v2", $x, ", ", $w, $lane, "[", $l, "]\n",
+        )
+    };
+}
+
+pub mod direct;
 pub mod dotprod;
 pub mod fp16;
 pub mod fp32;
@@ -26,7 +72,7 @@ pub fn plug(cpu: &Cpu, kernels: &mut Kernels) {
     kernels.offer(
         Pass {
             name: "aarch64-fp32-convs",
-            what: "Winograd F(4x4, 3x3) for 3x3 stride-1 convs (fp32 NEON; residual, ReLU fused)",
+            what: "Winograd F(4x4, 3x3) for 3x3 stride-1 convs, direct 7x7 stem (fp32 NEON; residual, ReLU fused)",
             stage: Stage::Decluttered,
             applies: Applies::F32Convs,
             run: fp32::prepare,

@@ -1,6 +1,8 @@
 //! What the architectures' kernels share (as tract-linalg's `frame/`): no instruction of any
 //! instruction set is written here.
 //!
+//! - [`direct`]: the phase-split input, steps and blocked weights of the direct large-kernel
+//!   float convs (the 7x7 stem) of both architectures.
 //! - [`float_conv`]: which of tract's float `Conv`s this crate's fp32 ops may take, the
 //!   element-wise ops after them that an op takes over ([`float_conv::Epilogue`]), and the
 //!   placement loop that swaps them in; `crate::kernels::x86_64::fp32` and
@@ -16,6 +18,7 @@
 //! - [`quads`]: the padded input in channel quads those int8 kernels read directly instead of
 //!   patches, and the op writing it (each instruction set writes the rows).
 
+pub(crate) mod direct;
 pub mod float_conv;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) mod int8_chains;

@@ -11,7 +11,8 @@
 //! `crate::kernels::x86_64::fp32`) applied in registers. The same products as tract's, summed in another
 //! order: the results differ by rounding only (unit test against float64; parity tests).
 
-use crate::kernels::frame::float_conv::{shape, Epilogue};
+use crate::kernels::frame::direct::{blocked_weights, Split};
+use crate::kernels::frame::float_conv::Epilogue;
 use crate::kernels::x86_64::avx512::{lane_mask, LANES};
 use crate::ops::im2col::ConvShape;
 use std::arch::x86_64::*;
@@ -47,11 +48,7 @@ impl Eq for DirectConv {}
 
 impl std::fmt::Debug for DirectConv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "DirectConv {{ c: {}, k: {}, kernel: {:?}, stride: {:?}, {:?} }}",
-            self.g.channels, self.k, self.g.kernel, self.g.stride, self.epilogue
-        )
+        self.split().describe(f, self.k, &self.epilogue)
     }
 }
 
@@ -61,23 +58,7 @@ impl Op for DirectConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let g = &self.g;
-        Ok(vec![
-            format!(
-                "{}->{} channels, {}x{} -> {}x{}, kernel {:?} stride {:?} pad {:?}, [{}]",
-                g.channels,
-                self.k,
-                g.height,
-                g.width,
-                g.out_height,
-                g.out_width,
-                g.kernel,
-                g.stride,
-                g.pad,
-                Self::KERNEL
-            ),
-            format!("{:?}", self.epilogue),
-        ])
+        Ok(self.split().info(self.k, Self::KERNEL, &self.epilogue))
     }
 
     op_as_typed_op!();
@@ -109,18 +90,8 @@ impl DirectConv {
     ) -> Self {
         let taps = g.kernel.0 * g.kernel.1;
         assert!(k.is_multiple_of(R) && kernel.len() == k * g.channels * taps && bias.len() == k);
-        let steps = g.channels * taps;
-        let mut u = vec![0f32; k * steps];
-        for o in 0..k {
-            for s in 0..steps {
-                u[((o / R) * steps + s) * R + o % R] = kernel[o * steps + s];
-            }
-        }
-        let channel = g.phases() * g.plane();
-        let taps = g.tap_offsets();
-        let steps = (0..g.channels)
-            .flat_map(|c| taps.iter().map(move |t| c * channel + t))
-            .collect();
+        let u = blocked_weights(kernel, k, R);
+        let steps = Split { g: g.clone() }.steps();
         DirectConv {
             vectors: g.output_lanes(crate::kernels::x86_64::avx512::LANES),
             steps,
@@ -133,47 +104,9 @@ impl DirectConv {
         }
     }
 
-    fn input_shape(&self) -> TVec<usize> {
-        let g = &self.g;
-        shape(self.batched, [g.channels, g.height, g.width])
-    }
-
-    fn output_shape(&self) -> TVec<usize> {
-        shape(self.batched, [self.k, self.g.out_height, self.g.out_width])
-    }
-
-    /// Floats per input channel: one plane per phase.
-    fn channel_len(&self) -> usize {
-        self.g.phases() * self.g.plane()
-    }
-
-    /// The split input: every channel, then room for what the last tile's padding lanes read.
-    fn split_len(&self) -> usize {
-        self.g.channels * self.channel_len() + NV * LANES + self.g.kernel.1
-    }
-
-    /// Writes channel `c` of `x` into `split` (zeros), split by phase.
-    fn split(&self, x: &[f32], split: &mut [f32], c: usize) {
-        let g = &self.g;
-        let (sy, sx) = g.stride;
-        let (hp, wp) = g.extent();
-        let (top, left) = g.pad;
-        let (wq, plane) = (g.plane_width(), g.plane());
-        let dst = &mut split[c * self.channel_len()..][..self.channel_len()];
-        for y in 0..g.height.min(hp.saturating_sub(top)) {
-            let (yy, py) = ((y + top) / sy, (y + top) % sy);
-            let row = &x[(c * g.height + y) * g.width..][..g.width.min(wp.saturating_sub(left))];
-            // Column phase and position of padded column `xi + left`, kept without a division.
-            let (mut xx, mut px) = (left / sx, left % sx);
-            for v in row {
-                dst[(py * sx + px) * plane + yy * wq + xx] = *v;
-                px += 1;
-                if px == sx {
-                    px = 0;
-                    xx += 1;
-                }
-            }
-        }
+    /// The split input's layout.
+    fn split(&self) -> Split {
+        Split { g: self.g.clone() }
     }
 
     /// Runs the tiles of vectors `first * NV..` for the groups `groups` (of `NV` vectors).
@@ -248,20 +181,9 @@ impl EvalOp for DirectConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = &inputs[0];
-        let shape = self.input_shape();
-        ensure!(
-            x.datum_type() == f32::datum_type() && x.shape() == &shape[..],
-            "DirectConv: input {:?} {:?}, planned for {shape:?} f32",
-            x.datum_type(),
-            x.shape(),
-        );
-        let x = x.try_as_plain_ram()?.as_slice::<f32>()?;
-        let mut split = vec![0f32; self.split_len()];
-        for c in 0..self.g.channels {
-            self.split(x, &mut split, c);
-        }
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&self.output_shape())? };
+        // The slack: what the last tile's padding lanes read.
+        let split = self.split().read(&inputs[0], self.batched, NV * LANES + self.g.kernel.1)?;
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&self.split().output_shape(self.batched, self.k))? };
         let buf = Buffers {
             split: split.as_ptr(),
             out: unsafe { out.as_ptr_mut_unchecked::<f32>() },
@@ -279,95 +201,21 @@ impl TypedOp for DirectConv {
     as_op!();
 
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(self.output_shape())))
+        Ok(tvec!(f32::fact(self.split().output_shape(self.batched, self.k))))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_util::random_f32 as random;
-    use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
-    /// The op against a direct float64 convolution: the ResNet stem and smaller odd shapes,
-    /// strides 1 to 3, with and without ReLU, on one and two threads (same bits).
+    /// The op against a direct float64 convolution (`frame::direct::tests`).
     #[test]
     fn equals_float64_convolution() {
         if !crate::cpu::Cpu::get().avx512f {
             eprintln!("skipped: this CPU has no AVX-512 (the plan keeps tract's convs)");
             return;
         }
-        // (c, k, h, w, kernel, stride, pad)
-        let cases = [
-            (3, 64, 224, 224, 7, 2, 3),
-            (3, 8, 31, 17, 7, 2, 3),
-            (2, 16, 9, 40, 5, 1, 2),
-            (1, 8, 12, 11, 5, 3, 0),
-        ];
-        for (case, &(c, k, h, w, ks, s, p)) in cases.iter().enumerate() {
-            let mut next = random(case as u64 + 5);
-            let (out_h, out_w) = ((h + 2 * p - ks) / s + 1, (w + 2 * p - ks) / s + 1);
-            let kernel: Vec<f32> = (0..k * c * ks * ks).map(|_| next()).collect();
-            let bias: Vec<f32> = (0..k).map(|_| next()).collect();
-            let x: Vec<f32> = (0..c * h * w).map(|_| next()).collect();
-            let relu = case % 2 == 0;
-            let g = ConvShape {
-                channels: c,
-                height: h,
-                width: w,
-                kernel: (ks, ks),
-                stride: (s, s),
-                pad: (p, p),
-                out_height: out_h,
-                out_width: out_w,
-            };
-            let epilogue = Epilogue {
-                relu,
-                residual: false,
-            };
-            let conv = DirectConv::new(g, k, true, &kernel, &bias, epilogue);
-            let input = tvec![Tensor::from_shape(&[1, c, h, w], &x).unwrap().into_tvalue()];
-            let ctx = EvalContext::out_of_plan();
-            let one = conv.eval(&ctx, input.clone()).unwrap();
-            let two = multithread_tract_scope(Executor::multithread(2), || {
-                conv.eval(&ctx, input.clone()).unwrap()
-            });
-            assert_eq!(one, two, "case {case}: threads differ");
-            let got = one[0]
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap();
-            for o in 0..k {
-                for y in 0..out_h {
-                    for xo in 0..out_w {
-                        let mut sum = f64::from(bias[o]);
-                        let mut scale = sum.abs();
-                        for i in 0..c {
-                            for ky in 0..ks {
-                                for kx in 0..ks {
-                                    let (iy, ix) = (y * s + ky, xo * s + kx);
-                                    if iy < p || ix < p || iy - p >= h || ix - p >= w {
-                                        continue;
-                                    }
-                                    let v = f64::from(x[(i * h + iy - p) * w + ix - p])
-                                        * f64::from(kernel[((o * c + i) * ks + ky) * ks + kx]);
-                                    sum += v;
-                                    scale += v.abs();
-                                }
-                            }
-                        }
-                        if relu {
-                            sum = sum.max(0.0);
-                        }
-                        let g = f64::from(got[(o * out_h + y) * out_w + xo]);
-                        assert!(
-                            (g - sum).abs() <= 1e-6 * scale.max(1e-3),
-                            "case {case} channel {o} at ({y}, {xo}): {g} vs {sum}"
-                        );
-                    }
-                }
-            }
-        }
+        crate::kernels::frame::direct::tests::equals_float64_convolution(DirectConv::new);
     }
 }
