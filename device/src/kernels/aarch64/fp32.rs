@@ -6,14 +6,18 @@
 //!   4x fewer multiply-adds), with the residual addition and the ReLU that follow.
 //! - Convs with kernels of 5 and more (ResNet's 7x7/2 stem): `crate::kernels::aarch64::direct`,
 //!   with the ReLU.
-//! - Everything else (stride-2 3x3, 1x1) stays tract's.
+//! - 1x1 stride-1 convs (`EinSum`s by then, with their bias `Add`):
+//!   `crate::kernels::aarch64::pointwise`, the input read as it is (no repack), with the
+//!   residual addition and the ReLU that follow.
+//! - Everything else (stride-2 3x3) stays tract's.
 //!
 //! Which convs qualify and how they are swapped in is `crate::kernels::frame::float_conv`'s
 //! (shared with x86_64). `--conv tract` (`ConvAlgorithm::Tract`) keeps tract's everywhere.
 
 use crate::kernels::aarch64::direct::DirectConv;
 use crate::kernels::aarch64::winograd::WinogradConv;
-use crate::kernels::frame::float_conv::{place, Take};
+use crate::kernels::aarch64::pointwise::PointwiseConv;
+use crate::kernels::frame::float_conv::{place, place_pointwise, Take};
 use tract_core::internal::*;
 
 /// Replaces every float `Conv` of a decluttered model that an op of this crate computes (see
@@ -24,7 +28,8 @@ pub fn prepare(model: &mut TypedModel) -> TractResult<usize> {
     if !crate::cpu::Cpu::get().asimd {
         return Ok(0);
     }
-    place(model, |conv| {
+    let pointwise = place_pointwise(model, |conv, epilogue| Box::new(PointwiseConv::new(conv, epilogue)))?;
+    let convs = place(model, |conv| {
         if let Some(take) = WinogradConv::<f32>::take(conv) {
             return Some(take);
         }
@@ -35,5 +40,6 @@ pub fn prepare(model: &mut TypedModel) -> TractResult<usize> {
                 Box::new(DirectConv::new(conv.g.clone(), conv.k, conv.batched, &conv.kernel, &conv.bias, epilogue))
             }),
         })
-    })
+    })?;
+    Ok(pointwise + convs)
 }

@@ -60,6 +60,7 @@ pub mod dotprod;
 pub mod fp16;
 pub mod fp32;
 pub mod int8;
+pub mod pointwise;
 pub mod widening;
 pub mod winograd;
 
@@ -72,7 +73,7 @@ pub fn plug(cpu: &Cpu, kernels: &mut Kernels) {
     kernels.offer(
         Pass {
             name: "aarch64-fp32-convs",
-            what: "Winograd F(4x4, 3x3) for 3x3 stride-1 convs, direct 7x7 stem (fp32 NEON; residual, ReLU fused)",
+            what: "Winograd F(4x4, 3x3) for 3x3 stride-1 convs, direct 7x7 stem, 1x1 stride-1 convs on the input as it is (fp32 NEON; residual, ReLU fused)",
             stage: Stage::Decluttered,
             applies: Applies::F32Convs,
             run: fp32::prepare,

@@ -13,6 +13,7 @@ use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::cast::Cast;
 use tract_core::ops::cnn::conv::KernelFormat;
 use tract_core::ops::cnn::Conv;
+use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::DataFormat;
 
 /// What a conv op applies after its bias, taken over from the element-wise ops that followed.
@@ -88,6 +89,109 @@ pub(crate) fn place<'a>(
         let y = patch.wire_node(format!("{}.{suffix}", node.name), op, &inputs)?[0];
         patch.shunt_outside(model, OutletId::new(last, 0), y)?;
         patch.apply(model)?;
+    }
+    model.compact()?;
+    Ok(replaced)
+}
+
+/// A 1x1 stride-1 f32 conv as tract's declutter leaves it: `EinSum` of the input
+/// (`[1, C, H, W]` or `[C, H, W]`) by the weights (`[K][C]`, constant) into `[1, K, H, W]` or
+/// `[K, H, W]`, then the `Add` of the bias (constant, one per channel).
+// Only aarch64 has a pointwise op so far (x86 keeps tract's matrix products for 1x1 convs).
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+pub(crate) struct Pointwise {
+    pub c: usize,
+    pub k: usize,
+    pub hw: (usize, usize),
+    /// The input, and the output, are `[1, ...]` (else without the batch axis).
+    pub batched: (bool, bool),
+    /// `[k][c]`.
+    pub kernel: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// The [`Pointwise`] conv of an `EinSum` node and the bias `Add` after it, if this crate's ops
+/// may take it.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+fn pointwise(model: &TypedModel, node: &TypedNode) -> Option<(Pointwise, usize)> {
+    let einsum = node.op_as::<EinSum>()?;
+    let axes = einsum.axes.to_string();
+    let batched = match axes.as_str() {
+        "NIHW,OI->NOHW" => (true, true),
+        "NIHW,OI->OHW" => (true, false),
+        "IHW,OI->NOHW" => (false, true),
+        "IHW,OI->OHW" => (false, false),
+        _ => return None,
+    };
+    if einsum.q_params.is_some() || einsum.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
+        return None;
+    }
+    let x = model.outlet_fact(node.inputs[0]).ok()?;
+    let (c, h, w) = match (batched.0, x.shape.as_concrete()?) {
+        (true, &[1, c, h, w]) | (false, &[c, h, w]) => (c, h, w),
+        _ => return None,
+    };
+    let kernel = konst_f32(model, node.inputs[1])?;
+    let (k, kc) = match kernel.shape() {
+        &[k, kc] => (k, kc),
+        _ => return None,
+    };
+    if x.datum_type != f32::datum_type() || kc != c || k == 0 || !k.is_multiple_of(8) {
+        return None;
+    }
+    let out = shape(batched.1, [k, h, w]);
+    if model.outlet_fact(OutletId::new(node.id, 0)).ok()?.shape.as_concrete()? != &out[..] {
+        return None;
+    }
+    // The bias: the only consumer, `Add` of a constant with one value per channel.
+    let [s] = &node.outputs[0].successors[..] else {
+        return None;
+    };
+    let add = model.node(s.node);
+    let bin = add.op_as::<TypedBinOp>()?;
+    if bin.0.name() != "Add" || add.inputs.len() != 2 {
+        return None;
+    }
+    let other = add.inputs[1 - s.slot];
+    let bias = konst_f32(model, other)?;
+    let per_channel = bias.shape().iter().product::<usize>() == k
+        && bias.rank() <= out.len()
+        && bias.shape().iter().rev().skip(2).next() == Some(&k)
+        && model.outlet_fact(OutletId::new(add.id, 0)).ok()?.shape.as_concrete()? == &out[..];
+    if !per_channel {
+        return None;
+    }
+    let kernel = kernel.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec();
+    let bias = bias.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec();
+    Some((Pointwise { c, k, hw: (h, w), batched, kernel, bias }, add.id))
+}
+
+/// Replaces every 1x1 stride-1 f32 conv of a decluttered model (an `EinSum` and its bias
+/// `Add`, [`Pointwise`]) by the op `make` makes, with the residual addition and the ReLU after
+/// it (as [`place`]). Returns how many.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+pub(crate) fn place_pointwise(
+    model: &mut TypedModel,
+    make: impl Fn(&Pointwise, Epilogue) -> Box<dyn TypedOp>,
+) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in 0..model.nodes().len() {
+        let Some((conv, bias)) = pointwise(model, model.node(id)) else {
+            continue;
+        };
+        let out_shape = shape(conv.batched.1, [conv.k, conv.hw.0, conv.hw.1]);
+        let (epilogue, residual, last) = fuse(model, model.node(bias), true, f32::datum_type(), &out_shape);
+        let node = model.node(id);
+        let mut patch = TypedModelPatch::default();
+        let mut inputs = tvec![patch.tap_model(model, node.inputs[0])?];
+        if let Some(r) = residual {
+            inputs.push(patch.tap_model(model, r)?);
+        }
+        let name = model.node(bias).name.clone();
+        let y = patch.wire_node(format!("{name}.pointwise"), make(&conv, epilogue), &inputs)?[0];
+        patch.shunt_outside(model, OutletId::new(last, 0), y)?;
+        patch.apply(model)?;
+        replaced += 1;
     }
     model.compact()?;
     Ok(replaced)
