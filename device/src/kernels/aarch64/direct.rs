@@ -40,9 +40,9 @@ pub struct DirectConv {
     /// Per step (channel, ky, kx): its offset in the split input from a tile's first position,
     /// in bytes; with `rows`, per (channel, ky): the offset of its row of column phase 0.
     steps: Vec<usize>,
-    /// The stem's 7-wide kernel at stride 2 along x: (7, floats per plane), the taps of a row
+    /// The stem's 7-wide kernel at stride 2 along x: its floats per plane, the taps of a row
     /// read from the row's two column phases in turn.
-    rows: Option<(usize, usize)>,
+    rows: Option<usize>,
     /// Per tile: its first position in the planes, its first output pixel, its pixels (1-12).
     tiles: Vec<(usize, usize, usize)>,
 }
@@ -103,12 +103,12 @@ impl DirectConv {
         let tiles = (0..oh)
             .flat_map(|y| (0..ow).step_by(PIXELS).map(move |x| (y * wq + x, y * ow + x, PIXELS.min(ow - x))))
             .collect();
-        let rows = (g.stride.1 == 2 && g.kernel.1 == 7).then(|| (g.kernel.1, g.plane()));
+        let rows = (g.stride.1 == 2 && g.kernel.1 == 7).then(|| g.plane());
         let split = Split { g };
         // In bytes, as the kernel adds them.
         let steps = match rows {
             // Step (c, ky, 0) of each row.
-            Some((kw, _)) => split.steps().into_iter().step_by(kw).map(|s| 4 * s).collect(),
+            Some(_) => split.steps().into_iter().step_by(7).map(|s| 4 * s).collect(),
             None => split.steps().into_iter().map(|s| 4 * s).collect(),
         };
         DirectConv {
@@ -142,11 +142,10 @@ impl DirectConv {
             for kb in 0..self.k / R {
                 let u = self.u.as_ptr().add(kb * steps * R);
                 let mut acc = [[zero; 3]; R];
-                let w = u;
                 match self.rows {
                     // The stem: per (channel, kernel row) 7 taps from the row's two column
                     // phases in turn (even, odd, ..., even), a position further every two.
-                    Some((7, plane)) => tile_8x12!(acc;
+                    Some(plane) => tile_8x12!(acc;
                         "2:",
                         "ldr {o}, [{s}], #8",
                         "add {e}, {x}, {o}",
@@ -165,7 +164,7 @@ impl DirectConv {
                         n = inout(reg) self.steps.len() => _,
                         pl = in(reg) 4 * plane,
                         four = in(reg) 4usize,
-                        w = inout(reg) w => _,
+                        w = inout(reg) u => _,
                         o = out(reg) _,
                         e = out(reg) _,
                         q = out(reg) _,
@@ -182,7 +181,7 @@ impl DirectConv {
                         s = inout(reg) self.steps.as_ptr() => _,
                         n = inout(reg) self.steps.len() => _,
                         four = in(reg) 4usize,
-                        w = inout(reg) w => _,
+                        w = inout(reg) u => _,
                         o = out(reg) _,
                         e = out(reg) _,
                         out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _,
