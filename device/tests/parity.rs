@@ -169,6 +169,34 @@ fn resnet18_fp32_runs_the_devices_convs() {
     assert_eq!(elementwise.len(), 3, "{elementwise:?}");
 }
 
+/// Where the CPU has fp16 arithmetic (qemu cortex-a76 and max), the f16 plan runs ResNet-18's
+/// 13 3x3 stride-1 convs as Winograd and its 7x7 stem as `DirectConv`, on f16 tensors; its
+/// logits on a parity input stay within 2e-2 of PyTorch's fp32, with the same top-1 (the four
+/// inputs, `device parity --precision f16`: 4/4, worst 1.2e-2).
+#[test]
+fn resnet18_fp16_runs_the_devices_convs() {
+    if !device::cpu::Cpu::get().fp16 {
+        eprintln!("skipped: this CPU has no fp16 arithmetic");
+        return;
+    }
+    let dir = common::fixtures("resnet18");
+    let parity = Parity::read(dir.join("resnet18.parity.safetensors")).unwrap();
+    let model = common::compact(&dir, "resnet18", Form::Folded, Precision::F32);
+    let forced = EngineOptions {
+        precision: ComputePrecision::F16,
+        ..Default::default()
+    };
+    let mut e = Engine::load(&model, &forced).unwrap();
+    assert_eq!(e.info().compute, Compute::F16);
+    assert_eq!(e.info().plan.winograd_layers, 13);
+    assert_eq!(e.info().plan.direct_layers, 1);
+    assert_eq!(common::nodes_of(e.optimized_model(), "DirectConv"), vec!["conv1.direct"]);
+    let got = e.run(parity.input(0)).unwrap();
+    let err = compare::rel_err(got, parity.logits(0));
+    assert!(err <= 2e-2, "fp16 relative error {err}");
+    assert_eq!(compare::argmax(got), compare::argmax(parity.logits(0)));
+}
+
 /// One quantization step of the logits: the step of a per-tensor int8 quantization of the ORT
 /// int8 logits over the whole file.
 fn logit_step(parity: &Parity) -> f32 {

@@ -475,7 +475,11 @@ impl Engine {
                 .iter()
                 .filter(|n| n.op_is::<WinogradConv>() || n.op_is::<WinogradConv<f16>>())
                 .count();
-            info.plan.direct_layers = model.nodes().iter().filter(|n| n.op_is::<DirectConv>()).count();
+            info.plan.direct_layers = model
+                .nodes()
+                .iter()
+                .filter(|n| n.op_is::<DirectConv>() || n.op_is::<DirectConv<f16>>())
+                .count();
         }
         Ok(model)
     }

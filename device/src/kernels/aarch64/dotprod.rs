@@ -62,17 +62,37 @@ pub struct SdotConv {
     /// and zero-point terms.
     offsets: Vec<i32>,
     epilogue: Int8Epilogue,
-    /// 3x3 stride-1 convs read [`NeonQuads`]' padded input instead of patches.
-    implicit: Option<Implicit>,
-    /// 1x1 stride-1 convs (`SdotConv::pointwise`) read their input in [`NeonQuads`]' channel
-    /// quads (no padding: a quad's positions are the output pixels in order) instead of
-    /// patches: a panel's step is 8 positions of one quad, the next step a quad further.
-    pointwise: Option<Quads>,
+    input: Input,
 }
 
-/// How a [`SdotConv`] reads the padded input of [`NeonQuads`] directly (3x3 stride-1 convs):
-/// a tile is 8 consecutive output pixels of one output row, which are 8 consecutive positions
-/// of a plane row for every kernel tap; a step is a channel quad and a tap.
+/// Where a [`SdotConv`] reads its input.
+#[derive(Clone, PartialEq)]
+enum Input {
+    /// Any conv: `FastIm2Col`'s patches, packed in panels of 8 pixels.
+    Patches,
+    /// 3x3 convs of stride 1 or 2 (`SdotConv::implicit`): [`NeonQuads`]' padded input.
+    Implicit(Implicit),
+    /// 1x1 stride-1 convs (`SdotConv::pointwise`): their input in [`NeonQuads`]' channel
+    /// quads (no padding: a quad's positions are the output pixels in order), a panel's step
+    /// 8 positions of one quad, the next step a quad further.
+    Pointwise(Quads),
+}
+
+impl Input {
+    /// `device inspect`'s name for it.
+    fn describe(&self) -> &'static str {
+        match self {
+            Input::Patches => "packed",
+            Input::Implicit(_) => "implicit (padded input in channel quads)",
+            Input::Pointwise(_) => "pointwise (input in channel quads)",
+        }
+    }
+}
+
+/// How a [`SdotConv`] reads the padded input of [`NeonQuads`] directly (3x3 convs of stride 1
+/// or 2): a tile is 8 consecutive output pixels of one output row, which are 8 consecutive
+/// positions of a plane row (of the tap's phase) for every kernel tap; a step is a channel
+/// quad and a tap.
 #[derive(Clone, PartialEq)]
 struct Implicit {
     quads: Quads,
@@ -100,11 +120,11 @@ impl std::fmt::Debug for SdotConv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "SdotConv {{ m: {}, n: {}, k: {}, implicit: {}, epilogue: {:?} }}",
+            "SdotConv {{ m: {}, n: {}, k: {}, input: {}, epilogue: {:?} }}",
             self.m,
             self.n,
             4 * self.k4,
-            self.implicit.is_some(),
+            self.input.describe(),
             self.epilogue
         )
     }
@@ -118,12 +138,7 @@ impl Op for SdotConv {
     fn info(&self) -> TractResult<Vec<String>> {
         let mkn = (self.m, 4 * self.k4, self.n);
         let mut info = int8_chains::conv_info(Self::KERNEL, mkn, &self.epilogue);
-        let patches = match (&self.implicit, &self.pointwise) {
-            (Some(_), _) => "implicit (padded input in channel quads)",
-            (None, Some(_)) => "pointwise (input in channel quads)",
-            (None, None) => "packed",
-        };
-        info.push(format!("patches: {patches}"));
+        info.push(format!("patches: {}", self.input.describe()));
         Ok(info)
     }
 
@@ -164,8 +179,7 @@ impl SdotConv {
             weights: Arc::new(weights),
             offsets: padded,
             epilogue,
-            implicit: None,
-            pointwise: None,
+            input: Input::Patches,
         }
     }
 
@@ -211,7 +225,7 @@ impl SdotConv {
         };
         let reordered = quads.reorder(w);
         SdotConv {
-            implicit: Some(Implicit { quads, tiles, channels_in_lanes }),
+            input: Input::Implicit(Implicit { quads, tiles, channels_in_lanes }),
             ..Self::blocked(&reordered, offsets, oh * ow, epilogue, channels)
         }
     }
@@ -227,25 +241,23 @@ impl SdotConv {
             "SdotConv::pointwise: 1x1 stride-1 convs without padding only"
         );
         let n = g.out_height * g.out_width;
-        SdotConv { pointwise: Some(quads), ..Self::new(w, offsets, n, epilogue) }
+        SdotConv { input: Input::Pointwise(quads), ..Self::new(w, offsets, n, epilogue) }
     }
 
     /// Output channels per block of weights (and per tile).
     fn block_channels(&self) -> usize {
-        match &self.implicit {
-            Some(i) if i.channels_in_lanes => LANE_CHANNELS,
+        match &self.input {
+            Input::Implicit(i) if i.channels_in_lanes => LANE_CHANNELS,
             _ => CHANNELS,
         }
     }
 
     /// The bytes of the patch input.
     fn patch_bytes(&self) -> usize {
-        if let Some(q) = &self.pointwise {
-            return q.len(PIXELS);
-        }
-        match &self.implicit {
-            Some(i) => i.quads.len(PIXELS),
-            None => self.panels() * self.panel_len(),
+        match &self.input {
+            Input::Patches => self.panels() * self.panel_len(),
+            Input::Implicit(i) => i.quads.len(PIXELS),
+            Input::Pointwise(q) => q.len(PIXELS),
         }
     }
 
@@ -266,7 +278,11 @@ impl Tiles for SdotConv {
         blocks: Range<usize>,
     ) {
         let panel_len = self.panel_len();
-        if let Some(i) = self.implicit.as_ref().filter(|i| i.channels_in_lanes) {
+        let implicit = match &self.input {
+            Input::Implicit(i) => Some(i),
+            _ => None,
+        };
+        if let Some(i) = implicit.filter(|i| i.channels_in_lanes) {
             let (q, steps) = (&i.quads, tap_steps(&i.quads));
             let block_len = self.k4 * 4 * LANE_CHANNELS;
             for block in blocks {
@@ -283,7 +299,7 @@ impl Tiles for SdotConv {
             }
             return;
         }
-        if let Some(i) = &self.implicit {
+        if let Some(i) = implicit {
             let (q, steps) = (&i.quads, tap_steps(&i.quads));
             for block in blocks {
                 let w = self.weights.as_ptr().add(block * panel_len);
@@ -303,9 +319,9 @@ impl Tiles for SdotConv {
             return;
         }
         // Where a panel's steps are: packed patches, or 8 positions of each channel quad.
-        let (panel_bytes, step_bytes) = match &self.pointwise {
-            Some(q) => (STEP, q.quad_len() * 4),
-            None => (panel_len, STEP),
+        let (panel_bytes, step_bytes) = match &self.input {
+            Input::Pointwise(q) => (STEP, q.quad_len() * 4),
+            _ => (panel_len, STEP),
         };
         // Each block of weights is read once, the patches once per block.
         for block in blocks {
@@ -315,7 +331,7 @@ impl Tiles for SdotConv {
             // Pointwise: tiles 12 pixels wide while whole ones fit (24 accumulators), the rest
             // 8 wide.
             let mut p0 = 0;
-            if self.pointwise.is_some() {
+            if matches!(self.input, Input::Pointwise(_)) {
                 while self.n - p0 >= WIDE_PIXELS {
                     let acc = dot_wide(w, buf.patches.add(4 * p0), self.k4, step_bytes, offsets);
                     finish_whole::<RES, RELU, F32, I8, 3>(&self.epilogue, (self.m, self.n), &acc, c0, p0, buf);

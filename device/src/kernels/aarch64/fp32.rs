@@ -17,7 +17,7 @@
 use crate::kernels::aarch64::direct::DirectConv;
 use crate::kernels::aarch64::winograd::WinogradConv;
 use crate::kernels::aarch64::pointwise::PointwiseConv;
-use crate::kernels::frame::float_conv::{place, place_pointwise, Take};
+use crate::kernels::frame::float_conv::{place, place_pointwise};
 use tract_core::internal::*;
 
 /// Replaces every float `Conv` of a decluttered model that an op of this crate computes (see
@@ -30,16 +30,7 @@ pub fn prepare(model: &mut TypedModel) -> TractResult<usize> {
     }
     let pointwise = place_pointwise(model, |conv, epilogue| Box::new(PointwiseConv::new(conv, epilogue)))?;
     let convs = place(model, |conv| {
-        if let Some(take) = WinogradConv::<f32>::take(conv) {
-            return Some(take);
-        }
-        (conv.dt == f32::datum_type() && conv.g.kernel.0 >= 5 && conv.g.kernel.1 >= 5).then(|| Take {
-            suffix: "direct",
-            residuals: false,
-            op: Box::new(|conv, epilogue| {
-                Box::new(DirectConv::new(conv.g.clone(), conv.k, conv.batched, &conv.kernel, &conv.bias, epilogue))
-            }),
-        })
+        WinogradConv::<f32>::take(conv).or_else(|| DirectConv::<f32>::take(conv))
     })?;
     Ok(pointwise + convs)
 }

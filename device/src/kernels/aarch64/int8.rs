@@ -205,16 +205,22 @@ unsafe fn finish_channels<
             }
         }
         if I8 {
-            let q = crate::ops::quantize::quantize8_neon([v[0], v[1]], qscale, qzero);
+            use crate::ops::quantize::quantize8_neon;
             if WHOLE {
-                vst1_s8(i8_out, q);
-                if R == 3 {
-                    // Pixels 8-11: quantize8_neon's steps on 4 lanes.
-                    let q = vqmovn_s32(vcvtnq_s32_f32(vmulq_f32(v[2], qscale)));
-                    let q = vqmovn_s16(vqaddq_s16(vcombine_s16(q, q), qzero));
-                    std::ptr::write_unaligned(i8_out.add(PIXELS) as *mut i32, vget_lane_s32::<0>(vreinterpret_s32_s8(q)));
+                // By pairs of registers; an odd last one (R = 3: pixels 8-11) as both halves,
+                // its 4 bytes stored.
+                for i in (0..R).step_by(2) {
+                    let q = quantize8_neon([v[i], v[(i + 1).min(R - 1)]], qscale, qzero);
+                    match i + 1 < R {
+                        true => vst1_s8(i8_out.add(4 * i), q),
+                        false => std::ptr::write_unaligned(
+                            i8_out.add(4 * i) as *mut i32,
+                            vget_lane_s32::<0>(vreinterpret_s32_s8(q)),
+                        ),
+                    }
                 }
             } else {
+                let q = quantize8_neon([v[0], v[1]], qscale, qzero);
                 let mut bytes = [0i8; PIXELS];
                 vst1_s8(bytes.as_mut_ptr(), q);
                 std::ptr::copy_nonoverlapping(bytes.as_ptr(), i8_out, lanes);

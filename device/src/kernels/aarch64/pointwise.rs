@@ -9,7 +9,9 @@
 //! accumulators (the 8 x 12 tile of `crate::kernels::aarch64::direct`), per input channel one
 //! `ld1` of the 12 pixels, one `ldp` of 8 weights and 24 `fmla` by element, two channels a loop
 //! turn; the accumulators start at the bias, and the residual and ReLU that follow are applied
-//! in registers. The last, partial tile reads a copy of its pixels. The same products as
+//! in registers. A last tile of 4 pixels or fewer (ResNet's 7x7 layers: 49 = 4 x 12 + 1; the
+//! 14x14 to 56x56 ones: 4 left) runs 8 channels by one register of pixels; a partial tile reads
+//! a copy of its pixels. The same products as
 //! tract's, summed in another order: the results differ by rounding only (unit test against
 //! float64; parity tests).
 
@@ -82,6 +84,44 @@ macro_rules! channel_step {
     };
 }
 
+/// [`channel_step`] for a short tile: 4 pixels, 8 `fmla` into `{a0}`-`{a7}`.
+macro_rules! short_step {
+    () => {
+        concat!(
+            "ld1 {{v0.4s}}, [{x}], {s}\n",
+            "ldp q3, q4, [{w}], #32\n",
+            "fmla {a0:v}.4s, v0.4s, v3.s[0]\n",
+            "fmla {a1:v}.4s, v0.4s, v3.s[1]\n",
+            "fmla {a2:v}.4s, v0.4s, v3.s[2]\n",
+            "fmla {a3:v}.4s, v0.4s, v3.s[3]\n",
+            "fmla {a4:v}.4s, v0.4s, v4.s[0]\n",
+            "fmla {a5:v}.4s, v0.4s, v4.s[1]\n",
+            "fmla {a6:v}.4s, v0.4s, v4.s[2]\n",
+            "fmla {a7:v}.4s, v0.4s, v4.s[3]\n",
+        )
+    };
+}
+
+/// The loop over `$c` input channels (two a turn, a lone first one if odd) of `$step`, with
+/// `{n}` holding the count.
+macro_rules! channel_loop {
+    ($step:ident) => {
+        concat!(
+            "tbz {n}, #0, 3f\n",
+            $step!(),
+            "3:\n",
+            "lsr {n}, {n}, #1\n",
+            "cbz {n}, 4f\n",
+            "2:\n",
+            $step!(),
+            $step!(),
+            "subs {n}, {n}, #1\n",
+            "b.ne 2b\n",
+            "4:\n",
+        )
+    };
+}
+
 impl PointwiseConv {
     /// The kernel, as `device inspect` names it.
     pub const KERNEL: &'static str = "pointwise_f32_8x12_neon (device::kernels::aarch64::pointwise)";
@@ -95,7 +135,7 @@ impl PointwiseConv {
             k,
             hw: conv.hw,
             batched: conv.batched,
-            u: Arc::new(blocked_weights(&conv.kernel, k, R)),
+            u: Arc::new(blocked_weights(&conv.kernel, k, R, |v| v)),
             bias: conv.bias.clone(),
             epilogue,
         }
@@ -115,40 +155,51 @@ impl PointwiseConv {
     unsafe fn run(&self, buf: Buffers, tiles: Range<usize>) {
         let (c, n) = (self.c, self.n());
         let zero = vdupq_n_f32(0.0);
-        // The last tile's pixels, copied per channel, zeros after.
+        // A partial tile's pixels, copied per channel (`width` a channel), zeros after.
         let mut tail = vec![];
         for tile in tiles {
             let p0 = tile * PIXELS;
             let pixels = PIXELS.min(n - p0);
-            let (x, step) = if pixels == PIXELS {
+            // A last tile of 4 pixels or fewer (the 7x7 layers' 49th, the 14x14 layers' last 4)
+            // runs a short tile: one register of pixels, 8 accumulators.
+            let short = pixels <= 4;
+            let width = if short { 4 } else { PIXELS };
+            let (x, step) = if pixels == width {
                 (buf.x.add(p0), 4 * n)
             } else {
-                tail.resize(c * PIXELS, 0.0);
+                tail.resize(c * width, 0.0);
                 for ch in 0..c {
-                    std::ptr::copy_nonoverlapping(buf.x.add(ch * n + p0), tail.as_mut_ptr().add(ch * PIXELS), pixels);
+                    std::ptr::copy_nonoverlapping(buf.x.add(ch * n + p0), tail.as_mut_ptr().add(ch * width), pixels);
                 }
-                (tail.as_ptr(), 4 * PIXELS)
+                (tail.as_ptr(), 4 * width)
             };
             for kb in 0..self.k / R {
                 let mut acc: [[float32x4_t; 3]; R] = std::array::from_fn(|j| [vdupq_n_f32(self.bias[kb * R + j]); 3]);
-                tile_8x12!(acc;
-                    "tbz {n}, #0, 3f",
-                    channel_step!(),
-                    "3:",
-                    "lsr {n}, {n}, #1",
-                    "cbz {n}, 4f",
-                    "2:",
-                    channel_step!(),
-                    channel_step!(),
-                    "subs {n}, {n}, #1",
-                    "b.ne 2b",
-                    "4:",
-                    x = inout(reg) x => _,
-                    s = in(reg) step,
-                    w = inout(reg) self.u.as_ptr().add(kb * c * R) => _,
-                    n = inout(reg) c => _,
-                    out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _,
-                );
+                let w = self.u.as_ptr().add(kb * c * R);
+                if short {
+                    std::arch::asm!(
+                        channel_loop!(short_step),
+                        x = inout(reg) x => _,
+                        s = in(reg) step,
+                        w = inout(reg) w => _,
+                        n = inout(reg) c => _,
+                        a0 = inout(vreg) acc[0][0], a1 = inout(vreg) acc[1][0],
+                        a2 = inout(vreg) acc[2][0], a3 = inout(vreg) acc[3][0],
+                        a4 = inout(vreg) acc[4][0], a5 = inout(vreg) acc[5][0],
+                        a6 = inout(vreg) acc[6][0], a7 = inout(vreg) acc[7][0],
+                        out("v0") _, out("v3") _, out("v4") _,
+                        options(nostack, readonly),
+                    );
+                } else {
+                    tile_8x12!(acc;
+                        channel_loop!(channel_step),
+                        x = inout(reg) x => _,
+                        s = in(reg) step,
+                        w = inout(reg) w => _,
+                        n = inout(reg) c => _,
+                        out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _,
+                    );
+                }
                 for (j, acc) in acc.iter().enumerate() {
                     let at = (kb * R + j) * n + p0;
                     let mut v = *acc;
@@ -228,13 +279,13 @@ mod tests {
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     /// The op against a float64 matrix product: pixel counts with a partial last tile (1-11
-    /// pixels) and without, odd and even channel counts (the loop's lone first step), with and
+    /// pixels: the short tile read in place (4), or copied (1, 3)) and without, odd and even channel counts (the loop's lone first step), with and
     /// without residual and ReLU, input and output with and without the batch axis, on one and
     /// two threads (same bits).
     #[test]
     fn equals_float64_product() {
         // (c, k, h, w)
-        let cases = [(64, 16, 14, 14), (3, 8, 5, 7), (256, 8, 7, 7), (1, 24, 2, 6), (17, 8, 1, 1)];
+        let cases = [(64, 16, 14, 14), (3, 8, 5, 7), (256, 8, 7, 7), (1, 24, 2, 6), (17, 8, 1, 1), (5, 16, 3, 5)];
         for (case, &(c, k, h, w)) in cases.iter().enumerate() {
             let mut next = random(case as u64 + 17);
             let n = h * w;

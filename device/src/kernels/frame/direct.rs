@@ -39,19 +39,20 @@ impl Split {
         shape(batched, [k, self.g.out_height, self.g.out_width])
     }
 
-    /// The op's input `x` checked against the plan (f32, `[1, C, H, W]` if `batched`, else
+    /// The op's input `x` checked against the plan (`T`, `[1, C, H, W]` if `batched`, else
     /// `[C, H, W]`) and split, `slack` zeros after.
-    pub(crate) fn read(&self, x: &TValue, batched: bool, slack: usize) -> TractResult<Vec<f32>> {
+    pub(crate) fn read<T: Datum + Copy + Default>(&self, x: &TValue, batched: bool, slack: usize) -> TractResult<Vec<T>> {
         let g = &self.g;
         let planned = shape(batched, [g.channels, g.height, g.width]);
         ensure!(
-            x.datum_type() == f32::datum_type() && x.shape() == &planned[..],
-            "DirectConv: input {:?} {:?}, planned for {planned:?} f32",
+            x.datum_type() == T::datum_type() && x.shape() == &planned[..],
+            "DirectConv: input {:?} {:?}, planned for {planned:?} {:?}",
             x.datum_type(),
             x.shape(),
+            T::datum_type(),
         );
-        let x = x.try_as_plain_ram()?.as_slice::<f32>()?;
-        let mut split = vec![0f32; self.len(slack)];
+        let x = x.try_as_plain_ram()?.as_slice::<T>()?;
+        let mut split = vec![T::default(); self.len(slack)];
         for c in 0..g.channels {
             self.fill(x, &mut split, c);
         }
@@ -77,7 +78,7 @@ impl Split {
     }
 
     /// Writes channel `c` of `x` (`[C, H, W]`) into `split` (zeroed), split by phase.
-    pub(crate) fn fill(&self, x: &[f32], split: &mut [f32], c: usize) {
+    pub(crate) fn fill<T: Copy>(&self, x: &[T], split: &mut [T], c: usize) {
         let g = &self.g;
         let (sy, sx) = g.stride;
         let (hp, wp) = g.extent();
@@ -87,10 +88,28 @@ impl Split {
         for y in 0..g.height.min(hp.saturating_sub(top)) {
             let (yy, py) = ((y + top) / sy, (y + top) % sy);
             let row = &x[(c * g.height + y) * g.width..][..g.width.min(wp.saturating_sub(left))];
+            let planes = &mut dst[py * sx * plane..][..sx * plane];
+            if sx == 2 {
+                // The stem: the row's even and odd columns to their two phases, a pair at a
+                // time (a loop the compiler vectorizes: `ld2` on NEON).
+                let (first, second) = planes.split_at_mut(plane);
+                let (even, odd) = if left % 2 == 0 { (first, second) } else { (second, first) };
+                let even = &mut even[yy * wq + left / 2..];
+                let odd = &mut odd[yy * wq + (left + 1) / 2..];
+                let pairs = row.chunks_exact(2);
+                if let [last] = pairs.remainder() {
+                    even[row.len() / 2] = *last;
+                }
+                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+                continue;
+            }
             // Column phase and position of padded column `xi + left`, kept without a division.
             let (mut xx, mut px) = (left / sx, left % sx);
             for v in row {
-                dst[(py * sx + px) * plane + yy * wq + xx] = *v;
+                planes[px * plane + yy * wq + xx] = *v;
                 px += 1;
                 if px == sx {
                     px = 0;
@@ -102,13 +121,13 @@ impl Split {
 }
 
 /// The weights `kernel` (`[k][steps]`, `k` a multiple of `r`) per block of `r` output
-/// channels, per step: the block's `r` weights.
-pub(crate) fn blocked_weights(kernel: &[f32], k: usize, r: usize) -> Vec<f32> {
+/// channels, per step: the block's `r` weights, made `T` by `cast`.
+pub(crate) fn blocked_weights<T: Copy + Default>(kernel: &[f32], k: usize, r: usize, cast: fn(f32) -> T) -> Vec<T> {
     let steps = kernel.len() / k;
-    let mut u = vec![0f32; k * steps];
+    let mut u = vec![T::default(); k * steps];
     for o in 0..k {
         for s in 0..steps {
-            u[((o / r) * steps + s) * r + o % r] = kernel[o * steps + s];
+            u[((o / r) * steps + s) * r + o % r] = cast(kernel[o * steps + s]);
         }
     }
     u
@@ -122,10 +141,20 @@ pub(crate) mod tests {
     use tract_core::internal::*;
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
-    /// A direct conv op (made by `new`) against a direct float64 convolution: the ResNet stem
-    /// and smaller odd shapes, strides 1 to 3, with and without ReLU, on one and two threads
-    /// (same bits).
-    pub(crate) fn equals_float64_convolution<C: EvalOp>(new: fn(ConvShape, usize, bool, &[f32], &[f32], Epilogue) -> C) {
+    /// The values of `v` rounded to `T` (the op's tensors and weights), as f32.
+    fn rounded<T: Datum>(v: &[f32]) -> Vec<f32> {
+        let t = tensor1(v).cast_to::<T>().unwrap().cast_to::<f32>().unwrap().into_owned();
+        t.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+    }
+
+    /// A direct conv op (made by `new`) on `T` tensors against a direct float64 convolution
+    /// of the same inputs, weights and bias (rounded to `T`): the ResNet stem and smaller odd
+    /// shapes, strides 1 to 3, with and without ReLU, on one and two threads (same bits).
+    /// Each output within `tolerance` of the sum of its terms' magnitudes.
+    pub(crate) fn equals_float64_convolution<T: Datum, C: EvalOp>(
+        new: fn(ConvShape, usize, bool, &[f32], &[f32], Epilogue) -> C,
+        tolerance: f64,
+    ) {
         // (c, k, h, w, kernel, stride, pad)
         let cases = [
             (3, 64, 224, 224, 7, 2, 3),
@@ -136,9 +165,9 @@ pub(crate) mod tests {
         for (case, &(c, k, h, w, ks, s, p)) in cases.iter().enumerate() {
             let mut next = random(case as u64 + 5);
             let (out_h, out_w) = ((h + 2 * p - ks) / s + 1, (w + 2 * p - ks) / s + 1);
-            let kernel: Vec<f32> = (0..k * c * ks * ks).map(|_| next()).collect();
-            let bias: Vec<f32> = (0..k).map(|_| next()).collect();
-            let x: Vec<f32> = (0..c * h * w).map(|_| next()).collect();
+            let kernel = rounded::<T>(&(0..k * c * ks * ks).map(|_| next()).collect::<Vec<_>>());
+            let bias = rounded::<T>(&(0..k).map(|_| next()).collect::<Vec<_>>());
+            let x = rounded::<T>(&(0..c * h * w).map(|_| next()).collect::<Vec<_>>());
             let relu = case % 2 == 0;
             let g = ConvShape {
                 channels: c,
@@ -155,18 +184,17 @@ pub(crate) mod tests {
                 residual: false,
             };
             let conv = new(g, k, true, &kernel, &bias, epilogue);
-            let input = tvec![Tensor::from_shape(&[1, c, h, w], &x).unwrap().into_tvalue()];
+            let input = Tensor::from_shape(&[1, c, h, w], &x).unwrap().cast_to::<T>().unwrap().into_owned();
+            let input = tvec![input.into_tvalue()];
             let ctx = EvalContext::out_of_plan();
             let one = conv.eval(&ctx, input.clone()).unwrap();
             let two = multithread_tract_scope(Executor::multithread(2), || {
                 conv.eval(&ctx, input.clone()).unwrap()
             });
             assert_eq!(one, two, "case {case}: threads differ");
-            let got = one[0]
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap();
+            assert_eq!(one[0].datum_type(), T::datum_type());
+            let got = one[0].cast_to::<f64>().unwrap();
+            let got = got.try_as_plain_ram().unwrap().as_slice::<f64>().unwrap();
             for o in 0..k {
                 for y in 0..out_h {
                     for xo in 0..out_w {
@@ -189,9 +217,9 @@ pub(crate) mod tests {
                         if relu {
                             sum = sum.max(0.0);
                         }
-                        let g = f64::from(got[(o * out_h + y) * out_w + xo]);
+                        let g = got[(o * out_h + y) * out_w + xo];
                         assert!(
-                            (g - sum).abs() <= 1e-6 * scale.max(1e-3),
+                            (g - sum).abs() <= tolerance * scale.max(1e-3),
                             "case {case} channel {o} at ({y}, {xo}): {g} vs {sum}"
                         );
                     }

@@ -90,7 +90,7 @@ impl DirectConv {
     ) -> Self {
         let taps = g.kernel.0 * g.kernel.1;
         assert!(k.is_multiple_of(R) && kernel.len() == k * g.channels * taps && bias.len() == k);
-        let u = blocked_weights(kernel, k, R);
+        let u = blocked_weights(kernel, k, R, |v| v);
         let steps = Split { g: g.clone() }.steps();
         DirectConv {
             vectors: g.output_lanes(crate::kernels::x86_64::avx512::LANES),
@@ -182,7 +182,7 @@ impl EvalOp for DirectConv {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         // The slack: what the last tile's padding lanes read.
-        let split = self.split().read(&inputs[0], self.batched, NV * LANES + self.g.kernel.1)?;
+        let split = self.split().read::<f32>(&inputs[0], self.batched, NV * LANES + self.g.kernel.1)?;
         let mut out = unsafe { Tensor::uninitialized::<f32>(&self.split().output_shape(self.batched, self.k))? };
         let buf = Buffers {
             split: split.as_ptr(),
@@ -216,6 +216,6 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX-512 (the plan keeps tract's convs)");
             return;
         }
-        crate::kernels::frame::direct::tests::equals_float64_convolution(DirectConv::new);
+        crate::kernels::frame::direct::tests::equals_float64_convolution::<f32, _>(DirectConv::new, 1e-6);
     }
 }
