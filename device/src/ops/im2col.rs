@@ -211,10 +211,16 @@ impl ConvShape {
     /// x`) of the first; the outputs of the kept lanes are consecutive.
     pub fn output_lanes(&self, lanes: usize) -> Vec<(u16, usize)> {
         assert!(lanes <= 16, "output_lanes: {lanes} lanes in a 16-bit mask");
+        self.output_lanes_32(lanes).into_iter().map(|(mask, first)| (mask as u16, first)).collect()
+    }
+
+    /// [`ConvShape::output_lanes`] for vectors of up to 32 lanes.
+    pub fn output_lanes_32(&self, lanes: usize) -> Vec<(u32, usize)> {
+        assert!(lanes <= 32, "output_lanes: {lanes} lanes in a 32-bit mask");
         let (oh, ow, wq) = (self.out_height, self.out_width, self.plane_width());
         (0..(oh * wq).div_ceil(lanes))
             .map(|v| {
-                let mut mask = 0u16;
+                let mut mask = 0u32;
                 let mut first = None;
                 for lane in 0..lanes {
                     let q = v * lanes + lane;

@@ -1,20 +1,24 @@
-//! Float large-kernel strided convolutions (ResNet's 7x7/2 stem) computed on the input
-//! directly, on NEON: f32 on every aarch64 board, f16 (the plans of `--precision f16`) where
-//! the CPU has FEAT_FP16 (a Pi 5's A76, Orin's A78AE).
+//! Float convolutions computed on the input directly, on NEON: ResNet's 7x7/2 stem and its
+//! 3x3 stride-2 convs (kernels of 5 and more, 3x3 of stride 2 where the tiles fit: see
+//! [`DirectConv::take`]), f32 on every aarch64 board, f16 (the plans of `--precision f16`)
+//! where the CPU has FEAT_FP16 (a Pi 5's A76, Orin's A78AE).
 //!
-//! tract runs the stem as a lazy im2col + matrix product (147 rows of patches per output
-//! pixel, built panel by panel: 21 M of ResNet-50 fp32's instructions per inference on
+//! tract runs them as a lazy im2col + matrix product (for the stem 147 rows of patches per
+//! output pixel, built panel by panel: 21 M of ResNet-50 fp32's instructions per inference on
 //! cortex-a72 besides the products, 9.5 M of ResNet-18 fp16's on cortex-a76). [`DirectConv`]
 //! splits the padded input once by row and column phase (`crate::kernels::frame::direct`, as
-//! x86's `DirectConv`), so that one kernel tap of consecutive output pixels of a row is a run
-//! of consecutive values, and runs a tile of 8 output channels by three registers of pixels
-//! (12 in f32 lanes, 24 in f16 lanes) in 24 accumulators, started at the bias: per (channel,
-//! tap) step three loads of positions, one or two of weights and 24 `fmla` by element. The
-//! ReLU that follows (fused by `crate::kernels::aarch64::fp32` and `fp16`) is applied in
-//! registers. The same products as tract's, summed in another order: f32 results differ by
-//! rounding only (unit test against float64; parity tests). f16 sums stay in f16 lanes over
-//! all 147 taps, as tract's f16 matrix product keeps them (unit test: within the f16 rounding
-//! of such a sum).
+//! x86's `DirectConv`), so that one kernel tap of consecutive output pixels is a run of
+//! consecutive values, and runs a tile of 8 output channels by three registers of positions
+//! (12 in f32 lanes, 24 in f16 lanes; consecutive positions of the planes, row after row, the
+//! lanes past an output row's end not stored) in 24 accumulators, started at the bias: per
+//! (channel, tap) step three loads of positions, one or two of weights and 24 `fmla` by
+//! element. The steps go by [`Path`]: the stem's rows (7 taps from two column phases in turn),
+//! a 3x3 kernel's 9 taps (each load moving the pointer on to the next tap), or a table of
+//! offsets. The ReLU that follows (fused by `crate::kernels::aarch64::fp32` and `fp16`) is
+//! applied in registers. The same products as tract's, summed in another order: f32 results
+//! differ by rounding only (unit test against float64; parity tests). f16 sums stay in f16
+//! lanes over all the taps, as tract's f16 matrix product keeps them (unit test: within the
+//! f16 rounding of such a sum).
 
 use crate::kernels::frame::direct::{blocked_weights, Split};
 use crate::kernels::frame::float_conv::{Epilogue, FloatConv, Take};
@@ -41,14 +45,13 @@ pub trait DirectElem: Datum + Copy {
     /// # Safety
     /// NEON (every aarch64 CPU).
     unsafe fn splat(v: Self) -> float32x4_t;
-    /// Adds to `acc` the products of the steps `steps` (their offsets in bytes from `x`; with
-    /// `plane`, the stem's rows: see [`DirectConv::rows`]) by the weights at `u`, then applies
-    /// the ReLU if `relu`.
+    /// Adds to `acc` the products of the steps of `path` from `x` by the weights at `u`, then
+    /// applies the ReLU if `relu`.
     ///
     /// # Safety
     /// The split input from `x` and the weights from `u` hold every step's reads; for f16 the
     /// CPU has FEAT_FP16.
-    unsafe fn tile(acc: &mut Tile, x: *const Self, u: *const Self, steps: &[usize], plane: Option<usize>, relu: bool);
+    unsafe fn tile(acc: &mut Tile, x: *const Self, u: *const Self, path: &Path, relu: bool);
 }
 
 /// A float conv of one `[1, C, H, W]` (or `[C, H, W]`) image with a large kernel (see the
@@ -64,15 +67,35 @@ pub struct DirectConv<T: DirectElem = f32> {
     u: Arc<Vec<T>>,
     bias: Vec<T>,
     epilogue: Epilogue,
-    /// Per step (channel, ky, kx): its offset in the split input from a tile's first position,
-    /// in bytes; with `rows`, per (channel, ky): the offset of its row of column phase 0.
-    steps: Vec<usize>,
-    /// The stem's 7-wide kernel at stride 2 along x: its values per plane, the taps of a row
-    /// read from the row's two column phases in turn.
-    rows: Option<usize>,
-    /// Per tile: its first position in the planes, its first output pixel, its pixels (1 to
-    /// `T::PIXELS`).
-    tiles: Vec<(usize, usize, usize)>,
+    path: Path,
+    /// Per tile: its first position in the planes, and the output pixels of its lanes
+    /// ([`OutputTile`]).
+    tiles: Vec<(usize, OutputTile)>,
+}
+
+/// How a tile walks its steps (channel, ky, kx) through the split input.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Path {
+    /// The stem's 7-wide kernel at stride 2 along x: per (channel, ky) the offset in bytes of
+    /// its row of column phase 0 from a tile's first position, the 7 taps read from the row's
+    /// two column phases (`plane` values apart) in turn.
+    Rows { plane: usize, rows: Vec<usize> },
+    /// 3x3 kernels: per channel 9 taps, `next[t]` the bytes from tap `t`'s positions to the
+    /// next tap's (from the last to the next channel's first).
+    Taps { channels: usize, next: [usize; 9] },
+    /// Any kernel: per step its offset in bytes from a tile's first position.
+    Steps { steps: Vec<usize> },
+}
+
+/// Which output pixels a tile's lanes are (`ConvShape::output_lanes_32`): tiles run over
+/// consecutive positions of the planes, row after row, so the lanes past an output row's last
+/// pixel (up to the plane width) compute nothing that is stored.
+#[derive(Clone, Debug, PartialEq)]
+struct OutputTile {
+    /// The output pixel of its first stored lane. The stored lanes' pixels are consecutive.
+    first: usize,
+    /// Its lanes that are output pixels (bit per lane).
+    mask: u32,
 }
 
 impl<T: DirectElem> Eq for DirectConv<T> {}
@@ -112,24 +135,24 @@ impl<T> Copy for Buffers<T> {}
 unsafe impl<T> Send for Buffers<T> {}
 unsafe impl<T> Sync for Buffers<T> {}
 
-/// One f32 step: 12 positions from `$p` (then a position on: `{next}`), the 8 weights from
+/// One f32 step: 12 positions from `$p` (then `$p` moved on by `$inc`), the 8 weights from
 /// `{w}`, 24 `fmla` on 4 lanes.
 macro_rules! tap_f32 {
-    ($p:literal) => {
+    ($p:literal, $inc:literal) => {
         concat!(
-            "ld1 {{v0.4s, v1.4s, v2.4s}}, [", $p, "], {next}\n",
+            "ld1 {{v0.4s, v1.4s, v2.4s}}, [", $p, "], ", $inc, "\n",
             "ldp q3, q4, [{w}], #32\n",
             step_8x12!("fmla", ".4s", ".s"),
         )
     };
 }
 
-/// One f16 step: 24 positions from `$p` (then a position on), the 8 weights from `{w}` in
-/// the lanes of v3, 24 `fmla` on 8 lanes.
+/// One f16 step: 24 positions from `$p` (then `$p` moved on by `$inc`), the 8 weights from
+/// `{w}` in the lanes of v3, 24 `fmla` on 8 lanes.
 macro_rules! tap_f16 {
-    ($p:literal) => {
+    ($p:literal, $inc:literal) => {
         concat!(
-            "ld1 {{v0.8h, v1.8h, v2.8h}}, [", $p, "], {next}\n",
+            "ld1 {{v0.8h, v1.8h, v2.8h}}, [", $p, "], ", $inc, "\n",
             "ldr q3, [{w}], #16\n",
             tap_f16!(@channel "0"),
             tap_f16!(@channel "1"),
@@ -179,29 +202,29 @@ macro_rules! relu {
 
 /// [`DirectElem::tile`] for element type `$t`: steps by `$tap`, the ReLU on lanes `$x`.
 macro_rules! tile_loop {
-    ($acc:ident, $t:ty, $tap:ident, $x:literal, $input:expr, $u:expr, $steps:expr, $plane:expr, $relu:expr) => {{
+    ($acc:ident, $t:ty, $tap:ident, $x:literal, $input:expr, $u:expr, $path:expr, $relu:expr) => {{
         let size = std::mem::size_of::<$t>();
-        match $plane {
+        match $path {
             // The stem: per (channel, kernel row) 7 taps from the row's two column phases in
             // turn (even, odd, ..., even), a position further every two.
-            Some(plane) => tile_8x12!($acc;
+            Path::Rows { plane, rows } => tile_8x12!($acc;
                 "2:",
                 "ldr {o}, [{s}], #8",
                 "add {e}, {x}, {o}",
                 "add {q}, {e}, {pl}",
-                $tap!("{e}"),
-                $tap!("{q}"),
-                $tap!("{e}"),
-                $tap!("{q}"),
-                $tap!("{e}"),
-                $tap!("{q}"),
-                $tap!("{e}"),
+                $tap!("{e}", "{next}"),
+                $tap!("{q}", "{next}"),
+                $tap!("{e}", "{next}"),
+                $tap!("{q}", "{next}"),
+                $tap!("{e}", "{next}"),
+                $tap!("{q}", "{next}"),
+                $tap!("{e}", "{next}"),
                 "subs {n}, {n}, #1",
                 "b.ne 2b",
                 relu!($x),
                 x = in(reg) $input,
-                s = inout(reg) $steps.as_ptr() => _,
-                n = inout(reg) $steps.len() => _,
+                s = inout(reg) rows.as_ptr() => _,
+                n = inout(reg) rows.len() => _,
                 pl = in(reg) size * plane,
                 next = in(reg) size,
                 relu = in(reg) u64::from($relu),
@@ -211,17 +234,48 @@ macro_rules! tile_loop {
                 q = out(reg) _,
                 out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _,
             ),
-            None => tile_8x12!($acc;
+            // 3x3: per channel its 9 taps, each load moving the pointer on to the next tap's
+            // positions (the last to the next channel's first).
+            Path::Taps { channels, next } => tile_8x12!($acc;
+                "2:",
+                $tap!("{e}", "{d0}"),
+                $tap!("{e}", "{d1}"),
+                $tap!("{e}", "{d2}"),
+                $tap!("{e}", "{d3}"),
+                $tap!("{e}", "{d4}"),
+                $tap!("{e}", "{d5}"),
+                $tap!("{e}", "{d6}"),
+                $tap!("{e}", "{d7}"),
+                $tap!("{e}", "{d8}"),
+                "subs {n}, {n}, #1",
+                "b.ne 2b",
+                relu!($x),
+                e = inout(reg) $input => _,
+                n = inout(reg) *channels => _,
+                d0 = in(reg) next[0],
+                d1 = in(reg) next[1],
+                d2 = in(reg) next[2],
+                d3 = in(reg) next[3],
+                d4 = in(reg) next[4],
+                d5 = in(reg) next[5],
+                d6 = in(reg) next[6],
+                d7 = in(reg) next[7],
+                d8 = in(reg) next[8],
+                relu = in(reg) u64::from($relu),
+                w = inout(reg) $u => _,
+                out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _,
+            ),
+            Path::Steps { steps } => tile_8x12!($acc;
                 "2:",
                 "ldr {o}, [{s}], #8",
                 "add {e}, {x}, {o}",
-                $tap!("{e}"),
+                $tap!("{e}", "{next}"),
                 "subs {n}, {n}, #1",
                 "b.ne 2b",
                 relu!($x),
                 x = in(reg) $input,
-                s = inout(reg) $steps.as_ptr() => _,
-                n = inout(reg) $steps.len() => _,
+                s = inout(reg) steps.as_ptr() => _,
+                n = inout(reg) steps.len() => _,
                 next = in(reg) size,
                 relu = in(reg) u64::from($relu),
                 w = inout(reg) $u => _,
@@ -244,8 +298,8 @@ impl DirectElem for f32 {
         vdupq_n_f32(v)
     }
     #[inline(always)]
-    unsafe fn tile(acc: &mut Tile, x: *const f32, u: *const f32, steps: &[usize], plane: Option<usize>, relu: bool) {
-        tile_loop!(acc, f32, tap_f32, ".4s", x, u, steps, plane, relu)
+    unsafe fn tile(acc: &mut Tile, x: *const f32, u: *const f32, path: &Path, relu: bool) {
+        tile_loop!(acc, f32, tap_f32, ".4s", x, u, path, relu)
     }
 }
 
@@ -259,22 +313,29 @@ impl DirectElem for f16 {
     unsafe fn splat(v: f16) -> float32x4_t {
         vreinterpretq_f32_u16(vdupq_n_u16(v.to_bits()))
     }
-    unsafe fn tile(acc: &mut Tile, x: *const f16, u: *const f16, steps: &[usize], plane: Option<usize>, relu: bool) {
-        tile_f16(acc, x, u, steps, plane, relu)
+    unsafe fn tile(acc: &mut Tile, x: *const f16, u: *const f16, path: &Path, relu: bool) {
+        tile_f16(acc, x, u, path, relu)
     }
 }
 
 /// [`DirectElem::tile`] on f16 lanes (`fmla` and `fmaxnm` on halves: FEAT_FP16).
 #[target_feature(enable = "neon,fp16")]
-unsafe fn tile_f16(acc: &mut Tile, x: *const f16, u: *const f16, steps: &[usize], plane: Option<usize>, relu: bool) {
-    tile_loop!(acc, f16, tap_f16, ".8h", x, u, steps, plane, relu)
+unsafe fn tile_f16(acc: &mut Tile, x: *const f16, u: *const f16, path: &Path, relu: bool) {
+    tile_loop!(acc, f16, tap_f16, ".8h", x, u, path, relu)
 }
 
 impl<T: DirectElem> DirectConv<T> {
     /// How `crate::kernels::aarch64::fp32` (f32) and `fp16` (f16) take a `T` conv whose
-    /// kernel is 5 or more each way (ResNet's 7x7 stem), with the ReLU after it.
+    /// kernel is 5 or more each way (ResNet's 7x7 stem) or 3x3 of stride 2 (ResNet's
+    /// downsampling 3x3 convs; Winograd takes those of stride 1) where 90% of its tiles' lanes
+    /// are output pixels (not ResNet's 7x7 outputs: 49 of 60 lanes in f32, 49 of 72 in f16;
+    /// tract's matrix products count fewer there), with the ReLU after it.
     pub(crate) fn take<'a>(conv: &FloatConv) -> Option<Take<'a>> {
-        (conv.dt == T::datum_type() && conv.g.kernel.0 >= 5 && conv.g.kernel.1 >= 5).then(|| Take {
+        let g = &conv.g;
+        let large = g.kernel.0 >= 5 && g.kernel.1 >= 5;
+        let lanes = (g.out_height * g.plane_width()).div_ceil(T::PIXELS) * T::PIXELS;
+        let strided_3x3 = g.kernel == (3, 3) && g.stride == (2, 2) && 10 * g.out_height * g.out_width >= 9 * lanes;
+        (conv.dt == T::datum_type() && (large || strided_3x3)).then(|| Take {
             suffix: "direct",
             residuals: false,
             op: Box::new(|conv, epilogue| {
@@ -289,23 +350,32 @@ impl<T: DirectElem> DirectConv<T> {
     pub(crate) fn new(g: ConvShape, k: usize, batched: bool, kernel: &[f32], bias: &[f32], epilogue: Epilogue) -> Self {
         let taps = g.kernel.0 * g.kernel.1;
         assert!(k.is_multiple_of(R) && kernel.len() == k * g.channels * taps && bias.len() == k);
-        let (oh, ow, wq) = (g.out_height, g.out_width, g.plane_width());
-        // Output pixel (y, x) reads tap (0, 0) at position (y, x) of phase (0, 0).
-        let tiles = (0..oh)
-            .flat_map(|y| (0..ow).step_by(T::PIXELS).map(move |x| (y * wq + x, y * ow + x, T::PIXELS.min(ow - x))))
+        // Output pixel (y, x) reads tap (0, 0) at position (y, x) of phase (0, 0): position
+        // y * wq + x of the planes, for x < ow.
+        let tiles = g
+            .output_lanes_32(T::PIXELS)
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (mask, _))| *mask != 0)
+            .map(|(v, (mask, first))| (v * T::PIXELS, OutputTile { first, mask }))
             .collect();
-        let rows = (g.stride.1 == 2 && g.kernel.1 == 7).then(|| g.plane());
         let split = Split { g };
+        let g = &split.g;
         // In bytes, as the kernel adds them.
         let size = std::mem::size_of::<T>();
-        let steps = match rows {
+        let steps: Vec<usize> = split.steps().into_iter().map(|s| size * s).collect();
+        let path = if g.stride.1 == 2 && g.kernel.1 == 7 {
             // Step (c, ky, 0) of each row.
-            Some(_) => split.steps().into_iter().step_by(7).map(|s| size * s).collect(),
-            None => split.steps().into_iter().map(|s| size * s).collect(),
+            Path::Rows { plane: g.plane(), rows: steps.into_iter().step_by(7).collect() }
+        } else if g.kernel == (3, 3) {
+            // The taps of channel 0, then channel 1's first.
+            let next = std::array::from_fn(|t| steps.get(t + 1).copied().unwrap_or(size * split.channel_len()).wrapping_sub(steps[t]));
+            Path::Taps { channels: g.channels, next }
+        } else {
+            Path::Steps { steps }
         };
         DirectConv {
-            steps,
-            rows,
+            path,
             split,
             k,
             batched,
@@ -328,27 +398,36 @@ impl<T: DirectElem> DirectConv<T> {
     unsafe fn run(&self, buf: Buffers<T>, tiles: Range<usize>) {
         let steps = self.split.g.channels * self.split.g.kernel.0 * self.split.g.kernel.1;
         let n = self.split.g.out_height * self.split.g.out_width;
-        // Pixels per register.
+        // Pixels per register; all lanes stored.
         let lanes = T::PIXELS / 3;
-        for &(at, p0, pixels) in &self.tiles[tiles] {
-            let x = buf.split.add(at);
+        let whole = u32::MAX >> (32 - T::PIXELS);
+        for (at, tile) in &self.tiles[tiles] {
+            let x = buf.split.add(*at);
             for kb in 0..self.k / R {
                 let u = self.u.as_ptr().add(kb * steps * R);
                 let mut acc: Tile = std::array::from_fn(|j| [T::splat(self.bias[kb * R + j]); 3]);
-                T::tile(&mut acc, x, u, &self.steps, self.rows, self.epilogue.relu);
+                T::tile(&mut acc, x, u, &self.path, self.epilogue.relu);
                 for (j, acc) in acc.iter().enumerate() {
-                    let out = buf.out.add((kb * R + j) * n + p0);
-                    if pixels == T::PIXELS {
+                    let out = buf.out.add((kb * R + j) * n + tile.first);
+                    if tile.mask == whole {
                         for (p, v) in acc.iter().enumerate() {
                             vst1q_f32(out.add(lanes * p) as *mut f32, *v);
                         }
                     } else {
-                        // The three registers' bytes, then the tile's pixels of them.
+                        // The three registers' bytes, then each run of stored lanes of them,
+                        // one after the other.
                         let mut bytes = [0f32; 12];
                         for (p, v) in acc.iter().enumerate() {
                             vst1q_f32(bytes.as_mut_ptr().add(4 * p), *v);
                         }
-                        std::ptr::copy_nonoverlapping(bytes.as_ptr() as *const T, out, pixels);
+                        let (values, mut mask, mut out) = (bytes.as_ptr() as *const T, tile.mask, out);
+                        while mask != 0 {
+                            let lane = mask.trailing_zeros();
+                            let run = (!(mask >> lane)).trailing_zeros();
+                            std::ptr::copy_nonoverlapping(values.add(lane as usize), out, run as usize);
+                            out = out.add(run as usize);
+                            mask &= !((u32::MAX >> (32 - run)) << lane);
+                        }
                     }
                 }
             }

@@ -5,8 +5,9 @@
 //! by 32 input channels) in for the 3x3 stride-1 padding-1 f16 `Conv`s
 //! that tract's `FloatPrecisionTranslator` leaves in the decluttered model, with the residual
 //! addition and the ReLU that follow, and `crate::kernels::aarch64::direct` on f16 tensors
-//! (8 x 24 tiles of f16 `fmla`) for convs with kernels of 5 and more (ResNet's 7x7/2 stem),
-//! with the ReLU. Everything else (1x1 and stride-2 3x3 convs) stays tract's fp16 kernels.
+//! (8 x 24 tiles of f16 `fmla`) for convs with kernels of 5 and more (ResNet's 7x7/2 stem) and
+//! 3x3 stride-2 ones (but to 7x7 outputs), with the ReLU. Everything else (the 1x1 convs)
+//! stays tract's fp16 kernels.
 //!
 //! Which convs qualify and how they are swapped in is `crate::kernels::frame::float_conv`'s.
 
@@ -16,9 +17,9 @@ use crate::kernels::frame::float_conv::place;
 use tract_core::internal::*;
 
 /// Replaces every f16 3x3 stride-1 `Conv` of a decluttered model by a [`WinogradConv`] on f16
-/// tensors, and every f16 large-kernel one by a [`DirectConv`]; returns how many. Plugged
-/// (`crate::kernels::aarch64::plug`) on CPUs with fp16 arithmetic (the plans it applies to
-/// exist only there); runs before tract's optimizer.
+/// tensors, and every f16 large-kernel or 3x3 stride-2 one by a [`DirectConv`]; returns how
+/// many. Plugged (`crate::kernels::aarch64::plug`) on CPUs with fp16 arithmetic (the plans it
+/// applies to exist only there); runs before tract's optimizer.
 pub fn prepare(model: &mut TypedModel) -> TractResult<usize> {
     // The ops run NEON and FEAT_FP16 instructions: never wired in on a CPU without them,
     // whoever calls.

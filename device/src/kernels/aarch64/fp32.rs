@@ -4,12 +4,14 @@
 //!
 //! - 3x3 stride-1 padding-1 convs: `crate::kernels::aarch64::winograd` (Winograd F(4x4, 3x3):
 //!   4x fewer multiply-adds), with the residual addition and the ReLU that follow.
-//! - Convs with kernels of 5 and more (ResNet's 7x7/2 stem): `crate::kernels::aarch64::direct`,
-//!   with the ReLU.
+//! - Convs with kernels of 5 and more (ResNet's 7x7/2 stem) and 3x3 stride-2 ones (ResNet's
+//!   downsampling 3x3 convs, but to 7x7 outputs): `crate::kernels::aarch64::direct`, with the
+//!   ReLU.
 //! - 1x1 stride-1 convs (`EinSum`s by then, with their bias `Add`):
 //!   `crate::kernels::aarch64::pointwise`, the input read as it is (no repack), with the
 //!   residual addition and the ReLU that follow.
-//! - Everything else (stride-2 3x3) stays tract's.
+//! - Everything else (the 3x3 stride-2 convs to 7x7 outputs, the classifier) stays tract's.
+//!   (1x1 stride-2 convs are 1x1 stride-1 ones after `FastDownsample` by then.)
 //!
 //! Which convs qualify and how they are swapped in is `crate::kernels::frame::float_conv`'s
 //! (shared with x86_64). `--conv tract` (`ConvAlgorithm::Tract`) keeps tract's everywhere.

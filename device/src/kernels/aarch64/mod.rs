@@ -1,7 +1,7 @@
 //! aarch64 kernels: [`fp32`] swaps fp32 plans' 3x3 stride-1 convs for [`winograd`], the 7x7
-//! stem for [`direct`] and the 1x1 stride-1 convs for [`pointwise`] (NEON, every board);
-//! [`fp16`] the f16 plans' 3x3 stride-1 convs and stem for the same ops on f16 tensors
-//! (FEAT_FP16); [`dotprod`] runs int8 plans' convs with `sdot` (FEAT_DotProd: Cortex-A76, A78AE),
+//! stem and the 3x3 stride-2 convs for [`direct`] and the 1x1 stride-1 convs for [`pointwise`]
+//! (NEON, every board); [`fp16`] the f16 plans' 3x3 convs and stem for the same ops on f16
+//! tensors (FEAT_FP16); [`dotprod`] runs int8 plans' convs with `sdot` (FEAT_DotProd: Cortex-A76, A78AE),
 //! [`widening`] their 3x3 stride-1 convs with `smull`/`smlal` where there is no dotprod
 //! (Cortex-A72); [`int8`] holds what those two share.
 //! Everything else runs tract's own NEON kernels behind the portable passes of
@@ -75,7 +75,7 @@ pub fn plug(cpu: &Cpu, kernels: &mut Kernels) {
     kernels.offer(
         Pass {
             name: "aarch64-fp32-convs",
-            what: "Winograd F(4x4, 3x3) for 3x3 stride-1 convs, direct 7x7 stem, 1x1 stride-1 convs on the input as it is (fp32 NEON; residual, ReLU fused)",
+            what: "Winograd F(4x4, 3x3) for 3x3 stride-1 convs, direct 7x7 stem and 3x3 stride-2 convs, 1x1 stride-1 convs on the input as it is (fp32 NEON; residual, ReLU fused)",
             stage: Stage::Decluttered,
             applies: Applies::F32Convs,
             run: fp32::prepare,
@@ -86,7 +86,7 @@ pub fn plug(cpu: &Cpu, kernels: &mut Kernels) {
     kernels.offer(
         Pass {
             name: "aarch64-fp16-convs",
-            what: "Winograd F(4x4, 3x3) for 3x3 stride-1 convs, direct 7x7 stem, of f16 plans (f16 tensors; residual, ReLU fused)",
+            what: "Winograd F(4x4, 3x3) for 3x3 stride-1 convs, direct 7x7 stem and 3x3 stride-2 convs, of f16 plans (f16 tensors; residual, ReLU fused)",
             stage: Stage::Decluttered,
             applies: Applies::F16Convs,
             run: fp16::prepare,

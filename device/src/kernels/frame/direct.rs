@@ -149,7 +149,7 @@ pub(crate) mod tests {
 
     /// A direct conv op (made by `new`) on `T` tensors against a direct float64 convolution
     /// of the same inputs, weights and bias (rounded to `T`): the ResNet stem and smaller odd
-    /// shapes, strides 1 to 3, with and without ReLU, on one and two threads (same bits).
+    /// shapes (7x7, 5x5, 3x3), strides 1 to 3, with and without ReLU, on one and two threads (same bits).
     /// Each output within `tolerance` of the sum of its terms' magnitudes.
     pub(crate) fn equals_float64_convolution<T: Datum, C: EvalOp>(
         new: fn(ConvShape, usize, bool, &[f32], &[f32], Epilogue) -> C,
@@ -161,6 +161,10 @@ pub(crate) mod tests {
             (3, 8, 31, 17, 7, 2, 3),
             (2, 16, 9, 40, 5, 1, 2),
             (1, 8, 12, 11, 5, 3, 0),
+            // 3x3 stride 2 (ResNet's downsampling convs: 56 -> 28, and 7 wide), stride 1.
+            (16, 8, 56, 56, 3, 2, 1),
+            (5, 16, 14, 13, 3, 2, 1),
+            (4, 8, 10, 13, 3, 1, 0),
         ];
         for (case, &(c, k, h, w, ks, s, p)) in cases.iter().enumerate() {
             let mut next = random(case as u64 + 5);
