@@ -133,12 +133,17 @@ fn resnet50_fp32_within_1e4_of_the_host() {
     }
 }
 
+/// ResNet-18's layers whose first block has a 1x1 downsample conv.
+const DOWNSAMPLES: [&str; 3] = ["layer2", "layer3", "layer4"];
+
 /// On x86 with AVX-512 and on every aarch64 CPU (NEON) the fp32 plan runs exactly ResNet-18's
 /// 3x3 stride-1 convs (13: two per block but the first conv of layers 2-4, which has stride 2)
 /// as Winograd, each with the ReLU (and residual) after it, and its 7x7 stem as `DirectConv`
 /// with its ReLU. On aarch64 the stride-2 3x3 convs of layers 2 and 3 are `DirectConv`s too,
 /// with their ReLUs (layer 4's 7x7 output stays tract's), so one element-wise op is left to
-/// tract; on x86 the three stride-2 convs' ReLUs are tract's, after its own convs. The float parity above holds with them (and without: `ConvAlgorithm::Tract`).
+/// tract, and the 1x1 downsample convs are `PointwiseConv`s with their blocks' residual and
+/// ReLU; on x86 the three stride-2 convs' ReLUs are tract's, after its own convs. The float
+/// parity above holds with them (and without: `ConvAlgorithm::Tract`).
 #[test]
 fn resnet18_fp32_runs_the_devices_convs() {
     let dir = common::fixtures("resnet18");
@@ -162,6 +167,10 @@ fn resnet18_fp32_runs_the_devices_convs() {
         true => assert_eq!(direct, vec!["conv1.direct"]),
         false => assert_eq!(direct, ["conv1", "layer2.0.conv1", "layer3.0.conv1"].map(|c| format!("{c}.direct"))),
     }
+    // aarch64: the three 1x1 downsample convs (1x1 stride-1 matrix products after tract's
+    // declutter), each with the residual addition and ReLU of its block.
+    let pointwise = common::nodes_of(plan, "PointwiseConv");
+    assert_eq!(pointwise, if x86 { vec![] } else { DOWNSAMPLES.map(|l| format!("{l}.0.downsample.0.pointwise")).to_vec() });
     let elementwise: Vec<String> = plan
         .nodes()
         .iter()
@@ -174,8 +183,8 @@ fn resnet18_fp32_runs_the_devices_convs() {
 }
 
 /// Where the CPU has fp16 arithmetic (qemu cortex-a76 and max), the f16 plan runs ResNet-18's
-/// 13 3x3 stride-1 convs as Winograd and its 7x7 stem and the stride-2 3x3 convs of layers 2
-/// and 3 as `DirectConv`, on f16 tensors; its
+/// 13 3x3 stride-1 convs as Winograd, its 7x7 stem and the stride-2 3x3 convs of layers 2
+/// and 3 as `DirectConv` and its 1x1 downsample convs as `PointwiseConv`, on f16 tensors; its
 /// logits on a parity input stay within 2e-2 of PyTorch's fp32, with the same top-1 (the four
 /// inputs, `device parity --precision f16`: 4/4, worst 1.2e-2).
 #[test]
@@ -197,6 +206,8 @@ fn resnet18_fp16_runs_the_devices_convs() {
     let direct = common::nodes_of(e.optimized_model(), "DirectConv");
     assert_eq!(e.info().plan.direct_layers, direct.len());
     assert_eq!(direct, ["conv1", "layer2.0.conv1", "layer3.0.conv1"].map(|c| format!("{c}.direct")));
+    let pointwise = common::nodes_of(e.optimized_model(), "PointwiseConv");
+    assert_eq!(pointwise, DOWNSAMPLES.map(|l| format!("{l}.0.downsample.0.pointwise")));
     let got = e.run(parity.input(0)).unwrap();
     let err = compare::rel_err(got, parity.logits(0));
     assert!(err <= 2e-2, "fp16 relative error {err}");

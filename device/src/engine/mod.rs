@@ -66,13 +66,14 @@ impl Default for EngineOptions {
     }
 }
 
-/// How f32 plans compute their convolutions (`--conv`).
+/// How float plans compute their convolutions (`--conv`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ConvAlgorithm {
-    /// This crate's convs where the CPU has AVX-512 (x86: `crate::kernels::x86_64::fp32`: Winograd F(4x4, 3x3)
-    /// or F(2x2, 3x3) for 3x3 stride 1, a direct conv for the 7x7 stem) or NEON (aarch64:
-    /// `crate::kernels::aarch64::fp32`: Winograd F(4x4, 3x3) for 3x3 stride 1), tract's im2col +
-    /// matrix product elsewhere.
+    /// This crate's convs where the CPU has AVX-512 (x86: `crate::kernels::x86_64::fp32`:
+    /// Winograd F(4x4, 3x3) or F(2x2, 3x3) for 3x3 stride 1, a direct conv for the 7x7 stem) or
+    /// NEON (aarch64: `crate::kernels::aarch64::fp32`, and `fp16` for f16 plans: Winograd
+    /// F(4x4, 3x3) for 3x3 stride 1, direct convs for the stem and 3x3 stride 2, 1x1 stride-1
+    /// convs on the input as it is), tract's im2col + matrix product elsewhere.
     #[default]
     Auto,
     /// Always tract's im2col + matrix product (`--conv tract`; `direct`, the old name, is still

@@ -118,60 +118,15 @@ impl<T: DirectElem> Op for DirectConv<T> {
     op_as_typed_op!();
 }
 
+#[derive(Clone, Copy)]
 struct Buffers<T> {
     split: *const T,
     out: *mut T,
 }
 
-impl<T> Clone for Buffers<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T> Copy for Buffers<T> {}
-
 // SAFETY: the pointers outlive the eval that shares them; threads write disjoint outputs.
 unsafe impl<T> Send for Buffers<T> {}
 unsafe impl<T> Sync for Buffers<T> {}
-
-/// One f32 step: 12 positions from `$p` (then `$p` moved on by `$inc`), the 8 weights from
-/// `{w}`, 24 `fmla` on 4 lanes.
-macro_rules! tap_f32 {
-    ($p:literal, $inc:literal) => {
-        concat!(
-            "ld1 {{v0.4s, v1.4s, v2.4s}}, [", $p, "], ", $inc, "\n",
-            "ldp q3, q4, [{w}], #32\n",
-            step_8x12!("fmla", ".4s", ".s"),
-        )
-    };
-}
-
-/// One f16 step: 24 positions from `$p` (then `$p` moved on by `$inc`), the 8 weights from
-/// `{w}` in the lanes of v3, 24 `fmla` on 8 lanes.
-macro_rules! tap_f16 {
-    ($p:literal, $inc:literal) => {
-        concat!(
-            "ld1 {{v0.8h, v1.8h, v2.8h}}, [", $p, "], ", $inc, "\n",
-            "ldr q3, [{w}], #16\n",
-            tap_f16!(@channel "0"),
-            tap_f16!(@channel "1"),
-            tap_f16!(@channel "2"),
-            tap_f16!(@channel "3"),
-            tap_f16!(@channel "4"),
-            tap_f16!(@channel "5"),
-            tap_f16!(@channel "6"),
-            tap_f16!(@channel "7"),
-        )
-    };
-    (@channel $c:literal) => {
-        concat!(
-            "fmla {a", $c, "0:v}.8h, v0.8h, v3.h[", $c, "]\n",
-            "fmla {a", $c, "1:v}.8h, v1.8h, v3.h[", $c, "]\n",
-            "fmla {a", $c, "2:v}.8h, v2.8h, v3.h[", $c, "]\n",
-        )
-    };
-}
 
 /// `max(a, 0)` on the 24 accumulators in lanes `$x` (`fmaxnm`: 0 for a NaN, like f32::max
 /// and tract's `Max`) if `{relu}` is not 0.

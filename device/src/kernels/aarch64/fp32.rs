@@ -30,7 +30,9 @@ pub fn prepare(model: &mut TypedModel) -> TractResult<usize> {
     if !crate::cpu::Cpu::get().asimd {
         return Ok(0);
     }
-    let pointwise = place_pointwise(model, |conv, epilogue| Box::new(PointwiseConv::new(conv, epilogue)))?;
+    let pointwise = place_pointwise(model, f32::datum_type(), |conv, epilogue| {
+        Box::new(PointwiseConv::<f32>::new(conv, epilogue))
+    })?;
     let convs = place(model, |conv| {
         WinogradConv::<f32>::take(conv).or_else(|| DirectConv::<f32>::take(conv))
     })?;

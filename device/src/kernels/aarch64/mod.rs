@@ -1,7 +1,7 @@
 //! aarch64 kernels: [`fp32`] swaps fp32 plans' 3x3 stride-1 convs for [`winograd`], the 7x7
 //! stem and the 3x3 stride-2 convs for [`direct`] and the 1x1 stride-1 convs for [`pointwise`]
-//! (NEON, every board); [`fp16`] the f16 plans' 3x3 convs and stem for the same ops on f16
-//! tensors (FEAT_FP16); [`dotprod`] runs int8 plans' convs with `sdot` (FEAT_DotProd: Cortex-A76, A78AE),
+//! (NEON, every board); [`fp16`] the f16 plans' convs (3x3, stem, 1x1) for the same ops on
+//! f16 tensors (FEAT_FP16); [`dotprod`] runs int8 plans' convs with `sdot` (FEAT_DotProd: Cortex-A76, A78AE),
 //! [`widening`] their 3x3 stride-1 convs with `smull`/`smlal` where there is no dotprod
 //! (Cortex-A72); [`int8`] holds what those two share.
 //! Everything else runs tract's own NEON kernels behind the portable passes of
@@ -57,6 +57,45 @@ macro_rules! step_8x12 {
     };
 }
 
+/// One f32 step of a float 8 x 12 tile ([`direct`], [`pointwise`]): 12 positions from `$p`
+/// (then `$p` moved on by `$inc`), the 8 weights from `{w}`, 24 `fmla` on 4 lanes.
+macro_rules! tap_f32 {
+    ($p:literal, $inc:literal) => {
+        concat!(
+            "ld1 {{v0.4s, v1.4s, v2.4s}}, [", $p, "], ", $inc, "\n",
+            "ldp q3, q4, [{w}], #32\n",
+            step_8x12!("fmla", ".4s", ".s"),
+        )
+    };
+}
+
+/// One f16 step of a float 8 x 24 tile ([`direct`], [`pointwise`]): 24 positions from `$p`
+/// (then `$p` moved on by `$inc`), the 8 weights from `{w}` in the lanes of v3, 24 `fmla` on 8
+/// lanes (FEAT_FP16).
+macro_rules! tap_f16 {
+    ($p:literal, $inc:literal) => {
+        concat!(
+            "ld1 {{v0.8h, v1.8h, v2.8h}}, [", $p, "], ", $inc, "\n",
+            "ldr q3, [{w}], #16\n",
+            tap_f16!(@channel "0"),
+            tap_f16!(@channel "1"),
+            tap_f16!(@channel "2"),
+            tap_f16!(@channel "3"),
+            tap_f16!(@channel "4"),
+            tap_f16!(@channel "5"),
+            tap_f16!(@channel "6"),
+            tap_f16!(@channel "7"),
+        )
+    };
+    (@channel $c:literal) => {
+        concat!(
+            "fmla {a", $c, "0:v}.8h, v0.8h, v3.h[", $c, "]\n",
+            "fmla {a", $c, "1:v}.8h, v1.8h, v3.h[", $c, "]\n",
+            "fmla {a", $c, "2:v}.8h, v2.8h, v3.h[", $c, "]\n",
+        )
+    };
+}
+
 pub mod direct;
 pub mod dotprod;
 pub mod fp16;
@@ -86,7 +125,7 @@ pub fn plug(cpu: &Cpu, kernels: &mut Kernels) {
     kernels.offer(
         Pass {
             name: "aarch64-fp16-convs",
-            what: "Winograd F(4x4, 3x3) for 3x3 stride-1 convs, direct 7x7 stem and 3x3 stride-2 convs, of f16 plans (f16 tensors; residual, ReLU fused)",
+            what: "Winograd F(4x4, 3x3) for 3x3 stride-1 convs, direct 7x7 stem and 3x3 stride-2 convs, 1x1 stride-1 convs on the input as it is, of f16 plans (f16 tensors; residual, ReLU fused)",
             stage: Stage::Decluttered,
             applies: Applies::F16Convs,
             run: fp16::prepare,

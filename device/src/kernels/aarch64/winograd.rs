@@ -6,7 +6,9 @@
 //! 128-bit registers, 4 f32 lanes, 32 of them: lanes run over 4 tiles. The matrix product's
 //! tile is 8 output channels by 12 tiles: 24 accumulators, 3 vectors of transformed inputs
 //! and the 8 weights in 2 registers, each weight taken from its lane by `fmla (by element)` -
-//! 29 registers, 5 loads per 24 multiply-adds; blocks have 12 tiles at least. Where a block
+//! 29 registers; per input channel one `ld1` of the 3 vectors and one `ldp` of the weights per
+//! 24 multiply-adds (the tile of `crate::kernels::aarch64::pointwise`, [`tile_8x12`]; on f16
+//! tensors its 8 x 24 f16 tile, [`tile_f16_8x24`]); blocks have 12 tiles at least. Where a block
 //! has 4 or 8 tiles left (7x7 layers have 4 in all), 8 output channels by 8 tiles, or 24 (16)
 //! output channels by 4 tiles: 7 (5) loads per 24 (16) multiply-adds. NEON has no masked loads or
 //! stores: the transforms read and write whole vectors, the frame's `SLACK` keeps the lanes
@@ -30,6 +32,7 @@ use crate::kernels::frame::winograd::{
     at4, at6, bt4, bt6, impl_lanes, multiply, multiply_in_groups, transform_input, transform_output, Block, Buffers,
     Elem, WinogradKernel, R,
 };
+use crate::kernels::aarch64::pointwise::PointwiseElem;
 use std::arch::aarch64::*;
 use std::ops::Range;
 use tract_core::internal::f16;
@@ -388,7 +391,21 @@ unsafe fn multiply_by<E: NeonElem>(
 /// # Safety
 /// As there.
 unsafe fn multiply_f32(conv: &WinogradConv<f32>, b: &Block, pairs: Range<usize>) {
-    multiply_by(conv, b, pairs, [tile::<3, 1>, tile::<2, 1>, tile::<1, 3>, tile::<1, 2>, tile::<1, 1>])
+    multiply_by(conv, b, pairs, [tile_8x12, tile::<2, 1>, tile::<1, 3>, tile::<1, 2>, tile::<1, 1>])
+}
+
+/// [`tile`] of 3 vectors of tiles by one panel: the 8 x 12 tile of
+/// `crate::kernels::aarch64::pointwise` (per input channel one `ld1` of the 12 tiles, one `ldp`
+/// of the 8 weights, 24 `fmla`: 26 instructions, where the compiler's loads of the same took
+/// 28-29), its accumulators from 0.
+unsafe fn tile_8x12(u: *const f32, v: *const f32, stride: usize, c: usize, out: *mut f32) {
+    let mut acc = [[vdupq_n_f32(0.0); 3]; R];
+    <f32 as PointwiseElem>::products(&mut acc, v, 4 * stride, u, c);
+    for (j, row) in acc.iter().enumerate() {
+        for (p, a) in row.iter().enumerate() {
+            vst1q_f32(out.add(j * stride + p * LANES), *a);
+        }
+    }
 }
 
 /// [`WinogradKernel::multiply`] on f16 lanes ([`tile_f16`]: 8 tiles a vector).
@@ -412,7 +429,7 @@ unsafe fn multiply_f16(conv: &WinogradConv<f16>, b: &Block<f16>, pairs: Range<us
         });
     }
     let tiles: [TileFn<f16>; 5] =
-        [tile_f16::<3, 1>, tile_f16::<2, 1>, tile_f16::<1, 3>, tile_f16::<1, 2>, tile_f16::<1, 1>];
+        [tile_f16_8x24, tile_f16::<2, 1>, tile_f16::<1, 3>, tile_f16::<1, 2>, tile_f16::<1, 1>];
     multiply_by(conv, b, pairs, tiles)
 }
 
@@ -543,15 +560,42 @@ unsafe fn tile_f16<const NV: usize, const G: usize>(
         for (g, acc) in acc.iter().enumerate() {
             for (j, row) in acc.iter().enumerate() {
                 for (p, a) in row.iter().enumerate() {
-                    let o = out.add((g * R + j) * stride + p * L);
-                    let (mut lo, mut hi) = (vcvt_f32_f16(vget_low_f16(*a)), vcvt_high_f32_f16(*a));
-                    if c0 > 0 {
-                        lo = vaddq_f32(lo, vld1q_f32(o));
-                        hi = vaddq_f32(hi, vld1q_f32(o.add(LANES)));
-                    }
-                    vst1q_f32(o, lo);
-                    vst1q_f32(o.add(LANES), hi);
+                    store_widened(out.add((g * R + j) * stride + p * L), *a, c0 > 0);
                 }
+            }
+        }
+        c0 += n;
+    }
+}
+
+/// Stores the 8 f16 sums `a` as f32 at `o`, added to the f32 ones there if `add`.
+#[inline]
+#[target_feature(enable = "neon,fp16")]
+unsafe fn store_widened(o: *mut f32, a: float16x8_t, add: bool) {
+    let (mut lo, mut hi) = (vcvt_f32_f16(vget_low_f16(a)), vcvt_high_f32_f16(a));
+    if add {
+        lo = vaddq_f32(lo, vld1q_f32(o));
+        hi = vaddq_f32(hi, vld1q_f32(o.add(LANES)));
+    }
+    vst1q_f32(o, lo);
+    vst1q_f32(o.add(LANES), hi);
+}
+
+/// [`tile_f16`] of 3 vectors of tiles by one panel: per [`F16_CHUNK`] input channels the
+/// 8 x 24 f16 tile of `crate::kernels::aarch64::pointwise` (per channel one `ld1` of the 24
+/// tiles, one `ldr` of the 8 weights, 24 `fmla`), from 0, its sums then widened and added to
+/// the f32 ones in `out`.
+#[target_feature(enable = "neon,fp16")]
+unsafe fn tile_f16_8x24(u: *const f16, v: *const f16, stride: usize, c: usize, out: *mut f32) {
+    const L: usize = 2 * LANES;
+    let mut c0 = 0;
+    while c0 < c {
+        let n = F16_CHUNK.min(c - c0);
+        let mut acc = [[vdupq_n_f32(0.0); 3]; R];
+        <f16 as PointwiseElem>::products(&mut acc, v.add(c0 * stride), 2 * stride, u.add(c0 * R), n);
+        for (j, row) in acc.iter().enumerate() {
+            for (p, a) in row.iter().enumerate() {
+                store_widened(out.add(j * stride + p * L), vreinterpretq_f16_f32(*a), c0 > 0);
             }
         }
         c0 += n;

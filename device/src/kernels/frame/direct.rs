@@ -142,7 +142,7 @@ pub(crate) mod tests {
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     /// The values of `v` rounded to `T` (the op's tensors and weights), as f32.
-    fn rounded<T: Datum>(v: &[f32]) -> Vec<f32> {
+    pub(crate) fn rounded<T: Datum>(v: &[f32]) -> Vec<f32> {
         let t = tensor1(v).cast_to::<T>().unwrap().cast_to::<f32>().unwrap().into_owned();
         t.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
     }

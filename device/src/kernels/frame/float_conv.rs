@@ -94,12 +94,15 @@ pub(crate) fn place<'a>(
     Ok(replaced)
 }
 
-/// A 1x1 stride-1 f32 conv as tract's declutter leaves it: `EinSum` of the input
+/// A 1x1 stride-1 float conv as tract's declutter leaves it: `EinSum` of the input
 /// (`[1, C, H, W]` or `[C, H, W]`) by the weights (`[K][C]`, constant) into `[1, K, H, W]` or
-/// `[K, H, W]`, then the `Add` of the bias (constant, one per channel).
+/// `[K, H, W]`, then the `Add` of the bias (constant, one per channel). f32, or f16 in the
+/// plans of `--precision f16` (tract's `FloatPrecisionTranslator` runs after the declutter).
 // Only aarch64 has a pointwise op so far (x86 keeps tract's matrix products for 1x1 convs).
 #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
 pub(crate) struct Pointwise {
+    /// The tensor type: f32 or f16.
+    pub dt: DatumType,
     pub c: usize,
     pub k: usize,
     pub hw: (usize, usize),
@@ -123,7 +126,8 @@ fn pointwise(model: &TypedModel, node: &TypedNode) -> Option<(Pointwise, usize)>
         "IHW,OI->OHW" => (false, false),
         _ => return None,
     };
-    if einsum.q_params.is_some() || einsum.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
+    let dt = einsum.operating_dt;
+    if einsum.q_params.is_some() || (dt != f32::datum_type() && dt != f16::datum_type()) || node.inputs.len() != 2 {
         return None;
     }
     let x = model.outlet_fact(node.inputs[0]).ok()?;
@@ -136,7 +140,7 @@ fn pointwise(model: &TypedModel, node: &TypedNode) -> Option<(Pointwise, usize)>
         &[k, kc] => (k, kc),
         _ => return None,
     };
-    if x.datum_type != f32::datum_type() || kc != c || k == 0 || !k.is_multiple_of(8) {
+    if x.datum_type != dt || kc != c || k == 0 || !k.is_multiple_of(8) {
         return None;
     }
     let out = shape(batched.1, [k, h, w]);
@@ -163,24 +167,25 @@ fn pointwise(model: &TypedModel, node: &TypedNode) -> Option<(Pointwise, usize)>
     }
     let kernel = kernel.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec();
     let bias = bias.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec();
-    Some((Pointwise { c, k, hw: (h, w), batched, kernel, bias }, add.id))
+    Some((Pointwise { dt, c, k, hw: (h, w), batched, kernel, bias }, add.id))
 }
 
-/// Replaces every 1x1 stride-1 f32 conv of a decluttered model (an `EinSum` and its bias
-/// `Add`, [`Pointwise`]) by the op `make` makes, with the residual addition and the ReLU after
-/// it (as [`place`]). Returns how many.
+/// Replaces every 1x1 stride-1 conv on `dt` tensors of a decluttered model (an `EinSum` and
+/// its bias `Add`, [`Pointwise`]) by the op `make` makes, with the residual addition and the
+/// ReLU after it (as [`place`]). Returns how many.
 #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
 pub(crate) fn place_pointwise(
     model: &mut TypedModel,
+    dt: DatumType,
     make: impl Fn(&Pointwise, Epilogue) -> Box<dyn TypedOp>,
 ) -> TractResult<usize> {
     let mut replaced = 0;
     for id in 0..model.nodes().len() {
-        let Some((conv, bias)) = pointwise(model, model.node(id)) else {
+        let Some((conv, bias)) = pointwise(model, model.node(id)).filter(|(conv, _)| conv.dt == dt) else {
             continue;
         };
         let out_shape = shape(conv.batched.1, [conv.k, conv.hw.0, conv.hw.1]);
-        let (epilogue, residual, last) = fuse(model, model.node(bias), true, f32::datum_type(), &out_shape);
+        let (epilogue, residual, last) = fuse(model, model.node(bias), true, dt, &out_shape);
         let node = model.node(id);
         let mut patch = TypedModelPatch::default();
         let mut inputs = tvec![patch.tap_model(model, node.inputs[0])?];
