@@ -96,6 +96,27 @@ macro_rules! tap_f16 {
     };
 }
 
+/// The loop over the input channels (`{n}` of them: two a turn, a lone first one if odd) of
+/// the step `$step` (`tap_f32`, `tap_f16`, and [`pointwise`]'s and [`winograd`]'s own), the
+/// pixels from `{x}`, the next channel's `{s}` bytes on.
+macro_rules! channel_loop {
+    ($step:ident) => {
+        concat!(
+            "tbz {n}, #0, 3f\n",
+            $step!("{x}", "{s}"),
+            "3:\n",
+            "lsr {n}, {n}, #1\n",
+            "cbz {n}, 4f\n",
+            "2:\n",
+            $step!("{x}", "{s}"),
+            $step!("{x}", "{s}"),
+            "subs {n}, {n}, #1\n",
+            "b.ne 2b\n",
+            "4:\n",
+        )
+    };
+}
+
 pub mod direct;
 pub mod dotprod;
 pub mod fp16;

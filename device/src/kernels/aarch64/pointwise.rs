@@ -64,6 +64,12 @@ pub trait PointwiseElem: DirectElem {
     /// # Safety
     /// `residual` null or valid for three registers; for f16 the CPU has FEAT_FP16.
     unsafe fn finish(v: &mut [float32x4_t; 3], residual: *const Self, relu: bool);
+    /// [`PointwiseConv`]'s tiles `tiles` on `buf`, compiled for this type's instructions
+    /// (FEAT_FP16 for f16) so that its tile's assembly and epilogue inline into one loop.
+    ///
+    /// # Safety
+    /// `buf` as `PointwiseConv::eval` makes it; for f16 the CPU has FEAT_FP16.
+    unsafe fn run(conv: &PointwiseConv<Self>, buf: Buffers<Self>, tiles: Range<usize>);
 }
 
 /// A 1x1 stride-1 float conv of one image (see the module doc), on `T` tensors.
@@ -101,8 +107,9 @@ impl<T: PointwiseElem> Op for PointwiseConv<T> {
     op_as_typed_op!();
 }
 
+/// The tensors of one eval: input, residual (or null) and output.
 #[derive(Clone, Copy)]
-struct Buffers<T> {
+pub struct Buffers<T> {
     x: *const T,
     residual: *const T,
     out: *mut T,
@@ -144,27 +151,6 @@ macro_rules! short_f16 {
             "fmla {a5:v}.8h, v0.8h, v3.h[5]\n",
             "fmla {a6:v}.8h, v0.8h, v3.h[6]\n",
             "fmla {a7:v}.8h, v0.8h, v3.h[7]\n",
-        )
-    };
-}
-
-/// The loop over the input channels (`{n}` of them: two a turn, a lone first one if odd) of
-/// the step `$step` (`tap_f32`, `tap_f16`, `short_f32`, `short_f16`), the pixels from `{x}`,
-/// the next channel's `{s}` bytes on.
-macro_rules! channel_loop {
-    ($step:ident) => {
-        concat!(
-            "tbz {n}, #0, 3f\n",
-            $step!("{x}", "{s}"),
-            "3:\n",
-            "lsr {n}, {n}, #1\n",
-            "cbz {n}, 4f\n",
-            "2:\n",
-            $step!("{x}", "{s}"),
-            $step!("{x}", "{s}"),
-            "subs {n}, {n}, #1\n",
-            "b.ne 2b\n",
-            "4:\n",
         )
     };
 }
@@ -236,6 +222,9 @@ impl PointwiseElem for f32 {
         }
         [vaddq_f32(a[0], a[2]), vaddq_f32(a[1], a[3]), zero]
     }
+    unsafe fn run(conv: &PointwiseConv<f32>, buf: Buffers<f32>, tiles: Range<usize>) {
+        run_f32(conv, buf, tiles)
+    }
     #[inline(always)]
     unsafe fn finish(v: &mut [float32x4_t; 3], residual: *const f32, relu: bool) {
         if !residual.is_null() {
@@ -250,21 +239,42 @@ impl PointwiseElem for f32 {
 
 impl PointwiseElem for f16 {
     const POINTWISE: &'static str = "pointwise_f16_8x24_neon (device::kernels::aarch64::pointwise; f16 sums, FEAT_FP16)";
+    #[inline(always)]
     unsafe fn products(acc: &mut Tile, x: *const f16, step: usize, w: *const f16, c: usize) {
         tile_f16(acc, x, step, w, c)
     }
+    #[inline(always)]
     unsafe fn short_products(acc: &mut [float32x4_t; R], x: *const f16, step: usize, w: *const f16, c: usize) {
         short_f16(acc, x, step, w, c)
     }
+    #[inline(always)]
     unsafe fn column(x: *const f16, w: *const f16, c: usize, bias: *const f16) -> [float32x4_t; 3] {
         column_f16(x, w, c, bias)
     }
+    #[inline(always)]
     unsafe fn finish(v: &mut [float32x4_t; 3], residual: *const f16, relu: bool) {
         finish_f16(v, residual, relu)
     }
+    unsafe fn run(conv: &PointwiseConv<f16>, buf: Buffers<f16>, tiles: Range<usize>) {
+        run_f16(conv, buf, tiles)
+    }
+}
+
+/// [`PointwiseElem::run`] for f32 (NEON).
+#[target_feature(enable = "neon")]
+unsafe fn run_f32(conv: &PointwiseConv<f32>, buf: Buffers<f32>, tiles: Range<usize>) {
+    conv.run(buf, tiles)
+}
+
+/// [`PointwiseElem::run`] for f16 (NEON and FEAT_FP16: the f16 tile, column and epilogue
+/// inline into it).
+#[target_feature(enable = "neon,fp16")]
+unsafe fn run_f16(conv: &PointwiseConv<f16>, buf: Buffers<f16>, tiles: Range<usize>) {
+    conv.run(buf, tiles)
 }
 
 /// [`PointwiseElem::column`] on f16 lanes (FEAT_FP16).
+#[inline]
 #[target_feature(enable = "neon,fp16")]
 unsafe fn column_f16(x: *const f16, w: *const f16, c: usize, bias: *const f16) -> [float32x4_t; 3] {
     let load = |p: *const f16| vreinterpretq_f16_u16(vld1q_u16(p as *const u16));
@@ -294,18 +304,21 @@ unsafe fn column_f16(x: *const f16, w: *const f16, c: usize, bias: *const f16) -
 }
 
 /// [`PointwiseElem::products`] on f16 lanes (FEAT_FP16).
+#[inline]
 #[target_feature(enable = "neon,fp16")]
 unsafe fn tile_f16(acc: &mut Tile, x: *const f16, step: usize, w: *const f16, c: usize) {
     whole_tile!(acc, tap_f16, x, step, w, c)
 }
 
 /// [`PointwiseElem::short_products`] on f16 lanes (FEAT_FP16).
+#[inline]
 #[target_feature(enable = "neon,fp16")]
 unsafe fn short_f16(acc: &mut [float32x4_t; R], x: *const f16, step: usize, w: *const f16, c: usize) {
     short_tile!(acc, short_f16, x, step, w, c)
 }
 
 /// [`PointwiseElem::finish`] on f16 lanes (FEAT_FP16).
+#[inline]
 #[target_feature(enable = "neon,fp16")]
 unsafe fn finish_f16(v: &mut [float32x4_t; 3], residual: *const f16, relu: bool) {
     let mut h = v.map(|v| vreinterpretq_f16_f32(v));
@@ -344,8 +357,8 @@ impl<T: PointwiseElem> PointwiseConv<T> {
     }
 
     /// Runs tiles `tiles` (of `T::PIXELS`; the last may be partial) for every block of output
-    /// channels.
-    #[target_feature(enable = "neon")]
+    /// channels; inlined into [`PointwiseElem::run`], which has the type's target features.
+    #[inline(always)]
     unsafe fn run(&self, buf: Buffers<T>, tiles: Range<usize>) {
         let (c, n) = (self.c, self.n());
         let size = std::mem::size_of::<T>();
@@ -454,7 +467,7 @@ impl<T: PointwiseElem> EvalOp for PointwiseConv<T> {
         // SAFETY: NEON is part of aarch64 (FEAT_FP16 for f16: the ops exist only in plans
         // made where the CPU has it, `crate::kernels::aarch64::fp16`); eval checked the sizes;
         // each range of tiles writes its own output pixels.
-        crate::ops::parallel::for_ranges(self.n().div_ceil(T::PIXELS), |tiles| unsafe { self.run(buf, tiles) });
+        crate::ops::parallel::for_ranges(self.n().div_ceil(T::PIXELS), |tiles| unsafe { T::run(self, buf, tiles) });
         Ok(tvec!(out.into_tvalue()))
     }
 }

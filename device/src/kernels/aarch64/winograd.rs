@@ -10,8 +10,8 @@
 //! 24 multiply-adds (the tile of `crate::kernels::aarch64::pointwise`, [`tile_8x12`]; on f16
 //! tensors its 8 x 24 f16 tile, [`tile_f16_8x24`]); blocks have 12 tiles at least. Where a block
 //! has 4 or 8 tiles left (7x7 layers have 4 in all), 8 output channels by 8 tiles, or 24 (16)
-//! output channels by 4 tiles: 7 (5) loads per 24 (16) multiply-adds. NEON has no masked loads or
-//! stores: the transforms read and write whole vectors, the frame's `SLACK` keeps the lanes
+//! output channels by 4 tiles: 4 (5) loads per 24 (16) multiply-adds (the 24 x 4 tile in
+//! assembly, [`tile_24x4`]). NEON has no masked loads or stores: the transforms read and write whole vectors, the frame's `SLACK` keeps the lanes
 //! past a row's last tile inside the buffers (they are computed and never stored to the
 //! output), and the split input and the output are written lane-exact at the row ends.
 //! `vld2q`/`vld4q` split a padded input row into its 2 or 4 column phases, `zip1`/`zip2`
@@ -391,7 +391,7 @@ unsafe fn multiply_by<E: NeonElem>(
 /// # Safety
 /// As there.
 unsafe fn multiply_f32(conv: &WinogradConv<f32>, b: &Block, pairs: Range<usize>) {
-    multiply_by(conv, b, pairs, [tile_8x12, tile::<2, 1>, tile::<1, 3>, tile::<1, 2>, tile::<1, 1>])
+    multiply_by(conv, b, pairs, [tile_8x12, tile::<2, 1>, tile_24x4, tile::<1, 2>, tile::<1, 1>])
 }
 
 /// [`tile`] of 3 vectors of tiles by one panel: the 8 x 12 tile of
@@ -565,6 +565,64 @@ unsafe fn tile_f16<const NV: usize, const G: usize>(
             }
         }
         c0 += n;
+    }
+}
+
+/// One input channel of [`tile_24x4`]: its 4 tiles from `$p` (then `$p` moved on by `$inc`),
+/// the 8 weights of each of the 3 panels from `{w0}`, `{w1}`, `{w2}`, 24 `fmla` by element.
+macro_rules! step_24x4 {
+    ($p:literal, $inc:literal) => {
+        concat!(
+            "ld1 {{v0.4s}}, [", $p, "], ", $inc, "\n",
+            "ldp q3, q4, [{w0}], #32\n",
+            "ldp q5, q6, [{w1}], #32\n",
+            "ldp q7, q8, [{w2}], #32\n",
+            step_24x4!(@panel "0", "v3", "v4"),
+            step_24x4!(@panel "1", "v5", "v6"),
+            step_24x4!(@panel "2", "v7", "v8"),
+        )
+    };
+    (@panel $g:literal, $lo:literal, $hi:literal) => {
+        concat!(
+            "fmla {a", $g, "0:v}.4s, v0.4s, ", $lo, ".s[0]\n",
+            "fmla {a", $g, "1:v}.4s, v0.4s, ", $lo, ".s[1]\n",
+            "fmla {a", $g, "2:v}.4s, v0.4s, ", $lo, ".s[2]\n",
+            "fmla {a", $g, "3:v}.4s, v0.4s, ", $lo, ".s[3]\n",
+            "fmla {a", $g, "4:v}.4s, v0.4s, ", $hi, ".s[0]\n",
+            "fmla {a", $g, "5:v}.4s, v0.4s, ", $hi, ".s[1]\n",
+            "fmla {a", $g, "6:v}.4s, v0.4s, ", $hi, ".s[2]\n",
+            "fmla {a", $g, "7:v}.4s, v0.4s, ", $hi, ".s[3]\n",
+        )
+    };
+}
+
+/// [`tile`] of one vector of tiles by 3 panels (blocks of 4 tiles: the 7x7 layers', the
+/// 14x14 layers' last 4), in assembly: per input channel one `ld1` of the 4 tiles, one `ldp`
+/// of each panel's 8 weights, 24 `fmla` (28 instructions; the compiler's loads and pointer
+/// steps took 30-31).
+unsafe fn tile_24x4(u: *const f32, v: *const f32, stride: usize, c: usize, out: *mut f32) {
+    let mut a = [[vdupq_n_f32(0.0); R]; 3];
+    std::arch::asm!(
+        channel_loop!(step_24x4),
+        x = inout(reg) v => _,
+        s = in(reg) 4 * stride,
+        w0 = inout(reg) u => _,
+        w1 = inout(reg) u.add(c * R) => _,
+        w2 = inout(reg) u.add(2 * c * R) => _,
+        n = inout(reg) c => _,
+        a00 = inout(vreg) a[0][0], a01 = inout(vreg) a[0][1], a02 = inout(vreg) a[0][2], a03 = inout(vreg) a[0][3],
+        a04 = inout(vreg) a[0][4], a05 = inout(vreg) a[0][5], a06 = inout(vreg) a[0][6], a07 = inout(vreg) a[0][7],
+        a10 = inout(vreg) a[1][0], a11 = inout(vreg) a[1][1], a12 = inout(vreg) a[1][2], a13 = inout(vreg) a[1][3],
+        a14 = inout(vreg) a[1][4], a15 = inout(vreg) a[1][5], a16 = inout(vreg) a[1][6], a17 = inout(vreg) a[1][7],
+        a20 = inout(vreg) a[2][0], a21 = inout(vreg) a[2][1], a22 = inout(vreg) a[2][2], a23 = inout(vreg) a[2][3],
+        a24 = inout(vreg) a[2][4], a25 = inout(vreg) a[2][5], a26 = inout(vreg) a[2][6], a27 = inout(vreg) a[2][7],
+        out("v0") _, out("v3") _, out("v4") _, out("v5") _, out("v6") _, out("v7") _, out("v8") _,
+        options(nostack, readonly),
+    );
+    for (g, panel) in a.iter().enumerate() {
+        for (j, a) in panel.iter().enumerate() {
+            vst1q_f32(out.add((g * R + j) * stride), *a);
+        }
     }
 }
 
