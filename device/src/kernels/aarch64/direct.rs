@@ -11,8 +11,8 @@
 //! consecutive values, and runs a tile of 8 output channels by three registers of positions
 //! (12 in f32 lanes, 24 in f16 lanes; consecutive positions of the planes, row after row, the
 //! lanes past an output row's end not stored) in 24 accumulators, started at the bias: per
-//! (channel, tap) step three loads of positions, one or two of weights and 24 `fmla` by
-//! element. The steps go by [`Path`]: the stem's rows (7 taps from two column phases in turn),
+//! (channel, tap) step one `ld1` of the positions and 24 `fmla` by element, two steps'
+//! weights in one load. The steps go by [`Path`]: the stem's rows (7 taps from two column phases in turn),
 //! a 3x3 kernel's 9 taps (each load moving the pointer on to the next tap), or a table of
 //! offsets. The ReLU that follows (fused by `crate::kernels::aarch64::fp32` and `fp16`) is
 //! applied in registers. The same products as tract's, summed in another order: f32 results
@@ -155,9 +155,10 @@ macro_rules! relu {
     };
 }
 
-/// [`DirectElem::tile`] for element type `$t`: steps by `$tap`, the ReLU on lanes `$x`.
+/// [`DirectElem::tile`] for element type `$t`: steps by `$tap`, two at a time by `$pair` (both
+/// taps' weights in one load), the ReLU on lanes `$x`.
 macro_rules! tile_loop {
-    ($acc:ident, $t:ty, $tap:ident, $x:literal, $input:expr, $u:expr, $path:expr, $relu:expr) => {{
+    ($acc:ident, $t:ty, $tap:ident, $pair:ident, $x:literal, $input:expr, $u:expr, $path:expr, $relu:expr) => {{
         let size = std::mem::size_of::<$t>();
         match $path {
             // The stem: per (channel, kernel row) 7 taps from the row's two column phases in
@@ -167,12 +168,9 @@ macro_rules! tile_loop {
                 "ldr {o}, [{s}], #8",
                 "add {e}, {x}, {o}",
                 "add {q}, {e}, {pl}",
-                $tap!("{e}", "{next}"),
-                $tap!("{q}", "{next}"),
-                $tap!("{e}", "{next}"),
-                $tap!("{q}", "{next}"),
-                $tap!("{e}", "{next}"),
-                $tap!("{q}", "{next}"),
+                $pair!("{e}", "{next}", "{q}", "{next}"),
+                $pair!("{e}", "{next}", "{q}", "{next}"),
+                $pair!("{e}", "{next}", "{q}", "{next}"),
                 $tap!("{e}", "{next}"),
                 "subs {n}, {n}, #1",
                 "b.ne 2b",
@@ -187,20 +185,16 @@ macro_rules! tile_loop {
                 o = out(reg) _,
                 e = out(reg) _,
                 q = out(reg) _,
-                out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _,
+                out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _, out("v5") _, out("v6") _,
             ),
             // 3x3: per channel its 9 taps, each load moving the pointer on to the next tap's
             // positions (the last to the next channel's first).
             Path::Taps { channels, next } => tile_8x12!($acc;
                 "2:",
-                $tap!("{e}", "{d0}"),
-                $tap!("{e}", "{d1}"),
-                $tap!("{e}", "{d2}"),
-                $tap!("{e}", "{d3}"),
-                $tap!("{e}", "{d4}"),
-                $tap!("{e}", "{d5}"),
-                $tap!("{e}", "{d6}"),
-                $tap!("{e}", "{d7}"),
+                $pair!("{e}", "{d0}", "{e}", "{d1}"),
+                $pair!("{e}", "{d2}", "{e}", "{d3}"),
+                $pair!("{e}", "{d4}", "{e}", "{d5}"),
+                $pair!("{e}", "{d6}", "{e}", "{d7}"),
                 $tap!("{e}", "{d8}"),
                 "subs {n}, {n}, #1",
                 "b.ne 2b",
@@ -218,7 +212,7 @@ macro_rules! tile_loop {
                 d8 = in(reg) next[8],
                 relu = in(reg) u64::from($relu),
                 w = inout(reg) $u => _,
-                out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _,
+                out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _, out("v5") _, out("v6") _,
             ),
             Path::Steps { steps } => tile_8x12!($acc;
                 "2:",
@@ -254,7 +248,7 @@ impl DirectElem for f32 {
     }
     #[inline(always)]
     unsafe fn tile(acc: &mut Tile, x: *const f32, u: *const f32, path: &Path, relu: bool) {
-        tile_loop!(acc, f32, tap_f32, ".4s", x, u, path, relu)
+        tile_loop!(acc, f32, tap_f32, pair_f32, ".4s", x, u, path, relu)
     }
 }
 
@@ -276,7 +270,7 @@ impl DirectElem for f16 {
 /// [`DirectElem::tile`] on f16 lanes (`fmla` and `fmaxnm` on halves: FEAT_FP16).
 #[target_feature(enable = "neon,fp16")]
 unsafe fn tile_f16(acc: &mut Tile, x: *const f16, u: *const f16, path: &Path, relu: bool) {
-    tile_loop!(acc, f16, tap_f16, ".8h", x, u, path, relu)
+    tile_loop!(acc, f16, tap_f16, pair_f16, ".8h", x, u, path, relu)
 }
 
 impl<T: DirectElem> DirectConv<T> {

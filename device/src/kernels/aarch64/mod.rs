@@ -33,19 +33,22 @@ macro_rules! tile_8x12 {
 }
 
 /// One step of an 8 x 12 tile ([`tile_8x12`]): the 24 multiply-adds `$op` by element of the
-/// 12 pixels in v0-v2 (arrangement `$x`) by the 8 channels' weights in v3, v4 (lanes `$lane`,
-/// `.s` for `fmla`, `.4b` for `sdot`).
+/// 12 pixels in v0-v2 (arrangement `$x`) by the 8 channels' weights in v3, v4 (or `$lo`,
+/// `$hi`; lanes `$lane`, `.s` for `fmla`, `.4b` for `sdot`).
 macro_rules! step_8x12 {
     ($op:literal, $x:literal, $lane:literal) => {
+        step_8x12!($op, $x, $lane, "v3", "v4")
+    };
+    ($op:literal, $x:literal, $lane:literal, $lo:literal, $hi:literal) => {
         concat!(
-            step_8x12!(@channel $op, $x, $lane, "0", "v3", "0"),
-            step_8x12!(@channel $op, $x, $lane, "1", "v3", "1"),
-            step_8x12!(@channel $op, $x, $lane, "2", "v3", "2"),
-            step_8x12!(@channel $op, $x, $lane, "3", "v3", "3"),
-            step_8x12!(@channel $op, $x, $lane, "4", "v4", "0"),
-            step_8x12!(@channel $op, $x, $lane, "5", "v4", "1"),
-            step_8x12!(@channel $op, $x, $lane, "6", "v4", "2"),
-            step_8x12!(@channel $op, $x, $lane, "7", "v4", "3"),
+            step_8x12!(@channel $op, $x, $lane, "0", $lo, "0"),
+            step_8x12!(@channel $op, $x, $lane, "1", $lo, "1"),
+            step_8x12!(@channel $op, $x, $lane, "2", $lo, "2"),
+            step_8x12!(@channel $op, $x, $lane, "3", $lo, "3"),
+            step_8x12!(@channel $op, $x, $lane, "4", $hi, "0"),
+            step_8x12!(@channel $op, $x, $lane, "5", $hi, "1"),
+            step_8x12!(@channel $op, $x, $lane, "6", $hi, "2"),
+            step_8x12!(@channel $op, $x, $lane, "7", $hi, "3"),
         )
     };
     (@channel $op:literal, $x:literal, $lane:literal, $c:literal, $w:literal, $l:literal) => {
@@ -69,6 +72,25 @@ macro_rules! tap_f32 {
     };
 }
 
+/// Two f32 steps of a float 8 x 12 tile ([`pointwise`], [`pair_loop`], [`direct`]): [`tap_f32`] twice,
+/// both channels' 16 weights in one `ld1` of 4 registers (v3-v6; 25 instructions a channel
+/// where [`tap_f32`] takes 26).
+macro_rules! pair_f32 {
+    ($p:literal, $inc:literal) => {
+        pair_f32!($p, $inc, $p, $inc)
+    };
+    // The second step's positions from `$q`, moved on by `$inc2` ([`direct`]'s taps).
+    ($p:literal, $inc:literal, $q:literal, $inc2:literal) => {
+        concat!(
+            "ld1 {{v0.4s, v1.4s, v2.4s}}, [", $p, "], ", $inc, "\n",
+            "ld1 {{v3.4s, v4.4s, v5.4s, v6.4s}}, [{w}], #64\n",
+            step_8x12!("fmla", ".4s", ".s", "v3", "v4"),
+            "ld1 {{v0.4s, v1.4s, v2.4s}}, [", $q, "], ", $inc2, "\n",
+            step_8x12!("fmla", ".4s", ".s", "v5", "v6"),
+        )
+    };
+}
+
 /// One f16 step of a float 8 x 24 tile ([`direct`], [`pointwise`]): 24 positions from `$p`
 /// (then `$p` moved on by `$inc`), the 8 weights from `{w}` in the lanes of v3, 24 `fmla` on 8
 /// lanes (FEAT_FP16).
@@ -77,21 +99,44 @@ macro_rules! tap_f16 {
         concat!(
             "ld1 {{v0.8h, v1.8h, v2.8h}}, [", $p, "], ", $inc, "\n",
             "ldr q3, [{w}], #16\n",
-            tap_f16!(@channel "0"),
-            tap_f16!(@channel "1"),
-            tap_f16!(@channel "2"),
-            tap_f16!(@channel "3"),
-            tap_f16!(@channel "4"),
-            tap_f16!(@channel "5"),
-            tap_f16!(@channel "6"),
-            tap_f16!(@channel "7"),
+            tap_f16!(@all "v3"),
         )
     };
-    (@channel $c:literal) => {
+    (@channel $w:literal, $c:literal) => {
         concat!(
-            "fmla {a", $c, "0:v}.8h, v0.8h, v3.h[", $c, "]\n",
-            "fmla {a", $c, "1:v}.8h, v1.8h, v3.h[", $c, "]\n",
-            "fmla {a", $c, "2:v}.8h, v2.8h, v3.h[", $c, "]\n",
+            "fmla {a", $c, "0:v}.8h, v0.8h, ", $w, ".h[", $c, "]\n",
+            "fmla {a", $c, "1:v}.8h, v1.8h, ", $w, ".h[", $c, "]\n",
+            "fmla {a", $c, "2:v}.8h, v2.8h, ", $w, ".h[", $c, "]\n",
+        )
+    };
+    (@all $w:literal) => {
+        concat!(
+            tap_f16!(@channel $w, "0"),
+            tap_f16!(@channel $w, "1"),
+            tap_f16!(@channel $w, "2"),
+            tap_f16!(@channel $w, "3"),
+            tap_f16!(@channel $w, "4"),
+            tap_f16!(@channel $w, "5"),
+            tap_f16!(@channel $w, "6"),
+            tap_f16!(@channel $w, "7"),
+        )
+    };
+}
+
+/// Two f16 steps of a float 8 x 24 tile ([`pointwise`], [`pair_loop`], [`direct`]): [`tap_f16`] twice,
+/// both channels' 16 weights in one `ldp` (v3, v4).
+macro_rules! pair_f16 {
+    ($p:literal, $inc:literal) => {
+        pair_f16!($p, $inc, $p, $inc)
+    };
+    // The second step's positions from `$q`, moved on by `$inc2` ([`direct`]'s taps).
+    ($p:literal, $inc:literal, $q:literal, $inc2:literal) => {
+        concat!(
+            "ld1 {{v0.8h, v1.8h, v2.8h}}, [", $p, "], ", $inc, "\n",
+            "ldp q3, q4, [{w}], #32\n",
+            tap_f16!(@all "v3"),
+            "ld1 {{v0.8h, v1.8h, v2.8h}}, [", $q, "], ", $inc2, "\n",
+            tap_f16!(@all "v4"),
         )
     };
 }
@@ -110,6 +155,30 @@ macro_rules! channel_loop {
             "2:\n",
             $step!("{x}", "{s}"),
             $step!("{x}", "{s}"),
+            "subs {n}, {n}, #1\n",
+            "b.ne 2b\n",
+            "4:\n",
+        )
+    };
+}
+
+/// [`channel_loop`] four channels a turn: two steps `$pair` of two channels each (`pair_f32`,
+/// `pair_f16`: the weights of both in one load), a lone first channel (`$one`) and a first
+/// pair if `{n}` leaves them.
+macro_rules! pair_loop {
+    ($one:ident, $pair:ident) => {
+        concat!(
+            "tbz {n}, #0, 3f\n",
+            $one!("{x}", "{s}"),
+            "3:\n",
+            "tbz {n}, #1, 5f\n",
+            $pair!("{x}", "{s}"),
+            "5:\n",
+            "lsr {n}, {n}, #2\n",
+            "cbz {n}, 4f\n",
+            "2:\n",
+            $pair!("{x}", "{s}"),
+            $pair!("{x}", "{s}"),
             "subs {n}, {n}, #1\n",
             "b.ne 2b\n",
             "4:\n",

@@ -8,10 +8,10 @@
 //! (`crate::kernels::frame::float_conv::place_pointwise` finds them). [`PointwiseConv`] reads
 //! the input where it is: a tile of 8 output channels by three registers of consecutive
 //! pixels (12 in f32 lanes, 24 in f16 lanes) in 24 accumulators (the tile of
-//! `crate::kernels::aarch64::direct`), per input channel one `ld1` of the pixels, one load of
-//! 8 weights and 24 `fmla` by element, two channels a loop turn; the accumulators start at the
-//! bias, and the residual and ReLU that follow are applied in registers. A last tile of one
-//! pixel (ResNet's 7x7 layers: 49 = 4 x 12 + 1 = 2 x 24 + 1) runs as a column: the pixel's
+//! `crate::kernels::aarch64::direct`), per input channel one `ld1` of the pixels and 24 `fmla`
+//! by element, per two channels one load of their 16 weights, four channels a loop turn
+//! (`pair_loop`); the accumulators start at the bias, and the residual and ReLU that follow
+//! are applied in registers. A last tile of one pixel (ResNet's 7x7 layers: 49 = 4 x 12 + 1 = 2 x 24 + 1) runs as a column: the pixel's
 //! channels in a row, 8 output channels in the lanes, one weight load and one `fmla` (two in
 //! f32) per input channel; one of a register of pixels or fewer (the 14x14 ones: 4 left of 12
 //! or 24) runs 8 channels by one register; a partial tile reads a copy of its pixels. The
@@ -157,14 +157,14 @@ macro_rules! short_f16 {
 
 /// [`PointwiseElem::products`] by the step `$tap`.
 macro_rules! whole_tile {
-    ($acc:ident, $tap:ident, $x:expr, $step:expr, $w:expr, $c:expr) => {
+    ($acc:ident, $tap:ident, $pair:ident, $x:expr, $step:expr, $w:expr, $c:expr) => {
         tile_8x12!($acc;
-            channel_loop!($tap),
+            pair_loop!($tap, $pair),
             x = inout(reg) $x => _,
             s = in(reg) $step,
             w = inout(reg) $w => _,
             n = inout(reg) $c => _,
-            out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _,
+            out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _, out("v5") _, out("v6") _,
         )
     };
 }
@@ -192,7 +192,7 @@ impl PointwiseElem for f32 {
     const POINTWISE: &'static str = "pointwise_f32_8x12_neon (device::kernels::aarch64::pointwise)";
     #[inline(always)]
     unsafe fn products(acc: &mut Tile, x: *const f32, step: usize, w: *const f32, c: usize) {
-        whole_tile!(acc, tap_f32, x, step, w, c)
+        whole_tile!(acc, tap_f32, pair_f32, x, step, w, c)
     }
     #[inline(always)]
     unsafe fn short_products(acc: &mut [float32x4_t; R], x: *const f32, step: usize, w: *const f32, c: usize) {
@@ -307,7 +307,7 @@ unsafe fn column_f16(x: *const f16, w: *const f16, c: usize, bias: *const f16) -
 #[inline]
 #[target_feature(enable = "neon,fp16")]
 unsafe fn tile_f16(acc: &mut Tile, x: *const f16, step: usize, w: *const f16, c: usize) {
-    whole_tile!(acc, tap_f16, x, step, w, c)
+    whole_tile!(acc, tap_f16, pair_f16, x, step, w, c)
 }
 
 /// [`PointwiseElem::short_products`] on f16 lanes (FEAT_FP16).
@@ -497,18 +497,22 @@ mod tests {
     fn equals_float64_product<T: PointwiseElem>(tolerance: f64) {
         // (c, k, h, w), pixels in tiles of 12 (f32) and 24 (f16): 196 = 16 x 12 + 4 = 8 x 24 +
         // 4; 35 = 2 x 12 + 11 = 24 + 11; 49 = 4 x 12 + 1 = 2 x 24 + 1; 1; 15 = 12 + 3; 48;
-        // 32 = 2 x 12 + 8 = 24 + 8; 14 = 12 + 2; 25 = 2 x 12 + 1 = 24 + 1.
+        // 32 = 2 x 12 + 8 = 24 + 8; 14 = 12 + 2; 25 = 2 x 12 + 1 = 24 + 1; 12; 24. The input
+        // channels take every path of the channel loop (`pair_loop`: a lone channel, a first
+        // pair, turns of four): 64, 3, 256, 1, 17, 7, 2, 3, 4, 9, 6, 11.
         let cases = [
             (64, 16, 14, 14),
             (3, 8, 5, 7),
             (256, 8, 7, 7),
             (1, 24, 2, 6),
             (17, 8, 1, 1),
-            (5, 16, 3, 5),
+            (7, 16, 3, 5),
             (2, 8, 4, 12),
             (3, 8, 4, 8),
             (4, 8, 2, 7),
             (9, 16, 5, 5),
+            (6, 8, 3, 4),
+            (11, 8, 2, 12),
         ];
         for (case, &(c, k, h, w)) in cases.iter().enumerate() {
             let mut next = random(case as u64 + 17);

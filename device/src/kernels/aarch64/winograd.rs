@@ -6,8 +6,8 @@
 //! 128-bit registers, 4 f32 lanes, 32 of them: lanes run over 4 tiles. The matrix product's
 //! tile is 8 output channels by 12 tiles: 24 accumulators, 3 vectors of transformed inputs
 //! and the 8 weights in 2 registers, each weight taken from its lane by `fmla (by element)` -
-//! 29 registers; per input channel one `ld1` of the 3 vectors and one `ldp` of the weights per
-//! 24 multiply-adds (the tile of `crate::kernels::aarch64::pointwise`, [`tile_8x12`]; on f16
+//! 29 registers; per input channel one `ld1` of the 3 vectors and 24 multiply-adds, per two
+//! channels one `ld1` of their weights (the tile of `crate::kernels::aarch64::pointwise`, [`tile_8x12`]; on f16
 //! tensors its 8 x 24 f16 tile, [`tile_f16_8x24`]); blocks have 12 tiles at least. Where a block
 //! has 4 or 8 tiles left (7x7 layers have 4 in all), 8 output channels by 8 tiles, or 24 (16)
 //! output channels by 4 tiles: 4 (5) loads per 24 (16) multiply-adds (the 24 x 4 tile in
@@ -395,9 +395,9 @@ unsafe fn multiply_f32(conv: &WinogradConv<f32>, b: &Block, pairs: Range<usize>)
 }
 
 /// [`tile`] of 3 vectors of tiles by one panel: the 8 x 12 tile of
-/// `crate::kernels::aarch64::pointwise` (per input channel one `ld1` of the 12 tiles, one `ldp`
-/// of the 8 weights, 24 `fmla`: 26 instructions, where the compiler's loads of the same took
-/// 28-29), its accumulators from 0.
+/// `crate::kernels::aarch64::pointwise` (per input channel one `ld1` of the 12 tiles and 24
+/// `fmla`, per two channels one `ld1` of their 16 weights: 25 instructions a channel, where the
+/// compiler's loads of one channel at a time took 28-29), its accumulators from 0.
 unsafe fn tile_8x12(u: *const f32, v: *const f32, stride: usize, c: usize, out: *mut f32) {
     let mut acc = [[vdupq_n_f32(0.0); 3]; R];
     <f32 as PointwiseElem>::products(&mut acc, v, 4 * stride, u, c);
