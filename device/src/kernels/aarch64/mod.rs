@@ -72,9 +72,9 @@ macro_rules! tap_f32 {
     };
 }
 
-/// Two f32 steps of a float 8 x 12 tile ([`pointwise`], [`pair_loop`], [`direct`]): [`tap_f32`] twice,
-/// both channels' 16 weights in one `ld1` of 4 registers (v3-v6; 25 instructions a channel
-/// where [`tap_f32`] takes 26).
+/// Two f32 steps of a float 8 x 12 tile ([`pointwise`]'s [`channel_loop`], [`direct`]):
+/// [`tap_f32`] twice, both channels' 16 weights in one `ld1` of 4 registers (v3-v6; 25
+/// instructions a channel where [`tap_f32`] takes 26).
 macro_rules! pair_f32 {
     ($p:literal, $inc:literal) => {
         pair_f32!($p, $inc, $p, $inc)
@@ -123,8 +123,8 @@ macro_rules! tap_f16 {
     };
 }
 
-/// Two f16 steps of a float 8 x 24 tile ([`pointwise`], [`pair_loop`], [`direct`]): [`tap_f16`] twice,
-/// both channels' 16 weights in one `ldp` (v3, v4).
+/// Two f16 steps of a float 8 x 24 tile ([`pointwise`]'s [`channel_loop`], [`direct`]):
+/// [`tap_f16`] twice, both channels' 16 weights in one `ldp` (v3, v4).
 macro_rules! pair_f16 {
     ($p:literal, $inc:literal) => {
         pair_f16!($p, $inc, $p, $inc)
@@ -141,20 +141,31 @@ macro_rules! pair_f16 {
     };
 }
 
-/// The loop over the input channels (`{n}` of them: two a turn, a lone first one if odd) of
-/// the step `$step` (`tap_f32`, `tap_f16`, and [`pointwise`]'s and [`winograd`]'s own), the
-/// pixels from `{x}`, the next channel's `{s}` bytes on.
+/// The loop over the input channels (`{n}` of them), the pixels from `{x}`, the next channel's
+/// `{s}` bytes on: four channels a turn, after a lone first channel and a first pair if `{n}`
+/// leaves them. A channel is the step `$one` (`tap_f32`, `tap_f16`, [`pointwise`]'s short
+/// steps, [`winograd`]'s `step_24x4`); a pair is `$pair` where given (`pair_f32`, `pair_f16`:
+/// both channels' weights in one load), else `$one` twice.
 macro_rules! channel_loop {
-    ($step:ident) => {
+    ($one:ident) => {
+        channel_loop!(@turns $one, [$one!("{x}", "{s}"), $one!("{x}", "{s}")])
+    };
+    ($one:ident, $pair:ident) => {
+        channel_loop!(@turns $one, [$pair!("{x}", "{s}")])
+    };
+    (@turns $one:ident, [$($pair:tt)*]) => {
         concat!(
             "tbz {n}, #0, 3f\n",
-            $step!("{x}", "{s}"),
+            $one!("{x}", "{s}"),
             "3:\n",
-            "lsr {n}, {n}, #1\n",
+            "tbz {n}, #1, 5f\n",
+            $($pair)*,
+            "5:\n",
+            "lsr {n}, {n}, #2\n",
             "cbz {n}, 4f\n",
             "2:\n",
-            $step!("{x}", "{s}"),
-            $step!("{x}", "{s}"),
+            $($pair)*,
+            $($pair)*,
             "subs {n}, {n}, #1\n",
             "b.ne 2b\n",
             "4:\n",
@@ -162,26 +173,19 @@ macro_rules! channel_loop {
     };
 }
 
-/// [`channel_loop`] four channels a turn: two steps `$pair` of two channels each (`pair_f32`,
-/// `pair_f16`: the weights of both in one load), a lone first channel (`$one`) and a first
-/// pair if `{n}` leaves them.
-macro_rules! pair_loop {
-    ($one:ident, $pair:ident) => {
+/// 8 f32 `fmla` by element: the accumulators `{<$a>0}`-`{<$a>7}` plus v0 times the lanes of
+/// `$lo` (0-3) and `$hi` (4-7) ([`pointwise`]'s short tiles, [`winograd`]'s 24 x 4 tile).
+macro_rules! by_lanes_f32 {
+    ($a:literal, $lo:literal, $hi:literal) => {
         concat!(
-            "tbz {n}, #0, 3f\n",
-            $one!("{x}", "{s}"),
-            "3:\n",
-            "tbz {n}, #1, 5f\n",
-            $pair!("{x}", "{s}"),
-            "5:\n",
-            "lsr {n}, {n}, #2\n",
-            "cbz {n}, 4f\n",
-            "2:\n",
-            $pair!("{x}", "{s}"),
-            $pair!("{x}", "{s}"),
-            "subs {n}, {n}, #1\n",
-            "b.ne 2b\n",
-            "4:\n",
+            "fmla {", $a, "0:v}.4s, v0.4s, ", $lo, ".s[0]\n",
+            "fmla {", $a, "1:v}.4s, v0.4s, ", $lo, ".s[1]\n",
+            "fmla {", $a, "2:v}.4s, v0.4s, ", $lo, ".s[2]\n",
+            "fmla {", $a, "3:v}.4s, v0.4s, ", $lo, ".s[3]\n",
+            "fmla {", $a, "4:v}.4s, v0.4s, ", $hi, ".s[0]\n",
+            "fmla {", $a, "5:v}.4s, v0.4s, ", $hi, ".s[1]\n",
+            "fmla {", $a, "6:v}.4s, v0.4s, ", $hi, ".s[2]\n",
+            "fmla {", $a, "7:v}.4s, v0.4s, ", $hi, ".s[3]\n",
         )
     };
 }

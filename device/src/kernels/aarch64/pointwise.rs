@@ -10,7 +10,7 @@
 //! pixels (12 in f32 lanes, 24 in f16 lanes) in 24 accumulators (the tile of
 //! `crate::kernels::aarch64::direct`), per input channel one `ld1` of the pixels and 24 `fmla`
 //! by element, per two channels one load of their 16 weights, four channels a loop turn
-//! (`pair_loop`); the accumulators start at the bias, and the residual and ReLU that follow
+//! (`channel_loop`); the accumulators start at the bias, and the residual and ReLU that follow
 //! are applied in registers. A last tile of one pixel (ResNet's 7x7 layers: 49 = 4 x 12 + 1 = 2 x 24 + 1) runs as a column: the pixel's
 //! channels in a row, 8 output channels in the lanes, one weight load and one `fmla` (two in
 //! f32) per input channel; one of a register of pixels or fewer (the 14x14 ones: 4 left of 12
@@ -125,14 +125,7 @@ macro_rules! short_f32 {
         concat!(
             "ld1 {{v0.4s}}, [", $p, "], ", $inc, "\n",
             "ldp q3, q4, [{w}], #32\n",
-            "fmla {a0:v}.4s, v0.4s, v3.s[0]\n",
-            "fmla {a1:v}.4s, v0.4s, v3.s[1]\n",
-            "fmla {a2:v}.4s, v0.4s, v3.s[2]\n",
-            "fmla {a3:v}.4s, v0.4s, v3.s[3]\n",
-            "fmla {a4:v}.4s, v0.4s, v4.s[0]\n",
-            "fmla {a5:v}.4s, v0.4s, v4.s[1]\n",
-            "fmla {a6:v}.4s, v0.4s, v4.s[2]\n",
-            "fmla {a7:v}.4s, v0.4s, v4.s[3]\n",
+            by_lanes_f32!("a", "v3", "v4"),
         )
     };
 }
@@ -159,7 +152,7 @@ macro_rules! short_f16 {
 macro_rules! whole_tile {
     ($acc:ident, $tap:ident, $pair:ident, $x:expr, $step:expr, $w:expr, $c:expr) => {
         tile_8x12!($acc;
-            pair_loop!($tap, $pair),
+            channel_loop!($tap, $pair),
             x = inout(reg) $x => _,
             s = in(reg) $step,
             w = inout(reg) $w => _,
@@ -498,7 +491,7 @@ mod tests {
         // (c, k, h, w), pixels in tiles of 12 (f32) and 24 (f16): 196 = 16 x 12 + 4 = 8 x 24 +
         // 4; 35 = 2 x 12 + 11 = 24 + 11; 49 = 4 x 12 + 1 = 2 x 24 + 1; 1; 15 = 12 + 3; 48;
         // 32 = 2 x 12 + 8 = 24 + 8; 14 = 12 + 2; 25 = 2 x 12 + 1 = 24 + 1; 12; 24. The input
-        // channels take every path of the channel loop (`pair_loop`: a lone channel, a first
+        // channels take every path of `channel_loop` (a lone channel, a first
         // pair, turns of four): 64, 3, 256, 1, 17, 7, 2, 3, 4, 9, 6, 11.
         let cases = [
             (64, 16, 14, 14),

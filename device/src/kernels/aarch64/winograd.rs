@@ -7,11 +7,12 @@
 //! tile is 8 output channels by 12 tiles: 24 accumulators, 3 vectors of transformed inputs
 //! and the 8 weights in 2 registers, each weight taken from its lane by `fmla (by element)` -
 //! 29 registers; per input channel one `ld1` of the 3 vectors and 24 multiply-adds, per two
-//! channels one `ld1` of their weights (the tile of `crate::kernels::aarch64::pointwise`, [`tile_8x12`]; on f16
-//! tensors its 8 x 24 f16 tile, [`tile_f16_8x24`]); blocks have 12 tiles at least. Where a block
-//! has 4 or 8 tiles left (7x7 layers have 4 in all), 8 output channels by 8 tiles, or 24 (16)
-//! output channels by 4 tiles: 4 (5) loads per 24 (16) multiply-adds (the 24 x 4 tile in
-//! assembly, [`tile_24x4`]). NEON has no masked loads or stores: the transforms read and write whole vectors, the frame's `SLACK` keeps the lanes
+//! channels one `ld1` of their weights (the tile of `crate::kernels::aarch64::pointwise`,
+//! [`tile_8x12`]; on f16 tensors its 8 x 24 f16 tile, [`tile_f16_8x24`]); blocks have 12
+//! tiles at least. Where a block has 4 or 8 tiles left (7x7 layers have 4 in all), 8 output
+//! channels by 8 tiles, or 24 (16) output channels by 4 tiles: 4 (5) loads per 24 (16)
+//! multiply-adds (the 24 x 4 tile in assembly, [`tile_24x4`]). NEON has no masked loads or
+//! stores: the transforms read and write whole vectors, the frame's `SLACK` keeps the lanes
 //! past a row's last tile inside the buffers (they are computed and never stored to the
 //! output), and the split input and the output are written lane-exact at the row ends.
 //! `vld2q`/`vld4q` split a padded input row into its 2 or 4 column phases, `zip1`/`zip2`
@@ -577,21 +578,9 @@ macro_rules! step_24x4 {
             "ldp q3, q4, [{w0}], #32\n",
             "ldp q5, q6, [{w1}], #32\n",
             "ldp q7, q8, [{w2}], #32\n",
-            step_24x4!(@panel "0", "v3", "v4"),
-            step_24x4!(@panel "1", "v5", "v6"),
-            step_24x4!(@panel "2", "v7", "v8"),
-        )
-    };
-    (@panel $g:literal, $lo:literal, $hi:literal) => {
-        concat!(
-            "fmla {a", $g, "0:v}.4s, v0.4s, ", $lo, ".s[0]\n",
-            "fmla {a", $g, "1:v}.4s, v0.4s, ", $lo, ".s[1]\n",
-            "fmla {a", $g, "2:v}.4s, v0.4s, ", $lo, ".s[2]\n",
-            "fmla {a", $g, "3:v}.4s, v0.4s, ", $lo, ".s[3]\n",
-            "fmla {a", $g, "4:v}.4s, v0.4s, ", $hi, ".s[0]\n",
-            "fmla {a", $g, "5:v}.4s, v0.4s, ", $hi, ".s[1]\n",
-            "fmla {a", $g, "6:v}.4s, v0.4s, ", $hi, ".s[2]\n",
-            "fmla {a", $g, "7:v}.4s, v0.4s, ", $hi, ".s[3]\n",
+            by_lanes_f32!("a0", "v3", "v4"),
+            by_lanes_f32!("a1", "v5", "v6"),
+            by_lanes_f32!("a2", "v7", "v8"),
         )
     };
 }
@@ -641,8 +630,8 @@ unsafe fn store_widened(o: *mut f32, a: float16x8_t, add: bool) {
 
 /// [`tile_f16`] of 3 vectors of tiles by one panel: per [`F16_CHUNK`] input channels the
 /// 8 x 24 f16 tile of `crate::kernels::aarch64::pointwise` (per channel one `ld1` of the 24
-/// tiles, one `ldr` of the 8 weights, 24 `fmla`), from 0, its sums then widened and added to
-/// the f32 ones in `out`.
+/// tiles and 24 `fmla`, per two channels one `ldp` of their 16 weights), from 0, its sums then
+/// widened and added to the f32 ones in `out`.
 #[target_feature(enable = "neon,fp16")]
 unsafe fn tile_f16_8x24(u: *const f16, v: *const f16, stride: usize, c: usize, out: *mut f32) {
     const L: usize = 2 * LANES;
